@@ -1,0 +1,145 @@
+"""Batched augmentation on tensors, plus seed 001's albumentations pipeline.
+
+A pipeline maps a uint8 batch (N×3×32×32) to a normalised float batch. The tensor pipeline
+does everything on whole batches (a few vectorised ops, no Python loop over images); the
+albumentations pipeline runs per image, as seed 001 did, and exists to reproduce it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import CifarlabError
+
+
+def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 or [0, 1] float batch -> (x - mean) / std, float32."""
+    if x.dtype == torch.uint8:
+        x = x.float().div_(255)
+    return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+
+
+def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator, mode: str = "reflect"):
+    """Pad each image by `pad` and take a random 32×32 window from it (per-image offsets)."""
+    if pad <= 0:
+        return x
+    n, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode=mode)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
+    return padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None],
+                  rows, cols]
+
+
+def random_flip(x: torch.Tensor, gen: torch.Generator, p: float = 0.5) -> torch.Tensor:
+    mask = (torch.rand(x.shape[0], generator=gen) < p).view(-1, 1, 1, 1)
+    return torch.where(mask, x.flip(3), x)
+
+
+def cutout(x: torch.Tensor, size: int, gen: torch.Generator, fill: torch.Tensor) -> torch.Tensor:
+    """One size×size hole per image at a random centre (clipped at the border), filled."""
+    if size <= 0:
+        return x
+    n, _, h, w = x.shape
+    cy = torch.randint(0, h, (n,), generator=gen).view(-1, 1)
+    cx = torch.randint(0, w, (n,), generator=gen).view(-1, 1)
+    ys, xs = torch.arange(h).view(1, -1), torch.arange(w).view(1, -1)
+    in_y = (ys >= cy - size // 2) & (ys < cy - size // 2 + size)  # n×h
+    in_x = (xs >= cx - size // 2) & (xs < cx - size // 2 + size)  # n×w
+    mask = (in_y[:, :, None] & in_x[:, None, :])[:, None]  # n×1×h×w
+    return torch.where(mask, fill.view(1, -1, 1, 1).to(x.dtype), x)
+
+
+def color_jitter(x: torch.Tensor, gen: torch.Generator, brightness: float = 0.0,
+                 contrast: float = 0.0, saturation: float = 0.0) -> torch.Tensor:
+    """torchvision-style jitter on [0, 1] images, factors uniform in [1-s, 1+s] per image."""
+    n = x.shape[0]
+
+    def factor(s: float) -> torch.Tensor:
+        return (1 + (torch.rand(n, generator=gen) * 2 - 1) * s).view(-1, 1, 1, 1)
+
+    if brightness > 0:
+        x = (x * factor(brightness)).clamp_(0, 1)
+    gray_w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    if contrast > 0:
+        m = (x * gray_w).sum(1, keepdim=True).mean((2, 3), keepdim=True)
+        x = (m + (x - m) * factor(contrast)).clamp_(0, 1)
+    if saturation > 0:
+        g = (x * gray_w).sum(1, keepdim=True)
+        x = (g + (x - g) * factor(saturation)).clamp_(0, 1)
+    return x
+
+
+@dataclass
+class AugmentConfig:
+    backend: str = "tensor"  # tensor | albumentations | none
+    crop_pad: int = 4
+    crop_mode: str = "reflect"
+    flip: bool = True
+    cutout: int = 0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    # albumentations backend (seed 001): ShiftScaleRotate and CoarseDropout settings
+    shift_limit: float = 0.0625
+    scale_limit: float = 0.1
+    rotate_limit: float = 45.0
+    coarse_dropout: int = 16
+
+
+class Pipeline:
+    """Callable: (uint8 batch, generator) -> normalised float32 batch."""
+
+    def __init__(self, cfg: AugmentConfig, mean: list[float], std: list[float]):
+        self.cfg = cfg
+        self.mean = torch.tensor(mean, dtype=torch.float32)
+        self.std = torch.tensor(std, dtype=torch.float32)
+        if cfg.backend == "albumentations":
+            self._albu = _albumentations_pipeline(cfg, mean)
+        elif cfg.backend not in ("tensor", "none"):
+            raise CifarlabError(f"augment.backend: unknown backend '{cfg.backend}'")
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        c = self.cfg
+        if c.backend == "none":
+            return normalize(x, self.mean, self.std)
+        if c.backend == "albumentations":
+            return normalize(self._run_albu(x, gen), self.mean, self.std)
+        x = x.float().div_(255)
+        if c.brightness or c.contrast or c.saturation:
+            x = color_jitter(x, gen, c.brightness, c.contrast, c.saturation)
+        x = random_crop(x, c.crop_pad, gen, c.crop_mode)
+        if c.flip:
+            x = random_flip(x, gen)
+        x = normalize(x, self.mean, self.std)
+        return cutout(x, c.cutout, gen, torch.zeros(3))  # 0 after normalising = dataset mean
+
+    def _run_albu(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        # albumentations draws from its own RNG; seed it from ours so runs are reproducible.
+        self._albu.set_random_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+        imgs = x.permute(0, 2, 3, 1).numpy()
+        out = np.stack([self._albu(image=im)["image"] for im in imgs])
+        return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+
+def _albumentations_pipeline(cfg: AugmentConfig, mean: list[float]):
+    import albumentations as A
+    import cv2
+
+    fill = tuple(int(round(m * 255)) for m in mean)
+    s = cfg.coarse_dropout
+    steps = []
+    if cfg.flip:
+        steps.append(A.HorizontalFlip(p=0.5))
+    steps.append(A.ShiftScaleRotate(
+        shift_limit=cfg.shift_limit, scale_limit=cfg.scale_limit, rotate_limit=cfg.rotate_limit,
+        border_mode=cv2.BORDER_CONSTANT, fill=fill, p=0.5))
+    if s > 0:
+        steps.append(A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(s, s),
+                                     hole_width_range=(s, s), fill=fill, p=0.5))
+    return A.Compose(steps)

@@ -1,0 +1,176 @@
+"""`cifarlab` command line: argument parsing only; the work is done by the API modules."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import CifarlabError
+
+EXIT_USER_ERROR = 2
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="folder holding cifar-10-batches-py (or that folder "
+                   "itself); default: $CIFAR10_DATA, then ./data")
+    p.add_argument("--download", action="store_true",
+                   help="fetch the official archive if the data is not found")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    ap = argparse.ArgumentParser(prog="cifarlab", description=__doc__.split(":")[0])
+    ap.add_argument("--version", action="version", version=f"cifarlab {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a recipe into a run directory")
+    t.add_argument("--recipe", default="default", help="built-in recipe name or a .toml path")
+    t.add_argument("--name", help="run name (default: the recipe name)")
+    t.add_argument("--runs-dir", default="runs", help="where run directories go (default runs)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last.pt")
+    _add_data_args(t)
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float, help="(max) learning rate")
+    t.add_argument("--optimizer", help="sgd | adam | adamw")
+    t.add_argument("--weight-decay", type=float)
+    t.add_argument("--schedule", help="onecycle | step | cosine | constant")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--target", type=float, help="stop when test accuracy reaches this fraction")
+    t.add_argument("--fp32", action="store_const", const="fp32", dest="precision",
+                   help="train in float32 instead of bf16 autocast")
+    t.add_argument("--train-subset", type=int, help="use N training images (0 = all)")
+    t.add_argument("--test-subset", type=int, help="use N test images (0 = all)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any recipe key, e.g. --set augment.cutout=8 (repeatable)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("eval", help="test accuracy, per-class accuracy, confusion matrix")
+    e.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
+    e.add_argument("--data-dir")
+    e.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="test-time horizontal flip (default: as trained)")
+
+    p = sub.add_parser("predict", help="classify image files")
+    p.add_argument("checkpoint", metavar="CHECKPOINT_OR_RUN_DIR")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--top-k", type=int, default=1)
+
+    d = sub.add_parser("data", help="data set tools")
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    ds = dsub.add_parser("stats", help="per-channel mean/std and class distribution")
+    _add_data_args(ds)
+
+    sub.add_parser("recipes", help="list the built-in recipes")
+    sub.add_parser("models", help="list the registered models")
+    return ap
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from .api import train
+    from .recipe import parse_override
+
+    overrides = dict(parse_override(s) for s in a.set)
+    for key in ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "seed",
+                "target", "precision", "train_subset", "test_subset"):
+        if getattr(a, key) is not None:
+            overrides[key] = getattr(a, key)
+    m = train(a.recipe, data_dir=a.data_dir, download=a.download, runs_dir=a.runs_dir,
+              name=a.name, resume=a.resume, progress=not a.no_progress, **overrides)
+    print(f"final test accuracy {m['test_acc']:.4f} (best {m['best_test_acc']:.4f} at epoch "
+          f"{m['best_epoch']}), {m['epochs']} epochs in {m['train_seconds']:.0f}s, "
+          f"{m['images_per_second']:.0f} img/s -> {m['run_dir']}")
+    return 0
+
+
+def print_class_table(classes, per_class, confusion) -> None:
+    w = max(len(c) for c in classes)
+    print("per-class accuracy:")
+    for c, acc in zip(classes, per_class, strict=True):
+        print(f"  {c:<{w}}  {acc:.4f}")
+    print("confusion matrix (rows: true, columns: predicted):")
+    print(" " * (w + 2) + " ".join(f"{c[:5]:>5}" for c in classes))
+    for c, row in zip(classes, confusion, strict=True):
+        print(f"  {c:<{w}}" + " ".join(f"{v:5d}" for v in row))
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from .api import evaluate
+
+    r = evaluate(a.path, data_dir=a.data_dir, tta=a.tta)
+    print(f"test accuracy {r['acc']:.4f}  (loss {r['loss']:.4f})")
+    print_class_table(r["classes"], r["per_class_acc"], r["confusion"])
+    return 0
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    from .api import predict
+
+    if a.top_k < 1:
+        raise CifarlabError("--top-k must be at least 1")
+    failed = 0
+    for r in predict(a.checkpoint, a.images, top_k=a.top_k):
+        if "error" in r:
+            failed += 1
+            print(f"error: {r['error']}", file=sys.stderr)
+            continue
+        print(r["path"] + ": " + ", ".join(f"{c} {p:.4f}" for c, p in r["top"]))
+    return 1 if failed else 0
+
+
+def cmd_data(a: argparse.Namespace) -> int:
+    from .data import channel_stats, class_counts, load_data
+
+    d = load_data(a.data_dir, download=a.download)
+    mean, std = channel_stats(d.train.images)
+    print(f"data: {d.root}")
+    print(f"train images: {len(d.train)}, test images: {len(d.test)}")
+    print("mean " + " ".join(f"{m:.4f}" for m in mean))
+    print("std  " + " ".join(f"{s:.4f}" for s in std))
+    w = max(len(c) for c in d.classes)
+    print(f"{'class':<{w + 10}} {'train':>6} {'test':>6}")
+    for i, (c, tr, te) in enumerate(zip(d.classes, class_counts(d.train.labels),
+                                        class_counts(d.test.labels), strict=True)):
+        print(f"Class {i} ({c:<{w}}) {tr:6d} {te:6d}")
+    return 0
+
+
+def cmd_recipes(a: argparse.Namespace) -> int:
+    from .recipe import list_recipes
+
+    for name, desc in list_recipes():
+        print(f"{name:<20} {desc}")
+    return 0
+
+
+def cmd_models(a: argparse.Namespace) -> int:
+    from .engine import count_params
+    from .models import REGISTRY, create_model
+
+    for name, info in sorted(REGISTRY.items()):
+        print(f"{name:<20} {count_params(create_model(name)):>10,}  {info.provenance}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "data": cmd_data,
+            "recipes": cmd_recipes, "models": cmd_models}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except CifarlabError as e:
+        print(f"cifarlab: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        hint = ""
+        if args.command == "train":
+            hint = "; continue with: cifarlab train --resume RUN_DIR (last.pt is intact)"
+        print(f"cifarlab: interrupted{hint}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

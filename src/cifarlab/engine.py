@@ -1,0 +1,254 @@
+"""One training loop: a function of (recipe, data, run directory) with no global state.
+
+The training set stays in memory as uint8; each step slices a batch by index, augments it on
+tensors, and runs the model in bf16 autocast with channels_last (both measured faster on
+CPU; `train.precision = "fp32"` and `train.channels_last = false` turn them off).
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import __version__
+from .augment import AugmentConfig, Pipeline
+from .data import CIFAR10, channel_stats
+from .errors import CifarlabError
+from .evaluate import autocast, predict_logits, summarize
+from .models import create_model
+from .rundir import RunDir, load_checkpoint, save_checkpoint, write_json
+
+
+def build_optimizer(cfg: dict, params) -> torch.optim.Optimizer:
+    o = cfg["optim"]
+    if o["name"] == "sgd":
+        return torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"],
+                               nesterov=o["nesterov"] and o["momentum"] > 0,
+                               weight_decay=o["weight_decay"])
+    cls = torch.optim.Adam if o["name"] == "adam" else torch.optim.AdamW
+    return cls(params, lr=o["lr"], betas=(o["beta1"], o["beta2"]),
+               weight_decay=o["weight_decay"])
+
+
+def build_scheduler(cfg: dict, opt: torch.optim.Optimizer, steps_per_epoch: int):
+    """Every schedule is stepped once per batch."""
+    s, total = cfg["schedule"], cfg["train"]["epochs"] * steps_per_epoch
+    name = s["name"]
+    if name == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(  # +1: the last step must not overshoot
+            opt, max_lr=cfg["optim"]["lr"], total_steps=total + 1, pct_start=s["pct_start"],
+            anneal_strategy=s["anneal"], div_factor=s["div_factor"],
+            final_div_factor=s["final_div_factor"],
+            # torch's default momentum cycling, which SGD without momentum cannot do
+            cycle_momentum=not (cfg["optim"]["name"] == "sgd" and cfg["optim"]["momentum"] == 0))
+    if name == "step":
+        return torch.optim.lr_scheduler.StepLR(
+            opt, step_size=s["step_size"] * steps_per_epoch, gamma=s["gamma"])
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=s["min_lr"])
+    return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+
+
+def loss_fn(cfg: dict) -> Callable:
+    if cfg["loss"]["name"] == "nll":  # the model itself ends in log_softmax
+        return lambda out, y: F.nll_loss(out, y)
+    ls = cfg["loss"]["label_smoothing"]
+    return lambda out, y: F.cross_entropy(out, y, label_smoothing=ls)
+
+
+class EMA:
+    """Exponential moving average of parameters and buffers (evaluated instead of the raw net)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        import copy
+
+        self.decay = decay
+        self.model = copy.deepcopy(model)
+        self.model.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        ema_sd, sd = self.model.state_dict(), model.state_dict()
+        for k, v in sd.items():
+            if v.dtype.is_floating_point:
+                ema_sd[k].lerp_(v, 1 - self.decay)
+            else:
+                ema_sd[k].copy_(v)
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def environment() -> dict:
+    return {
+        "cifarlab": __version__,
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def model_meta(cfg: dict, classes, mean, std) -> dict:
+    """What inference needs, stored in every checkpoint (plain types: weights_only-safe)."""
+    return {
+        "model": cfg["model"], "model_args": dict(cfg["model_args"]),
+        "classes": list(classes), "mean": list(mean), "std": list(std),
+        "loss": cfg["loss"]["name"], "precision": cfg["train"]["precision"],
+        "channels_last": cfg["train"]["channels_last"], "tta": cfg["train"]["tta"],
+        "recipe": cfg["name"],
+    }
+
+
+def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
+        progress: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Train per `cfg` (a resolved recipe), writing everything into `run`; return metrics."""
+    t_cfg = cfg["train"]
+    train = data.train.subset(cfg["data"]["train_subset"], seed=t_cfg["seed"])
+    test = data.test.subset(cfg["data"]["test_subset"], seed=t_cfg["seed"])
+    bs = t_cfg["batch_size"]
+    if len(train) < 2:
+        raise CifarlabError("training set has fewer than 2 images")
+    steps_per_epoch = max(1, len(train) // bs)  # drop the last partial batch
+
+    torch.manual_seed(t_cfg["seed"])
+    gen = torch.Generator().manual_seed(t_cfg["seed"])
+    mean, std = channel_stats(train.images)
+    pipeline = Pipeline(AugmentConfig(**cfg["augment"]), mean, std)
+    model = create_model(cfg["model"], **cfg["model_args"])
+    cl = t_cfg["channels_last"]
+    if cl:
+        model = model.to(memory_format=torch.channels_last)
+    opt = build_optimizer(cfg, model.parameters())
+    sched = build_scheduler(cfg, opt, steps_per_epoch)
+    criterion = loss_fn(cfg)
+    ema = EMA(model, t_cfg["ema"]) if t_cfg["ema"] > 0 else None
+    meta = model_meta(cfg, data.classes, mean, std)
+
+    history: list[dict] = []
+    start_epoch, best_acc, best_epoch, target_epoch, elapsed = 0, -1.0, 0, None, 0.0
+    img_seconds, images_seen = 0.0, 0
+    if resume:
+        st = load_checkpoint(run.last)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        if ema is not None and st.get("ema") is not None:
+            ema.model.load_state_dict(st["ema"])
+        torch.set_rng_state(st["rng"]["torch"])
+        gen.set_state(st["rng"]["gen"])
+        history = st["history"]
+        start_epoch, best_acc, best_epoch = st["epoch"], st["best_acc"], st["best_epoch"]
+        target_epoch, elapsed = st.get("target_epoch"), st["train_seconds"]
+        img_seconds, images_seen = st["img_seconds"], st["images_seen"]
+        log(f"resuming {run.path} after epoch {start_epoch}/{t_cfg['epochs']}")
+    else:
+        write_json(run.config, {"recipe": cfg, "environment": environment(),
+                                "data": str(data.root), "mean": mean, "std": std})
+
+    params = count_params(model)
+    log(f"run {run.path}: model {cfg['model']} ({params:,} params), {len(train):,} train / "
+        f"{len(test):,} test images, {t_cfg['epochs']} epochs x {steps_per_epoch} steps, "
+        f"{t_cfg['precision']}{', channels_last' if cl else ''}")
+    eval_kw = dict(batch_size=t_cfg["eval_batch_size"], precision=t_cfg["precision"],
+                   channels_last=cl, tta=t_cfg["tta"])
+    target = t_cfg["target"]
+    final = None
+    for epoch in range(start_epoch + 1, t_cfg["epochs"] + 1):
+        if target and target_epoch is not None:
+            break
+        t0 = time.perf_counter()
+        model.train()
+        perm = torch.randperm(len(train), generator=gen)
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{t_cfg['epochs']}",
+                   disable=not progress, leave=False, dynamic_ncols=True, file=sys.stderr)
+        for step in bar:
+            idx = perm[step * bs:(step + 1) * bs]
+            x, y = pipeline(train.images[idx], gen), train.labels[idx]
+            if cl:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(t_cfg["precision"]):
+                out = model(x)
+                loss = criterion(out.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if t_cfg["grad_clip"] > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), t_cfg["grad_clip"])
+            opt.step()
+            sched.step()
+            if ema is not None:
+                ema.update(model)
+            loss_sum += loss.item() * len(y)
+            correct += (out.argmax(1) == y).sum().item()
+            seen += len(y)
+            if step % 10 == 0 or step == steps_per_epoch - 1:
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
+        bar.close()
+        train_time = time.perf_counter() - t0
+        if not math.isfinite(loss_sum):
+            raise CifarlabError(f"training diverged at epoch {epoch} (loss is {loss_sum}); "
+                                "lower optim.lr or set train.grad_clip")
+        eval_model = ema.model if ema is not None else model
+        final = summarize(predict_logits(eval_model, test.images, mean, std, **eval_kw),
+                          test.labels, cfg["loss"]["name"])
+        seconds = time.perf_counter() - t0
+        elapsed += seconds
+        img_seconds += train_time
+        images_seen += seen
+        row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"],
+               "train_loss": loss_sum / seen, "train_acc": correct / seen,
+               "test_loss": final["loss"], "test_acc": final["acc"], "seconds": seconds}
+        history.append(row)
+        improved = final["acc"] > best_acc
+        if improved:
+            best_acc, best_epoch = final["acc"], epoch
+        if target and target_epoch is None and final["acc"] >= target:
+            target_epoch = epoch
+        state = {
+            "model": model.state_dict(), "ema": ema.model.state_dict() if ema else None,
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "gen": gen.get_state()},
+            "epoch": epoch, "best_acc": best_acc, "best_epoch": best_epoch,
+            "target_epoch": target_epoch, "train_seconds": elapsed,
+            "img_seconds": img_seconds, "images_seen": images_seen,
+            "history": history, "meta": meta,
+        }
+        run.write_history(history)
+        if improved:
+            save_checkpoint(run.best, state)
+        save_checkpoint(run.last, state)
+        msg = (f"epoch {epoch:3d}/{t_cfg['epochs']}  lr {row['lr']:.5f}  "
+               f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
+               f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}  {seconds:5.1f}s")
+        if target_epoch == epoch:
+            msg += f"  target {target:.4f} reached"
+        log(msg)
+
+    if final is None:  # resumed a finished run: report what the last checkpoint evaluates to
+        st = load_checkpoint(run.last)
+        (ema.model if ema else model).load_state_dict(st["ema"] or st["model"])
+        final = summarize(predict_logits(ema.model if ema else model, test.images, mean, std,
+                                         **eval_kw), test.labels, cfg["loss"]["name"])
+    metrics = {
+        "recipe": cfg["name"], "model": cfg["model"],
+        "test_acc": final["acc"], "test_loss": final["loss"],
+        "best_test_acc": best_acc, "best_epoch": best_epoch,
+        "target": target or None, "target_epoch": target_epoch,
+        "per_class_acc": final["per_class_acc"], "confusion": final["confusion"],
+        "classes": list(data.classes), "params": params,
+        "train_seconds": elapsed,
+        "images_per_second": images_seen / img_seconds if img_seconds else 0.0,
+        "epochs": len(history), "epochs_planned": t_cfg["epochs"],
+        "train_images": len(train), "test_images": len(test),
+    }
+    write_json(run.metrics, metrics)
+    return metrics

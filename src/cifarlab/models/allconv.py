@@ -1,0 +1,52 @@
+"""Seed 001: the all-convolutional C1C2C3C4O network (no MaxPool, GAP head)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def cbr(cin: int, cout: int, k: int = 3, stride: int = 1, padding: int | None = None,
+        dilation: int = 1, dropout: float = 0.1) -> list[nn.Module]:
+    """Conv (no bias) -> BatchNorm -> ReLU -> Dropout, the seed's repeating unit."""
+    if padding is None:
+        padding = (k // 2) * dilation if k > 1 else 0
+    return [
+        nn.Conv2d(cin, cout, k, stride=stride, padding=padding, dilation=dilation, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+    ]
+
+
+class Seed001Net(nn.Module):
+    """Seed 001's final network, exactly as its summary table (92,394 parameters, RF 61).
+
+    B1: 3x3 3->32, 3x3 stride 2 32->64 (32->16 px), 1x1 64->16.
+    B2: 3x3 16->32, depthwise 3x3 stride 2 (16->8 px) + pointwise 32->16.
+    B3: 3x3 16->32, 3x3 32->64, 1x1 64->16.
+    B4: 3x3 16->32, 3x3 32->64, dilated (d=2, p=1) 3x3 64->32 (8->6 px).
+    O: GAP, FC 32->10. Dropout 0.1 after every BN-ReLU (the seed's rate).
+    """
+
+    def __init__(self, num_classes: int = 10, dropout: float = 0.1):
+        super().__init__()
+        p = dropout
+        self.features = nn.Sequential(
+            *cbr(3, 32, dropout=p),
+            *cbr(32, 64, stride=2, dropout=p),
+            *cbr(64, 16, k=1, dropout=p),
+            *cbr(16, 32, dropout=p),
+            nn.Conv2d(32, 32, 3, stride=2, padding=1, groups=32, bias=False),  # depthwise
+            *cbr(32, 16, k=1, dropout=p),  # pointwise
+            *cbr(16, 32, dropout=p),
+            *cbr(32, 64, dropout=p),
+            *cbr(64, 16, k=1, dropout=p),
+            *cbr(16, 32, dropout=p),
+            *cbr(32, 64, dropout=p),
+            *cbr(64, 32, padding=1, dilation=2, dropout=p),  # dilated, 8x8 -> 6x6
+        )
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.gap(self.features(x)).flatten(1))

@@ -1,0 +1,138 @@
+"""The run directory: the one module that knows its format.
+
+runs/<name>/
+  config.json    resolved recipe, seed, versions
+  history.csv    one row per epoch
+  metrics.json   final numbers
+  best.pt, last.pt   checkpoints (weights_only-loadable), written atomically
+  plots/         figures
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import CifarlabError
+
+HISTORY_FIELDS = [
+    "epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds",
+]
+
+
+class RunDirError(CifarlabError):
+    pass
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunDirError(f"{path}: file is missing") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise RunDirError(f"{path}: cannot read JSON ({e})") from None
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load with weights_only=True: a checkpoint that carries code is refused."""
+    if not path.is_file():
+        raise RunDirError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
+        raise RunDirError(f"{path}: refused, not a plain weights file ({first})") from None
+    except Exception as e:  # truncated zip, garbage bytes, ...
+        raise RunDirError(f"{path}: corrupt or not a checkpoint ({type(e).__name__})") from None
+    if not isinstance(state, dict) or "model" not in state or "meta" not in state:
+        raise RunDirError(f"{path}: not a cifarlab checkpoint (no 'model'/'meta')")
+    return state
+
+
+class RunDir:
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    config = property(lambda self: self.path / "config.json")
+    history = property(lambda self: self.path / "history.csv")
+    metrics = property(lambda self: self.path / "metrics.json")
+    best = property(lambda self: self.path / "best.pt")
+    last = property(lambda self: self.path / "last.pt")
+    plots = property(lambda self: self.path / "plots")
+
+    @staticmethod
+    def create(root: str | os.PathLike, name: str) -> RunDir:
+        """A fresh directory root/name, or root/name-2, -3, ... if taken (never overwrite)."""
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        for i in range(1, 10_000):
+            p = root / (name if i == 1 else f"{name}-{i}")
+            try:
+                p.mkdir()
+                return RunDir(p)
+            except FileExistsError:
+                continue
+        raise RunDirError(f"{root}: too many runs named {name}")
+
+    def write_history(self, rows: list[dict]) -> None:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r[k] for k in HISTORY_FIELDS})
+        atomic_write_text(self.history, buf.getvalue())
+
+    def read_history(self) -> tuple[list[dict], list[str]]:
+        """Rows (numbers as floats, epoch as int) and a list of problems found (never raises
+        for a torn or missing file: the report marks it instead)."""
+        problems: list[str] = []
+        if not self.history.is_file():
+            return [], ["history.csv missing"]
+        rows = []
+        with open(self.history, newline="") as f:
+            for i, r in enumerate(csv.DictReader(f), start=2):
+                try:
+                    row = {k: float(r[k]) for k in HISTORY_FIELDS}
+                except (TypeError, ValueError, KeyError):
+                    problems.append(f"history.csv line {i} unreadable (torn write?)")
+                    continue
+                row["epoch"] = int(row["epoch"])
+                rows.append(row)
+        return rows, problems
