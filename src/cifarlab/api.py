@@ -41,17 +41,16 @@ def train(recipe: str | os.PathLike | dict = "default", *, data: CIFAR10 | None 
 
     Overrides are keyword arguments: shortcuts (`epochs=3`, `lr=0.01`) or dotted keys passed
     as a dict (`**{"augment.cutout": 8}`). With `resume=RUN_DIR` the run continues from its
-    `last.pt`; only `epochs` may then be changed (to extend a finished run).
+    `last.pt`, exactly as configured (no overrides).
     """
     if resume is not None:
         run = RunDir(resume)
         if not run.config.is_file():
             raise CifarlabError(f"{run.path}: not a run directory (no config.json)")
-        cfg_saved = read_json(run.config)["recipe"]
-        extra = _expand(overrides)
-        if set(extra) - {"train.epochs"}:
-            raise CifarlabError("--resume continues a run as configured; only --epochs may change")
-        cfg = resolve(cfg_saved, extra)
+        if _expand(overrides):
+            raise CifarlabError("--resume continues a run exactly as configured; "
+                                "no other options are allowed")
+        cfg = resolve(read_json(run.config)["recipe"])
     else:
         cfg = resolve(recipe, _expand(overrides))
     if data is None:

@@ -76,13 +76,17 @@ _ALLOWED = {
 }
 
 
+class RefusedGlobal(pickle.UnpicklingError):
+    pass
+
+
 class SafeUnpickler(pickle.Unpickler):
     """Only rebuilds numpy arrays, dicts, lists, numbers and strings; refuses any other global."""
 
     def find_class(self, module: str, name: str):
         factory = _ALLOWED.get((module, name))
         if factory is None:
-            raise pickle.UnpicklingError(
+            raise RefusedGlobal(
                 f"refusing to load '{module}.{name}': not something a CIFAR-10 batch contains"
             )
         return factory()
@@ -97,10 +101,10 @@ def safe_load_pickle(path: Path) -> object:
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
     try:
         return SafeUnpickler(io.BytesIO(raw), encoding="bytes").load()
-    except pickle.UnpicklingError as e:
+    except RefusedGlobal as e:
         raise DataError(f"{path}: {e}") from None
-    except Exception as e:  # truncated or garbage: EOFError, ValueError, KeyError, ...
-        raise DataError(f"{path}: corrupt or truncated pickle ({type(e).__name__})") from None
+    except Exception as e:  # truncated or garbage: EOFError, UnpicklingError, ValueError, ...
+        raise DataError(f"{path}: corrupt or truncated pickle ({e or type(e).__name__})") from None
 
 
 def _get(d: dict, key: str):

@@ -15,7 +15,9 @@ import io
 import json
 import os
 import pickle
+import re
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -74,11 +76,14 @@ def load_checkpoint(path: Path) -> dict:
     """Load with weights_only=True: a checkpoint that carries code is refused."""
     if not path.is_file():
         raise RunDirError(f"{path}: checkpoint not found")
+    if not zipfile.is_zipfile(path):  # torch.save writes zip archives
+        raise RunDirError(f"{path}: corrupt or not a checkpoint (not a torch.save archive)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
-        raise RunDirError(f"{path}: refused, not a plain weights file ({first})") from None
+        m = re.search(r"(?i)unsupported (?:global:? )?GLOBAL ([\w.]+)", str(e))
+        why = f"it would import {m.group(1)}" if m else "it holds more than plain weights"
+        raise RunDirError(f"{path}: refused to load: {why}") from None
     except Exception as e:  # truncated zip, garbage bytes, ...
         raise RunDirError(f"{path}: corrupt or not a checkpoint ({type(e).__name__})") from None
     if not isinstance(state, dict) or "model" not in state or "meta" not in state:

@@ -1,0 +1,75 @@
+"""User errors: one line on stderr, non-zero exit, no traceback, nothing started."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def cli(*args, cwd=None, env=None):
+    return subprocess.run([sys.executable, "-m", "cifarlab.cli", *args], capture_output=True,
+                          text=True, cwd=cwd, env=env)
+
+
+def one_line_error(r, *needles):
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--lr", "-1"], ["optim.lr"]),
+    (["--optimizer", "adamm"], ["optim.name", "adam"]),
+    (["--batch-size", "0"], ["train.batch_size"]),
+    (["--set", "train.epoch=3"], ["train.epoch", "epochs"]),
+    (["--recipe", "nope"], ["unknown recipe 'nope'"]),
+    (["--set", "model=nonet"], ["unknown model 'nonet'"]),
+    (["--set", "model_args.widht=3"], ["model_args.widht"]),
+])
+def test_bad_train_options(args, needles, shared_cifar_dir, tmp_path):
+    r = cli("train", "--data-dir", str(shared_cifar_dir), "--runs-dir", str(tmp_path), *args)
+    one_line_error(r, *needles)
+    if "model" not in " ".join(args):
+        assert not list(tmp_path.iterdir())  # rejected before any run dir was created
+
+
+def test_missing_data(tmp_path):
+    r = cli("data", "stats", "--data-dir", str(tmp_path / "nowhere"))
+    one_line_error(r, "CIFAR-10 not found", "nowhere", "--download")
+
+
+def test_data_stats(shared_cifar_dir):
+    r = cli("data", "stats", "--data-dir", str(shared_cifar_dir))
+    assert r.returncode == 0
+    assert "mean " in r.stdout and "std " in r.stdout
+    assert "Class 0 (airplane" in r.stdout
+
+
+def test_eval_missing(tmp_path):
+    one_line_error(cli("eval", str(tmp_path / "none")), "no such run directory")
+
+
+def test_resume_not_a_run(tmp_path):
+    one_line_error(cli("train", "--resume", str(tmp_path)), "not a run directory")
+
+
+def test_recipes_and_models_list():
+    r = cli("recipes")
+    assert r.returncode == 0 and "default" in r.stdout
+    r = cli("models")
+    assert r.returncode == 0 and "seed001" in r.stdout and "92,394" in r.stdout
+
+
+def test_cli_train_and_eval(shared_cifar_dir, tmp_path):
+    r = cli("train", "--data-dir", str(shared_cifar_dir), "--runs-dir", str(tmp_path),
+            "--epochs", "1", "--batch-size", "100", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "final test accuracy" in r.stdout
+    assert "epoch   1/1" in r.stdout
+    r = cli("eval", str(tmp_path / "default"), "--data-dir", str(shared_cifar_dir))
+    assert r.returncode == 0, r.stderr
+    assert "test accuracy" in r.stdout and "confusion matrix" in r.stdout
+    assert "truck" in r.stdout

@@ -1,0 +1,147 @@
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import cifarlab
+from cifarlab.errors import CifarlabError
+from cifarlab.rundir import RunDirError, load_checkpoint
+
+FAST = {"epochs": 2, "batch_size": 50, "lr": 0.05}
+
+
+def test_train_writes_run_dir(shared_cifar_dir, tmp_path):
+    m = cifarlab.train("default", data_dir=shared_cifar_dir, runs_dir=tmp_path / "runs",
+                       progress=False, log=lambda s: None, **FAST)
+    run = Path(m["run_dir"])
+    assert run == tmp_path / "runs" / "default"
+    for f in ("config.json", "history.csv", "metrics.json", "best.pt", "last.pt"):
+        assert (run / f).is_file(), f
+    rows = list(csv.DictReader(open(run / "history.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert set(rows[0]) == {"epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
+                            "seconds"}
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0.0 <= metrics["test_acc"] <= 1.0 and metrics["params"] == 92_394
+    assert metrics["epochs"] == 2 and len(metrics["per_class_acc"]) == 10
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["recipe"]["train"]["epochs"] == 2  # fully resolved, overrides included
+    assert cfg["recipe"]["augment"]["crop_pad"] == 4  # defaults written out
+
+
+def test_learns_synthetic(shared_cifar_dir, tmp_path):
+    m = cifarlab.train("default", data_dir=shared_cifar_dir, runs_dir=tmp_path,
+                       progress=False, log=lambda s: None,
+                       **{"epochs": 6, "batch_size": 50, "lr": 0.05, "augment.cutout": 0})
+    assert m["best_test_acc"] > 0.5  # 10 colour-coded classes: chance is 0.1
+
+
+@pytest.mark.parametrize("opt, sched, loss", [
+    ("adam", "step", "ce"), ("adamw", "cosine", "ce"), ("sgd", "constant", "ce"),
+])
+def test_optimizers_and_schedules(shared_cifar_dir, tmp_path, opt, sched, loss):
+    m = cifarlab.train("default", data_dir=shared_cifar_dir, runs_dir=tmp_path, progress=False,
+                       log=lambda s: None, optimizer=opt, schedule=sched, epochs=1,
+                       batch_size=100, lr=0.001, grad_clip=1.0, precision="fp32",
+                       channels_last=False, ema=0.9)
+    assert m["epochs"] == 1
+
+
+def test_run_names_never_overwrite(shared_cifar_dir, tmp_path):
+    kw = dict(data_dir=shared_cifar_dir, runs_dir=tmp_path, progress=False, log=lambda s: None,
+              epochs=1, batch_size=100)
+    a = cifarlab.train("default", **kw)["run_dir"]
+    b = cifarlab.train("default", **kw)["run_dir"]
+    assert a != b and Path(b).name == "default-2"
+
+
+def test_target_stops_early(shared_cifar_dir, tmp_path):
+    m = cifarlab.train("default", data_dir=shared_cifar_dir, runs_dir=tmp_path, progress=False,
+                       log=lambda s: None, epochs=5, batch_size=50, target=0.05)
+    assert m["target_epoch"] == 1 and m["epochs"] == 1
+
+
+def test_checkpoint_weights_only_and_evaluate(shared_cifar_dir, tmp_path):
+    m = cifarlab.train("default", data_dir=shared_cifar_dir, runs_dir=tmp_path, progress=False,
+                       log=lambda s: None, epochs=1, batch_size=100)
+    st = torch.load(Path(m["run_dir"]) / "best.pt", weights_only=True)
+    assert st["meta"]["model"] == "seed001"
+    r = cifarlab.evaluate(m["run_dir"], data_dir=shared_cifar_dir)
+    assert r["acc"] == pytest.approx(m["best_test_acc"])
+    assert sum(map(sum, r["confusion"])) == 200
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /tmp/cifarlab_ckpt_pwned",))
+
+
+def test_malicious_checkpoint_refused(tmp_path):
+    p = tmp_path / "evil.pt"
+    torch.save({"model": {}, "meta": Payload()}, p)
+    with pytest.raises(RunDirError, match="refused to load: it would import posix.system"):
+        load_checkpoint(p)
+    assert not Path("/tmp/cifarlab_ckpt_pwned").exists()
+
+
+def test_corrupt_checkpoint(tmp_path):
+    p = tmp_path / "bad.pt"
+    p.write_bytes(b"garbage" * 100)
+    with pytest.raises(RunDirError, match="corrupt or not a checkpoint"):
+        load_checkpoint(p)
+
+
+def test_resume_takes_no_overrides_and_finished_run(shared_cifar_dir, tmp_path):
+    m = cifarlab.train("default", data_dir=shared_cifar_dir, runs_dir=tmp_path, progress=False,
+                       log=lambda s: None, epochs=1, batch_size=100)
+    with pytest.raises(CifarlabError, match="no other options"):
+        cifarlab.train(resume=m["run_dir"], data_dir=shared_cifar_dir, lr=0.5)
+    m2 = cifarlab.train(resume=m["run_dir"], data_dir=shared_cifar_dir, progress=False,
+                        log=lambda s: None)  # already finished: re-reports, trains nothing
+    assert m2["epochs"] == 1 and m2["test_acc"] == pytest.approx(m["test_acc"])
+
+
+def _cli(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "cifarlab.cli", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_kill_mid_epoch_and_resume(tmp_path):
+    """SIGKILL during epoch 2, resume: same history as an uninterrupted run, intact files."""
+    from conftest import write_cifar
+
+    data = write_cifar(tmp_path / "data", per_batch=160, test=100)
+    args = ["train", "--data-dir", str(data), "--epochs", "3", "--batch-size", "16",
+            "--no-progress", "--set", "train.ema=0.5"]
+    ref = _cli(*args, "--runs-dir", str(tmp_path / "ref"))
+    out, err = ref.communicate(timeout=600)
+    assert ref.returncode == 0, err
+    runs = tmp_path / "runs"
+    p = _cli(*args, "--runs-dir", str(runs))
+    run = runs / "default"
+    deadline = time.time() + 300
+    while not (run / "last.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # now inside epoch 2
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    st = load_checkpoint(run / "last.pt")  # never torn
+    assert st["epoch"] == 1
+    r = _cli("train", "--resume", str(run), "--data-dir", str(data), "--no-progress")
+    out, err = r.communicate(timeout=600)
+    assert r.returncode == 0, err
+    assert "resuming" in out
+    a = list(csv.DictReader(open(run / "history.csv")))
+    b = list(csv.DictReader(open(tmp_path / "ref" / "default" / "history.csv")))
+    assert [int(x["epoch"]) for x in a] == [1, 2, 3]
+    for x, y in zip(a, b, strict=True):  # resumed run continues exactly (RNG restored)
+        assert float(x["train_loss"]) == pytest.approx(float(y["train_loss"]), rel=1e-4)
+        assert float(x["test_acc"]) == pytest.approx(float(y["test_acc"]), abs=1e-9)
+    assert not list(run.glob(".*.tmp"))

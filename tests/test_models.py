@@ -1,0 +1,131 @@
+"""Every registered network: shapes, exact parameter counts, the seeds' budgets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cifarlab.analysis import check_constraints, receptive_field
+from cifarlab.errors import CifarlabError
+from cifarlab.models import REGISTRY, create_model
+from cifarlab.models.dynamic import NthBlock
+
+
+def n_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def conv(cin: int, cout: int, k: int) -> int:  # with bias
+    return cin * cout * k * k + cout
+
+
+def fc(i: int, o: int) -> int:
+    return i * o + o
+
+
+EXPECTED = {
+    "seed001": 92_394,
+    "seed003-net1": conv(3, 6, 5) + conv(6, 16, 5) + fc(400, 120) + fc(120, 84) + fc(84, 10),
+    "seed003-net3": conv(3, 6, 5) + conv(6, 16, 5) + fc(400, 200) + fc(200, 100) + fc(100, 50)
+    + fc(50, 10),
+    "seed003-net6": conv(3, 32, 5) + conv(32, 64, 5) + fc(1600, 800) + fc(800, 400)
+    + fc(400, 200) + fc(200, 100) + fc(100, 50) + fc(50, 10),
+    "seed003-net7": conv(3, 64, 5) + conv(64, 128, 5) + fc(3200, 1600) + fc(1600, 800)
+    + fc(800, 400) + fc(400, 200) + fc(200, 100) + fc(100, 50) + fc(50, 10),
+    "seed003-net8": conv(3, 64, 5) + conv(64, 128, 5) + conv(128, 256, 5) + fc(2304, 1600)
+    + fc(1600, 800) + fc(800, 400) + fc(400, 200) + fc(200, 100) + fc(100, 50) + fc(50, 10),
+}
+
+
+def test_registry_has_every_seed_model():
+    expected = {"seed000-m1", "seed000-m2", "seed000-m3", "seed001", "seed001-dilated",
+                "seed002", "seed003-net1", "seed003-net3", "seed003-net6", "seed003-net7",
+                "seed003-net8", "seed004"}
+    assert expected <= set(REGISTRY)
+    for name in expected:
+        assert REGISTRY[name].provenance
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_model_maps_images_to_ten_logits(name):
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    with torch.no_grad():
+        y = model(torch.randn(2, 3, 32, 32))
+    assert y.shape == (2, 10)
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_model_takes_num_classes(name):
+    model = create_model(name, num_classes=7).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 32, 32)).shape == (1, 7)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_exact_parameter_counts(name):
+    assert n_params(create_model(name)) == EXPECTED[name]
+
+
+def test_tutorial_net1_is_the_classic_62006():
+    assert EXPECTED["seed003-net1"] == 62_006
+
+
+@pytest.mark.parametrize("name", ["seed000-m1", "seed000-m2", "seed000-m3"])
+def test_seed000_models_are_under_50k(name):
+    assert n_params(create_model(name)) < 50_000
+
+
+def test_seed000_m2_returns_log_probabilities():
+    model = create_model("seed000-m2").eval()
+    with torch.no_grad():
+        y = model(torch.randn(3, 3, 32, 32))
+    assert torch.allclose(y.exp().sum(1), torch.ones(3), atol=1e-5)
+    assert (y <= 0).all()
+
+
+def test_seed001_dilated_meets_the_bonus_rules():
+    model = create_model("seed001-dilated")
+    assert n_params(model) < 200_000
+    assert receptive_field(model) > 44
+    assert check_constraints(model, max_params=199_999, min_receptive_field=45,
+                             require=("dilated", "depthwise_separable", "gap"),
+                             forbid=("maxpool", "avgpool", "strided_conv")) == []
+    drops = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert drops and set(drops) == {0.1}
+
+
+def test_dropout_argument_reaches_the_layers():
+    for name in ("seed001-dilated", "seed003-net6", "seed002", "seed004", "seed000-m3"):
+        model = create_model(name, dropout=0.37)
+        drops = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+        assert drops == {0.37}, name
+
+
+def test_unknown_argument_is_a_user_error():
+    with pytest.raises(CifarlabError, match="no argument 'width_mult'"):
+        create_model("seed003-net1", width_mult=2)
+
+
+def test_seed002_head_is_512_128_10():
+    model = create_model("seed002")
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(512, 128), (128, 10)]
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 18 and all(c.kernel_size == (3, 3) for c in convs)
+    assert convs[-1].out_channels == 512
+
+
+def test_seed004_block_mixes_three_branches_with_gap_weights():
+    torch.manual_seed(0)
+    block = NthBlock(4, 6).eval()
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        a = torch.relu(block.fc(x.mean((2, 3))))
+        want = sum(a[:, i].view(-1, 1, 1, 1) * torch.relu(block.convs[i](x)) for i in range(3))
+        got = block(x)
+    assert got.shape == (2, 6, 8, 8)
+    assert torch.allclose(got, want, atol=1e-6)
+    model = create_model("seed004")
+    assert sum(isinstance(m, NthBlock) for m in model.modules()) == 5

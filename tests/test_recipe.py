@@ -1,0 +1,62 @@
+import pytest
+
+from cifarlab.recipe import DEFAULTS, RecipeError, list_recipes, parse_override, resolve
+
+
+def test_default_resolves():
+    cfg = resolve("default")
+    assert cfg["name"] == "default" and cfg["model"] == "seed001"
+    assert set(cfg) == set(DEFAULTS)
+
+
+def test_every_builtin_recipe_resolves():
+    names = [n for n, _ in list_recipes()]
+    assert "default" in names
+    for n in names:
+        resolve(n)
+
+
+@pytest.mark.parametrize("override, match", [
+    ({"optim.lr": -0.1}, r"optim.lr: -0.1 is outside"),
+    ({"optim.name": "adamm"}, r"optim.name: 'adamm' is not one of .*did you mean 'adam'"),
+    ({"train.batch_size": 0}, r"train.batch_size: 0 is outside"),
+    ({"train.epoch": 3}, r"unknown recipe key 'train.epoch'.*did you mean 'epochs'"),
+    ({"trian.epochs": 3}, r"unknown recipe key 'trian'.*did you mean 'train'"),
+    ({"train.epochs": "ten"}, r"train.epochs: expected an integer"),
+    ({"train.epochs": 2.5}, r"train.epochs: expected an integer"),
+    ({"train.tta": 1}, r"train.tta: expected true or false"),
+    ({"loss.label_smoothing": 1.0}, r"loss.label_smoothing"),
+    ({"schedule.name": "cyclic"}, r"schedule.name"),
+])
+def test_invalid_values_named(override, match):
+    with pytest.raises(RecipeError, match=match):
+        resolve("default", override)
+
+
+def test_overrides_apply_and_ints_become_floats():
+    cfg = resolve("default", {"train.epochs": 3, "optim.lr": 1})
+    assert cfg["train"]["epochs"] == 3
+    assert cfg["optim"]["lr"] == 1.0 and isinstance(cfg["optim"]["lr"], float)
+
+
+def test_recipe_file(tmp_path):
+    p = tmp_path / "mine.toml"
+    p.write_text('model = "seed001"\n[train]\nepochs = 2\n')
+    cfg = resolve(p)
+    assert cfg["name"] == "mine" and cfg["train"]["epochs"] == 2
+    p.write_text("[train\nepochs = 2\n")
+    with pytest.raises(RecipeError, match="mine.toml: invalid TOML"):
+        resolve(p)
+
+
+def test_unknown_recipe():
+    with pytest.raises(RecipeError, match="unknown recipe 'nope'"):
+        resolve("nope")
+
+
+def test_parse_override():
+    assert parse_override("optim.lr=0.01") == ("optim.lr", 0.01)
+    assert parse_override("optim.name=adam") == ("optim.name", "adam")
+    assert parse_override("train.tta=false") == ("train.tta", False)
+    with pytest.raises(RecipeError, match="KEY=VALUE"):
+        parse_override("optim.lr")
