@@ -60,3 +60,30 @@ def test_parse_override():
     assert parse_override("train.tta=false") == ("train.tta", False)
     with pytest.raises(RecipeError, match="KEY=VALUE"):
         parse_override("optim.lr")
+
+
+def test_seed_recipes_build_and_pass_their_constraints():
+    from cifarlab.engine import build_model
+
+    for name, _ in list_recipes():
+        build_model(resolve(name))
+
+
+def test_constraint_values_validated():
+    with pytest.raises(RecipeError, match="constraints.forbid: unknown rule 'maxpol'.*maxpool"):
+        resolve("default", {"constraints.forbid": ["maxpol"]})
+    with pytest.raises(RecipeError, match="constraints.require: expected a list"):
+        resolve("default", {"constraints.require": [1]})
+
+
+def test_train_refuses_broken_constraints(shared_cifar_dir, tmp_path):
+    import cifarlab
+    from cifarlab.errors import CifarlabError
+
+    with pytest.raises(CifarlabError, match=r"forbid strided_conv: Conv2d-5 \(features.4\)"):
+        cifarlab.train("default", data_dir=shared_cifar_dir, runs_dir=tmp_path,
+                       **{"constraints.forbid": ["strided_conv"]})
+    with pytest.raises(CifarlabError, match="max_params 50000: model has 92,394"):
+        cifarlab.train("default", data_dir=shared_cifar_dir, runs_dir=tmp_path,
+                       **{"constraints.max_params": 50000})
+    assert not list(tmp_path.iterdir())  # refused before a run directory was made

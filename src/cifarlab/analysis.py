@@ -489,3 +489,10 @@ def format_rf_table(model: nn.Module) -> str:
     out = [fmt([h for h, _ in cols]), "  ".join("-" * w for w in widths)]
     out += [fmt(r) for r in rows]
     return "\n".join(out)
+
+
+def describe(model: nn.Module) -> dict:
+    """Params, MACs and receptive field from one trace."""
+    t = trace(model)
+    return {"params": t.total_params, "trainable_params": t.trainable_params,
+            "macs": sum(e.macs for e in t.events), "receptive_field": t.rf}

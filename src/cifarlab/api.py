@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .data import CIFAR10, load_data
-from .engine import fit
+from .engine import build_model, fit
 from .errors import CifarlabError
 from .evaluate import predict_logits, summarize
 from .images import ImageError, load_image
@@ -53,6 +53,7 @@ def train(recipe: str | os.PathLike | dict = "default", *, data: CIFAR10 | None 
         cfg = resolve(read_json(run.config)["recipe"])
     else:
         cfg = resolve(recipe, _expand(overrides))
+    build_model(cfg)  # unknown model, bad model_args, broken constraints: fail before data
     if data is None:
         data = load_data(data_dir, download=download)
     if resume is None:

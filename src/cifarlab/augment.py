@@ -7,6 +7,7 @@ albumentations pipeline runs per image, as seed 001 did, and exists to reproduce
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,9 +37,25 @@ def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator, mode: str = "re
                   rows, cols]
 
 
-def random_flip(x: torch.Tensor, gen: torch.Generator, p: float = 0.5) -> torch.Tensor:
+def random_flip(x: torch.Tensor, gen: torch.Generator, p: float = 0.5, dim: int = 3):
+    """Mirror each image with probability p (dim 3: horizontal, dim 2: vertical)."""
+    if p >= 1:
+        return x.flip(dim)
     mask = (torch.rand(x.shape[0], generator=gen) < p).view(-1, 1, 1, 1)
-    return torch.where(mask, x.flip(3), x)
+    return torch.where(mask, x.flip(dim), x)
+
+
+def random_rotate(x: torch.Tensor, degrees: float, gen: torch.Generator) -> torch.Tensor:
+    """Rotate each image by a uniform angle in [-degrees, degrees] (bilinear, zero fill)."""
+    if degrees <= 0:
+        return x
+    n = x.shape[0]
+    theta = (torch.rand(n, generator=gen) * 2 - 1) * degrees * torch.pi / 180
+    cos, sin = theta.cos(), theta.sin()
+    zero = torch.zeros(n)
+    mat = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = torch.nn.functional.affine_grid(mat, list(x.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
 
 
 def cutout(x: torch.Tensor, size: int, gen: torch.Generator, fill: torch.Tensor) -> torch.Tensor:
@@ -81,6 +98,9 @@ class AugmentConfig:
     crop_pad: int = 4
     crop_mode: str = "reflect"
     flip: bool = True
+    flip_p: float = 0.5
+    vflip_p: float = 0.0
+    rotate: float = 0.0
     cutout: int = 0
     brightness: float = 0.0
     contrast: float = 0.0
@@ -90,6 +110,7 @@ class AugmentConfig:
     scale_limit: float = 0.1
     rotate_limit: float = 45.0
     coarse_dropout: int = 16
+    test: bool = False  # also apply the pipeline to the test set (seed 003's tutorial did)
 
 
 class Pipeline:
@@ -115,9 +136,12 @@ class Pipeline:
             x = color_jitter(x, gen, c.brightness, c.contrast, c.saturation)
         x = random_crop(x, c.crop_pad, gen, c.crop_mode)
         if c.flip:
-            x = random_flip(x, gen)
-        x = normalize(x, self.mean, self.std)
-        return cutout(x, c.cutout, gen, torch.zeros(3))  # 0 after normalising = dataset mean
+            x = random_flip(x, gen, c.flip_p)
+        if c.vflip_p > 0:
+            x = random_flip(x, gen, c.vflip_p, dim=2)
+        x = normalize(x, self.mean, self.std)  # from here on, 0 = the dataset mean
+        x = random_rotate(x, c.rotate, gen)
+        return cutout(x, c.cutout, gen, torch.zeros(3))
 
     def _run_albu(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         # albumentations draws from its own RNG; seed it from ours so runs are reproducible.
@@ -135,10 +159,12 @@ def _albumentations_pipeline(cfg: AugmentConfig, mean: list[float]):
     s = cfg.coarse_dropout
     steps = []
     if cfg.flip:
-        steps.append(A.HorizontalFlip(p=0.5))
-    steps.append(A.ShiftScaleRotate(
-        shift_limit=cfg.shift_limit, scale_limit=cfg.scale_limit, rotate_limit=cfg.rotate_limit,
-        border_mode=cv2.BORDER_CONSTANT, fill=fill, p=0.5))
+        steps.append(A.HorizontalFlip(p=cfg.flip_p))
+    with warnings.catch_warnings():  # seed 001 names ShiftScaleRotate; 2.x suggests Affine
+        warnings.simplefilter("ignore", UserWarning)
+        steps.append(A.ShiftScaleRotate(
+            shift_limit=cfg.shift_limit, scale_limit=cfg.scale_limit,
+            rotate_limit=cfg.rotate_limit, border_mode=cv2.BORDER_CONSTANT, fill=fill, p=0.5))
     if s > 0:
         steps.append(A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(s, s),
                                      hole_width_range=(s, s), fill=fill, p=0.5))

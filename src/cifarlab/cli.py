@@ -63,7 +63,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(ds)
 
     sub.add_parser("recipes", help="list the built-in recipes")
-    sub.add_parser("models", help="list the registered models")
+    sub.add_parser("models", help="list the registered models (params, MACs, RF)")
+
+    sm = sub.add_parser("summary", help="layer table, totals, MACs and receptive-field table")
+    sm.add_argument("model")
+    sm.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="model argument, e.g. --arg dropout=0 (repeatable)")
+
+    ck = sub.add_parser("check", help="check a model against architecture rules")
+    ck.add_argument("model")
+    ck.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE")
+    ck.add_argument("--recipe", help="also apply this recipe's [constraints]")
+    ck.add_argument("--max-params", type=int)
+    ck.add_argument("--min-rf", type=int, help="smallest receptive field allowed")
+    ck.add_argument("--require", action="append", default=[], metavar="RULE",
+                    help="depthwise_separable | dilated | gap | maxpool | avgpool | "
+                    "strided_conv (repeatable)")
+    ck.add_argument("--forbid", action="append", default=[], metavar="RULE")
     return ap
 
 
@@ -145,16 +161,61 @@ def cmd_recipes(a: argparse.Namespace) -> int:
 
 
 def cmd_models(a: argparse.Namespace) -> int:
-    from .engine import count_params
+    from .analysis import describe
     from .models import REGISTRY, create_model
 
+    print(f"{'model':<16} {'params':>10} {'MACs':>13} {'RF':>4}  provenance")
     for name, info in sorted(REGISTRY.items()):
-        print(f"{name:<20} {count_params(create_model(name)):>10,}  {info.provenance}")
+        f = describe(create_model(name))
+        print(f"{name:<16} {f['params']:>10,} {f['macs']:>13,} {f['receptive_field']:>4}  "
+              f"{info.provenance}")
     return 0
 
 
+def _model_from_args(a: argparse.Namespace):
+    from .models import create_model
+    from .recipe import parse_override
+
+    return create_model(a.model, **dict(parse_override(s) for s in a.arg))
+
+
+def cmd_summary(a: argparse.Namespace) -> int:
+    from .analysis import format_rf_table, format_summary
+
+    model = _model_from_args(a)
+    print(format_summary(model))
+    print()
+    print("Receptive field per layer (32x32 input):")
+    print(format_rf_table(model))
+    return 0
+
+
+def cmd_check(a: argparse.Namespace) -> int:
+    from .analysis import check_constraints, describe
+    from .recipe import resolve
+
+    rules = {"max_params": a.max_params, "min_receptive_field": a.min_rf,
+             "require": a.require, "forbid": a.forbid}
+    if a.recipe:
+        c = resolve(a.recipe)["constraints"]
+        rules = {"max_params": a.max_params or c["max_params"] or None,
+                 "min_receptive_field": a.min_rf or c["min_receptive_field"] or None,
+                 "require": a.require + c["require"], "forbid": a.forbid + c["forbid"]}
+    model = _model_from_args(a)
+    broken = check_constraints(model, **rules)
+    f = describe(model)
+    print(f"{a.model}: {f['params']:,} params, {f['macs']:,} MACs, "
+          f"receptive field {f['receptive_field']}")
+    for msg in broken:
+        print(f"FAIL {msg}")
+    if not broken:
+        print("OK: all constraints hold")
+    return 1 if broken else 0
+
+
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "data": cmd_data,
-            "recipes": cmd_recipes, "models": cmd_models}
+            "recipes": cmd_recipes, "models": cmd_models, "summary": cmd_summary,
+            "check": cmd_check}
 
 
 def main(argv: list[str] | None = None) -> int:

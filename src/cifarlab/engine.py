@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import __version__
+from .analysis import check_constraints, describe
 from .augment import AugmentConfig, Pipeline
 from .data import CIFAR10, channel_stats
 from .errors import CifarlabError
@@ -83,8 +84,17 @@ class EMA:
                 ema_sd[k].copy_(v)
 
 
-def count_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def build_model(cfg: dict) -> tuple[torch.nn.Module, dict]:
+    """The recipe's model and its facts; refuses one that breaks the recipe's constraints."""
+    model = create_model(cfg["model"], **cfg["model_args"])
+    c = cfg["constraints"]
+    broken = check_constraints(model, max_params=c["max_params"] or None,
+                               min_receptive_field=c["min_receptive_field"] or None,
+                               require=c["require"], forbid=c["forbid"])
+    if broken:
+        raise CifarlabError(f"model '{cfg['model']}' breaks recipe '{cfg['name']}': "
+                            + "; ".join(broken))
+    return model, describe(model)
 
 
 def environment() -> dict:
@@ -123,7 +133,7 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
     gen = torch.Generator().manual_seed(t_cfg["seed"])
     mean, std = channel_stats(train.images)
     pipeline = Pipeline(AugmentConfig(**cfg["augment"]), mean, std)
-    model = create_model(cfg["model"], **cfg["model_args"])
+    model, facts = build_model(cfg)
     cl = t_cfg["channels_last"]
     if cl:
         model = model.to(memory_format=torch.channels_last)
@@ -154,13 +164,19 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
         write_json(run.config, {"recipe": cfg, "environment": environment(),
                                 "data": str(data.root), "mean": mean, "std": std})
 
-    params = count_params(model)
-    log(f"run {run.path}: model {cfg['model']} ({params:,} params), {len(train):,} train / "
-        f"{len(test):,} test images, {t_cfg['epochs']} epochs x {steps_per_epoch} steps, "
+    params = facts["params"]
+    log(f"run {run.path}: model {cfg['model']} ({params:,} params, "
+        f"RF {facts['receptive_field']}), {len(train):,} train / {len(test):,} test images, "
+        f"{t_cfg['epochs']} epochs x {steps_per_epoch} steps, "
         f"{t_cfg['precision']}{', channels_last' if cl else ''}")
     eval_kw = dict(batch_size=t_cfg["eval_batch_size"], precision=t_cfg["precision"],
                    channels_last=cl, tta=t_cfg["tta"])
+    test_inputs = test.images
+    if cfg["augment"]["test"]:  # one fixed random transform of the test set, as seed 003 did
+        test_inputs = pipeline(test.images, torch.Generator().manual_seed(t_cfg["seed"] + 1))
     target = t_cfg["target"]
+    clip = (torch.nn.utils.clip_grad_norm_ if t_cfg["grad_clip_mode"] == "norm"
+            else torch.nn.utils.clip_grad_value_)
     final = None
     for epoch in range(start_epoch + 1, t_cfg["epochs"] + 1):
         if target and target_epoch is not None:
@@ -182,7 +198,7 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if t_cfg["grad_clip"] > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t_cfg["grad_clip"])
+                clip(model.parameters(), t_cfg["grad_clip"])
             opt.step()
             sched.step()
             if ema is not None:
@@ -198,7 +214,7 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
             raise CifarlabError(f"training diverged at epoch {epoch} (loss is {loss_sum}); "
                                 "lower optim.lr or set train.grad_clip")
         eval_model = ema.model if ema is not None else model
-        final = summarize(predict_logits(eval_model, test.images, mean, std, **eval_kw),
+        final = summarize(predict_logits(eval_model, test_inputs, mean, std, **eval_kw),
                           test.labels, cfg["loss"]["name"])
         seconds = time.perf_counter() - t0
         elapsed += seconds
@@ -236,7 +252,7 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
     if final is None:  # resumed a finished run: report what the last checkpoint evaluates to
         st = load_checkpoint(run.last)
         (ema.model if ema else model).load_state_dict(st["ema"] or st["model"])
-        final = summarize(predict_logits(ema.model if ema else model, test.images, mean, std,
+        final = summarize(predict_logits(ema.model if ema else model, test_inputs, mean, std,
                                          **eval_kw), test.labels, cfg["loss"]["name"])
     metrics = {
         "recipe": cfg["name"], "model": cfg["model"],
@@ -244,7 +260,8 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
         "best_test_acc": best_acc, "best_epoch": best_epoch,
         "target": target or None, "target_epoch": target_epoch,
         "per_class_acc": final["per_class_acc"], "confusion": final["confusion"],
-        "classes": list(data.classes), "params": params,
+        "classes": list(data.classes), "params": params, "macs": facts["macs"],
+        "receptive_field": facts["receptive_field"],
         "train_seconds": elapsed,
         "images_per_second": images_seen / img_seconds if img_seconds else 0.0,
         "epochs": len(history), "epochs_planned": t_cfg["epochs"],

@@ -20,13 +20,15 @@ def autocast(precision: str):
 def predict_logits(model: torch.nn.Module, images: torch.Tensor, mean, std, *,
                    batch_size: int = 1000, precision: str = "bf16", channels_last: bool = True,
                    tta: bool = False) -> torch.Tensor:
-    """Float32 logits for uint8 images (N×3×32×32); with `tta`, averaged with the mirror."""
+    """Float32 logits for uint8 images (N×3×32×32) or already-normalised float images;
+    with `tta`, averaged with the mirror."""
     was_training = model.training
     model.eval()
     mean_t, std_t = torch.as_tensor(mean), torch.as_tensor(std)
     out = []
     for i in range(0, len(images), batch_size):
-        x = normalize(images[i:i + batch_size], mean_t, std_t)
+        batch = images[i:i + batch_size]
+        x = normalize(batch, mean_t, std_t) if batch.dtype == torch.uint8 else batch
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(precision):

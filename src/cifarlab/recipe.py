@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .analysis import RULES
 from .errors import CifarlabError
 
 
@@ -34,7 +35,10 @@ DEFAULTS: dict[str, Any] = {
         "backend": "tensor",  # tensor | albumentations | none
         "crop_pad": 4,
         "crop_mode": "reflect",  # reflect | constant | replicate
-        "flip": True,
+        "flip": True,  # horizontal flip ...
+        "flip_p": 0.5,  # ... with this probability
+        "vflip_p": 0.0,  # vertical flip probability
+        "rotate": 0.0,  # random rotation in [-rotate, rotate] degrees
         "cutout": 0,  # side of the square hole, px; 0 = off
         "brightness": 0.0,
         "contrast": 0.0,
@@ -43,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
         "scale_limit": 0.1,
         "rotate_limit": 45.0,
         "coarse_dropout": 16,  # albumentations CoarseDropout hole side, px; 0 = off
+        "test": False,  # also augment the test set (only to reproduce seed 003's tutorial)
     },
     "optim": {
         "name": "sgd",  # sgd | adam | adamw
@@ -67,10 +72,17 @@ DEFAULTS: dict[str, Any] = {
         "gamma": 0.1,  # step: multiplier at each drop
         "min_lr": 0.0,  # cosine: final lr
     },
+    "constraints": {  # architecture rules checked before training (0 / [] = none)
+        "max_params": 0,  # most parameters allowed
+        "min_receptive_field": 0,  # smallest receptive field allowed
+        "require": [],  # depthwise_separable | dilated | gap | maxpool | avgpool | strided_conv
+        "forbid": [],
+    },
     "train": {
         "epochs": 30,
         "batch_size": 256,
-        "grad_clip": 0.0,  # max gradient norm; 0 = off
+        "grad_clip": 0.0,  # gradient clipping threshold; 0 = off
+        "grad_clip_mode": "norm",  # norm (clip_grad_norm_) | value (clip_grad_value_)
         "seed": 0,
         "precision": "bf16",  # bf16 (autocast) | fp32
         "channels_last": True,
@@ -89,14 +101,20 @@ CHOICES = {
     ("schedule", "name"): {"onecycle", "step", "cosine", "constant"},
     ("schedule", "anneal"): {"linear", "cos"},
     ("train", "precision"): {"bf16", "fp32"},
+    ("train", "grad_clip_mode"): {"norm", "value"},
 }
 
 # (low, high, low_inclusive, high_inclusive); None = unbounded
 RANGES = {
+    ("constraints", "max_params"): (0, None, True, True),
+    ("constraints", "min_receptive_field"): (0, None, True, True),
     ("data", "train_subset"): (0, None, True, True),
     ("data", "test_subset"): (0, None, True, True),
     ("augment", "crop_pad"): (0, 16, True, True),
     ("augment", "cutout"): (0, 32, True, True),
+    ("augment", "flip_p"): (0, 1, True, True),
+    ("augment", "vflip_p"): (0, 1, True, True),
+    ("augment", "rotate"): (0, 180, True, True),
     ("augment", "brightness"): (0, 1, True, True),
     ("augment", "contrast"): (0, 1, True, True),
     ("augment", "saturation"): (0, 1, True, True),
@@ -185,6 +203,15 @@ def _check_value(path: tuple[str, ...], value: Any, default: Any) -> Any:
     elif isinstance(default, str):
         if not isinstance(value, str):
             raise RecipeError(f"{key}: expected a string, got {value!r}")
+    elif isinstance(default, list):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise RecipeError(f"{key}: expected a list of strings, got {value!r}")
+        bad = [v for v in value if v not in RULES]
+        if bad:
+            raise RecipeError(f"{key}: unknown rule '{bad[0]}' (known: {', '.join(RULES)})"
+                              + _suggest(bad[0], RULES))
     choices = CHOICES.get(path)
     if choices is not None and value not in choices:
         raise RecipeError(

@@ -1,0 +1,97 @@
+import numpy as np
+import pytest
+import torch
+
+from cifarlab.augment import (
+    AugmentConfig,
+    Pipeline,
+    color_jitter,
+    cutout,
+    random_crop,
+    random_flip,
+    random_rotate,
+)
+
+MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
+
+
+def batch(n=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_crop_is_a_window_of_the_padded_image():
+    x = batch().float()
+    out = random_crop(x, 4, gen())
+    assert out.shape == x.shape
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4), mode="reflect")
+    for i in range(len(x)):  # every output is some 32x32 window of its own padded image
+        windows = padded[i].unfold(1, 32, 1).unfold(2, 32, 1)  # 3×9×9×32×32
+        hit = (windows == out[i][:, None, None]).flatten(3).all(3).all(0)
+        assert hit.any()
+
+
+def test_flip_probability_and_exactness():
+    x = batch(200).float()
+    out = random_flip(x, gen(), 0.5)
+    flipped = (out == x.flip(3)).flatten(1).all(1)
+    same = (out == x).flatten(1).all(1)
+    assert (flipped | same).all()
+    assert 60 < flipped.sum() < 140
+    assert (random_flip(x, gen(), 1.0) == x.flip(3)).all()
+    assert (random_flip(x, gen(), 1.0, dim=2) == x.flip(2)).all()
+
+
+def test_cutout_hole_size_and_fill():
+    x = torch.ones(50, 3, 32, 32)
+    out = cutout(x, 8, gen(), torch.zeros(3))
+    holes = (out == 0).all(1).flatten(1).sum(1)
+    assert holes.max() == 64 and holes.min() >= 16  # clipped at the border: 4x4 at least
+
+
+def test_jitter_stays_in_range():
+    x = batch().float() / 255
+    out = color_jitter(x, gen(), 0.4, 0.4, 0.4)
+    assert out.min() >= 0 and out.max() <= 1 and not torch.equal(out, x)
+
+
+def test_rotate_zero_is_identity_and_rotation_moves_pixels():
+    x = torch.randn(4, 3, 32, 32)
+    assert torch.equal(random_rotate(x, 0, gen()), x)
+    out = random_rotate(x, 45, gen())
+    assert out.shape == x.shape and not torch.allclose(out, x)
+
+
+@pytest.mark.parametrize("backend", ["tensor", "albumentations", "none"])
+def test_pipeline_shapes_and_determinism(backend):
+    cfg = AugmentConfig(backend=backend, cutout=8, brightness=0.2, rotate=10)
+    p = Pipeline(cfg, MEAN, STD)
+    x = batch()
+    a, b = p(x, gen(3)), p(x, gen(3))
+    assert a.shape == (16, 3, 32, 32) and a.dtype == torch.float32
+    assert torch.equal(a, b)  # same generator state -> same augmentation
+
+
+def test_albumentations_coarse_dropout_mean_fill():
+    cfg = AugmentConfig(backend="albumentations", flip=False, shift_limit=0, scale_limit=0,
+                        rotate_limit=0, coarse_dropout=16)
+    mean = [0.2, 0.4, 0.6]
+    p = Pipeline(cfg, mean, STD)
+    x = torch.full((64, 3, 32, 32), 255, dtype=torch.uint8)
+    out = p(x, gen())
+    fill = (torch.tensor([round(m * 255) for m in mean]) / 255 - torch.tensor(mean)) / 0.25
+    hole = torch.isclose(out, fill.view(1, 3, 1, 1), atol=1e-3).all(1)  # N×32×32
+    per_image = hole.flatten(1).sum(1)
+    assert set(per_image.unique().tolist()) <= {0, 256}  # no hole or exactly one 16x16 hole
+    assert (per_image == 256).any()
+
+
+def test_normalised_output_matches_stats():
+    x = batch(500)
+    out = Pipeline(AugmentConfig(backend="none"), MEAN, STD)(x, gen())
+    ref = (x.float() / 255 - 0.5) / 0.25
+    np.testing.assert_allclose(out.numpy(), ref.numpy(), atol=1e-6)
