@@ -145,3 +145,12 @@ def test_kill_mid_epoch_and_resume(tmp_path):
         assert float(x["train_loss"]) == pytest.approx(float(y["train_loss"]), rel=1e-4)
         assert float(x["test_acc"]) == pytest.approx(float(y["test_acc"]), abs=1e-9)
     assert not list(run.glob(".*.tmp"))
+
+
+def test_time_budget_stops_resumably(shared_cifar_dir, tmp_path):
+    m = cifarlab.train("default", data_dir=shared_cifar_dir, runs_dir=tmp_path, progress=False,
+                       log=lambda s: None, epochs=3, batch_size=100, max_seconds=0.001)
+    assert m["epochs"] == 1 and m["epochs_planned"] == 3
+    m = cifarlab.train(resume=m["run_dir"], data_dir=shared_cifar_dir, progress=False,
+                       log=lambda s: None)
+    assert m["epochs"] == 3

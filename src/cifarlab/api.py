@@ -36,7 +36,7 @@ def train(recipe: str | os.PathLike | dict = "default", *, data: CIFAR10 | None 
           data_dir: str | os.PathLike | None = None, download: bool = False,
           runs_dir: str | os.PathLike = "runs", name: str | None = None,
           resume: str | os.PathLike | None = None, progress: bool = True, log=print,
-          **overrides) -> dict:
+          max_seconds: float | None = None, **overrides) -> dict:
     """Train a recipe (built-in name, TOML path or dict) and return its metrics + `run_dir`.
 
     Overrides are keyword arguments: shortcuts (`epochs=3`, `lr=0.01`) or dotted keys passed
@@ -58,7 +58,8 @@ def train(recipe: str | os.PathLike | dict = "default", *, data: CIFAR10 | None 
         data = load_data(data_dir, download=download)
     if resume is None:
         run = RunDir.create(runs_dir, name or cfg["name"])
-    metrics = fit(cfg, data, run, resume=resume is not None, progress=progress, log=log)
+    metrics = fit(cfg, data, run, resume=resume is not None, progress=progress, log=log,
+                  max_seconds=max_seconds)
     return {"run_dir": str(run.path), **metrics}
 
 

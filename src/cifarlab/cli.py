@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--test-subset", type=int, help="use N test images (0 = all)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any recipe key, e.g. --set augment.cutout=8 (repeatable)")
+    t.add_argument("--max-minutes", type=float, help="stop (resumably) after this much "
+                   "training time; --resume continues later")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     e = sub.add_parser("eval", help="test accuracy, per-class accuracy, confusion matrix")
@@ -61,6 +63,22 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
     ds = dsub.add_parser("stats", help="per-channel mean/std and class distribution")
     _add_data_args(ds)
+    dw = dsub.add_parser("show", help="figures: a grid of samples per class, class distribution")
+    _add_data_args(dw)
+    dw.add_argument("--out", default="plots", help="folder for the PNGs (default plots)")
+    da = dsub.add_parser("augment", help="figure: images beside versions augmented by a recipe")
+    da.add_argument("--recipe", default="default", help="built-in recipe name or a .toml path")
+    _add_data_args(da)
+    da.add_argument("--out", default="plots", help="folder for the PNG (default plots)")
+
+    pl = sub.add_parser("plot", help="(re)draw a run's figures into RUN_DIR/plots")
+    pl.add_argument("run_dir", metavar="RUN_DIR")
+
+    rp = sub.add_parser("report", help="compare runs: one self-contained HTML page + Markdown")
+    rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    rp.add_argument("--out", default="report", help="output folder (default report)")
+    rp.add_argument("--target", type=float,
+                    help="test accuracy (fraction, e.g. 0.85): add the epoch it was reached")
 
     sub.add_parser("recipes", help="list the built-in recipes")
     sub.add_parser("models", help="list the registered models (params, MACs, RF)")
@@ -92,8 +110,14 @@ def cmd_train(a: argparse.Namespace) -> int:
                 "target", "precision", "train_subset", "test_subset"):
         if getattr(a, key) is not None:
             overrides[key] = getattr(a, key)
+    if a.max_minutes is not None and a.max_minutes <= 0:
+        raise CifarlabError("--max-minutes must be positive")
     m = train(a.recipe, data_dir=a.data_dir, download=a.download, runs_dir=a.runs_dir,
-              name=a.name, resume=a.resume, progress=not a.no_progress, **overrides)
+              name=a.name, resume=a.resume, progress=not a.no_progress,
+              max_seconds=None if a.max_minutes is None else a.max_minutes * 60, **overrides)
+    if m["epochs"] < m["epochs_planned"] and not m["target_epoch"]:
+        print(f"stopped after {m['epochs']}/{m['epochs_planned']} epochs; "
+              f"continue with: cifarlab train --resume {m['run_dir']}")
     print(f"final test accuracy {m['test_acc']:.4f} (best {m['best_test_acc']:.4f} at epoch "
           f"{m['best_epoch']}), {m['epochs']} epochs in {m['train_seconds']:.0f}s, "
           f"{m['images_per_second']:.0f} img/s -> {m['run_dir']}")
@@ -138,6 +162,10 @@ def cmd_predict(a: argparse.Namespace) -> int:
 def cmd_data(a: argparse.Namespace) -> int:
     from .data import channel_stats, class_counts, load_data
 
+    if a.data_command == "show":
+        return cmd_data_show(a)
+    if a.data_command == "augment":
+        return cmd_data_augment(a)
     d = load_data(a.data_dir, download=a.download)
     mean, std = channel_stats(d.train.images)
     print(f"data: {d.root}")
@@ -149,6 +177,65 @@ def cmd_data(a: argparse.Namespace) -> int:
     for i, (c, tr, te) in enumerate(zip(d.classes, class_counts(d.train.labels),
                                         class_counts(d.test.labels), strict=True)):
         print(f"Class {i} ({c:<{w}}) {tr:6d} {te:6d}")
+    return 0
+
+
+def cmd_data_show(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .data import load_data
+    from .plots import plot_class_distribution, plot_samples
+
+    d = load_data(a.data_dir, download=a.download)
+    out = Path(a.out)
+    print(plot_samples(d.train, d.classes, out / "samples.png"))
+    print(plot_class_distribution(d.train.labels, d.test.labels, d.classes,
+                                  out / "class_distribution.png"))
+    return 0
+
+
+def cmd_data_augment(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from .augment import AugmentConfig, Pipeline
+    from .data import channel_stats, load_data
+    from .plots import plot_augmentations
+    from .recipe import resolve
+
+    cfg = resolve(a.recipe)  # validated before the data is read
+    d = load_data(a.data_dir, download=a.download)
+    train = d.train.subset(cfg["data"]["train_subset"], seed=cfg["train"]["seed"])
+    mean, std = channel_stats(train.images)  # as the engine computes them
+    pipeline = Pipeline(AugmentConfig(**cfg["augment"]), mean, std)
+    # the first image of each of the first six classes present
+    idx = [int(torch.nonzero(train.labels == c)[0]) for c in range(len(d.classes))
+           if bool((train.labels == c).any())][:6]
+    out = Path(a.out) / f"augment-{Path(cfg['name']).name}.png"
+    print(plot_augmentations(train.images[idx], pipeline, mean, std, out,
+                             n_images=len(idx), labels=train.labels[idx], classes=d.classes,
+                             seed=cfg["train"]["seed"],
+                             title=f"Augmentation of recipe '{cfg['name']}'"))
+    return 0
+
+
+def cmd_plot(a: argparse.Namespace) -> int:
+    from .plots import plot_run
+
+    for p in plot_run(a.run_dir):
+        print(p)
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from .report import make_report
+
+    if a.target is not None and not 0 < a.target <= 1:
+        raise CifarlabError(f"--target {a.target}: expected a fraction in (0, 1], e.g. 0.85")
+    index = make_report(a.run_dirs, a.out, target=a.target)
+    print(index)
+    print(index.parent / "report.md")
     return 0
 
 
@@ -215,7 +302,7 @@ def cmd_check(a: argparse.Namespace) -> int:
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "data": cmd_data,
             "recipes": cmd_recipes, "models": cmd_models, "summary": cmd_summary,
-            "check": cmd_check}
+            "check": cmd_check, "plot": cmd_plot, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

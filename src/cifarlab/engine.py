@@ -119,8 +119,13 @@ def model_meta(cfg: dict, classes, mean, std) -> dict:
 
 
 def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
-        progress: bool = True, log: Callable[[str], None] = print) -> dict:
-    """Train per `cfg` (a resolved recipe), writing everything into `run`; return metrics."""
+        progress: bool = True, log: Callable[[str], None] = print,
+        max_seconds: float | None = None) -> dict:
+    """Train per `cfg` (a resolved recipe), writing everything into `run`; return metrics.
+
+    `max_seconds` stops after the epoch that crosses that much training time in this call;
+    the run stays resumable (`--resume`) and metrics.json says how many epochs were done.
+    """
     t_cfg = cfg["train"]
     train = data.train.subset(cfg["data"]["train_subset"], seed=t_cfg["seed"])
     test = data.test.subset(cfg["data"]["test_subset"], seed=t_cfg["seed"])
@@ -178,8 +183,14 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
     clip = (torch.nn.utils.clip_grad_norm_ if t_cfg["grad_clip_mode"] == "norm"
             else torch.nn.utils.clip_grad_value_)
     final = None
+    t_start = time.perf_counter()
     for epoch in range(start_epoch + 1, t_cfg["epochs"] + 1):
         if target and target_epoch is not None:
+            break
+        over = max_seconds is not None and time.perf_counter() - t_start > max_seconds
+        if over and epoch > start_epoch + 1:  # at least one epoch per call
+            log(f"time budget of {max_seconds:.0f}s used: stopping after epoch {epoch - 1}; "
+                f"continue with --resume {run.path}")
             break
         t0 = time.perf_counter()
         model.train()

@@ -75,7 +75,9 @@ def _class_names(metrics: dict, n: int) -> list[str]:
 
 def _curve_kw(n: int) -> dict:
     """Markers where there are few points (a 1-epoch run still shows a dot)."""
-    return {"marker": "o", "markersize": 3.5} if n <= 40 else {}
+    if n > 40:
+        return {}
+    return {"marker": "o", "markersize": 7 if n == 1 else 3.5}
 
 
 def draw_curves(rows: list[dict], title: str, target: float | None = None) -> Figure:
@@ -369,16 +371,20 @@ def _describe(pipeline: Any) -> str:
     if cfg.backend == "none":
         return "backend none (normalise only)"
     if cfg.backend == "albumentations":
-        parts = ["flip" if cfg.flip else None,
+        parts = [f"flip p={getattr(cfg, 'flip_p', 0.5):g}" if cfg.flip else None,
                  f"shift {cfg.shift_limit:g} scale {cfg.scale_limit:g} rotate "
                  f"{cfg.rotate_limit:g}°",
                  f"coarse dropout {cfg.coarse_dropout}px" if cfg.coarse_dropout else None]
     else:
         jit = [f"{k} {getattr(cfg, k):g}" for k in ("brightness", "contrast", "saturation")
                if getattr(cfg, k)]
+        flip_p, vflip_p = getattr(cfg, "flip_p", 0.5), getattr(cfg, "vflip_p", 0.0)
+        rotate = getattr(cfg, "rotate", 0.0)
         parts = [f"jitter {', '.join(jit)}" if jit else None,
                  f"crop pad {cfg.crop_pad} ({cfg.crop_mode})" if cfg.crop_pad else None,
-                 "flip" if cfg.flip else None,
+                 f"flip p={flip_p:g}" if cfg.flip and flip_p > 0 else None,
+                 f"vertical flip p={vflip_p:g}" if vflip_p > 0 else None,
+                 f"rotate ±{rotate:g}°" if rotate > 0 else None,
                  f"cutout {cfg.cutout}px" if cfg.cutout else None]
     return f"backend {cfg.backend}: " + (", ".join(p for p in parts if p) or "nothing")
 

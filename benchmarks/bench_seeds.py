@@ -1,0 +1,66 @@
+"""Run seed recipes fully on the shared data; record each in benchmarks/results/seeds.json.
+
+    .venv/bin/python benchmarks/bench_seeds.py seed003-net1 seed000-m3 ... [--max-minutes M]
+    .venv/bin/python benchmarks/bench_seeds.py --resume runs/seed002 --max-minutes 60
+
+A run cut short by --max-minutes is recorded with the epochs done (epochs < epochs_planned),
+its accuracy so far and seconds per epoch; --resume continues it and replaces the record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, provenance, write_result  # noqa: E402
+
+import cifarlab  # noqa: E402
+
+
+def record(m: dict, prov: dict) -> dict:
+    return {
+        "recipe": m["recipe"], "test_acc": m["test_acc"], "best_test_acc": m["best_test_acc"],
+        "epochs": m["epochs"], "epochs_planned": m["epochs_planned"],
+        "target_epoch": m["target_epoch"], "train_seconds": m["train_seconds"],
+        "seconds_per_epoch": m["train_seconds"] / max(1, m["epochs"]),
+        "images_per_second": m["images_per_second"], "params": m["params"],
+        "macs": m["macs"], "receptive_field": m["receptive_field"], "run_dir": m["run_dir"],
+        **prov,
+    }
+
+
+def save(rec: dict) -> None:
+    path = RESULTS / "seeds.json"
+    runs = json.loads(path.read_text()) if path.exists() else []
+    runs = [r for r in runs if r["recipe"] != rec["recipe"]] + [rec]
+    runs.sort(key=lambda r: r["recipe"])
+    print(write_result("seeds.json", runs))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("recipes", nargs="*")
+    ap.add_argument("--resume", help="continue this run directory")
+    ap.add_argument("--data-dir")
+    ap.add_argument("--runs-dir", default="runs")
+    ap.add_argument("--max-minutes", type=float)
+    ap.add_argument("--target", type=float)
+    a = ap.parse_args()
+    prov = provenance()
+    data = cifarlab.load_data(a.data_dir)
+    limit = a.max_minutes * 60 if a.max_minutes else None
+    if a.resume:
+        save(record(cifarlab.train(resume=a.resume, data=data, progress=False,
+                                   max_seconds=limit), prov))
+    for name in a.recipes:
+        extra = {"target": a.target} if a.target else {}
+        m = cifarlab.train(name, data=data, runs_dir=a.runs_dir, progress=False,
+                           max_seconds=limit, **extra)
+        save(record(m, prov))
+
+
+if __name__ == "__main__":
+    main()

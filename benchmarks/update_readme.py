@@ -1,0 +1,79 @@
+"""Rewrite the README's results section from benchmarks/results/*.json (never by hand).
+
+    .venv/bin/python benchmarks/update_readme.py
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+# What each seed write-up claims (test accuracy, fraction); None where it gives no number.
+SEED_CLAIMS = {
+    "seed000-m1": None, "seed000-m2": 0.74, "seed000-m3": 0.80096, "seed001": 0.8513,
+    "seed001-dilated": 0.85, "seed002": 0.92, "seed003-net1": 0.53, "seed003-net2": 0.47,
+    "seed003-net3": 0.46, "seed003-net4": 0.58, "seed003-net5": 0.61, "seed003-net6": 0.69,
+    "seed003-net7": 0.72, "seed003-net8": 0.71, "seed004": 0.835,
+}
+
+
+def pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.2f}%"
+
+
+def default_section() -> list[str]:
+    p = RESULTS / "default.json"
+    if not p.exists():
+        return ["No default benchmark recorded yet (`make bench`)."]
+    r = json.loads(p.read_text())
+    return [
+        "| recipe | test accuracy | best | epochs | train time | images/s | machine | commit |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| `{r['recipe']}` | **{pct(r['test_acc'])}** | {pct(r['best_test_acc'])} | "
+        f"{r['epochs']} | {r['train_seconds'] / 60:.1f} min | {r['images_per_second']:.0f} | "
+        f"{r['machine']} | `{r['commit'][:12]}` |",
+        "",
+        f"Command: `{r['command']}` on {r['date']} (from `benchmarks/results/default.json`).",
+    ]
+
+
+def seeds_section() -> list[str]:
+    p = RESULTS / "seeds.json"
+    if not p.exists():
+        return ["No seed recipe runs recorded yet (`benchmarks/bench_seeds.py`)."]
+    runs = json.loads(p.read_text())
+    out = ["| recipe | seed's claim | ours (final) | best | epochs | params | RF | time |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        partial = " (partial)" if r.get("epochs", 0) < r.get("epochs_planned", 0) and not \
+            r.get("target_epoch") else ""
+        out.append(
+            f"| `{r['recipe']}` | {pct(SEED_CLAIMS.get(r['recipe']))} | {pct(r['test_acc'])}"
+            f"{partial} | {pct(r['best_test_acc'])} | {r['epochs']} | {r['params']:,} | "
+            f"{r['receptive_field']} | {r['train_seconds'] / 60:.1f} min |")
+    out.append("")
+    out.append("From `benchmarks/results/seeds.json`; each row records its commit and command.")
+    return out
+
+
+def main() -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    body = ["### Default recipe", "", *default_section(), "", "### Seed recipes", "",
+            *seeds_section()]
+    new = f"{START}\n" + "\n".join(body) + f"\n{END}"
+    text, n = re.subn(re.escape(START) + ".*?" + re.escape(END), lambda m: new, text,
+                      flags=re.S)
+    if n != 1:
+        raise SystemExit(f"README.md: expected one {START} ... {END} section")
+    readme.write_text(text)
+    print("README.md results section updated")
+
+
+if __name__ == "__main__":
+    main()
