@@ -73,3 +73,11 @@ def test_cli_train_and_eval(shared_cifar_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "test accuracy" in r.stdout and "confusion matrix" in r.stdout
     assert "truck" in r.stdout
+
+
+def test_runs_dir_is_a_file(shared_cifar_dir, tmp_path):
+    f = tmp_path / "runs"
+    f.write_text("x")
+    r = cli("train", "--data-dir", str(shared_cifar_dir), "--runs-dir", str(f), "--epochs", "1")
+    one_line_error(r, "cannot create runs directory")
+    assert f.read_text() == "x"

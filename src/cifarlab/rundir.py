@@ -35,15 +35,22 @@ class RunDirError(CifarlabError):
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write to a temp file in the same folder, fsync, then rename over `path`: a reader (or a
+    kill at any moment) sees either the old file or the new one, never a torn one."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise RunDirError(f"{path}: cannot write ({e.strerror})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise RunDirError(f"{path}: cannot write ({e.strerror}); previous file kept") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -106,7 +113,10 @@ class RunDir:
     def create(root: str | os.PathLike, name: str) -> RunDir:
         """A fresh directory root/name, or root/name-2, -3, ... if taken (never overwrite)."""
         root = Path(root)
-        root.mkdir(parents=True, exist_ok=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunDirError(f"{root}: cannot create runs directory ({e.strerror})") from None
         for i in range(1, 10_000):
             p = root / (name if i == 1 else f"{name}-{i}")
             try:
@@ -114,6 +124,8 @@ class RunDir:
                 return RunDir(p)
             except FileExistsError:
                 continue
+            except OSError as e:
+                raise RunDirError(f"{p}: cannot create run directory ({e.strerror})") from None
         raise RunDirError(f"{root}: too many runs named {name}")
 
     def write_history(self, rows: list[dict]) -> None:

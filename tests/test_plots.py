@@ -1,0 +1,210 @@
+"""Per-run figures and data views: files appear, are whole PNGs of a sane size, and broken or
+unfinished runs are handled. Not pixel tests."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest_runs import CLASSES, tear_history, write_run
+from PIL import Image
+
+from cifarlab import plots
+from cifarlab.augment import AugmentConfig, Pipeline
+from cifarlab.cli import main
+from cifarlab.data import Split
+from cifarlab.rundir import RunDirError
+
+
+def png_size(path: Path, min_w: int = 300, min_h: int = 200) -> tuple[int, int]:
+    """Open (and fully decode) a PNG; check it is neither tiny nor absurdly large."""
+    assert path.is_file(), path
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        im.load()  # a truncated file fails here
+        w, h = im.size
+    assert min_w <= w <= 4000 and min_h <= h <= 4000, (path.name, w, h)
+    return w, h
+
+
+def no_temp_files(folder: Path) -> None:
+    assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_plot_run_finished(tmp_path):
+    run = write_run(tmp_path, "done", epochs=8)
+    paths = plots.plot_run(run)
+    assert [p.name for p in paths] == ["curves.png", "per_class.png", "confusion.png"]
+    assert all(p.parent == run / "plots" for p in paths)
+    w, h = png_size(run / "plots" / "curves.png")
+    assert w > 2 * h  # three panels side by side
+    png_size(run / "plots" / "per_class.png")
+    png_size(run / "plots" / "confusion.png")
+    no_temp_files(run / "plots")
+
+
+def test_plot_run_in_progress_draws_curves_only(tmp_path):
+    run = write_run(tmp_path, "going", epochs=3, planned=30, finished=False)
+    assert [p.name for p in plots.plot_run(run)] == ["curves.png"]
+    assert sorted(p.name for p in (run / "plots").iterdir()) == ["curves.png"]
+    # after another epoch the figure is replaced in place
+    first = (run / "plots" / "curves.png").stat().st_mtime_ns
+    write_run(tmp_path / "more", "going", epochs=4, planned=30, finished=False)
+    (run / "history.csv").write_text((tmp_path / "more/going/history.csv").read_text())
+    plots.plot_run(run)
+    assert (run / "plots" / "curves.png").stat().st_mtime_ns >= first
+    no_temp_files(run / "plots")
+
+
+def test_plot_run_is_cheap(tmp_path):
+    run = write_run(tmp_path, "going", epochs=30, planned=40, finished=False)
+    plots.plot_run(run)  # first call pays for imports and the font cache
+    t = time.perf_counter()
+    plots.plot_run(run)
+    assert time.perf_counter() - t < 3.0  # ~0.3 s on an idle laptop core; loose for busy CI
+
+
+def test_plot_run_single_epoch_and_torn_history(tmp_path):
+    one = write_run(tmp_path, "one", epochs=1)
+    assert len(plots.plot_run(one)) == 3
+    torn = write_run(tmp_path, "torn", epochs=5, finished=False)
+    tear_history(torn)
+    assert [p.name for p in plots.plot_run(torn)] == ["curves.png"]
+
+
+def test_plot_run_target_from_config(tmp_path):
+    run = write_run(tmp_path, "t", epochs=4, finished=False)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["recipe"]["train"]["target"] = 0.8
+    (run / "config.json").write_text(json.dumps(cfg))
+    assert plots._target_of(plots.RunDir(run), None) == 0.8
+    plots.plot_run(run)
+
+
+@pytest.mark.parametrize("make, needle", [
+    (lambda p: p / "missing", "no such run directory"),
+    (lambda p: p, "not a run directory"),
+])
+def test_plot_run_errors(tmp_path, make, needle):
+    with pytest.raises(RunDirError, match=needle):
+        plots.plot_run(make(tmp_path))
+
+
+def test_plot_run_corrupt_metrics(tmp_path):
+    run = write_run(tmp_path, "bad", epochs=3)
+    (run / "metrics.json").write_text('{"test_acc": 0.5, "per_cl')
+    with pytest.raises(RunDirError, match="metrics.json"):
+        plots.plot_run(run)
+
+
+def test_run_colors_distinct():
+    colors = [plots.run_color(i) for i in range(25)]
+    assert len(set(colors[:20])) == 20
+    assert colors[3] == plots.run_color(3)  # stable
+
+
+def _images(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+
+
+def test_plot_misclassified(tmp_path):
+    run = write_run(tmp_path, "r", epochs=2)
+    labels = torch.arange(100) % 10
+    preds = labels.clone()
+    preds[::3] = (preds[::3] + 1) % 10  # 34 errors
+    out = plots.plot_misclassified(run, _images(100), labels, preds, CLASSES, n=32)
+    assert out == run / "plots" / "misclassified.png"
+    w, h = png_size(out)
+    assert h > 300  # 4 rows of 8
+    # numpy inputs, no errors at all, a custom destination
+    out2 = plots.plot_misclassified(run, _images(10).numpy(), np.arange(10), np.arange(10),
+                                    CLASSES, out=tmp_path / "none.png")
+    png_size(out2, min_w=100, min_h=100)
+    with pytest.raises(ValueError, match="differ in length"):
+        plots.plot_misclassified(run, _images(10), labels, preds, CLASSES)
+
+
+def test_plot_samples_and_distribution(tmp_path):
+    labels = torch.arange(300) % 10
+    labels[labels == 9] = 8  # class 9 absent: an empty row, no crash
+    split = Split(_images(300), labels)
+    png_size(plots.plot_samples(split, CLASSES, tmp_path / "s.png", per_class=6))
+    out = plots.plot_class_distribution(labels, torch.arange(50) % 10, CLASSES,
+                                        tmp_path / "d.png")
+    png_size(out)
+
+
+class Counting:
+    """Wraps a pipeline and records the batches it is called with."""
+
+    def __init__(self, pipeline):
+        self.pipeline, self.calls = pipeline, []
+        self.cfg = pipeline.cfg
+
+    def __call__(self, x, gen):
+        self.calls.append(tuple(x.shape))
+        return self.pipeline(x, gen)
+
+
+@pytest.mark.parametrize("cfg", [
+    AugmentConfig(cutout=8),
+    AugmentConfig(backend="none"),
+    AugmentConfig(brightness=0.3, flip=False, crop_pad=0),
+])
+def test_plot_augmentations_uses_the_pipeline(tmp_path, cfg):
+    mean, std = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
+    pipe = Counting(Pipeline(cfg, mean, std))
+    out = plots.plot_augmentations(_images(10), pipe, mean, std, tmp_path / "a.png",
+                                   n_images=4, n_aug=5, labels=torch.arange(10),
+                                   classes=CLASSES)
+    assert pipe.calls == [(4, 3, 32, 32)] * 5
+    png_size(out)
+
+
+def test_augmentation_display_roundtrip():
+    """With no augmentation, denormalising the pipeline's output gives the original back."""
+    mean, std = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
+    x = _images(3)
+    y = Pipeline(AugmentConfig(backend="none"), mean, std)(x, torch.Generator())
+    back = y * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
+    assert torch.allclose(back * 255, x.float(), atol=1e-3)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_plot(tmp_path, capsys):
+    run = write_run(tmp_path, "r", epochs=3)
+    assert main(["plot", str(run)]) == 0
+    printed = capsys.readouterr().out.split()
+    assert [Path(p).name for p in printed] == ["curves.png", "per_class.png", "confusion.png"]
+
+
+def test_cli_plot_missing(tmp_path, capsys):
+    assert main(["plot", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no such run directory" in err[0]
+
+
+def test_cli_data_show_and_augment(shared_cifar_dir, tmp_path, capsys):
+    out = tmp_path / "figs"
+    assert main(["data", "show", "--data-dir", str(shared_cifar_dir), "--out", str(out)]) == 0
+    assert main(["data", "augment", "--recipe", "default", "--data-dir", str(shared_cifar_dir),
+                 "--out", str(out)]) == 0
+    printed = [Path(p) for p in capsys.readouterr().out.split()]
+    assert [p.name for p in printed] == ["samples.png", "class_distribution.png",
+                                         "augment-default.png"]
+    for p in printed:
+        png_size(p)
+
+
+def test_cli_data_augment_bad_recipe(shared_cifar_dir, tmp_path, capsys):
+    assert main(["data", "augment", "--recipe", "nope", "--data-dir", str(shared_cifar_dir),
+                 "--out", str(tmp_path)]) == 2
+    assert "unknown recipe 'nope'" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
