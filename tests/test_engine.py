@@ -22,7 +22,9 @@ def test_train_writes_run_dir(shared_cifar_dir, tmp_path):
                        progress=False, log=lambda s: None, **FAST)
     run = Path(m["run_dir"])
     assert run == tmp_path / "runs" / "default"
-    for f in ("config.json", "history.csv", "metrics.json", "best.pt", "last.pt"):
+    for f in ("config.json", "history.csv", "metrics.json", "best.pt", "last.pt",
+              "plots/curves.png", "plots/per_class.png", "plots/confusion.png",
+              "plots/misclassified.png"):
         assert (run / f).is_file(), f
     rows = list(csv.DictReader(open(run / "history.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2]

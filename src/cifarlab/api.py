@@ -13,6 +13,7 @@ from .errors import CifarlabError
 from .evaluate import predict_logits, summarize
 from .images import ImageError, load_image
 from .models import create_model
+from .plots import plot_misclassified, plot_run
 from .recipe import resolve
 from .rundir import RunDir, load_checkpoint, read_json
 
@@ -36,12 +37,13 @@ def train(recipe: str | os.PathLike | dict = "default", *, data: CIFAR10 | None 
           data_dir: str | os.PathLike | None = None, download: bool = False,
           runs_dir: str | os.PathLike = "runs", name: str | None = None,
           resume: str | os.PathLike | None = None, progress: bool = True, log=print,
-          max_seconds: float | None = None, **overrides) -> dict:
+          max_seconds: float | None = None, plots: bool = True, **overrides) -> dict:
     """Train a recipe (built-in name, TOML path or dict) and return its metrics + `run_dir`.
 
     Overrides are keyword arguments: shortcuts (`epochs=3`, `lr=0.01`) or dotted keys passed
     as a dict (`**{"augment.cutout": 8}`). With `resume=RUN_DIR` the run continues from its
-    `last.pt`, exactly as configured (no overrides).
+    `last.pt`, exactly as configured (no overrides). `plots` redraws runs/NAME/plots/ after
+    every epoch (curves, per-class accuracy, confusion matrix, misclassified images).
     """
     if resume is not None:
         run = RunDir(resume)
@@ -58,8 +60,22 @@ def train(recipe: str | os.PathLike | dict = "default", *, data: CIFAR10 | None 
         data = load_data(data_dir, download=download)
     if resume is None:
         run = RunDir.create(runs_dir, name or cfg["name"])
+    def redraw(run: RunDir) -> None:  # plots never stop a training run
+        try:
+            plot_run(run.path)
+        except Exception as e:
+            log(f"warning: plots not updated ({e})")
+
+    def finish(run: RunDir, images, labels, preds) -> None:
+        redraw(run)
+        try:
+            plot_misclassified(run.path, images, labels, preds, data.classes)
+        except Exception as e:
+            log(f"warning: misclassified-images plot not written ({e})")
+
     metrics = fit(cfg, data, run, resume=resume is not None, progress=progress, log=log,
-                  max_seconds=max_seconds)
+                  max_seconds=max_seconds, on_epoch=redraw if plots else None,
+                  on_end=finish if plots else None)
     return {"run_dir": str(run.path), **metrics}
 
 

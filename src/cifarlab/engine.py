@@ -120,11 +120,16 @@ def model_meta(cfg: dict, classes, mean, std) -> dict:
 
 def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
         progress: bool = True, log: Callable[[str], None] = print,
-        max_seconds: float | None = None) -> dict:
+        max_seconds: float | None = None,
+        on_epoch: Callable[[RunDir], None] | None = None,
+        on_end: Callable[[RunDir, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
+        ) -> dict:
     """Train per `cfg` (a resolved recipe), writing everything into `run`; return metrics.
 
     `max_seconds` stops after the epoch that crosses that much training time in this call;
     the run stays resumable (`--resume`) and metrics.json says how many epochs were done.
+    `on_epoch(run)` is called after each epoch's files are written (e.g. to redraw plots),
+    `on_end(run, test_images, test_labels, final_predictions)` once metrics.json is written.
     """
     t_cfg = cfg["train"]
     train = data.train.subset(cfg["data"]["train_subset"], seed=t_cfg["seed"])
@@ -259,6 +264,8 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
         if target_epoch == epoch:
             msg += f"  target {target:.4f} reached"
         log(msg)
+        if on_epoch is not None:
+            on_epoch(run)
 
     if final is None:  # resumed a finished run: report what the last checkpoint evaluates to
         st = load_checkpoint(run.last)
@@ -279,4 +286,6 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
         "train_images": len(train), "test_images": len(test),
     }
     write_json(run.metrics, metrics)
+    if on_end is not None:
+        on_end(run, test.images, test.labels, final["preds"])
     return metrics

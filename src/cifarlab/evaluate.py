@@ -58,4 +58,5 @@ def summarize(logits: torch.Tensor, labels: torch.Tensor, loss_name: str = "ce")
         "acc": (preds == labels).float().mean().item(),
         "per_class_acc": per_class,
         "confusion": cm.tolist(),
+        "preds": preds,
     }

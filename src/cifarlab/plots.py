@@ -64,7 +64,7 @@ def _finite(values: Sequence[float]) -> list[float]:
     return [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
 
 
-def _class_names(metrics: dict, n: int) -> list[str]:
+def class_names(metrics: dict, n: int) -> list[str]:
     classes = metrics.get("classes")
     if isinstance(classes, list) and len(classes) == n:
         return [str(c) for c in classes]
@@ -198,14 +198,14 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
     if metrics is not None:
         per_class = metrics.get("per_class_acc")
         if isinstance(per_class, list) and per_class:
-            classes = _class_names(metrics, len(per_class))
+            classes = class_names(metrics, len(per_class))
             acc = metrics.get("test_acc")
             fig = draw_per_class(per_class, classes, f"{name}: per-class test accuracy",
                                  acc if isinstance(acc, int | float) else None)
             written.append(save_figure(fig, run.plots / "per_class.png"))
         cm = metrics.get("confusion")
         if isinstance(cm, list) and cm:
-            classes = _class_names(metrics, len(cm))
+            classes = class_names(metrics, len(cm))
             fig = draw_confusion(cm, classes, f"{name}: confusion matrix (test set)")
             written.append(save_figure(fig, run.plots / "confusion.png"))
     return written
@@ -339,7 +339,8 @@ def plot_samples(split: Any, classes: Sequence[str], out: str | os.PathLike,
                 ax.imshow(imgs[pick[j]], interpolation="nearest")
         axes[c, 0].set_ylabel(f"{classes[c]}\n({len(idx)})", rotation=0, ha="right",
                               va="center", fontsize=10)
-    fig.suptitle(f"Training samples, {per_class} per class (images in the split per class)")
+    fig.suptitle(f"Training samples: {per_class} random images per class "
+                 "(number of images of the class in brackets)")
     return save_figure(fig, out)
 
 
@@ -358,9 +359,9 @@ def plot_class_distribution(train_labels: Any, test_labels: Any, classes: Sequen
         ax.bar_label(bars, [f"{v:,}" for v in vals], fontsize=7, padding=2)
     ax.set_xticks(x, list(classes), rotation=30, ha="right", rotation_mode="anchor")
     ax.set(title="Class distribution", xlabel="class", ylabel="number of images")
-    ax.set_ylim(0, max(int(tr.max(initial=0)), int(te.max(initial=0)), 1) * 1.15)
+    ax.set_ylim(0, max(int(tr.max(initial=0)), int(te.max(initial=0)), 1) * 1.3)
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(loc="upper right", fontsize=9)
+    ax.legend(loc="upper center", ncol=2, fontsize=9)
     return save_figure(fig, out)
 
 

@@ -253,7 +253,8 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2e
 h1 { margin-bottom: 0.2em; } .meta { color: #666; margin-top: 0; }
 table { border-collapse: collapse; font-size: 0.9em; margin: 1em 0; }
 th, td { border: 1px solid #ccc; padding: 0.35em 0.6em; text-align: left; vertical-align: top; }
-th { background: #f0f0f0; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f0f0f0; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr.problem td.notes { color: #a00000; } td.swatch { width: 0.4em; padding: 0; }
 figure { margin: 1.5em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 0.9em; }
@@ -293,7 +294,7 @@ def make_report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike,
         pc = (i.metrics or {}).get("per_class_acc")
         if not (isinstance(pc, list) and pc and all(isinstance(v, int | float) for v in pc)):
             continue
-        names = plots._class_names(i.metrics, len(pc))
+        names = plots.class_names(i.metrics, len(pc))
         if classes is None:
             classes = names
         if names != classes:
@@ -311,7 +312,7 @@ def make_report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike,
         cm = m.get("confusion")
         if isinstance(cm, list) and cm and all(isinstance(r, list) for r in cm):
             try:
-                fig = plots.draw_confusion(cm, plots._class_names(m, len(cm)),
+                fig = plots.draw_confusion(cm, plots.class_names(m, len(cm)),
                                            f"{i.name}: confusion matrix (test set)")
                 png = plots.save_figure(fig, out / f"confusion-{_slug(i.name)}.png")
             except (ValueError, TypeError):
