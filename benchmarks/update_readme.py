@@ -61,11 +61,45 @@ def seeds_section() -> list[str]:
     return out
 
 
+def speed_section() -> list[str]:
+    out = []
+    p = RESULTS / "throughput.json"
+    if p.exists():
+        r = json.loads(p.read_text())
+        out += [
+            "| seed 001 network, batch " + str(r["batch_size"]) + " | images/s |",
+            "|---|---|",
+            f"| conventional: per-image Dataset + DataLoader(num_workers=2), fp32, NCHW | "
+            f"{r['baseline_img_s']:.0f} |",
+            f"| cifarlab engine, same network (dropout 0.1) | {r['engine_img_s']:.0f} "
+            f"(**{r['ratio']:.2f}×**) |",
+            f"| cifarlab engine, default recipe as shipped (dropout 0) | "
+            f"{r['engine_default_recipe_img_s']:.0f} |",
+            "",
+            f"Machine roof: {r['roof_gflops']:.0f} GFLOP/s bf16 matmul "
+            f"({r['roof_gflops_fp32']:.0f} fp32); the engine reaches {r['engine_gflops']:.0f} "
+            f"GFLOP/s of model compute ({100 * r['engine_roof_fraction']:.0f}% of the bf16 roof). "
+            "From `benchmarks/results/throughput.json`.",
+            "",
+        ]
+    p = RESULTS / "precision.json"
+    if p.exists():
+        r = json.loads(p.read_text())
+        out += ["| dropout | precision | memory format | images/s |", "|---|---|---|---|"]
+        for row in r["results"]:
+            fmt = "channels_last" if row["channels_last"] else "NCHW"
+            out.append(f"| {row['dropout']} | {row['precision']} | {fmt} | "
+                       f"{row['images_per_second']:.0f} |")
+        out += ["", "Training step of the seed 001 network, batch 256, from "
+                "`benchmarks/results/precision.json`."]
+    return out or ["No speed benchmark recorded yet."]
+
+
 def main() -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
-    body = ["### Default recipe", "", *default_section(), "", "### Seed recipes", "",
-            *seeds_section()]
+    body = ["### Default recipe", "", *default_section(), "", "### Speed", "",
+            *speed_section(), "", "### Seed recipes", "", *seeds_section()]
     new = f"{START}\n" + "\n".join(body) + f"\n{END}"
     text, n = re.subn(re.escape(START) + ".*?" + re.escape(END), lambda m: new, text,
                       flags=re.S)

@@ -81,3 +81,22 @@ def test_runs_dir_is_a_file(shared_cifar_dir, tmp_path):
     r = cli("train", "--data-dir", str(shared_cifar_dir), "--runs-dir", str(f), "--epochs", "1")
     one_line_error(r, "cannot create runs directory")
     assert f.read_text() == "x"
+
+
+def test_summary_seed001():
+    r = cli("summary", "seed001")
+    assert r.returncode == 0, r.stderr
+    assert "Total params: 92,394" in r.stdout and "MACs" in r.stdout
+    rf_rows = [ln for ln in r.stdout.splitlines() if ln.startswith("Conv2d-")]
+    assert [int(ln.split()[-2]) for ln in rf_rows] == [3, 5, 5, 9, 13, 13, 21, 29, 29, 37, 45, 61]
+
+
+def test_check_pass_and_fail():
+    ok = cli("check", "seed001", "--recipe", "seed001")
+    assert ok.returncode == 0 and "OK" in ok.stdout
+    bad = cli("check", "seed001", "--max-params", "50000", "--forbid", "strided_conv")
+    assert bad.returncode == 1
+    assert "FAIL max_params 50000" in bad.stdout
+    assert "FAIL forbid strided_conv: Conv2d-5 (features.4)" in bad.stdout
+    one_line_error(cli("check", "seed001", "--forbid", "maxpol"), "unknown constraint rule")
+    one_line_error(cli("summary", "nonet"), "unknown model 'nonet'")

@@ -7,6 +7,7 @@ CPU; `train.precision = "fp32"` and `train.channels_last = false` turn them off)
 
 from __future__ import annotations
 
+import copy
 import math
 import platform
 import sys
@@ -23,6 +24,7 @@ from .augment import AugmentConfig, Pipeline
 from .data import CIFAR10, channel_stats
 from .errors import CifarlabError
 from .evaluate import autocast, predict_logits, summarize
+from .layers import use_fast_dropout
 from .models import create_model
 from .rundir import RunDir, load_checkpoint, save_checkpoint, write_json
 
@@ -68,8 +70,6 @@ class EMA:
     """Exponential moving average of parameters and buffers (evaluated instead of the raw net)."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
-        import copy
-
         self.decay = decay
         self.model = copy.deepcopy(model)
         self.model.requires_grad_(False)
@@ -144,6 +144,8 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
     mean, std = channel_stats(train.images)
     pipeline = Pipeline(AugmentConfig(**cfg["augment"]), mean, std)
     model, facts = build_model(cfg)
+    if t_cfg["fast_dropout"]:
+        use_fast_dropout(model)
     cl = t_cfg["channels_last"]
     if cl:
         model = model.to(memory_format=torch.channels_last)

@@ -63,7 +63,9 @@ DEFAULTS: dict[str, Any] = {
         "label_smoothing": 0.0,
     },
     "schedule": {
-        "name": "onecycle",  # onecycle | step | cosine | constant
+        # onecycle (torch's OneCycleLR: also cycles momentum / Adam beta1 between 0.85 and
+        # 0.95) | step | cosine | constant; every schedule is stepped once per batch
+        "name": "onecycle",
         "pct_start": 0.25,  # onecycle: fraction of steps spent warming up
         "div_factor": 25.0,  # onecycle: initial lr = lr / div_factor
         "final_div_factor": 1e4,  # onecycle: final lr = initial lr / final_div_factor
@@ -86,6 +88,7 @@ DEFAULTS: dict[str, Any] = {
         "seed": 0,
         "precision": "bf16",  # bf16 (autocast) | fp32
         "channels_last": True,
+        "fast_dropout": True,  # same Bernoulli dropout, cheaper mask (layers.FastDropout)
         "ema": 0.0,  # decay of an exponential moving average of weights; 0 = off
         "tta": False,  # test-time horizontal flip
         "target": 0.0,  # stop once test accuracy reaches this (fraction); 0 = off
