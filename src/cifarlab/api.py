@@ -60,6 +60,7 @@ def train(recipe: str | os.PathLike | dict = "default", *, data: CIFAR10 | None 
         data = load_data(data_dir, download=download)
     if resume is None:
         run = RunDir.create(runs_dir, name or cfg["name"])
+
     def redraw(run: RunDir) -> None:  # plots never stop a training run
         try:
             plot_run(run.path)
