@@ -366,3 +366,12 @@ def test_report_in_chromium(zoo, tmp_path):
             Path(shot).write_bytes(base64.b64decode(data["data"]))
     finally:
         b.close()
+
+
+def test_run_stopped_by_time_budget_is_marked(tmp_path):
+    run = write_run(tmp_path, "cut", epochs=4, planned=10)  # metrics.json: 4 of 10 epochs
+    done = write_run(tmp_path, "done", epochs=4)
+    out = make_report([run, done], tmp_path / "report")
+    rows = _by_run(out.parent)
+    assert "stopped early: 4 of 10 epochs" in rows["cut"]["notes"]
+    assert rows["done"]["notes"] == ""

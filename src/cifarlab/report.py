@@ -91,6 +91,12 @@ def load_run(path: str | os.PathLike) -> RunInfo:
         info.metrics = _read_json_file(run.metrics, info.problems)
         if info.metrics is None:
             info.problems.append("best/final accuracy and time taken from history.csv")
+        else:
+            done, planned = info.metrics.get("epochs"), info.metrics.get("epochs_planned")
+            if (isinstance(done, int) and isinstance(planned, int) and done < planned
+                    and not info.metrics.get("target_epoch")):
+                info.problems.append(f"stopped early: {done} of {planned} epochs "
+                                     "(resumable with --resume)")
     elif info.rows:
         planned = info.recipe.get("train", {}).get("epochs")
         of = f" of {planned}" if isinstance(planned, int) else ""
