@@ -270,7 +270,7 @@ class Split:
         return len(self.labels)
 
     def subset(self, n: int, seed: int = 0) -> Split:
-        """A class-balanced-ish random subset of n images (deterministic for a seed)."""
+        """A uniformly random subset of n images (deterministic for a seed)."""
         if n <= 0 or n >= len(self):
             return self
         g = torch.Generator().manual_seed(seed)
