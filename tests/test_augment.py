@@ -11,6 +11,7 @@ from cifarlab.augment import (
     random_flip,
     random_rotate,
 )
+from cifarlab.errors import CifarlabError
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
 
@@ -95,3 +96,18 @@ def test_normalised_output_matches_stats():
     out = Pipeline(AugmentConfig(backend="none"), MEAN, STD)(x, gen())
     ref = (x.float() / 255 - 0.5) / 0.25
     np.testing.assert_allclose(out.numpy(), ref.numpy(), atol=1e-6)
+
+
+def test_given_flips_replace_chance():
+    x = batch(8)
+    flip = torch.tensor([True, False] * 4)
+    p = Pipeline(AugmentConfig(crop_pad=0), MEAN, STD)
+    out = p(x, gen(), flip)
+    plain = Pipeline(AugmentConfig(crop_pad=0, flip=False), MEAN, STD)(x, gen())
+    assert torch.equal(out[flip], plain[flip].flip(3))
+    assert torch.equal(out[~flip], plain[~flip])
+
+
+def test_alternate_flips_need_the_tensor_backend():
+    with pytest.raises(CifarlabError, match="flip_mode"):
+        Pipeline(AugmentConfig(backend="albumentations", flip_mode="alternate"), MEAN, STD)

@@ -28,6 +28,8 @@ def one_line_error(r, *needles):
     (["--recipe", "nope"], ["unknown recipe 'nope'"]),
     (["--set", "model=nonet"], ["unknown model 'nonet'"]),
     (["--set", "model_args.widht=3"], ["model_args.widht"]),
+    (["--set", "augment.flip_mode=sometimes"], ["augment.flip_mode", "alternate"]),
+    (["--set", "train.eval_every=-1"], ["train.eval_every"]),
 ])
 def test_bad_train_options(args, needles, shared_cifar_dir, tmp_path):
     r = cli("train", "--data-dir", str(shared_cifar_dir), "--runs-dir", str(tmp_path), *args)
@@ -61,6 +63,16 @@ def test_recipes_and_models_list():
     assert r.returncode == 0 and "default" in r.stdout
     r = cli("models")
     assert r.returncode == 0 and "seed001" in r.stdout and "92,394" in r.stdout
+
+
+def test_output_closed_early_is_not_an_error():
+    # `cifarlab models | head -1`: the reader leaves before the listing ends
+    p = subprocess.Popen([sys.executable, "-m", "cifarlab.cli", "models"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=0)
+    p.stdout.readline()
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait() == 0 and "Traceback" not in err and "Broken pipe" not in err
 
 
 def test_cli_train_and_eval(shared_cifar_dir, tmp_path):

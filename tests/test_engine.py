@@ -56,6 +56,23 @@ def test_optimizers_and_schedules(shared_cifar_dir, tmp_path, opt, sched, loss):
     assert m["epochs"] == 1
 
 
+def test_eval_every_and_alternate_flips(shared_cifar_dir, tmp_path):
+    m = cifarlab.train("default", data_dir=shared_cifar_dir, runs_dir=tmp_path, progress=False,
+                       log=lambda s: None, plots=False, epochs=3, batch_size=50,
+                       **{"train.eval_every": 2, "augment.flip_mode": "alternate"})
+    rows = list(csv.DictReader(open(Path(m["run_dir"]) / "history.csv")))
+    tested = [r["test_acc"] != "nan" for r in rows]
+    assert tested == [False, True, True]  # epoch 2, and the last
+    assert m["test_acc"] == float(rows[-1]["test_acc"])
+    assert m["best_epoch"] in (2, 3)
+    m0 = cifarlab.train("default", data_dir=shared_cifar_dir, runs_dir=tmp_path, name="end",
+                        progress=False, log=lambda s: None, epochs=2, batch_size=50,
+                        **{"train.eval_every": 0})
+    rows = list(csv.DictReader(open(Path(m0["run_dir"]) / "history.csv")))
+    assert [r["test_acc"] != "nan" for r in rows] == [False, True]
+    assert (Path(m0["run_dir"]) / "plots" / "curves.png").stat().st_size > 10_000
+
+
 def test_run_names_never_overwrite(shared_cifar_dir, tmp_path):
     kw = dict(data_dir=shared_cifar_dir, runs_dir=tmp_path, progress=False, log=lambda s: None,
               epochs=1, batch_size=100)

@@ -99,6 +99,7 @@ class AugmentConfig:
     crop_mode: str = "reflect"
     flip: bool = True
     flip_p: float = 0.5
+    flip_mode: str = "random"  # random | alternate (each image flipped every other epoch)
     vflip_p: float = 0.0
     rotate: float = 0.0
     cutout: int = 0
@@ -124,8 +125,13 @@ class Pipeline:
             self._albu = _albumentations_pipeline(cfg, mean)
         elif cfg.backend not in ("tensor", "none"):
             raise CifarlabError(f"augment.backend: unknown backend '{cfg.backend}'")
+        if cfg.flip_mode == "alternate" and cfg.backend != "tensor":
+            raise CifarlabError("augment.flip_mode = 'alternate' needs augment.backend = "
+                                "'tensor'")
 
-    def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, gen: torch.Generator,
+                 flip: torch.Tensor | None = None) -> torch.Tensor:
+        """`flip` (bool per image) decides the horizontal flips instead of chance."""
         c = self.cfg
         if c.backend == "none":
             return normalize(x, self.mean, self.std)
@@ -135,7 +141,9 @@ class Pipeline:
         if c.brightness or c.contrast or c.saturation:
             x = color_jitter(x, gen, c.brightness, c.contrast, c.saturation)
         x = random_crop(x, c.crop_pad, gen, c.crop_mode)
-        if c.flip:
+        if c.flip and flip is not None:
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+        elif c.flip:
             x = random_flip(x, gen, c.flip_p)
         if c.vflip_p > 0:
             x = random_flip(x, gen, c.vflip_p, dim=2)

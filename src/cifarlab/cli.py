@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .errors import CifarlabError
@@ -318,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
             hint = "; continue with: cifarlab train --resume RUN_DIR (last.pt is intact)"
         print(f"cifarlab: interrupted{hint}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `cifarlab models | head`: the reader left; that is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

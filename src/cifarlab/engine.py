@@ -189,13 +189,16 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
     target = t_cfg["target"]
     clip = (torch.nn.utils.clip_grad_norm_ if t_cfg["grad_clip_mode"] == "norm"
             else torch.nn.utils.clip_grad_value_)
-    final = None
+    final, every, out_of_time = None, t_cfg["eval_every"], False
+    flip_bits = None
+    if cfg["augment"]["flip_mode"] == "alternate":  # each image's first flip, then alternate
+        flip_bits = torch.rand(len(train), generator=torch.Generator().manual_seed(
+            t_cfg["seed"] + 2)) < 0.5
     t_start = time.perf_counter()
     for epoch in range(start_epoch + 1, t_cfg["epochs"] + 1):
         if target and target_epoch is not None:
             break
-        over = max_seconds is not None and time.perf_counter() - t_start > max_seconds
-        if over and epoch > start_epoch + 1:  # at least one epoch per call
+        if out_of_time:  # decided (and tested) at the end of the previous epoch
             log(f"time budget of {max_seconds:.0f}s used: stopping after epoch {epoch - 1}; "
                 f"continue with --resume {run.path}")
             break
@@ -207,7 +210,8 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
                    disable=not progress, leave=False, dynamic_ncols=True, file=sys.stderr)
         for step in bar:
             idx = perm[step * bs:(step + 1) * bs]
-            x, y = pipeline(train.images[idx], gen), train.labels[idx]
+            flip = None if flip_bits is None else flip_bits[idx] ^ bool(epoch % 2)
+            x, y = pipeline(train.images[idx], gen, flip), train.labels[idx]
             if cl:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(t_cfg["precision"]):
@@ -231,21 +235,27 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
         if not math.isfinite(loss_sum):
             raise CifarlabError(f"training diverged at epoch {epoch} (loss is {loss_sum}); "
                                 "lower optim.lr or set train.grad_clip")
-        eval_model = ema.model if ema is not None else model
-        final = summarize(predict_logits(eval_model, test_inputs, mean, std, **eval_kw),
-                          test.labels, cfg["loss"]["name"])
+        # evaluate every `eval_every` epochs, after the last one, and before a time-budget stop
+        out_of_time = max_seconds is not None and time.perf_counter() - t_start > max_seconds
+        evaluate = (epoch == t_cfg["epochs"] or out_of_time
+                    or (every > 0 and epoch % every == 0))
+        if evaluate:
+            eval_model = ema.model if ema is not None else model
+            final = summarize(predict_logits(eval_model, test_inputs, mean, std, **eval_kw),
+                              test.labels, cfg["loss"]["name"])
         seconds = time.perf_counter() - t0
         elapsed += seconds
         img_seconds += train_time
         images_seen += seen
         row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"],
                "train_loss": loss_sum / seen, "train_acc": correct / seen,
-               "test_loss": final["loss"], "test_acc": final["acc"], "seconds": seconds}
+               "test_loss": final["loss"] if evaluate else math.nan,
+               "test_acc": final["acc"] if evaluate else math.nan, "seconds": seconds}
         history.append(row)
-        improved = final["acc"] > best_acc
+        improved = evaluate and final["acc"] > best_acc
         if improved:
             best_acc, best_epoch = final["acc"], epoch
-        if target and target_epoch is None and final["acc"] >= target:
+        if evaluate and target and target_epoch is None and final["acc"] >= target:
             target_epoch = epoch
         state = {
             "model": model.state_dict(), "ema": ema.model.state_dict() if ema else None,
@@ -262,7 +272,8 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
         save_checkpoint(run.last, state)
         msg = (f"epoch {epoch:3d}/{t_cfg['epochs']}  lr {row['lr']:.5f}  "
                f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
-               f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}  {seconds:5.1f}s")
+               + (f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}  "
+                  if evaluate else "") + f"{seconds:5.1f}s")
         if target_epoch == epoch:
             msg += f"  target {target:.4f} reached"
         log(msg)

@@ -80,6 +80,12 @@ def _curve_kw(n: int) -> dict:
     return {"marker": "o", "markersize": 7 if n == 1 else 3.5}
 
 
+def _tested(rows: list[dict], key: str, scale: float = 1.0) -> tuple[list, list]:
+    """(epochs, values) of the epochs that were tested (train.eval_every may skip some)."""
+    pts = [(r["epoch"], scale * r[key]) for r in rows if math.isfinite(r[key])]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
 def draw_curves(rows: list[dict], title: str, target: float | None = None) -> Figure:
     """Loss, accuracy and learning rate per epoch, side by side."""
     fig = Figure(figsize=(14, 4.2), layout="constrained")
@@ -87,10 +93,10 @@ def draw_curves(rows: list[dict], title: str, target: float | None = None) -> Fi
     ep = [r["epoch"] for r in rows]
     kw = _curve_kw(len(rows))
     ax_loss.plot(ep, [r["train_loss"] for r in rows], color=TRAIN_COLOR, label="train", **kw)
-    ax_loss.plot(ep, [r["test_loss"] for r in rows], color=TEST_COLOR, label="test", **kw)
+    ax_loss.plot(*_tested(rows, "test_loss"), color=TEST_COLOR, label="test", **kw)
     ax_loss.set(title="Loss", xlabel="epoch", ylabel="cross-entropy loss (nats)")
     ax_acc.plot(ep, [100 * r["train_acc"] for r in rows], color=TRAIN_COLOR, label="train", **kw)
-    ax_acc.plot(ep, [100 * r["test_acc"] for r in rows], color=TEST_COLOR, label="test", **kw)
+    ax_acc.plot(*_tested(rows, "test_acc", 100), color=TEST_COLOR, label="test", **kw)
     tests = [(r["test_acc"], r["epoch"]) for r in rows if math.isfinite(r["test_acc"])]
     if tests:
         best, best_ep = max(tests)
@@ -272,8 +278,8 @@ def draw_compare_curves(runs: Sequence[tuple[str, list[dict]]],
             continue
         c, ep, kw = run_color(i), [r["epoch"] for r in rows], _curve_kw(len(rows))
         ax_tr.plot(ep, [100 * r["train_acc"] for r in rows], color=c, label=name, **kw)
-        ax_te.plot(ep, [100 * r["test_acc"] for r in rows], color=c, label=name, **kw)
-        ax_loss.plot(ep, [r["test_loss"] for r in rows], color=c, label=f"{name} (test)", **kw)
+        ax_te.plot(*_tested(rows, "test_acc", 100), color=c, label=name, **kw)
+        ax_loss.plot(*_tested(rows, "test_loss"), color=c, label=f"{name} (test)", **kw)
         ax_loss.plot(ep, [r["train_loss"] for r in rows], color=c, linestyle="--", alpha=0.7,
                      label=f"{name} (train)", **kw)
     if target:

@@ -37,6 +37,7 @@ DEFAULTS: dict[str, Any] = {
         "crop_mode": "reflect",  # reflect | constant | replicate
         "flip": True,  # horizontal flip ...
         "flip_p": 0.5,  # ... with this probability
+        "flip_mode": "random",  # random | alternate: a random first flip, then every other epoch
         "vflip_p": 0.0,  # vertical flip probability
         "rotate": 0.0,  # random rotation in [-rotate, rotate] degrees
         "cutout": 0,  # side of the square hole, px; 0 = off
@@ -92,6 +93,7 @@ DEFAULTS: dict[str, Any] = {
         "ema": 0.0,  # decay of an exponential moving average of weights; 0 = off
         "tta": False,  # test-time horizontal flip
         "target": 0.0,  # stop once test accuracy reaches this (fraction); 0 = off
+        "eval_every": 1,  # test every N epochs (and after the last); 0 = after the last only
         "eval_batch_size": 1000,
     },
 }
@@ -99,6 +101,7 @@ DEFAULTS: dict[str, Any] = {
 CHOICES = {
     ("augment", "backend"): {"tensor", "albumentations", "none"},
     ("augment", "crop_mode"): {"reflect", "constant", "replicate"},
+    ("augment", "flip_mode"): {"random", "alternate"},
     ("optim", "name"): {"sgd", "adam", "adamw"},
     ("loss", "name"): {"ce", "nll"},
     ("schedule", "name"): {"onecycle", "step", "cosine", "constant"},
@@ -142,6 +145,7 @@ RANGES = {
     ("train", "grad_clip"): (0, None, True, True),
     ("train", "ema"): (0, 1, True, False),
     ("train", "target"): (0, 1, True, True),
+    ("train", "eval_every"): (0, None, True, True),
     ("train", "eval_batch_size"): (1, None, True, True),
 }
 

@@ -12,6 +12,7 @@ from ..errors import CifarlabError
 from .allconv import Seed001DilatedNet, Seed001Net
 from .blocks import Seed002Net
 from .dynamic import Seed004Net
+from .fast import Fast50k, FastSeed001
 from .small import SmallM1, SmallM2, SmallM3
 from .tutorial import Net1, Net3, Net6, Net7, Net8
 
@@ -55,3 +56,6 @@ register("seed003-net6", Net6, "seed 003 Net6 (convs 32/64, FC 800-...-10, dropo
 register("seed003-net7", Net7, "seed 003 Net7 (convs 64/128, FC 1600-...-10, dropout 0.1)")
 register("seed003-net8", Net8, "seed 003 Net8 (convs 64/128/256, FC 1600-...-10, dropout 0.1)")
 register("seed004", Seed004Net, "seed 004 five dynamic 3-branch blocks, BN + max pool, MLP")
+register("fast-50k", Fast50k, "cifarlab: airbench-shaped, < 50k params, for time to 80%")
+register("fast-seed001", FastSeed001,
+         "cifarlab: seed 001's rules (< 200k, no max pool, RF > 44, dw-sep, dilated, GAP), fast")

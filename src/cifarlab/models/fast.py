@@ -1,0 +1,70 @@
+"""Networks designed for time to accuracy on a CPU (issue 5's recipes), not taken from a seed.
+
+Both follow airbench's shape: a cheap stem, then groups that each widen, downsample once and
+convolve again, BatchNorm + ReLU everywhere, global pooling and one linear layer. No dropout:
+with ~10-20 epochs there is no time to overfit.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def cbr(cin: int, cout: int, k: int = 3, stride: int = 1, dilation: int = 1,
+        groups: int = 1) -> list[nn.Module]:
+    """Conv (no bias) -> BatchNorm -> ReLU; 'same' padding."""
+    return [nn.Conv2d(cin, cout, k, stride=stride, padding=(k // 2) * dilation,
+                      dilation=dilation, groups=groups, bias=False),
+            nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+def dsep(c: int, cout: int | None = None, dilation: int = 1) -> list[nn.Module]:
+    """Depthwise 3x3 (optionally dilated) -> pointwise 1x1, each followed by BN + ReLU."""
+    return cbr(c, c, dilation=dilation, groups=c) + cbr(c, cout or c, k=1)
+
+
+class Fast50k(nn.Module):
+    """Under 50,000 parameters, built to reach 80% quickly.
+
+    Stem 3x3 3->w; group 1: 3x3 w->2w at 32 px, max pool, 3x3 2w->2w; group 2: 3x3 2w->3w at
+    16 px, max pool, 3x3 3w->3w; GAP, FC 3w->10. With w = 16: 49,626 parameters, RF 24.
+    """
+
+    def __init__(self, num_classes: int = 10, width: int = 16):
+        super().__init__()
+        w1, w2, w3 = width, 2 * width, 3 * width
+        self.features = nn.Sequential(
+            *cbr(3, w1),
+            *cbr(w1, w2), nn.MaxPool2d(2), *cbr(w2, w2),
+            *cbr(w2, w3), nn.MaxPool2d(2), *cbr(w3, w3),
+        )
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(w3, num_classes))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+class FastSeed001(nn.Module):
+    """Passes seed 001's rules (< 200k params, no max pool, RF > 44, a depthwise-separable and
+    a dilated conv, GAP) with the compute spent where a CPU does it well: plain 3x3 convs.
+
+    Stem 3x3 3->w (32 px); 3x3 stride 2 w->2w (16 px), 3x3 2w->2w; 3x3 stride 2 2w->4w (8 px);
+    then three depthwise-separable 4w blocks at 8 px, the second dilated (d=2); GAP, FC.
+    With w = 32: 186,698 parameters, RF 69.
+    """
+
+    def __init__(self, num_classes: int = 10, width: int = 32):
+        super().__init__()
+        w1, w2, w3 = width, 2 * width, 4 * width
+        self.features = nn.Sequential(
+            *cbr(3, w1),
+            *cbr(w1, w2, stride=2), *cbr(w2, w2),
+            *cbr(w2, w3, stride=2),
+            *dsep(w3), *dsep(w3, dilation=2), *dsep(w3),
+        )
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(w3, num_classes))
+
+    def forward(self, x):
+        return self.head(self.features(x))
