@@ -55,3 +55,46 @@ def write_result(name: str, obj) -> Path:
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
     tmp.replace(path)
     return path
+
+
+# Issue 5's time-to-accuracy goals: accuracy to reach, required and goal seconds (wall time
+# from the first training step to the final test accuracy, evaluation and TTA included), and
+# a goal accuracy where the recipe's aim is accuracy within a fixed time.
+SPEED_GOALS = {
+    "fast-50k": {"acc": 0.80, "required_s": 360, "goal_s": 120},
+    "fast-seed001": {"acc": 0.85, "required_s": 480, "goal_s": 180},
+    "best-seed001": {"acc": 0.87, "goal_acc": 0.89, "required_s": 1800, "goal_s": 1800},
+    "fast-top": {"acc": 0.9069, "required_s": 1026, "goal_s": 615},
+}
+
+
+def merge_speed(runs: list[dict] | None = None, throughput: dict | None = None) -> Path:
+    """Fold new runs (replacing any with the same recipe and seed) and/or a new throughput
+    measurement into speed.json, and recompute its per-recipe summary."""
+    import statistics
+
+    path = RESULTS / "speed.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    new_keys = {(r["recipe"], r["seed"]) for r in runs or []}
+    all_runs = [r for r in old.get("runs", []) if (r["recipe"], r["seed"]) not in new_keys]
+    all_runs = sorted(all_runs + list(runs or []), key=lambda r: (r["recipe"], r["seed"]))
+    summary = {}
+    for name in sorted({r["recipe"] for r in all_runs}):
+        rs = [r for r in all_runs if r["recipe"] == name]
+        accs, secs = [r["test_acc"] for r in rs], [r["seconds"] for r in rs]
+        s = {"mean_acc": statistics.fmean(accs), "worst_acc": min(accs),
+             "median_seconds": statistics.median(secs), "n_runs": len(rs),
+             "params": rs[-1]["params"]}
+        goal = SPEED_GOALS.get(name)
+        if goal:
+            s["target_acc"] = goal["acc"]
+            s["required_seconds"] = goal["required_s"]
+            s["goal_seconds"] = goal["goal_s"]
+            s["required_met"] = all(r["test_acc"] >= goal["acc"]
+                                    and r["seconds"] <= goal["required_s"] for r in rs)
+            s["goal_met"] = all(r["test_acc"] >= goal.get("goal_acc", goal["acc"])
+                                and r["seconds"] <= goal["goal_s"] for r in rs)
+        summary[name] = s
+    out = {"runs": all_runs, "summary": summary,
+           "throughput": throughput if throughput is not None else old.get("throughput")}
+    return write_result("speed.json", out)

@@ -85,6 +85,12 @@ def test_cli_train_and_eval(shared_cifar_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "test accuracy" in r.stdout and "confusion matrix" in r.stdout
     assert "truck" in r.stdout
+    r = cli("train", "--data-dir", str(shared_cifar_dir), "--runs-dir", str(tmp_path),
+            "--name", "quiet", "--epochs", "1", "--batch-size", "100", "--no-progress",
+            "--no-plots")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "quiet" / "best.pt").is_file()
+    assert not (tmp_path / "quiet" / "plots").exists()
 
 
 def test_runs_dir_is_a_file(shared_cifar_dir, tmp_path):

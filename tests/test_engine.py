@@ -173,3 +173,39 @@ def test_time_budget_stops_resumably(shared_cifar_dir, tmp_path):
     m = cifarlab.train(resume=m["run_dir"], data_dir=shared_cifar_dir, progress=False,
                        log=lambda s: None)
     assert m["epochs"] == 3
+
+
+def test_data_parallel_processes(shared_cifar_dir, tmp_path):
+    """Two processes each train on half of every batch; rank 0 tests and writes the run."""
+    quiet = dict(data_dir=shared_cifar_dir, runs_dir=tmp_path, progress=False,
+                 log=lambda s: None, plots=False)
+    m = cifarlab.train("fast-50k", procs=2, epochs=3, batch_size=100, max_seconds=0.001,
+                       **quiet)
+    assert m["epochs"] == 1 and m["epochs_planned"] == 3  # both ranks agreed to stop
+    st = load_checkpoint(Path(m["run_dir"]) / "last.pt")
+    assert st["epoch"] == 1 and st["images_seen"] == 1000  # the two halves, all-reduced
+    m = cifarlab.train(resume=m["run_dir"], data_dir=shared_cifar_dir, progress=False,
+                       log=lambda s: None)
+    assert m["epochs"] == 3 and 0 <= m["test_acc"] <= 1
+    rows = list(csv.DictReader(open(Path(m["run_dir"]) / "history.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert torch.get_num_threads() >= 1 and not torch.distributed.is_initialized()
+
+
+def test_data_parallel_errors(shared_cifar_dir, tmp_path, monkeypatch):
+    quiet = dict(data_dir=shared_cifar_dir, runs_dir=tmp_path, progress=False,
+                 log=lambda s: None, plots=False)
+    with pytest.raises(CifarlabError, match="does not split evenly over 2 processes"):
+        cifarlab.train("fast-50k", procs=2, epochs=1, batch_size=51, **quiet)
+    from cifarlab import parallel
+
+    real = parallel.all_sum
+
+    def fail_in_rank1(*values):
+        if torch.distributed.get_rank() == 1:
+            raise RuntimeError("injected failure")
+        return real(*values)
+
+    monkeypatch.setattr(parallel, "all_sum", fail_in_rank1)  # forked: the worker has it too
+    with pytest.raises(CifarlabError, match="worker process 1 failed"):
+        cifarlab.train("fast-50k", procs=2, epochs=1, batch_size=100, **quiet)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from . import parallel as par
 from .data import CIFAR10, load_data
 from .engine import build_model, fit
 from .errors import CifarlabError
@@ -26,6 +27,7 @@ SHORTCUTS = {
     "momentum": "optim.momentum", "label_smoothing": "loss.label_smoothing",
     "loss": "loss.name", "schedule": "schedule.name",
     "train_subset": "data.train_subset", "test_subset": "data.test_subset",
+    "procs": "train.processes",
 }
 
 
@@ -56,10 +58,17 @@ def train(recipe: str | os.PathLike | dict = "default", *, data: CIFAR10 | None 
     else:
         cfg = resolve(recipe, _expand(overrides))
     build_model(cfg)  # unknown model, bad model_args, broken constraints: fail before data
+    t = cfg["train"]
+    if t["batch_size"] % t["processes"]:
+        raise CifarlabError(f"train.batch_size {t['batch_size']} does not split evenly over "
+                            f"{t['processes']} processes")
     if data is None:
         data = load_data(data_dir, download=download)
+    par.from_environment()  # started by torchrun: join its process group
+    rank, world = par.rank_world()
     if resume is None:
-        run = RunDir.create(runs_dir, name or cfg["name"])
+        made = RunDir.create(runs_dir, name or cfg["name"]) if rank == 0 else None
+        run = made if world == 1 else RunDir(par.broadcast_object(made and str(made.path)))
 
     def redraw(run: RunDir) -> None:  # plots never stop a training run
         try:
@@ -74,10 +83,14 @@ def train(recipe: str | os.PathLike | dict = "default", *, data: CIFAR10 | None 
         except Exception as e:
             log(f"warning: misclassified-images plot not written ({e})")
 
-    metrics = fit(cfg, data, run, resume=resume is not None, progress=progress, log=log,
-                  max_seconds=max_seconds, on_epoch=redraw if plots else None,
-                  on_end=finish if plots else None)
-    return {"run_dir": str(run.path), **metrics}
+    def run_fit() -> dict:
+        return fit(cfg, data, run, resume=resume is not None, progress=progress, log=log,
+                   max_seconds=max_seconds, on_epoch=redraw if plots else None,
+                   on_end=finish if plots else None)
+
+    processes = cfg["train"]["processes"]
+    metrics = par.launch_local(processes, run_fit) if processes > 1 else run_fit()
+    return {"run_dir": str(run.path), **metrics}  # only run_dir on ranks other than 0
 
 
 def _checkpoint_path(path: str | os.PathLike) -> Path:

@@ -47,7 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="any recipe key, e.g. --set augment.cutout=8 (repeatable)")
     t.add_argument("--max-minutes", type=float, help="stop (resumably) after this much "
                    "training time; --resume continues later")
+    t.add_argument("--procs", type=int, metavar="N",
+                   help="train data-parallel in N processes on this machine (train.processes)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--no-plots", action="store_true",
+                   help="do not draw plots/ during training (`cifarlab plot RUN` makes them later)")
 
     e = sub.add_parser("eval", help="test accuracy, per-class accuracy, confusion matrix")
     e.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
@@ -108,14 +112,16 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     overrides = dict(parse_override(s) for s in a.set)
     for key in ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "seed",
-                "target", "precision", "train_subset", "test_subset"):
+                "target", "precision", "train_subset", "test_subset", "procs"):
         if getattr(a, key) is not None:
             overrides[key] = getattr(a, key)
     if a.max_minutes is not None and a.max_minutes <= 0:
         raise CifarlabError("--max-minutes must be positive")
     m = train(a.recipe, data_dir=a.data_dir, download=a.download, runs_dir=a.runs_dir,
-              name=a.name, resume=a.resume, progress=not a.no_progress,
+              name=a.name, resume=a.resume, progress=not a.no_progress, plots=not a.no_plots,
               max_seconds=None if a.max_minutes is None else a.max_minutes * 60, **overrides)
+    if "test_acc" not in m:  # a torchrun rank other than 0: rank 0 reports
+        return 0
     if m["epochs"] < m["epochs_planned"] and not m["target_epoch"]:
         print(f"stopped after {m['epochs']}/{m['epochs_planned']} epochs; "
               f"continue with: cifarlab train --resume {m['run_dir']}")

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import __version__
+from . import parallel as par
 from .analysis import check_constraints, describe
 from .augment import AugmentConfig, Pipeline
 from .data import CIFAR10, channel_stats
@@ -132,12 +133,19 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
     `on_end(run, test_images, test_labels, final_predictions)` once metrics.json is written.
     """
     t_cfg = cfg["train"]
+    rank, world = par.rank_world()  # several processes: each trains on its share of a batch
+    main = rank == 0
+    if not main:
+        log, progress, on_epoch, on_end = (lambda s: None), False, None, None
     train = data.train.subset(cfg["data"]["train_subset"], seed=t_cfg["seed"])
     test = data.test.subset(cfg["data"]["test_subset"], seed=t_cfg["seed"])
     bs = t_cfg["batch_size"]
     if len(train) < 2:
         raise CifarlabError("training set has fewer than 2 images")
     steps_per_epoch = max(1, len(train) // bs)  # drop the last partial batch
+    if bs % world:
+        raise CifarlabError(f"train.batch_size {bs} does not split evenly over {world} "
+                            "processes")
 
     torch.manual_seed(t_cfg["seed"])
     gen = torch.Generator().manual_seed(t_cfg["seed"])
@@ -149,6 +157,7 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
     cl = t_cfg["channels_last"]
     if cl:
         model = model.to(memory_format=torch.channels_last)
+    train_model = par.wrap(model) if world > 1 else model
     opt = build_optimizer(cfg, model.parameters())
     sched = build_scheduler(cfg, opt, steps_per_epoch)
     criterion = loss_fn(cfg)
@@ -172,7 +181,7 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
         target_epoch, elapsed = st.get("target_epoch"), st["train_seconds"]
         img_seconds, images_seen = st["img_seconds"], st["images_seen"]
         log(f"resuming {run.path} after epoch {start_epoch}/{t_cfg['epochs']}")
-    else:
+    elif main:
         write_json(run.config, {"recipe": cfg, "environment": environment(),
                                 "data": str(data.root), "mean": mean, "std": std})
 
@@ -204,18 +213,23 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
             break
         t0 = time.perf_counter()
         model.train()
-        perm = torch.randperm(len(train), generator=gen)
+        perm = torch.randperm(len(train), generator=gen)  # the same on every rank
+        aug_gen = gen
+        if world > 1:  # each rank its own augmentation and dropout draws, resumable per epoch
+            aug_gen = torch.Generator().manual_seed(t_cfg["seed"] * 100_003 + epoch * 1009
+                                                    + rank)
+            torch.manual_seed(t_cfg["seed"] * 100_019 + epoch * 1013 + rank)
         loss_sum, correct, seen = 0.0, 0, 0
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{t_cfg['epochs']}",
                    disable=not progress, leave=False, dynamic_ncols=True, file=sys.stderr)
         for step in bar:
-            idx = perm[step * bs:(step + 1) * bs]
+            idx = perm[step * bs:(step + 1) * bs][rank::world]
             flip = None if flip_bits is None else flip_bits[idx] ^ bool(epoch % 2)
-            x, y = pipeline(train.images[idx], gen, flip), train.labels[idx]
+            x, y = pipeline(train.images[idx], aug_gen, flip), train.labels[idx]
             if cl:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(t_cfg["precision"]):
-                out = model(x)
+                out = train_model(x)
                 loss = criterion(out.float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -232,17 +246,25 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
         bar.close()
         train_time = time.perf_counter() - t0
+        if world > 1:
+            loss_sum, correct, seen = par.all_sum(loss_sum, correct, seen)
+            seen = int(seen)
         if not math.isfinite(loss_sum):
             raise CifarlabError(f"training diverged at epoch {epoch} (loss is {loss_sum}); "
                                 "lower optim.lr or set train.grad_clip")
         # evaluate every `eval_every` epochs, after the last one, and before a time-budget stop
         out_of_time = max_seconds is not None and time.perf_counter() - t_start > max_seconds
+        if world > 1:
+            out_of_time = bool(par.from_rank0(out_of_time)[0])
         evaluate = (epoch == t_cfg["epochs"] or out_of_time
                     or (every > 0 and epoch % every == 0))
-        if evaluate:
+        if evaluate and main:  # rank 0 tests; the others wait for its decision below
             eval_model = ema.model if ema is not None else model
-            final = summarize(predict_logits(eval_model, test_inputs, mean, std, **eval_kw),
-                              test.labels, cfg["loss"]["name"])
+            with par.eval_threads():
+                final = summarize(predict_logits(eval_model, test_inputs, mean, std,
+                                                 **eval_kw), test.labels, cfg["loss"]["name"])
+        elif evaluate:
+            final = {"acc": math.nan, "loss": math.nan}
         seconds = time.perf_counter() - t0
         elapsed += seconds
         img_seconds += train_time
@@ -257,6 +279,10 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
             best_acc, best_epoch = final["acc"], epoch
         if evaluate and target and target_epoch is None and final["acc"] >= target:
             target_epoch = epoch
+        if world > 1 and target and bool(par.from_rank0(target_epoch == epoch)[0]):
+            target_epoch = epoch
+        if not main:
+            continue
         state = {
             "model": model.state_dict(), "ema": ema.model.state_dict() if ema else None,
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
@@ -280,6 +306,8 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
         if on_epoch is not None:
             on_epoch(run)
 
+    if not main:
+        return {}
     if final is None:  # resumed a finished run: report what the last checkpoint evaluates to
         st = load_checkpoint(run.last)
         (ema.model if ema else model).load_state_dict(st["ema"] or st["model"])

@@ -93,6 +93,7 @@ DEFAULTS: dict[str, Any] = {
         "ema": 0.0,  # decay of an exponential moving average of weights; 0 = off
         "tta": False,  # test-time horizontal flip
         "target": 0.0,  # stop once test accuracy reaches this (fraction); 0 = off
+        "processes": 1,  # data-parallel processes on this machine (threads split between them)
         "eval_every": 1,  # test every N epochs (and after the last); 0 = after the last only
         "eval_batch_size": 1000,
     },
@@ -146,6 +147,7 @@ RANGES = {
     ("train", "ema"): (0, 1, True, False),
     ("train", "target"): (0, 1, True, True),
     ("train", "eval_every"): (0, None, True, True),
+    ("train", "processes"): (1, 64, True, True),
     ("train", "eval_batch_size"): (1, None, True, True),
 }
 
