@@ -95,11 +95,34 @@ def speed_section() -> list[str]:
     return out or ["No speed benchmark recorded yet."]
 
 
+def time_to_accuracy_section() -> list[str]:
+    p = RESULTS / "speed.json"
+    runs = json.loads(p.read_text()).get("summary", {}) if p.exists() else {}
+    if not runs:
+        return ["No time-to-accuracy runs recorded yet (`benchmarks/bench_speed.py`)."]
+    out = ["| target | recipe | params | median time | mean acc | worst acc | runs | "
+           "required / goal |", "|---|---|---|---|---|---|---|---|"]
+    for name, s in runs.items():
+        goal = "–"
+        if "required_met" in s:
+            goal = (f"{'met' if s['required_met'] else '**not met**'} (≤ "
+                    f"{s['required_seconds']} s) / {'met' if s['goal_met'] else 'not met'} "
+                    f"(≤ {s['goal_seconds']} s)")
+        out.append(f"| ≥ {pct(s.get('target_acc'))} | `{name}` | {s['params']:,} | "
+                   f"{s['median_seconds']:.0f} s | {pct(s['mean_acc'])} | {pct(s['worst_acc'])}"
+                   f" | {s['n_runs']} | {goal} |")
+    out += ["", "Wall time of the whole `train` call, data in memory, final evaluation with "
+            "test-time flip included; each run's seed, commit, command and machine are in "
+            "`benchmarks/results/speed.json`."]
+    return out
+
+
 def main() -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
-    body = ["### Default recipe", "", *default_section(), "", "### Speed", "",
-            *speed_section(), "", "### Seed recipes", "", *seeds_section()]
+    body = ["### Default recipe", "", *default_section(), "", "### Time to accuracy", "",
+            *time_to_accuracy_section(), "", "### Throughput", "", *speed_section(), "",
+            "### Seed recipes", "", *seeds_section()]
     new = f"{START}\n" + "\n".join(body) + f"\n{END}"
     text, n = re.subn(re.escape(START) + ".*?" + re.escape(END), lambda m: new, text,
                       flags=re.S)
