@@ -209,3 +209,20 @@ def test_data_parallel_errors(shared_cifar_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(parallel, "all_sum", fail_in_rank1)  # forked: the worker has it too
     with pytest.raises(CifarlabError, match="worker process 1 failed"):
         cifarlab.train("fast-50k", procs=2, epochs=1, batch_size=100, **quiet)
+
+
+def test_torchrun_ranks_share_one_run(shared_cifar_dir, tmp_path):
+    """Under torchrun every rank runs the CLI; rank 0 alone reports and writes the run."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun not installed beside this Python")
+    r = subprocess.run([str(torchrun), "--nproc-per-node", "2", "-m", "cifarlab.cli", "train",
+                        "--recipe", "fast-50k", "--data-dir", str(shared_cifar_dir),
+                        "--runs-dir", str(tmp_path), "--epochs", "2", "--batch-size", "100",
+                        "--no-progress", "--no-plots"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("final test accuracy") == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["fast-50k"]
+    rows = list(csv.DictReader(open(tmp_path / "fast-50k" / "history.csv")))
+    assert len(rows) == 2
