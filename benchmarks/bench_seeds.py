@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--runs-dir", default="runs")
     ap.add_argument("--max-minutes", type=float)
     ap.add_argument("--target", type=float)
+    ap.add_argument("--procs", type=int, help="data-parallel processes (train.processes)")
     a = ap.parse_args()
     prov = provenance()
     data = cifarlab.load_data(a.data_dir)
@@ -57,6 +58,8 @@ def main() -> None:
                                    max_seconds=limit), prov))
     for name in a.recipes:
         extra = {"target": a.target} if a.target else {}
+        if a.procs:
+            extra["procs"] = a.procs
         m = cifarlab.train(name, data=data, runs_dir=a.runs_dir, progress=False,
                            max_seconds=limit, **extra)
         save(record(m, prov))

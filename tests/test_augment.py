@@ -111,3 +111,19 @@ def test_given_flips_replace_chance():
 def test_alternate_flips_need_the_tensor_backend():
     with pytest.raises(CifarlabError, match="flip_mode"):
         Pipeline(AugmentConfig(backend="albumentations", flip_mode="alternate"), MEAN, STD)
+
+
+@pytest.mark.parametrize("border", ["constant", "reflect"])
+def test_shift_scale_rotate_border(border):
+    # a pure shift right/down by 8 px (p = 0.5 per image): the uncovered left columns are the
+    # dataset mean (constant) or mirrored pixels (reflect; a ramp of multiples of 8 never
+    # equals the mean fill 51/102/153)
+    cfg = AugmentConfig(backend="albumentations", flip=False, shift_limit=(0.25, 0.25),
+                        scale_limit=0, rotate_limit=0, coarse_dropout=0, border=border)
+    mean = [0.2, 0.4, 0.6]
+    x = (torch.arange(32, dtype=torch.uint8) * 8).repeat(16, 3, 32, 1)
+    out = Pipeline(cfg, mean, STD)(x, gen())
+    fill = (torch.tensor([round(m * 255) for m in mean]) / 255 - torch.tensor(mean)) / 0.25
+    edge_is_mean = [torch.isclose(out[i, :, :, 0], fill.view(3, 1), atol=1e-3).all().item()
+                    for i in range(16)]
+    assert any(edge_is_mean) == (border == "constant")

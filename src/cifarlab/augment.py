@@ -110,6 +110,7 @@ class AugmentConfig:
     shift_limit: float = 0.0625
     scale_limit: float = 0.1
     rotate_limit: float = 45.0
+    border: str = "constant"  # constant (dataset mean) | reflect (BORDER_REFLECT_101)
     coarse_dropout: int = 16
     test: bool = False  # also apply the pipeline to the test set (seed 003's tutorial did)
 
@@ -172,7 +173,9 @@ def _albumentations_pipeline(cfg: AugmentConfig, mean: list[float]):
         warnings.simplefilter("ignore", UserWarning)
         steps.append(A.ShiftScaleRotate(
             shift_limit=cfg.shift_limit, scale_limit=cfg.scale_limit,
-            rotate_limit=cfg.rotate_limit, border_mode=cv2.BORDER_CONSTANT, fill=fill, p=0.5))
+            rotate_limit=cfg.rotate_limit, fill=fill, p=0.5,
+            border_mode=cv2.BORDER_REFLECT_101 if cfg.border == "reflect"
+            else cv2.BORDER_CONSTANT))
     if s > 0:
         steps.append(A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(s, s),
                                      hole_width_range=(s, s), fill=fill, p=0.5))

@@ -47,6 +47,8 @@ DEFAULTS: dict[str, Any] = {
         "shift_limit": 0.0625,  # albumentations ShiftScaleRotate
         "scale_limit": 0.1,
         "rotate_limit": 45.0,
+        "border": "constant",  # ShiftScaleRotate's uncovered pixels: constant (dataset mean)
+                               # | reflect (albumentations 1.x's default, BORDER_REFLECT_101)
         "coarse_dropout": 16,  # albumentations CoarseDropout hole side, px; 0 = off
         "test": False,  # also augment the test set (only to reproduce seed 003's tutorial)
     },
@@ -103,6 +105,7 @@ CHOICES = {
     ("augment", "backend"): {"tensor", "albumentations", "none"},
     ("augment", "crop_mode"): {"reflect", "constant", "replicate"},
     ("augment", "flip_mode"): {"random", "alternate"},
+    ("augment", "border"): {"constant", "reflect"},
     ("optim", "name"): {"sgd", "adam", "adamw"},
     ("loss", "name"): {"ce", "nll"},
     ("schedule", "name"): {"onecycle", "step", "cosine", "constant"},
