@@ -72,6 +72,18 @@ def test_tutorial_net1_is_the_classic_62006():
     assert EXPECTED["seed003-net1"] == 62_006
 
 
+def test_speed_models_pass_their_rules():
+    small = create_model("fast-50k")
+    assert n_params(small) == 49_658
+    assert check_constraints(small, max_params=49_999) == []
+    rules = create_model("fast-seed001")  # seed 001's rules, as the fast-seed001 recipe says
+    assert n_params(rules) == 185_898
+    assert check_constraints(rules, max_params=199_999, min_receptive_field=45,
+                             require=("depthwise_separable", "dilated", "gap"),
+                             forbid=("maxpool",)) == []
+    assert n_params(create_model("fast-seed001", width=40)) > 200_000  # width is the knob
+
+
 @pytest.mark.parametrize("name", ["seed000-m1", "seed000-m2", "seed000-m3"])
 def test_seed000_models_are_under_50k(name):
     assert n_params(create_model(name)) < 50_000

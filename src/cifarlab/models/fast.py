@@ -23,7 +23,20 @@ def dsep(c: int, cout: int | None = None, dilation: int = 1) -> list[nn.Module]:
     return cbr(c, c, dilation=dilation, groups=c) + cbr(c, cout or c, k=1)
 
 
-class Fast50k(nn.Module):
+class GapNet(nn.Module):
+    """Feature layers, then global average pooling and one linear layer."""
+
+    def __init__(self, features: list[nn.Module], width: int, num_classes: int):
+        super().__init__()
+        self.features = nn.Sequential(*features)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(width, num_classes))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+class Fast50k(GapNet):
     """Under 50,000 parameters, built to reach 80% quickly.
 
     Stem 3x3 3->w; group 1: 3x3 w->2w at 32 px, max pool, 3x3 2w->2w; group 2: 3x3 2w->3w at
@@ -31,21 +44,15 @@ class Fast50k(nn.Module):
     """
 
     def __init__(self, num_classes: int = 10, width: int = 16):
-        super().__init__()
         w1, w2, w3 = width, 2 * width, 3 * width
-        self.features = nn.Sequential(
+        super().__init__([
             *cbr(3, w1),
             *cbr(w1, w2), nn.MaxPool2d(2), *cbr(w2, w2),
             *cbr(w2, w3), nn.MaxPool2d(2), *cbr(w3, w3),
-        )
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                  nn.Linear(w3, num_classes))
-
-    def forward(self, x):
-        return self.head(self.features(x))
+        ], w3, num_classes)
 
 
-class FastSeed001(nn.Module):
+class FastSeed001(GapNet):
     """Passes seed 001's rules (< 200k params, no max pool, RF > 44, a depthwise-separable and
     a dilated conv, GAP) with the compute spent where a CPU does it well: plain 3x3 convs.
 
@@ -55,16 +62,10 @@ class FastSeed001(nn.Module):
     """
 
     def __init__(self, num_classes: int = 10, width: int = 32):
-        super().__init__()
         w1, w2, w3 = width, 2 * width, 4 * width
-        self.features = nn.Sequential(
+        super().__init__([
             *cbr(3, w1),
             *cbr(w1, w2, stride=2), *cbr(w2, w2),
             *cbr(w2, w3, stride=2),
             *dsep(w3), *dsep(w3, dilation=2), *dsep(w3),
-        )
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                  nn.Linear(w3, num_classes))
-
-    def forward(self, x):
-        return self.head(self.features(x))
+        ], w3, num_classes)
