@@ -95,6 +95,9 @@ def merge_speed(runs: list[dict] | None = None, throughput: dict | None = None) 
             s["goal_met"] = all(r["test_acc"] >= goal.get("goal_acc", goal["acc"])
                                 and r["seconds"] <= goal["goal_s"] for r in rs)
         summary[name] = s
-    out = {"runs": all_runs, "summary": summary,
-           "throughput": throughput if throughput is not None else old.get("throughput")}
+    if throughput is None:  # keep the last side-by-side measurement (bench_throughput.py)
+        throughput = old.get("throughput")
+        if throughput is None and (RESULTS / "throughput.json").exists():
+            throughput = json.loads((RESULTS / "throughput.json").read_text())
+    out = {"runs": all_runs, "summary": summary, "throughput": throughput}
     return write_result("speed.json", out)
