@@ -147,3 +147,17 @@ def test_seed004_block_mixes_three_branches_with_gap_weights():
     assert torch.allclose(got, want, atol=1e-6)
     model = create_model("seed004")
     assert sum(isinstance(m, NthBlock) for m in model.modules()) == 5
+
+
+def test_fast_top_whitening_from_data():
+    torch.manual_seed(0)
+    mix = torch.tensor([[1.0, 0.8, 0.6], [0.0, 0.5, 0.3], [0.0, 0.0, 0.2]])
+    images = torch.einsum("ij,njhw->nihw", mix, torch.randn(200, 3, 32, 32))  # correlated
+    model = create_model("fast-top")
+    assert not model.whiten.weight.requires_grad and model.whiten.bias.requires_grad
+    model.init_from_data(images)
+    out = torch.nn.functional.conv2d(images, model.whiten.weight[:12])  # the 12 positive filters
+    flat = out.permute(1, 0, 2, 3).reshape(12, -1)
+    cov = flat @ flat.T / flat.shape[1]
+    assert torch.allclose(cov, torch.eye(12), atol=0.05)  # whitened: identity covariance
+    assert torch.equal(model.whiten.weight[12:], -model.whiten.weight[:12])

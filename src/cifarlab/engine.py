@@ -21,7 +21,7 @@ from tqdm import tqdm
 from . import __version__
 from . import parallel as par
 from .analysis import check_constraints, describe
-from .augment import AugmentConfig, Pipeline
+from .augment import AugmentConfig, Pipeline, normalize
 from .data import CIFAR10, channel_stats
 from .errors import CifarlabError
 from .evaluate import autocast, predict_logits, summarize
@@ -46,8 +46,11 @@ def build_scheduler(cfg: dict, opt: torch.optim.Optimizer, steps_per_epoch: int)
     s, total = cfg["schedule"], cfg["train"]["epochs"] * steps_per_epoch
     name = s["name"]
     if name == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(  # +1: the last step must not overshoot
-            opt, max_lr=cfg["optim"]["lr"], total_steps=total + 1, pct_start=s["pct_start"],
+        steps = total + 1  # +1: the last step must not overshoot
+        # a run of a handful of steps (a tiny subset) still needs both phases to be non-empty
+        pct = min(max(s["pct_start"], 1.5 / steps), 1 - 1.5 / steps)
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg["optim"]["lr"], total_steps=steps, pct_start=pct,
             anneal_strategy=s["anneal"], div_factor=s["div_factor"],
             final_div_factor=s["final_div_factor"],
             # torch's default momentum cycling, which SGD without momentum cannot do
@@ -152,6 +155,9 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
     mean, std = channel_stats(train.images)
     pipeline = Pipeline(AugmentConfig(**cfg["augment"]), mean, std)
     model, facts = build_model(cfg)
+    init = getattr(model, "init_from_data", None)  # e.g. whitening filters (models/fast.py)
+    if init is not None and not resume:
+        init(normalize(train.images[:5000], torch.tensor(mean), torch.tensor(std)))
     if t_cfg["fast_dropout"]:
         use_fast_dropout(model)
     cl = t_cfg["channels_last"]

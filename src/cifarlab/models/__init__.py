@@ -12,7 +12,7 @@ from ..errors import CifarlabError
 from .allconv import Seed001DilatedNet, Seed001Net
 from .blocks import Seed002Net
 from .dynamic import Seed004Net
-from .fast import Fast50k, FastSeed001
+from .fast import Fast50k, FastSeed001, FastTop
 from .small import SmallM1, SmallM2, SmallM3
 from .tutorial import Net1, Net3, Net6, Net7, Net8
 
@@ -59,3 +59,4 @@ register("seed004", Seed004Net, "seed 004 five dynamic 3-branch blocks, BN + max
 register("fast-50k", Fast50k, "cifarlab: airbench-shaped, < 50k params, for time to 80%")
 register("fast-seed001", FastSeed001,
          "cifarlab: seed 001's rules (< 200k, no max pool, RF > 44, dw-sep, dilated, GAP), fast")
+register("fast-top", FastTop, "cifarlab: airbench94-shaped (2x2 whitening, 64/256/256), fast-top")

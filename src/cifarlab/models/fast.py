@@ -7,6 +7,7 @@ with ~10-20 epochs there is no time to overfit.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -69,3 +70,42 @@ class FastSeed001(GapNet):
             *cbr(w2, w3, stride=2),
             *dsep(w3), *dsep(w3, dilation=2), *dsep(w3),
         ], w3, num_classes)
+
+
+class FastTop(nn.Module):
+    """airbench94's shape, for the unconstrained fast-top recipe (about 2M parameters).
+
+    A frozen 2x2 whitening conv (3 -> 24: the 12 eigenvectors of the training set's 2x2-patch
+    covariance scaled by 1/sqrt(eigenvalue), and their negatives; trainable bias), GELU, then
+    three groups of 3x3 conv -> max pool -> BN -> GELU -> 3x3 conv -> BN -> GELU with widths
+    64, 256, 256 (31 -> 15 -> 7 -> 3 px), a 3x3 max pool and a linear layer without bias.
+    `init_from_data` sets the whitening weights; the engine calls it before the first step.
+    """
+
+    def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = (64, 256, 256)):
+        super().__init__()
+        self.whiten = nn.Conv2d(3, 24, 2, padding=0, bias=True)
+        self.whiten.weight.requires_grad_(False)
+        layers: list[nn.Module] = [self.whiten, nn.GELU()]
+        cin = 24
+        for w in widths:
+            layers += [nn.Conv2d(cin, w, 3, padding=1, bias=False), nn.MaxPool2d(2),
+                       nn.BatchNorm2d(w), nn.GELU(),
+                       nn.Conv2d(w, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.GELU()]
+            cin = w
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.MaxPool2d(3), nn.Flatten(),
+                                  nn.Linear(cin, num_classes, bias=False))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+    @torch.no_grad()
+    def init_from_data(self, images: torch.Tensor, eps: float = 5e-4) -> None:
+        """Whitening filters from normalised training images (N×3×32×32 float)."""
+        patches = images.unfold(2, 2, 1).unfold(3, 2, 1)  # N×3×31×31×2×2
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 12).double()
+        cov = patches.T @ patches / len(patches)
+        eigval, eigvec = torch.linalg.eigh(cov)
+        filters = (eigvec.T / (eigval + eps).sqrt()[:, None]).reshape(12, 3, 2, 2)
+        self.whiten.weight.copy_(torch.cat([filters, -filters]).float())
