@@ -119,7 +119,8 @@ def load_model(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
 def _infer(model, meta, images: torch.Tensor, tta: bool | None = None) -> torch.Tensor:
     return predict_logits(model, images, meta["mean"], meta["std"],
                           precision=meta["precision"], channels_last=meta["channels_last"],
-                          tta=meta["tta"] if tta is None else tta)
+                          tta=meta["tta"] if tta is None else tta,
+                          tta_shift=meta.get("tta_shift", 0))
 
 
 def evaluate(path: str | os.PathLike, *, data: CIFAR10 | None = None,

@@ -118,6 +118,7 @@ def model_meta(cfg: dict, classes, mean, std) -> dict:
         "classes": list(classes), "mean": list(mean), "std": list(std),
         "loss": cfg["loss"]["name"], "precision": cfg["train"]["precision"],
         "channels_last": cfg["train"]["channels_last"], "tta": cfg["train"]["tta"],
+        "tta_shift": cfg["train"]["tta_shift"],
         "recipe": cfg["name"],
     }
 
@@ -197,7 +198,7 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
         f"{t_cfg['epochs']} epochs x {steps_per_epoch} steps, "
         f"{t_cfg['precision']}{', channels_last' if cl else ''}")
     eval_kw = dict(batch_size=t_cfg["eval_batch_size"], precision=t_cfg["precision"],
-                   channels_last=cl, tta=t_cfg["tta"])
+                   channels_last=cl, tta=t_cfg["tta"], tta_shift=t_cfg["tta_shift"])
     test_inputs = test.images
     if cfg["augment"]["test"]:  # one fixed random transform of the test set, as seed 003 did
         test_inputs = pipeline(test.images, torch.Generator().manual_seed(t_cfg["seed"] + 1))

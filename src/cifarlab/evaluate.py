@@ -19,9 +19,10 @@ def autocast(precision: str):
 @torch.inference_mode()
 def predict_logits(model: torch.nn.Module, images: torch.Tensor, mean, std, *,
                    batch_size: int = 1000, precision: str = "bf16", channels_last: bool = True,
-                   tta: bool = False) -> torch.Tensor:
+                   tta: bool = False, tta_shift: int = 0) -> torch.Tensor:
     """Float32 logits for uint8 images (N×3×32×32) or already-normalised float images;
-    with `tta`, averaged with the mirror."""
+    with `tta`, averaged with the mirror; with `tta_shift` s, also over the image moved by s
+    pixels up-left and down-right (reflect padding), weighted 1/2, 1/4, 1/4 (airbench)."""
     was_training = model.training
     model.eval()
     mean_t, std_t = torch.as_tensor(mean), torch.as_tensor(std)
@@ -32,12 +33,22 @@ def predict_logits(model: torch.nn.Module, images: torch.Tensor, mean, std, *,
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(precision):
-            logits = model(x).float()
-            if tta:
-                logits = (logits + model(x.flip(3)).float()) / 2
+            logits = _views(model, x, tta)
+            if tta_shift:
+                s, (h, w) = tta_shift, x.shape[-2:]
+                padded = F.pad(x, (s, s, s, s), mode="reflect")
+                moved = (padded[..., :h, :w], padded[..., 2 * s:, 2 * s:])
+                fmt = torch.channels_last if channels_last else torch.contiguous_format
+                logits = logits / 2 + sum(_views(model, m.contiguous(memory_format=fmt), tta)
+                                          for m in moved) / 4
         out.append(logits)
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, 10)
+
+
+def _views(model: torch.nn.Module, x: torch.Tensor, flip: bool) -> torch.Tensor:
+    logits = model(x).float()
+    return (logits + model(x.flip(3)).float()) / 2 if flip else logits
 
 
 def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, n: int = 10) -> torch.Tensor:

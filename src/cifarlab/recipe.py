@@ -94,6 +94,7 @@ DEFAULTS: dict[str, Any] = {
         "fast_dropout": True,  # same Bernoulli dropout, cheaper mask (layers.FastDropout)
         "ema": 0.0,  # decay of an exponential moving average of weights; 0 = off
         "tta": False,  # test-time horizontal flip
+        "tta_shift": 0,  # also test on copies moved by this many pixels (0 = off)
         "target": 0.0,  # stop once test accuracy reaches this (fraction); 0 = off
         "processes": 1,  # data-parallel processes on this machine (threads split between them)
         "eval_every": 1,  # test every N epochs (and after the last); 0 = after the last only
@@ -150,6 +151,7 @@ RANGES = {
     ("train", "ema"): (0, 1, True, False),
     ("train", "target"): (0, 1, True, True),
     ("train", "eval_every"): (0, None, True, True),
+    ("train", "tta_shift"): (0, 8, True, True),
     ("train", "processes"): (1, 64, True, True),
     ("train", "eval_batch_size"): (1, None, True, True),
 }
