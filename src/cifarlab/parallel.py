@@ -98,7 +98,8 @@ def _child(rank: int, world: int, store: str, fn: Callable[[], object], threads:
         fn()
         dist.destroy_process_group()
     except BaseException as e:  # noqa: BLE001 - report in one line, exit non-zero
-        if not isinstance(e, KeyboardInterrupt):
+        # a user error (e.g. divergence, seen by every rank) is reported by rank 0 alone
+        if not isinstance(e, (KeyboardInterrupt, CifarlabError)):
             print(f"cifarlab: process {rank}: {type(e).__name__}: {e}", file=sys.stderr)
         sys.stderr.flush()
         os._exit(1)
