@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/bench_seeds.py --resume runs/seed002 --max-minutes 60
 
 A run cut short by --max-minutes is recorded with the epochs done (epochs < epochs_planned),
-its accuracy so far and seconds per epoch; --resume continues it and replaces the record.
+its accuracy so far and seconds per epoch; --resume continues it and replaces its row. Rows of
+other runs of the same recipe (an earlier setup, say) stay.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ def record(m: dict, prov: dict) -> dict:
 def save(rec: dict) -> None:
     path = RESULTS / "seeds.json"
     runs = json.loads(path.read_text()) if path.exists() else []
-    runs = [r for r in runs if r["recipe"] != rec["recipe"]] + [rec]
-    runs.sort(key=lambda r: r["recipe"])
+    # one row per run: a resumed run replaces its own row, a new run of a recipe adds one
+    runs = [r for r in runs if r["run_dir"] != rec["run_dir"]] + [rec]
+    runs.sort(key=lambda r: (r["recipe"], r["date"]))
     print(write_result("seeds.json", runs))
 
 
