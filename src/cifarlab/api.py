@@ -88,8 +88,9 @@ def train(recipe: str | os.PathLike | dict = "default", *, data: CIFAR10 | None 
                    max_seconds=max_seconds, on_epoch=redraw if plots else None,
                    on_end=finish if plots else None)
 
-    processes = cfg["train"]["processes"]
-    metrics = par.launch_local(processes, run_fit) if processes > 1 else run_fit()
+    processes = cfg["train"]["processes"]  # under torchrun, torchrun decides the processes
+    local = processes > 1 and world == 1
+    metrics = par.launch_local(processes, run_fit) if local else run_fit()
     return {"run_dir": str(run.path), **metrics}  # only run_dir on ranks other than 0
 
 
