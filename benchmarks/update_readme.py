@@ -47,17 +47,20 @@ def seeds_section() -> list[str]:
     if not p.exists():
         return ["No seed recipe runs recorded yet (`benchmarks/bench_seeds.py`)."]
     runs = json.loads(p.read_text())
-    out = ["| recipe | seed's claim | ours (final) | best | epochs | params | RF | time |",
-           "|---|---|---|---|---|---|---|---|"]
+    out = ["| recipe | seed's claim | ours (final) | best | epochs | params | RF | time | "
+           "commit |", "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         partial = " (partial)" if r.get("epochs", 0) < r.get("epochs_planned", 0) and not \
             r.get("target_epoch") else ""
         out.append(
             f"| `{r['recipe']}` | {pct(SEED_CLAIMS.get(r['recipe']))} | {pct(r['test_acc'])}"
             f"{partial} | {pct(r['best_test_acc'])} | {r['epochs']} | {r['params']:,} | "
-            f"{r['receptive_field']} | {r['train_seconds'] / 60:.1f} min |")
+            f"{r['receptive_field']} | {r['train_seconds'] / 60:.1f} min | "
+            f"`{r['commit'][:8]}` |")
     out.append("")
-    out.append("From `benchmarks/results/seeds.json`; each row records its commit and command.")
+    out.append("From `benchmarks/results/seeds.json` (one row per run; a recipe run again with "
+               "other choices has a row per setup, told apart by commit); each row also records "
+               "its command, date and machine.")
     return out
 
 
