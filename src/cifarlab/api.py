@@ -58,10 +58,8 @@ def train(recipe: str | os.PathLike | dict = "default", *, data: CIFAR10 | None 
     else:
         cfg = resolve(recipe, _expand(overrides))
     build_model(cfg)  # unknown model, bad model_args, broken constraints: fail before data
-    t = cfg["train"]
-    if t["batch_size"] % t["processes"]:
-        raise CifarlabError(f"train.batch_size {t['batch_size']} does not split evenly over "
-                            f"{t['processes']} processes")
+    processes = cfg["train"]["processes"]  # under torchrun, torchrun decides the processes
+    par.check_split(cfg["train"]["batch_size"], processes)  # before any run dir is made
     if data is None:
         data = load_data(data_dir, download=download)
     par.from_environment()  # started by torchrun: join its process group
@@ -88,7 +86,6 @@ def train(recipe: str | os.PathLike | dict = "default", *, data: CIFAR10 | None 
                    max_seconds=max_seconds, on_epoch=redraw if plots else None,
                    on_end=finish if plots else None)
 
-    processes = cfg["train"]["processes"]  # under torchrun, torchrun decides the processes
     local = processes > 1 and world == 1
     metrics = par.launch_local(processes, run_fit) if local else run_fit()
     return {"run_dir": str(run.path), **metrics}  # only run_dir on ranks other than 0

@@ -147,9 +147,7 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
     if len(train) < 2:
         raise CifarlabError("training set has fewer than 2 images")
     steps_per_epoch = max(1, len(train) // bs)  # drop the last partial batch
-    if bs % world:
-        raise CifarlabError(f"train.batch_size {bs} does not split evenly over {world} "
-                            "processes")
+    par.check_split(bs, world)
 
     torch.manual_seed(t_cfg["seed"])
     gen = torch.Generator().manual_seed(t_cfg["seed"])

@@ -56,6 +56,13 @@ def from_rank0(*values: float) -> list[float]:
     return t.tolist()
 
 
+def check_split(batch_size: int, processes: int) -> None:
+    """Every process must get an equal share of each batch."""
+    if batch_size % processes:
+        raise CifarlabError(f"train.batch_size {batch_size} does not split evenly over "
+                            f"{processes} processes")
+
+
 def broadcast_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
@@ -116,9 +123,6 @@ def launch_local(processes: int, fn: Callable[[], object]):
     if "fork" not in mp.get_all_start_methods():
         raise CifarlabError("train.processes > 1 needs a platform that can fork (Linux); "
                             "use torchrun elsewhere")
-    if dist.is_initialized():
-        raise CifarlabError("train.processes > 1 inside a torchrun job: let torchrun start "
-                            "the processes instead")
     threads = torch.get_num_threads()
     per = max(1, threads // processes)
     tmp = tempfile.mkdtemp(prefix="cifarlab-ddp-")
