@@ -235,3 +235,29 @@ def test_model_initialised_from_training_data(shared_cifar_dir, tmp_path):
                           "data.train_subset": 300, "data.test_subset": 100})
     w = load_checkpoint(Path(m["run_dir"]) / "last.pt")["model"]["whiten.weight"]
     assert torch.equal(w[12:], -w[:12])  # whitening filters, and frozen through training
+
+
+def test_norm_bias_lr_scale_and_fixed_momentum():
+    from cifarlab.engine import build_optimizer, build_scheduler
+    from cifarlab.models import create_model
+    from cifarlab.recipe import resolve
+
+    cfg = resolve("fast-top")
+    model = create_model("fast-top")
+    opt = build_optimizer(cfg, model)
+    weights, biases = opt.param_groups
+    bn_biases = {id(m.bias) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert {id(p) for p in biases["params"]} == bn_biases
+    assert not any(id(p) in bn_biases for p in weights["params"])
+    assert all(p.requires_grad for g in opt.param_groups for p in g["params"])  # frozen left out
+    sched = build_scheduler(cfg, opt, steps_per_epoch=10)
+    for _ in range(30):
+        ratio = biases["lr"] / weights["lr"]
+        assert ratio == pytest.approx(64)  # the scale holds along the whole schedule
+        assert biases["weight_decay"] * biases["lr"] == pytest.approx(
+            weights["weight_decay"] * weights["lr"])  # same decay per step
+        assert weights["momentum"] == biases["momentum"] == 0.85  # not cycled
+        opt.step()
+        sched.step()
+    plain = build_optimizer(resolve("fast-top", {"optim.norm_bias_lr_scale": 1.0}), model)
+    assert len(plain.param_groups) == 1

@@ -161,3 +161,14 @@ def test_fast_top_whitening_from_data():
     cov = flat @ flat.T / flat.shape[1]
     assert torch.allclose(cov, torch.eye(12), atol=0.05)  # whitened: identity covariance
     assert torch.equal(model.whiten.weight[12:], -model.whiten.weight[:12])
+
+
+def test_fast_top_airbench_details():
+    model = create_model("fast-top")
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == 6 and all(not b.weight.requires_grad and b.bias.requires_grad
+                                 for b in bns)  # only the BatchNorm bias trains
+    convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)][1:]
+    x = torch.randn(1, 24, 5, 5)
+    first = convs[0]  # 24 -> 64: its first 24 filters pass the input through
+    assert torch.allclose(torch.nn.functional.conv2d(x, first.weight[:24], padding=1), x)

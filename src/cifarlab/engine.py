@@ -30,8 +30,22 @@ from .models import create_model
 from .rundir import RunDir, load_checkpoint, save_checkpoint, write_json
 
 
-def build_optimizer(cfg: dict, params) -> torch.optim.Optimizer:
-    o = cfg["optim"]
+def param_groups(cfg: dict, model: torch.nn.Module) -> list[dict]:
+    """Trainable parameters; BatchNorm biases in a group of their own when their lr is scaled."""
+    o, scale = cfg["optim"], cfg["optim"]["norm_bias_lr_scale"]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if scale == 1.0:
+        return [{"params": trainable}]
+    norm_bias = {id(m.bias) for m in model.modules()
+                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.bias is not None}
+    groups = [{"params": [p for p in trainable if id(p) not in norm_bias]},
+              {"params": [p for p in trainable if id(p) in norm_bias],
+               "lr": o["lr"] * scale, "weight_decay": o["weight_decay"] / scale}]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(cfg: dict, model: torch.nn.Module) -> torch.optim.Optimizer:
+    o, params = cfg["optim"], param_groups(cfg, model)
     if o["name"] == "sgd":
         return torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"],
                                nesterov=o["nesterov"] and o["momentum"] > 0,
@@ -50,11 +64,12 @@ def build_scheduler(cfg: dict, opt: torch.optim.Optimizer, steps_per_epoch: int)
         # a run of a handful of steps (a tiny subset) still needs both phases to be non-empty
         pct = min(max(s["pct_start"], 1.5 / steps), 1 - 1.5 / steps)
         return torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=cfg["optim"]["lr"], total_steps=steps, pct_start=pct,
+            opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=steps, pct_start=pct,
             anneal_strategy=s["anneal"], div_factor=s["div_factor"],
             final_div_factor=s["final_div_factor"],
             # torch's default momentum cycling, which SGD without momentum cannot do
-            cycle_momentum=not (cfg["optim"]["name"] == "sgd" and cfg["optim"]["momentum"] == 0))
+            cycle_momentum=s["cycle_momentum"] and not (
+                cfg["optim"]["name"] == "sgd" and cfg["optim"]["momentum"] == 0))
     if name == "step":
         return torch.optim.lr_scheduler.StepLR(
             opt, step_size=s["step_size"] * steps_per_epoch, gamma=s["gamma"])
@@ -163,7 +178,7 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
     if cl:
         model = model.to(memory_format=torch.channels_last)
     train_model = par.wrap(model) if world > 1 else model
-    opt = build_optimizer(cfg, model.parameters())
+    opt = build_optimizer(cfg, model)
     sched = build_scheduler(cfg, opt, steps_per_epoch)
     criterion = loss_fn(cfg)
     ema = EMA(model, t_cfg["ema"]) if t_cfg["ema"] > 0 else None

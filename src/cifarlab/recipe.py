@@ -60,6 +60,9 @@ DEFAULTS: dict[str, Any] = {
         "weight_decay": 5e-4,
         "beta1": 0.9,
         "beta2": 0.999,
+        # lr multiplier for BatchNorm biases (airbench: 64); their weight decay is divided by
+        # it, so the decay per step stays that of the other parameters
+        "norm_bias_lr_scale": 1.0,
     },
     "loss": {
         "name": "ce",  # ce | nll
@@ -73,6 +76,7 @@ DEFAULTS: dict[str, Any] = {
         "div_factor": 25.0,  # onecycle: initial lr = lr / div_factor
         "final_div_factor": 1e4,  # onecycle: final lr = initial lr / final_div_factor
         "anneal": "linear",  # onecycle: linear | cos
+        "cycle_momentum": True,  # onecycle: cycle momentum / Adam beta1 (false: keep it fixed)
         "step_size": 10,  # step: epochs between drops
         "gamma": 0.1,  # step: multiplier at each drop
         "min_lr": 0.0,  # cosine: final lr
@@ -138,6 +142,7 @@ RANGES = {
     ("optim", "weight_decay"): (0, None, True, True),
     ("optim", "beta1"): (0, 1, True, False),
     ("optim", "beta2"): (0, 1, True, False),
+    ("optim", "norm_bias_lr_scale"): (0, None, False, True),
     ("loss", "label_smoothing"): (0, 1, True, False),
     ("schedule", "pct_start"): (0, 1, False, False),
     ("schedule", "div_factor"): (0, None, False, True),

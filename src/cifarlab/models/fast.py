@@ -78,7 +78,9 @@ class FastTop(nn.Module):
     A frozen 2x2 whitening conv (3 -> 24: the 12 eigenvectors of the training set's 2x2-patch
     covariance scaled by 1/sqrt(eigenvalue), and their negatives; trainable bias), GELU, then
     three groups of 3x3 conv -> max pool -> BN -> GELU -> 3x3 conv -> BN -> GELU with widths
-    64, 256, 256 (31 -> 15 -> 7 -> 3 px), a 3x3 max pool and a linear layer without bias.
+    64, 256, 256 (31 -> 15 -> 7 -> 3 px), a 3x3 max pool and a linear layer without bias whose
+    output is scaled by 1/9. As in airbench: BatchNorm without a trainable scale (only its bias
+    learns; momentum 0.4, eps 1e-12) and convs initialised partly as identities (dirac).
     `init_from_data` sets the whitening weights; the engine calls it before the first step.
     """
 
@@ -89,16 +91,15 @@ class FastTop(nn.Module):
         layers: list[nn.Module] = [self.whiten, nn.GELU()]
         cin = 24
         for w in widths:
-            layers += [nn.Conv2d(cin, w, 3, padding=1, bias=False), nn.MaxPool2d(2),
-                       nn.BatchNorm2d(w), nn.GELU(),
-                       nn.Conv2d(w, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.GELU()]
+            layers += [_dirac_conv(cin, w), nn.MaxPool2d(2), _bn(w), nn.GELU(),
+                       _dirac_conv(w, w), _bn(w), nn.GELU()]
             cin = w
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.MaxPool2d(3), nn.Flatten(),
                                   nn.Linear(cin, num_classes, bias=False))
 
     def forward(self, x):
-        return self.head(self.features(x))
+        return self.head(self.features(x)) / 9
 
     @torch.no_grad()
     def init_from_data(self, images: torch.Tensor, eps: float = 5e-4) -> None:
@@ -109,3 +110,18 @@ class FastTop(nn.Module):
         eigval, eigvec = torch.linalg.eigh(cov)
         filters = (eigvec.T / (eigval + eps).sqrt()[:, None]).reshape(12, 3, 2, 2)
         self.whiten.weight.copy_(torch.cat([filters, -filters]).float())
+
+
+def _dirac_conv(cin: int, cout: int) -> nn.Conv2d:
+    """3x3 conv without bias whose first min(cin, cout) filters start as identities."""
+    conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+    with torch.no_grad():
+        nn.init.dirac_(conv.weight[:cin])
+    return conv
+
+
+def _bn(c: int) -> nn.BatchNorm2d:
+    """BatchNorm whose scale stays 1 (only the bias trains)."""
+    bn = nn.BatchNorm2d(c, momentum=0.4, eps=1e-12)
+    bn.weight.requires_grad_(False)
+    return bn
