@@ -90,6 +90,7 @@ def merge_speed(runs: list[dict] | None = None, throughput: dict | None = None) 
             s["target_acc"] = goal["acc"]
             s["required_seconds"] = goal["required_s"]
             s["goal_seconds"] = goal["goal_s"]
+            s["goal_acc"] = goal.get("goal_acc", goal["acc"])
             s["required_met"] = all(r["test_acc"] >= goal["acc"]
                                     and r["seconds"] <= goal["required_s"] for r in rs)
             s["goal_met"] = all(r["test_acc"] >= goal.get("goal_acc", goal["acc"])
