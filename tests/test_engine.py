@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import cifarlab
+from cifarlab.engine import Lookahead
 from cifarlab.errors import CifarlabError
 from cifarlab.rundir import RunDirError, load_checkpoint
 
@@ -54,6 +55,24 @@ def test_optimizers_and_schedules(shared_cifar_dir, tmp_path, opt, sched, loss):
                        batch_size=100, lr=0.001, grad_clip=1.0, precision="fp32",
                        channels_last=False, ema=0.9)
     assert m["epochs"] == 1
+
+
+def test_lookahead_pulls_weights_to_slow_copy():
+    net = torch.nn.Linear(1, 1, bias=False)
+    net.weight.data.fill_(0.0)
+    la = Lookahead(net, decay=0.5, every=2, total_steps=5)
+    net.weight.data.fill_(1.0)
+    la.step(net, 1)  # not a pull step
+    assert net.weight.item() == 1.0
+    la.step(net, 2)  # d = 0.5**2 * (2/5)**3 = 0.016: slow = 0.984, weights = slow
+    assert net.weight.item() == pytest.approx(0.984)
+    net.weight.data.fill_(2.0)
+    la.step(net, 4)  # d = 0.25 * (4/5)**3 = 0.128
+    slow = 0.984 + (1 - 0.128) * (2 - 0.984)
+    assert net.weight.item() == pytest.approx(slow)
+    net.weight.data.fill_(5.0)
+    la.step(net, 5)  # the last step: the weights become the slow copy
+    assert net.weight.item() == pytest.approx(slow)
 
 
 def test_eval_every_and_alternate_flips(shared_cifar_dir, tmp_path):
@@ -138,7 +157,7 @@ def test_kill_mid_epoch_and_resume(tmp_path):
 
     data = write_cifar(tmp_path / "data", per_batch=160, test=100)
     args = ["train", "--data-dir", str(data), "--epochs", "3", "--batch-size", "16",
-            "--no-progress", "--set", "train.ema=0.5"]
+            "--no-progress", "--set", "train.ema=0.5", "--set", "train.lookahead=0.9"]
     ref = _cli(*args, "--runs-dir", str(tmp_path / "ref"))
     out, err = ref.communicate(timeout=600)
     assert ref.returncode == 0, err
@@ -207,7 +226,17 @@ def test_data_parallel_errors(shared_cifar_dir, tmp_path, monkeypatch):
         return real(*values)
 
     monkeypatch.setattr(parallel, "all_sum", fail_in_rank1)  # forked: the worker has it too
-    with pytest.raises(CifarlabError, match="worker process 1 failed"):
+    with pytest.raises(CifarlabError,
+                       match="^worker process 1 failed: RuntimeError: injected failure$"):
+        cifarlab.train("fast-50k", procs=2, epochs=1, batch_size=100, **quiet)
+
+    def user_error_in_rank1(*values):  # an error only a worker sees keeps its message
+        if torch.distributed.get_rank() == 1:
+            raise CifarlabError("cannot read shard 1")
+        return real(*values)
+
+    monkeypatch.setattr(parallel, "all_sum", user_error_in_rank1)
+    with pytest.raises(CifarlabError, match="^worker process 1 failed: cannot read shard 1$"):
         cifarlab.train("fast-50k", procs=2, epochs=1, batch_size=100, **quiet)
 
 

@@ -103,6 +103,33 @@ class EMA:
                 ema_sd[k].copy_(v)
 
 
+class Lookahead:
+    """airbench's lookahead: every `every` optimizer steps the weights (and BatchNorm running
+    statistics) are pulled back to a slow copy that moves toward them,
+    slow <- lerp(slow, weights, 1 - d), weights <- slow, with d = decay**every * (t / T)**3
+    at step t of T (no pull early on, the strongest at the end); after step T the weights are
+    the slow copy. The optimizer state is left alone."""
+
+    def __init__(self, model: torch.nn.Module, decay: float, every: int, total_steps: int):
+        self.decay, self.every, self.total = decay, every, total_steps
+        self.slow = {k: v.detach().clone() for k, v in model.state_dict().items()
+                     if v.dtype.is_floating_point}
+
+    @torch.no_grad()
+    def step(self, model: torch.nn.Module, t: int) -> None:
+        """Call after optimizer step t (counting from 1)."""
+        if t % self.every == 0:
+            d = self.decay ** self.every * (t / self.total) ** 3
+            for k, v in model.state_dict().items():
+                if k in self.slow:
+                    self.slow[k].lerp_(v, 1 - d)
+                    v.copy_(self.slow[k])
+        elif t == self.total:
+            for k, v in model.state_dict().items():
+                if k in self.slow:
+                    v.copy_(self.slow[k])
+
+
 def build_model(cfg: dict) -> tuple[torch.nn.Module, dict]:
     """The recipe's model and its facts; refuses one that breaks the recipe's constraints."""
     model = create_model(cfg["model"], **cfg["model_args"])
@@ -182,6 +209,9 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
     sched = build_scheduler(cfg, opt, steps_per_epoch)
     criterion = loss_fn(cfg)
     ema = EMA(model, t_cfg["ema"]) if t_cfg["ema"] > 0 else None
+    lookahead = (Lookahead(model, t_cfg["lookahead"], t_cfg["lookahead_every"],
+                           t_cfg["epochs"] * steps_per_epoch)
+                 if t_cfg["lookahead"] > 0 else None)
     meta = model_meta(cfg, data.classes, mean, std)
 
     history: list[dict] = []
@@ -194,6 +224,8 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
         sched.load_state_dict(st["scheduler"])
         if ema is not None and st.get("ema") is not None:
             ema.model.load_state_dict(st["ema"])
+        if lookahead is not None and st.get("lookahead") is not None:
+            lookahead.slow = st["lookahead"]
         torch.set_rng_state(st["rng"]["torch"])
         gen.set_state(st["rng"]["gen"])
         history = st["history"]
@@ -257,6 +289,8 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
                 clip(model.parameters(), t_cfg["grad_clip"])
             opt.step()
             sched.step()
+            if lookahead is not None:
+                lookahead.step(model, (epoch - 1) * steps_per_epoch + step + 1)
             if ema is not None:
                 ema.update(model)
             loss_sum += loss.item() * len(y)
@@ -305,6 +339,7 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
             continue
         state = {
             "model": model.state_dict(), "ema": ema.model.state_dict() if ema else None,
+            "lookahead": lookahead.slow if lookahead else None,
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "gen": gen.get_state()},
             "epoch": epoch, "best_acc": best_acc, "best_epoch": best_epoch,

@@ -38,7 +38,7 @@ class FastDropout(nn.Module):
             keep = keep.view(b, h, w, c).permute(0, 3, 1, 2)
         else:
             keep = keep.view(x.shape)
-        return torch.where(keep, x, 0) * (1 / (1 - self.p))
+        return (x * keep.to(x.dtype)).mul_(1 / (1 - self.p))  # cheaper than where()
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

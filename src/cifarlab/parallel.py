@@ -15,7 +15,6 @@ import inspect
 import multiprocessing as mp
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -105,12 +104,21 @@ def _child(rank: int, world: int, store: str, fn: Callable[[], object], threads:
         fn()
         dist.destroy_process_group()
     except BaseException as e:  # noqa: BLE001 - report in one line, exit non-zero
-        # a user error (e.g. divergence, seen by every rank) is reported by rank 0 alone
-        if not isinstance(e, (KeyboardInterrupt, CifarlabError)):
-            print(f"cifarlab: process {rank}: {type(e).__name__}: {e}", file=sys.stderr)
-        sys.stderr.flush()
+        # rank 0 puts the message in its own error if it has to fail because of this one
+        msg = str(e) if isinstance(e, CifarlabError) else f"{type(e).__name__}: {e}"
+        with open(os.path.join(os.path.dirname(store), f"error-{rank}"), "w") as f:
+            f.write(msg)
         os._exit(1)
     os._exit(0)
+
+
+def _worker_failed(tmp: str, rank: int, exitcode: int | None) -> CifarlabError:
+    try:
+        with open(os.path.join(tmp, f"error-{rank}")) as f:
+            why = f.read().strip()
+    except OSError:  # killed before it could say why
+        why = f"exit code {exitcode}"
+    return CifarlabError(f"worker process {rank} failed: {why}")
 
 
 def launch_local(processes: int, fn: Callable[[], object]):
@@ -142,9 +150,7 @@ def launch_local(processes: int, fn: Callable[[], object]):
             dead = [r for r, c in enumerate(children, 1) if not c.is_alive()
                     and c.exitcode not in (0, None)]
             if dead:
-                raise CifarlabError(f"worker process {dead[0]} failed (exit code "
-                                    f"{children[dead[0] - 1].exitcode}); see its message "
-                                    "above") from None
+                raise _worker_failed(tmp, dead[0], children[dead[0] - 1].exitcode) from None
             raise
         finally:
             dist.destroy_process_group()
@@ -152,8 +158,7 @@ def launch_local(processes: int, fn: Callable[[], object]):
             c.join(timeout=60)
         failed = [(r, c.exitcode) for r, c in enumerate(children, 1) if c.exitcode != 0]
         if failed:
-            raise CifarlabError(f"worker process {failed[0][0]} failed (exit code "
-                                f"{failed[0][1]})")
+            raise _worker_failed(tmp, *failed[0])
         return result
     finally:
         _eval_threads = None

@@ -26,7 +26,7 @@ from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-from .rundir import RunDir, RunDirError, atomic_write_bytes, read_json
+from .rundir import RunDir, RunDirError, atomic_write_bytes, read_json, tested
 
 DPI = 100
 TRAIN_COLOR, TEST_COLOR, LR_COLOR = "#1f77b4", "#d62728", "#2ca02c"
@@ -81,9 +81,9 @@ def _curve_kw(n: int) -> dict:
 
 
 def _tested(rows: list[dict], key: str, scale: float = 1.0) -> tuple[list, list]:
-    """(epochs, values) of the epochs that were tested (train.eval_every may skip some)."""
-    pts = [(r["epoch"], scale * r[key]) for r in rows if math.isfinite(r[key])]
-    return [p[0] for p in pts], [p[1] for p in pts]
+    """(epochs, values) of the epochs that were tested, for plot()."""
+    pts = tested(rows, key)
+    return [e for e, _ in pts], [scale * v for _, v in pts]
 
 
 def draw_curves(rows: list[dict], title: str, target: float | None = None) -> Figure:
@@ -97,9 +97,8 @@ def draw_curves(rows: list[dict], title: str, target: float | None = None) -> Fi
     ax_loss.set(title="Loss", xlabel="epoch", ylabel="cross-entropy loss (nats)")
     ax_acc.plot(ep, [100 * r["train_acc"] for r in rows], color=TRAIN_COLOR, label="train", **kw)
     ax_acc.plot(*_tested(rows, "test_acc", 100), color=TEST_COLOR, label="test", **kw)
-    tests = [(r["test_acc"], r["epoch"]) for r in rows if math.isfinite(r["test_acc"])]
-    if tests:
-        best, best_ep = max(tests)
+    if tests := tested(rows):
+        best_ep, best = max(tests, key=lambda t: t[1])
         ax_acc.plot([best_ep], [100 * best], linestyle="none", marker="*", markersize=13,
                     color=TEST_COLOR, markeredgecolor="black", zorder=5,
                     label=f"best test {100 * best:.2f}% (epoch {best_ep})")

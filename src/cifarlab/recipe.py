@@ -97,6 +97,8 @@ DEFAULTS: dict[str, Any] = {
         "channels_last": True,
         "fast_dropout": True,  # same Bernoulli dropout, cheaper mask (layers.FastDropout)
         "ema": 0.0,  # decay of an exponential moving average of weights; 0 = off
+        "lookahead": 0.0,  # per-step decay of airbench's lookahead (engine.Lookahead); 0 = off
+        "lookahead_every": 5,  # optimizer steps between lookahead pulls
         "tta": False,  # test-time horizontal flip
         "tta_shift": 0,  # also test on copies moved by this many pixels (0 = off)
         "target": 0.0,  # stop once test accuracy reaches this (fraction); 0 = off
@@ -154,6 +156,8 @@ RANGES = {
     ("train", "batch_size"): (1, None, True, True),
     ("train", "grad_clip"): (0, None, True, True),
     ("train", "ema"): (0, 1, True, False),
+    ("train", "lookahead"): (0, 1, True, False),
+    ("train", "lookahead_every"): (1, None, True, True),
     ("train", "target"): (0, 1, True, True),
     ("train", "eval_every"): (0, None, True, True),
     ("train", "tta_shift"): (0, 8, True, True),

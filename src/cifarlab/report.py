@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from .rundir import RunDir, RunDirError, atomic_write_text, read_json
+from .rundir import RunDir, RunDirError, atomic_write_text, read_json, tested
 
 MISSING = "?"
 
@@ -166,10 +166,7 @@ def architecture(model: str | None, model_args: dict | None) -> dict:
 
 
 def _first_epoch_at(rows: list[dict], target: float) -> int | None:
-    for r in rows:
-        if math.isfinite(r["test_acc"]) and r["test_acc"] >= target:
-            return r["epoch"]
-    return None
+    return next((epoch for epoch, acc in tested(rows) if acc >= target), None)
 
 
 def summarize(info: RunInfo, target: float | None = None) -> dict[str, str]:
@@ -187,14 +184,14 @@ def summarize(info: RunInfo, target: float | None = None) -> dict[str, str]:
     macs_ = macs_ if macs_ is not None else arch.get("macs")
     rf = rf if rf is not None else arch.get("receptive_field")
 
-    tests = [(r["test_acc"], r["epoch"]) for r in rows if math.isfinite(r["test_acc"])]
+    tests = tested(rows)
     best, best_ep = _num(m, "best_test_acc"), m.get("best_epoch")
     if best is None and tests:
-        best, best_ep = max(tests)
+        best_ep, best = max(tests, key=lambda t: t[1])
     final = _num(m, "test_acc")
     final_s = _pct(final)
     if final is None and tests:
-        final_s = f"{_pct(tests[-1][0])} (latest)"
+        final_s = f"{_pct(tests[-1][1])} (latest)"
     epochs = m.get("epochs") if isinstance(m.get("epochs"), int) else (
         rows[-1]["epoch"] if rows else None)
     planned = rec.get("train", {}).get("epochs") if rec else None

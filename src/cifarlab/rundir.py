@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import pickle
 import re
@@ -101,6 +102,12 @@ def load_checkpoint(path: Path) -> dict:
     if not isinstance(state, dict) or "model" not in state or "meta" not in state:
         raise RunDirError(f"{path}: not a cifarlab checkpoint (no 'model'/'meta')")
     return state
+
+
+def tested(rows: list[dict], key: str = "test_acc") -> list[tuple[int, float]]:
+    """(epoch, value) of the history rows that were tested: train.eval_every may skip epochs,
+    which then hold NaN."""
+    return [(r["epoch"], r[key]) for r in rows if math.isfinite(r[key])]
 
 
 class RunDir:
