@@ -147,6 +147,8 @@ def launch_local(processes: int, fn: Callable[[], object]):
         try:
             result = fn()
         except RuntimeError:  # a collective failed: a worker died first
+            for c in children:  # the peer's socket closes before its exit is visible
+                c.join(timeout=10)
             dead = [r for r, c in enumerate(children, 1) if not c.is_alive()
                     and c.exitcode not in (0, None)]
             if dead:
