@@ -118,16 +118,14 @@ class Lookahead:
     @torch.no_grad()
     def step(self, model: torch.nn.Module, t: int) -> None:
         """Call after optimizer step t (counting from 1)."""
-        if t % self.every == 0:
-            d = self.decay ** self.every * (t / self.total) ** 3
-            for k, v in model.state_dict().items():
-                if k in self.slow:
-                    self.slow[k].lerp_(v, 1 - d)
-                    v.copy_(self.slow[k])
-        elif t == self.total:
-            for k, v in model.state_dict().items():
-                if k in self.slow:
-                    v.copy_(self.slow[k])
+        if t % self.every and t != self.total:
+            return
+        # off the pull schedule, the last step only copies the slow weights back (d = 1)
+        d = self.decay ** self.every * (t / self.total) ** 3 if t % self.every == 0 else 1.0
+        for k, v in model.state_dict().items():
+            if k in self.slow:
+                self.slow[k].lerp_(v, 1 - d)
+                v.copy_(self.slow[k])
 
 
 def build_model(cfg: dict) -> tuple[torch.nn.Module, dict]:
