@@ -11,6 +11,7 @@ other runs of the same recipe (an earlier setup, say) stay.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import sys
 from pathlib import Path
@@ -35,11 +36,13 @@ def record(m: dict, prov: dict) -> dict:
 
 def save(rec: dict) -> None:
     path = RESULTS / "seeds.json"
-    runs = json.loads(path.read_text()) if path.exists() else []
-    # one row per run: a resumed run replaces its own row, a new run of a recipe adds one
-    runs = [r for r in runs if r["run_dir"] != rec["run_dir"]] + [rec]
-    runs.sort(key=lambda r: (r["recipe"], r["date"]))
-    print(write_result("seeds.json", runs))
+    with open(RESULTS / ".seeds.lock", "w") as lock:  # runs in parallel may end together
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        runs = json.loads(path.read_text()) if path.exists() else []
+        # one row per run: a resumed run replaces its own row, a new run of a recipe adds one
+        runs = [r for r in runs if r["run_dir"] != rec["run_dir"]] + [rec]
+        runs.sort(key=lambda r: (r["recipe"], r["date"]))
+        print(write_result("seeds.json", runs))
 
 
 def main() -> None:
@@ -51,19 +54,20 @@ def main() -> None:
     ap.add_argument("--max-minutes", type=float)
     ap.add_argument("--target", type=float)
     ap.add_argument("--procs", type=int, help="data-parallel processes (train.processes)")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     a = ap.parse_args()
     prov = provenance()
     data = cifarlab.load_data(a.data_dir)
     limit = a.max_minutes * 60 if a.max_minutes else None
     if a.resume:
         save(record(cifarlab.train(resume=a.resume, data=data, progress=False,
-                                   max_seconds=limit), prov))
+                                   max_seconds=limit, device=a.device), prov))
     for name in a.recipes:
         extra = {"target": a.target} if a.target else {}
         if a.procs:
             extra["procs"] = a.procs
         m = cifarlab.train(name, data=data, runs_dir=a.runs_dir, progress=False,
-                           max_seconds=limit, **extra)
+                           max_seconds=limit, device=a.device, **extra)
         save(record(m, prov))
 
 

@@ -22,8 +22,8 @@ def commit() -> str:
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"],
                                capture_output=True, text=True, cwd=RESULTS.parent).stdout.strip()
         return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    except (OSError, subprocess.CalledProcessError):  # a copy without .git (a lent GPU machine)
+        return os.environ.get("CIFARLAB_COMMIT", "unknown")
 
 
 def machine() -> str:
@@ -36,7 +36,8 @@ def machine() -> str:
     except OSError:
         pass
     threads = torch.get_num_threads()
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {threads} threads"
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}, {threads} threads"
 
 
 def provenance() -> dict:

@@ -9,7 +9,7 @@ import torch
 
 from . import parallel as par
 from .data import CIFAR10, load_data
-from .engine import build_model, fit
+from .engine import build_model, fit, resolve_device
 from .errors import CifarlabError
 from .evaluate import predict_logits, summarize
 from .images import ImageError, load_image
@@ -39,13 +39,16 @@ def train(recipe: str | os.PathLike | dict = "default", *, data: CIFAR10 | None 
           data_dir: str | os.PathLike | None = None, download: bool = False,
           runs_dir: str | os.PathLike = "runs", name: str | None = None,
           resume: str | os.PathLike | None = None, progress: bool = True, log=print,
-          max_seconds: float | None = None, plots: bool = True, **overrides) -> dict:
+          max_seconds: float | None = None, plots: bool = True, device: str = "auto",
+          **overrides) -> dict:
     """Train a recipe (built-in name, TOML path or dict) and return its metrics + `run_dir`.
 
     Overrides are keyword arguments: shortcuts (`epochs=3`, `lr=0.01`) or dotted keys passed
     as a dict (`**{"augment.cutout": 8}`). With `resume=RUN_DIR` the run continues from its
     `last.pt`, exactly as configured (no overrides). `plots` redraws runs/NAME/plots/ after
     every epoch (curves, per-class accuracy, confusion matrix, misclassified images).
+    `device`: auto (a CUDA GPU if there is one), cpu, cuda or cuda:N; on a GPU, a recipe's
+    `train.processes` (a CPU speed-up) is ignored: one process trains the same batches.
     """
     if resume is not None:
         run = RunDir(resume)
@@ -59,6 +62,10 @@ def train(recipe: str | os.PathLike | dict = "default", *, data: CIFAR10 | None 
         cfg = resolve(recipe, _expand(overrides))
     build_model(cfg)  # unknown model, bad model_args, broken constraints: fail before data
     processes = cfg["train"]["processes"]  # under torchrun, torchrun decides the processes
+    dev = resolve_device(device)
+    if dev.type == "cuda" and processes > 1:
+        log(f"train.processes = {processes} is for CPU training: one process on {dev}")
+        processes = 1
     par.check_split(cfg["train"]["batch_size"], processes)  # before any run dir is made
     if data is None:
         data = load_data(data_dir, download=download)
@@ -83,7 +90,7 @@ def train(recipe: str | os.PathLike | dict = "default", *, data: CIFAR10 | None 
 
     def run_fit() -> dict:
         return fit(cfg, data, run, resume=resume is not None, progress=progress, log=log,
-                   max_seconds=max_seconds, on_epoch=redraw if plots else None,
+                   max_seconds=max_seconds, device=str(dev), on_epoch=redraw if plots else None,
                    on_end=finish if plots else None)
 
     local = processes > 1 and world == 1

@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "training time; --resume continues later")
     t.add_argument("--procs", type=int, metavar="N",
                    help="train data-parallel in N processes on this machine (train.processes)")
+    t.add_argument("--device", default="auto",
+                   help="auto (a CUDA GPU if torch sees one, else the CPU) | cpu | cuda | cuda:N")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--no-plots", action="store_true",
                    help="do not draw plots/ during training (`cifarlab plot RUN` makes them later)")
@@ -119,6 +121,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         raise CifarlabError("--max-minutes must be positive")
     m = train(a.recipe, data_dir=a.data_dir, download=a.download, runs_dir=a.runs_dir,
               name=a.name, resume=a.resume, progress=not a.no_progress, plots=not a.no_plots,
+              device=a.device,
               max_seconds=None if a.max_minutes is None else a.max_minutes * 60, **overrides)
     if "test_acc" not in m:  # a torchrun rank other than 0: rank 0 reports
         return 0

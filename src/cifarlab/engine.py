@@ -1,8 +1,9 @@
 """One training loop: a function of (recipe, data, run directory) with no global state.
 
 The training set stays in memory as uint8; each step slices a batch by index, augments it on
-tensors, and runs the model in bf16 autocast with channels_last (both measured faster on
-CPU; `train.precision = "fp32"` and `train.channels_last = false` turn them off).
+tensors (on the CPU, so a run draws the same augmentations on any device), and runs the model
+in bf16 autocast with channels_last (both measured faster on CPU; `train.precision = "fp32"`
+and `train.channels_last = false` turn them off) on the CPU or a CUDA GPU (`device`).
 """
 
 from __future__ import annotations
@@ -141,13 +142,38 @@ def build_model(cfg: dict) -> tuple[torch.nn.Module, dict]:
     return model, describe(model)
 
 
-def environment() -> dict:
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' (a CUDA GPU when torch sees one, else the CPU), 'cpu', 'cuda' or 'cuda:N'."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise CifarlabError(f"device '{name}': expected auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CifarlabError(f"device '{name}': no CUDA GPU is available to this torch "
+                                f"({torch.__version__})")
+        if (dev.index or 0) >= torch.cuda.device_count():
+            raise CifarlabError(f"device '{name}': this machine has "
+                                f"{torch.cuda.device_count()} CUDA GPU(s)")
+    return dev
+
+
+def device_name(dev: torch.device) -> str:
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+
+
+def environment(dev: torch.device) -> dict:
     return {
         "cifarlab": __version__,
         "torch": torch.__version__,
         "python": sys.version.split()[0],
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "threads": torch.get_num_threads(),
+        "device": device_name(dev),
     }
 
 
@@ -165,14 +191,16 @@ def model_meta(cfg: dict, classes, mean, std) -> dict:
 
 def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
         progress: bool = True, log: Callable[[str], None] = print,
-        max_seconds: float | None = None,
+        max_seconds: float | None = None, device: str = "auto",
         on_epoch: Callable[[RunDir], None] | None = None,
         on_end: Callable[[RunDir, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
         ) -> dict:
     """Train per `cfg` (a resolved recipe), writing everything into `run`; return metrics.
 
-    `max_seconds` stops after the epoch that crosses that much training time in this call;
-    the run stays resumable (`--resume`) and metrics.json says how many epochs were done.
+    `device` is where the model trains (`resolve_device`); it is not part of the recipe, so a
+    run may be resumed on another device. `max_seconds` stops after the epoch that crosses
+    that much training time in this call; the run stays resumable (`--resume`) and
+    metrics.json says how many epochs were done.
     `on_epoch(run)` is called after each epoch's files are written (e.g. to redraw plots),
     `on_end(run, test_images, test_labels, final_predictions)` once metrics.json is written.
     """
@@ -188,6 +216,10 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
         raise CifarlabError("training set has fewer than 2 images")
     steps_per_epoch = max(1, len(train) // bs)  # drop the last partial batch
     par.check_split(bs, world)
+    dev = resolve_device(device)
+    if world > 1 and dev.type == "cuda":
+        raise CifarlabError("several processes (train.processes / torchrun) train on the CPU "
+                            "only; on a GPU use one process (--device cpu for processes)")
 
     torch.manual_seed(t_cfg["seed"])
     gen = torch.Generator().manual_seed(t_cfg["seed"])
@@ -199,6 +231,7 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
         init(normalize(train.images[:5000], torch.tensor(mean), torch.tensor(std)))
     if t_cfg["fast_dropout"]:
         use_fast_dropout(model)
+    model = model.to(dev)
     cl = t_cfg["channels_last"]
     if cl:
         model = model.to(memory_format=torch.channels_last)
@@ -223,8 +256,10 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
         if ema is not None and st.get("ema") is not None:
             ema.model.load_state_dict(st["ema"])
         if lookahead is not None and st.get("lookahead") is not None:
-            lookahead.slow = st["lookahead"]
+            lookahead.slow = {k: v.to(dev) for k, v in st["lookahead"].items()}
         torch.set_rng_state(st["rng"]["torch"])
+        if dev.type == "cuda" and st["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(st["rng"]["cuda"], dev)
         gen.set_state(st["rng"]["gen"])
         history = st["history"]
         start_epoch, best_acc, best_epoch = st["epoch"], st["best_acc"], st["best_epoch"]
@@ -232,14 +267,14 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
         img_seconds, images_seen = st["img_seconds"], st["images_seen"]
         log(f"resuming {run.path} after epoch {start_epoch}/{t_cfg['epochs']}")
     elif main:
-        write_json(run.config, {"recipe": cfg, "environment": environment(),
+        write_json(run.config, {"recipe": cfg, "environment": environment(dev),
                                 "data": str(data.root), "mean": mean, "std": std})
 
     params = facts["params"]
     log(f"run {run.path}: model {cfg['model']} ({params:,} params, "
         f"RF {facts['receptive_field']}), {len(train):,} train / {len(test):,} test images, "
         f"{t_cfg['epochs']} epochs x {steps_per_epoch} steps, "
-        f"{t_cfg['precision']}{', channels_last' if cl else ''}")
+        f"{t_cfg['precision']}{', channels_last' if cl else ''}, on {device_name(dev)}")
     eval_kw = dict(batch_size=t_cfg["eval_batch_size"], precision=t_cfg["precision"],
                    channels_last=cl, tta=t_cfg["tta"], tta_shift=t_cfg["tta_shift"])
     test_inputs = test.images
@@ -269,16 +304,18 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
             aug_gen = torch.Generator().manual_seed(t_cfg["seed"] * 100_003 + epoch * 1009
                                                     + rank)
             torch.manual_seed(t_cfg["seed"] * 100_019 + epoch * 1013 + rank)
-        loss_sum, correct, seen = 0.0, 0, 0
+        # summed on the device: no host sync per step
+        loss_acc, correct_acc, seen = torch.zeros((), device=dev), torch.zeros((), device=dev), 0
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{t_cfg['epochs']}",
                    disable=not progress, leave=False, dynamic_ncols=True, file=sys.stderr)
         for step in bar:
             idx = perm[step * bs:(step + 1) * bs][rank::world]
             flip = None if flip_bits is None else flip_bits[idx] ^ bool(epoch % 2)
-            x, y = pipeline(train.images[idx], aug_gen, flip), train.labels[idx]
+            x = pipeline(train.images[idx], aug_gen, flip).to(dev, non_blocking=True)
+            y = train.labels[idx].to(dev, non_blocking=True)
             if cl:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(t_cfg["precision"]):
+            with autocast(t_cfg["precision"], dev.type):
                 out = train_model(x)
                 loss = criterion(out.float(), y)
             opt.zero_grad(set_to_none=True)
@@ -291,12 +328,14 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
                 lookahead.step(model, (epoch - 1) * steps_per_epoch + step + 1)
             if ema is not None:
                 ema.update(model)
-            loss_sum += loss.item() * len(y)
-            correct += (out.argmax(1) == y).sum().item()
+            loss_acc += loss.detach() * len(y)
+            correct_acc += (out.argmax(1) == y).sum()
             seen += len(y)
-            if step % 10 == 0 or step == steps_per_epoch - 1:
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
+            if progress and (step % 10 == 0 or step == steps_per_epoch - 1):
+                bar.set_postfix(loss=f"{loss_acc.item() / seen:.4f}",
+                                acc=f"{correct_acc.item() / seen:.4f}")
         bar.close()
+        loss_sum, correct = loss_acc.item(), int(correct_acc.item())
         train_time = time.perf_counter() - t0
         if world > 1:
             loss_sum, correct, seen = par.all_sum(loss_sum, correct, seen)
@@ -339,7 +378,8 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
             "model": model.state_dict(), "ema": ema.model.state_dict() if ema else None,
             "lookahead": lookahead.slow if lookahead else None,
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "gen": gen.get_state()},
+            "rng": {"torch": torch.get_rng_state(), "gen": gen.get_state(),
+                    "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None},
             "epoch": epoch, "best_acc": best_acc, "best_epoch": best_epoch,
             "target_epoch": target_epoch, "train_seconds": elapsed,
             "img_seconds": img_seconds, "images_seen": images_seen,

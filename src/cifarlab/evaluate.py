@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from .augment import normalize
 
 
-def autocast(precision: str):
+def autocast(precision: str, device_type: str = "cpu"):
     if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast(device_type, dtype=torch.bfloat16)
     return nullcontext()
 
 
@@ -22,17 +22,21 @@ def predict_logits(model: torch.nn.Module, images: torch.Tensor, mean, std, *,
                    tta: bool = False, tta_shift: int = 0) -> torch.Tensor:
     """Float32 logits for uint8 images (N×3×32×32) or already-normalised float images;
     with `tta`, averaged with the mirror; with `tta_shift` s, also over the image moved by s
-    pixels up-left and down-right (reflect padding), weighted 1/2, 1/4, 1/4 (airbench)."""
+    pixels up-left and down-right (reflect padding), weighted 1/2, 1/4, 1/4 (airbench).
+    Runs on the model's device; the logits come back on the CPU."""
     was_training = model.training
     model.eval()
+    p = next(model.parameters(), None)
+    dev = p.device if p is not None else torch.device("cpu")
     mean_t, std_t = torch.as_tensor(mean), torch.as_tensor(std)
     out = []
     for i in range(0, len(images), batch_size):
         batch = images[i:i + batch_size]
         x = normalize(batch, mean_t, std_t) if batch.dtype == torch.uint8 else batch
+        x = x.to(dev)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(precision):
+        with autocast(precision, dev.type):
             logits = _views(model, x, tta)
             if tta_shift:
                 s, (h, w) = tta_shift, x.shape[-2:]
@@ -41,7 +45,7 @@ def predict_logits(model: torch.nn.Module, images: torch.Tensor, mean, std, *,
                 fmt = torch.channels_last if channels_last else torch.contiguous_format
                 logits = logits / 2 + sum(_views(model, m.contiguous(memory_format=fmt), tta)
                                           for m in moved) / 4
-        out.append(logits)
+        out.append(logits.cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, 10)
 
