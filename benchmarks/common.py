@@ -16,14 +16,18 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def commit() -> str:
+    """HEAD (+ "-dirty" if src/ has changes); CIFARLAB_COMMIT names it where the checkout is a
+    copy whose .git is not the one the code came from (a lent GPU machine)."""
+    if os.environ.get("CIFARLAB_COMMIT"):
+        return os.environ["CIFARLAB_COMMIT"]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                              check=True, cwd=RESULTS.parent).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"],
                                capture_output=True, text=True, cwd=RESULTS.parent).stdout.strip()
         return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):  # a copy without .git (a lent GPU machine)
-        return os.environ.get("CIFARLAB_COMMIT", "unknown")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def machine() -> str:
