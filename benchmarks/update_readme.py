@@ -42,21 +42,30 @@ def default_section() -> list[str]:
     ]
 
 
+def where(machine: str) -> str:
+    """'NVIDIA H200' for a GPU run, else 'CPU, 2 cores' (from provenance's machine string)."""
+    gpu = re.search(r"NVIDIA [^,]+", machine)
+    cores = re.search(r"(\d+) cores", machine)
+    return gpu.group(0) if gpu else f"CPU, {cores.group(1) if cores else '?'} cores"
+
+
 def seeds_section() -> list[str]:
     p = RESULTS / "seeds.json"
     if not p.exists():
         return ["No seed recipe runs recorded yet (`benchmarks/bench_seeds.py`)."]
     runs = json.loads(p.read_text())
     out = ["| recipe | seed's claim | ours (final) | best | epochs | params | RF | time | "
-           "commit |", "|---|---|---|---|---|---|---|---|---|"]
+           "machine | commit |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         partial = " (partial)" if r.get("epochs", 0) < r.get("epochs_planned", 0) and not \
             r.get("target_epoch") else ""
+        if r.get("target_epoch"):
+            partial = " (target reached)"
         out.append(
             f"| `{r['recipe']}` | {pct(SEED_CLAIMS.get(r['recipe']))} | {pct(r['test_acc'])}"
             f"{partial} | {pct(r['best_test_acc'])} | {r['epochs']} | {r['params']:,} | "
             f"{r['receptive_field']} | {r['train_seconds'] / 60:.1f} min | "
-            f"`{r['commit'][:8]}` |")
+            f"{where(r['machine'])} | `{r['commit'][:8]}` |")
     out.append("")
     out.append("From `benchmarks/results/seeds.json` (one row per run; a recipe run again with "
                "other choices has a row per setup, told apart by commit); each row also records "
