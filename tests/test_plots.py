@@ -101,6 +101,24 @@ def test_plot_run_corrupt_metrics(tmp_path):
         plots.plot_run(run)
 
 
+def _rows(test_losses):
+    return [{"epoch": i + 1, "lr": 0.1, "train_loss": 1.0 / (i + 1), "train_acc": 0.5,
+             "test_loss": v, "test_acc": 0.5} for i, v in enumerate(test_losses)]
+
+
+def test_loss_spikes_are_cut_off_not_scaled_to():
+    """A 77-nat spike among losses near 1 (seed 004's Adam runs) must not flatten the rest."""
+    spiky = _rows([1.2, 1.0, 0.9, 77.0, 0.8, 0.7, 0.7, 0.6, 0.6, 0.6])
+    for fig in (plots.draw_curves(spiky, "run"),
+                plots.draw_compare_curves([("a", spiky), ("b", _rows([1.0] * 10))])):
+        ax_loss = [ax for ax in fig.axes if ax.get_title().startswith("Loss")][0]
+        assert ax_loss.get_ylim()[1] < 3
+        assert "1 points above" in ax_loss.get_title()
+    smooth = plots.draw_curves(_rows([1.2, 1.0, 0.9, 0.85, 0.8, 0.7]), "run")
+    ax_loss = [ax for ax in smooth.axes if ax.get_title().startswith("Loss")][0]
+    assert ax_loss.get_title() == "Loss" and ax_loss.get_ylim()[1] > 1.2
+
+
 def test_run_colors_distinct():
     colors = [plots.run_color(i) for i in range(25)]
     assert len(set(colors[:20])) == 20

@@ -64,6 +64,20 @@ def _finite(values: Sequence[float]) -> list[float]:
     return [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
 
 
+def clip_spikes(ax, values: Sequence[float], title: str) -> None:
+    """Set `title`; where a few losses dwarf the rest (a test loss of 77 nats among values
+    near 1, say), cap the y-axis just above the others so their curves stay readable, and say
+    so in the title. An outlier is above 3x the 90th percentile."""
+    vals = np.array(_finite(values))
+    if len(vals) >= 5:
+        limit = 3 * float(np.percentile(vals, 90))
+        if limit > 0 and vals.max() > limit:
+            top = 1.1 * float(vals[vals <= limit].max())
+            ax.set_ylim(bottom=min(0.0, float(vals.min())), top=top)
+            title += f" ({int((vals > top).sum())} points above {top:.2f} cut off)"
+    ax.set_title(title)
+
+
 def class_names(metrics: dict, n: int) -> list[str]:
     classes = metrics.get("classes")
     if isinstance(classes, list) and len(classes) == n:
@@ -94,7 +108,8 @@ def draw_curves(rows: list[dict], title: str, target: float | None = None) -> Fi
     kw = _curve_kw(len(rows))
     ax_loss.plot(ep, [r["train_loss"] for r in rows], color=TRAIN_COLOR, label="train", **kw)
     ax_loss.plot(*_tested(rows, "test_loss"), color=TEST_COLOR, label="test", **kw)
-    ax_loss.set(title="Loss", xlabel="epoch", ylabel="cross-entropy loss (nats)")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss (nats)")
+    clip_spikes(ax_loss, [r["train_loss"] for r in rows] + _tested(rows, "test_loss")[1], "Loss")
     ax_acc.plot(ep, [100 * r["train_acc"] for r in rows], color=TRAIN_COLOR, label="train", **kw)
     ax_acc.plot(*_tested(rows, "test_acc", 100), color=TEST_COLOR, label="test", **kw)
     if tests := tested(rows):
@@ -272,9 +287,11 @@ def draw_compare_curves(runs: Sequence[tuple[str, list[dict]]],
     (`run_color(i)` for the i-th entry, so the report's figures agree)."""
     fig = Figure(figsize=(15, 4.8), layout="constrained")
     ax_tr, ax_te, ax_loss = fig.subplots(1, 3)
+    losses: list[float] = []
     for i, (name, rows) in enumerate(runs):
         if not rows:
             continue
+        losses += [r["train_loss"] for r in rows] + _tested(rows, "test_loss")[1]
         c, ep, kw = run_color(i), [r["epoch"] for r in rows], _curve_kw(len(rows))
         ax_tr.plot(ep, [100 * r["train_acc"] for r in rows], color=c, label=name, **kw)
         ax_te.plot(*_tested(rows, "test_acc", 100), color=c, label=name, **kw)
@@ -286,8 +303,8 @@ def draw_compare_curves(runs: Sequence[tuple[str, list[dict]]],
                       label=f"target {100 * target:.1f}%")
     ax_tr.set(title="Train accuracy", xlabel="epoch", ylabel="train accuracy (%)")
     ax_te.set(title="Test accuracy", xlabel="epoch", ylabel="test accuracy (%)")
-    ax_loss.set(title="Loss (solid: test, dashed: train)", xlabel="epoch",
-                ylabel="cross-entropy loss (nats)")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss (nats)")
+    clip_spikes(ax_loss, losses, "Loss (solid: test, dashed: train)")
     for ax in (ax_tr, ax_te):
         ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
     for ax in (ax_tr, ax_te, ax_loss):
