@@ -10,6 +10,7 @@ from cifarlab.augment import (
     random_crop,
     random_flip,
     random_rotate,
+    shift_hue,
 )
 from cifarlab.errors import CifarlabError
 
@@ -58,6 +59,31 @@ def test_jitter_stays_in_range():
     x = batch().float() / 255
     out = color_jitter(x, gen(), 0.4, 0.4, 0.4)
     assert out.min() >= 0 and out.max() <= 1 and not torch.equal(out, x)
+
+
+def test_hue_shift_matches_colorsys():
+    import colorsys
+
+    x = torch.rand(6, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    x[0] = 0.5  # gray: no hue to shift
+    shift = torch.tensor([0.3, -0.25, 0.1, 0.5, -0.05, 0.0])
+    out = shift_hue(x, shift)
+    for n in range(6):
+        for yy, xx in ((0, 0), (1, 2), (3, 3)):
+            h, s_, v = colorsys.rgb_to_hsv(*x[n, :, yy, xx].tolist())
+            want = colorsys.hsv_to_rgb((h + float(shift[n])) % 1.0, s_, v)
+            assert out[n, :, yy, xx].tolist() == pytest.approx(want, abs=1e-5)
+    assert torch.allclose(out[0], x[0]) and torch.allclose(out[5], x[5], atol=1e-6)
+    red = torch.tensor([1.0, 0, 0]).view(1, 3, 1, 1)
+    assert shift_hue(red, torch.tensor([1 / 3])).flatten().tolist() == pytest.approx([0, 1, 0],
+                                                                                    abs=1e-6)
+
+
+def test_hue_jitter_keeps_brightness_order_and_range():
+    x = batch().float() / 255
+    out = color_jitter(x, gen(), hue=0.1)
+    assert out.min() >= 0 and out.max() <= 1 and not torch.equal(out, x)
+    assert torch.allclose(out.max(1).values, x.max(1).values, atol=1e-5)  # HSV value kept
 
 
 def test_rotate_zero_is_identity_and_rotation_moves_pixels():

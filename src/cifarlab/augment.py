@@ -72,9 +72,28 @@ def cutout(x: torch.Tensor, size: int, gen: torch.Generator, fill: torch.Tensor)
     return torch.where(mask, fill.view(1, -1, 1, 1).to(x.dtype), x)
 
 
+def shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate each [0, 1] RGB image's hue by `shift` (N values, in turns: 0.5 is half the
+    colour circle) through HSV, as torchvision's adjust_hue does; grays stay gray."""
+    r, g, b = x.unbind(1)
+    v, _ = x.max(1)
+    delta = v - x.min(1).values
+    s = torch.where(v > 0, delta / v.clamp(min=1e-12), torch.zeros_like(v))
+    d = delta.clamp(min=1e-12)
+    h = torch.where(v == r, ((g - b) / d) % 6,
+                    torch.where(v == g, (b - r) / d + 2, (r - g) / d + 4))
+    h = torch.where(delta > 0, h / 6, torch.zeros_like(h))
+    h6 = ((h + shift.view(-1, 1, 1)) % 1.0 * 6).unsqueeze(1)
+    # back to RGB: channel c = v * (1 - s * clamp(min(k, 4 - k), 0, 1)), k = (n_c + 6h) mod 6
+    k = (torch.tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1) + h6) % 6
+    return v.unsqueeze(1) * (1 - s.unsqueeze(1) * torch.minimum(k, 4 - k).clamp(0, 1))
+
+
 def color_jitter(x: torch.Tensor, gen: torch.Generator, brightness: float = 0.0,
-                 contrast: float = 0.0, saturation: float = 0.0) -> torch.Tensor:
-    """torchvision-style jitter on [0, 1] images, factors uniform in [1-s, 1+s] per image."""
+                 contrast: float = 0.0, saturation: float = 0.0,
+                 hue: float = 0.0) -> torch.Tensor:
+    """torchvision-style jitter on [0, 1] images, factors uniform in [1-s, 1+s] per image
+    (hue: a shift uniform in [-hue, hue] turns), applied in that order."""
     n = x.shape[0]
 
     def factor(s: float) -> torch.Tensor:
@@ -89,6 +108,8 @@ def color_jitter(x: torch.Tensor, gen: torch.Generator, brightness: float = 0.0,
     if saturation > 0:
         g = (x * gray_w).sum(1, keepdim=True)
         x = (g + (x - g) * factor(saturation)).clamp_(0, 1)
+    if hue > 0:
+        x = shift_hue(x, (torch.rand(n, generator=gen) * 2 - 1) * hue)
     return x
 
 
@@ -106,6 +127,7 @@ class AugmentConfig:
     brightness: float = 0.0
     contrast: float = 0.0
     saturation: float = 0.0
+    hue: float = 0.0
     # albumentations backend (seed 001): ShiftScaleRotate and CoarseDropout settings
     shift_limit: float = 0.0625
     scale_limit: float = 0.1
@@ -139,8 +161,8 @@ class Pipeline:
         if c.backend == "albumentations":
             return normalize(self._run_albu(x, gen), self.mean, self.std)
         x = x.float().div_(255)
-        if c.brightness or c.contrast or c.saturation:
-            x = color_jitter(x, gen, c.brightness, c.contrast, c.saturation)
+        if c.brightness or c.contrast or c.saturation or c.hue:
+            x = color_jitter(x, gen, c.brightness, c.contrast, c.saturation, c.hue)
         x = random_crop(x, c.crop_pad, gen, c.crop_mode)
         if c.flip and flip is not None:
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)

@@ -399,7 +399,7 @@ def _describe(pipeline: Any) -> str:
                  f"{cfg.rotate_limit:g}°",
                  f"coarse dropout {cfg.coarse_dropout}px" if cfg.coarse_dropout else None]
     else:
-        jit = [f"{k} {getattr(cfg, k):g}" for k in ("brightness", "contrast", "saturation")
+        jit = [f"{k} {getattr(cfg, k):g}" for k in ("brightness", "contrast", "saturation", "hue")
                if getattr(cfg, k)]
         flip_p, vflip_p = getattr(cfg, "flip_p", 0.5), getattr(cfg, "vflip_p", 0.0)
         rotate = getattr(cfg, "rotate", 0.0)

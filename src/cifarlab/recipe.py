@@ -44,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
         "brightness": 0.0,
         "contrast": 0.0,
         "saturation": 0.0,
+        "hue": 0.0,  # hue shift in [-hue, hue] turns of the colour circle (at most 0.5)
         "shift_limit": 0.0625,  # albumentations ShiftScaleRotate
         "scale_limit": 0.1,
         "rotate_limit": 45.0,
@@ -135,6 +136,7 @@ RANGES = {
     ("augment", "brightness"): (0, 1, True, True),
     ("augment", "contrast"): (0, 1, True, True),
     ("augment", "saturation"): (0, 1, True, True),
+    ("augment", "hue"): (0, 0.5, True, True),
     ("augment", "shift_limit"): (0, 1, True, True),
     ("augment", "scale_limit"): (0, 1, True, False),
     ("augment", "rotate_limit"): (0, 180, True, True),
