@@ -113,7 +113,7 @@ def test_loss_spikes_are_cut_off_not_scaled_to():
                 plots.draw_compare_curves([("a", spiky), ("b", _rows([1.0] * 10))])):
         ax_loss = [ax for ax in fig.axes if ax.get_title().startswith("Loss")][0]
         assert ax_loss.get_ylim()[1] < 3
-        assert "1 points above" in ax_loss.get_title()
+        assert "1 point above" in ax_loss.get_title()
     smooth = plots.draw_curves(_rows([1.2, 1.0, 0.9, 0.85, 0.8, 0.7]), "run")
     ax_loss = [ax for ax in smooth.axes if ax.get_title().startswith("Loss")][0]
     assert ax_loss.get_title() == "Loss" and ax_loss.get_ylim()[1] > 1.2

@@ -74,7 +74,8 @@ def clip_spikes(ax, values: Sequence[float], title: str) -> None:
         if limit > 0 and vals.max() > limit:
             top = 1.1 * float(vals[vals <= limit].max())
             ax.set_ylim(bottom=min(0.0, float(vals.min())), top=top)
-            title += f" ({int((vals > top).sum())} points above {top:.2f} cut off)"
+            n = int((vals > top).sum())
+            title += f" ({n} point{'s' * (n != 1)} above {top:.2f} cut off)"
     ax.set_title(title)
 
 
