@@ -57,10 +57,12 @@ def seeds_section() -> list[str]:
     out = ["| recipe | seed's claim | ours (final) | best | epochs | params | RF | time | "
            "machine | commit |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
-        partial = " (partial)" if r.get("epochs", 0) < r.get("epochs_planned", 0) and not \
-            r.get("target_epoch") else ""
         if r.get("target_epoch"):
             partial = " (target reached)"
+        elif r.get("epochs", 0) < r.get("epochs_planned", 0):
+            partial = " (partial)"
+        else:
+            partial = ""
         out.append(
             f"| `{r['recipe']}` | {pct(SEED_CLAIMS.get(r['recipe']))} | {pct(r['test_acc'])}"
             f"{partial} | {pct(r['best_test_acc'])} | {r['epochs']} | {r['params']:,} | "

@@ -107,10 +107,11 @@ def draw_curves(rows: list[dict], title: str, target: float | None = None) -> Fi
     ax_loss, ax_acc, ax_lr = fig.subplots(1, 3)
     ep = [r["epoch"] for r in rows]
     kw = _curve_kw(len(rows))
-    ax_loss.plot(ep, [r["train_loss"] for r in rows], color=TRAIN_COLOR, label="train", **kw)
-    ax_loss.plot(*_tested(rows, "test_loss"), color=TEST_COLOR, label="test", **kw)
+    train_loss, (test_ep, test_loss) = [r["train_loss"] for r in rows], _tested(rows, "test_loss")
+    ax_loss.plot(ep, train_loss, color=TRAIN_COLOR, label="train", **kw)
+    ax_loss.plot(test_ep, test_loss, color=TEST_COLOR, label="test", **kw)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss (nats)")
-    clip_spikes(ax_loss, [r["train_loss"] for r in rows] + _tested(rows, "test_loss")[1], "Loss")
+    clip_spikes(ax_loss, train_loss + test_loss, "Loss")
     ax_acc.plot(ep, [100 * r["train_acc"] for r in rows], color=TRAIN_COLOR, label="train", **kw)
     ax_acc.plot(*_tested(rows, "test_acc", 100), color=TEST_COLOR, label="test", **kw)
     if tests := tested(rows):
