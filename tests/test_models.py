@@ -106,12 +106,12 @@ def test_seed001_dilated_meets_the_bonus_rules():
                              forbid=("maxpool", "avgpool", "strided_conv")) == []
     drops = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
     assert drops and set(drops) == {0.1}
-    # seed 001's layers with each stride replaced by unpadded dilated convs: its parameters plus
-    # one depthwise 3x3 (32 channels), its maps (32 -> 16 -> 8 -> 6 px), RF grown by dilation
-    assert n_params(model) == n_params(create_model("seed001")) + 32 * 9 == 92_682
+    # seed 001 evaluated densely: strides become dilations (1, 2, 4), valid convs shrink the maps
+    assert n_params(model) == 188_394
     convs = [r for r in receptive_field_table(model) if r["kind"] == "conv"]
-    assert [r["rf"] for r in convs] == [3, 7, 19, 19, 21, 29, 29, 33, 37, 37, 41, 45, 49]
-    assert [r["output_size"][0] for r in convs] == [32, 28, 16, 16, 16, 8] + [8] * 6 + [6]
+    assert [r["rf"] for r in convs] == [3, 5, 5, 9, 13, 21, 21, 29, 29, 37, 45, 45, 53]
+    assert [r["dilation"] for r in convs] == [1, 1, 1, 2, 2, 4, 1, 4, 1, 4, 4, 1, 4]
+    assert [r["output_size"][0] for r in convs] == [30, 28, 28, 24, 20] + [12] * 8
 
 
 def test_dropout_argument_reaches_the_layers():

@@ -45,7 +45,7 @@ def create_model(name: str, **kwargs) -> nn.Module:
 
 register("seed001", Seed001Net, "seed 001 final network (C1C2C3C4O, 92,394 params, RF 61)")
 register("seed001-dilated", Seed001DilatedNet,
-         "seed 001 bonus: seed 001's layers, valid dilated convs instead of strides, RF 49")
+         "seed 001 bonus: seed 001 evaluated densely (strides -> dilations 2, 4), RF 53")
 register("seed000-m1", SmallM1, "seed 000 Model 1 (2 convs, max pool, <50k params)")
 register("seed000-m2", SmallM2, "seed 000 Model 2 (3 convs, avg+max pool, log_softmax/NLL)")
 register("seed000-m3", SmallM3, "seed 000 Model 3 (4 convs, avg+max pool, <50k params)")
