@@ -57,10 +57,11 @@ class Seed001DilatedNet(nn.Module):
 
     Built as seed 001's strided net evaluated densely ("a trous"): where seed 001 strides by 2,
     this net keeps every pixel and dilates the following 3x3 kernels by the stride so far
-    (d = 1, then 2, then 4), so each kernel still spans what seed 001's spans, at every 1-pixel
-    shift. The early convs are unpadded ("valid"), which shrinks the maps (32 -> 28 -> 20 ->
-    12 px) and keeps the cost near 36M MACs (`cifarlab summary`); the last convs are padded
-    at 12x12 and GAP averages over their 144 shifted views.
+    (d = 1, then 2, then 4), so they span what seed 001's span, at every 1-pixel shift (the
+    depthwise conv, where seed 001 strides the second time, already uses d=4). The early
+    convs are unpadded ("valid"), which shrinks the maps (32 -> 28 -> 20 -> 12 px) and keeps
+    the cost near 36M MACs (`cifarlab summary`); the last convs are padded at 12x12 and GAP
+    averages over their 144 shifted views.
 
     C1 (d=1): 3x3 3->16 valid (30 px, RF 3), 3x3 16->32 valid (28 px, RF 5), 1x1 32->16.
     C2 (d=2): 3x3 d=2 16->32 valid (24 px, RF 9), 3x3 d=2 32->48 valid (20 px, RF 13),
