@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import provenance, write_result  # noqa: E402
 
 from cifarlab.augment import AugmentConfig, Pipeline  # noqa: E402
-from cifarlab.evaluate import autocast  # noqa: E402
+from cifarlab.inference import autocast  # noqa: E402
 from cifarlab.models import create_model  # noqa: E402
 
 

@@ -23,14 +23,22 @@ import cifarlab  # noqa: E402
 
 
 def record(m: dict, prov: dict) -> dict:
+    """A seeds.json row: the final test accuracy is the headline; a best epoch is labelled by
+    the split it was chosen on; every leg that trained the run (legs.json) comes along."""
     return {
-        "recipe": m["recipe"], "test_acc": m["test_acc"], "best_test_acc": m["best_test_acc"],
+        "recipe": m["recipe"], "test_acc": m["test_acc"],
+        "val_acc": m.get("val_acc"), "val_images": m.get("val_images", 0),
+        "selection": m.get("selection", "test"), "best_epoch": m["best_epoch"],
+        "best_acc": m.get("best_val_acc", m.get("best_test_acc")),
+        "stopped_by": m.get("stopped_by"),
         "epochs": m["epochs"], "epochs_planned": m["epochs_planned"],
         "target_epoch": m["target_epoch"], "train_seconds": m["train_seconds"],
         "seconds_per_epoch": m["train_seconds"] / max(1, m["epochs"]),
         "images_per_second": m["images_per_second"], "params": m["params"],
         "macs": m["macs"], "receptive_field": m["receptive_field"], "run_dir": m["run_dir"],
         **prov,
+        "date_started": m["legs"][0]["started"] if m.get("legs") else prov["date"],
+        "legs": m.get("legs", []),
     }
 
 
@@ -53,6 +61,7 @@ def main() -> None:
     ap.add_argument("--runs-dir", default="runs")
     ap.add_argument("--max-minutes", type=float)
     ap.add_argument("--target", type=float)
+    ap.add_argument("--val-split", type=int, help="hold out N training images for validation")
     ap.add_argument("--procs", type=int, help="data-parallel processes (train.processes)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     a = ap.parse_args()
@@ -64,6 +73,8 @@ def main() -> None:
                                    max_seconds=limit, device=a.device), prov))
     for name in a.recipes:
         extra = {"target": a.target} if a.target else {}
+        if a.val_split:
+            extra["val_split"] = a.val_split
         if a.procs:
             extra["procs"] = a.procs
         m = cifarlab.train(name, data=data, runs_dir=a.runs_dir, progress=False,

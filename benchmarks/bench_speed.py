@@ -1,54 +1,296 @@
-"""Time to accuracy (issue 5): run speed recipes with several seeds; record speed.json.
+"""Time to accuracy (issues 5, 17): speed recipes against an anchor run in the same invocation.
 
-    .venv/bin/python benchmarks/bench_speed.py fast-50k fast-seed001 --seeds 0 1 2
+    .venv/bin/python benchmarks/bench_speed.py fast-top fast-50k fast-seed001 best-seed001 \\
+        --seeds 0 1 2 --data-dir ../shared/data --runs-dir /tmp/speedruns
+
+One invocation first runs the anchor (default ../shared/anchors/airbench94_cpu.py, a published
+reference adapted to the CPU) as a subprocess on the same machine, then every recipe with every
+seed, and records all of it in one results file (`--out`, default
+benchmarks/results/speed.json): `anchor` (its accuracy and seconds, machine, date, command),
+`runs`, a per-recipe `summary` whose times are also ratios to the anchor's seconds
+(`ratio_to_anchor`), the verdicts against `TARGETS` (below, as ratios), and `throughput` (kept
+from benchmarks/results/throughput.json). Absolute seconds differ between machines; a ratio
+measured side by side does not, so a time is only ever compared with the anchor of its own
+invocation.
+
+The file is rewritten after the anchor and after every run. If the invocation is interrupted,
+`--resume` (same `--out`) continues it: the anchor and the finished runs are kept, the run that
+was cut short is started again (a timing cannot be resumed), and the machine must be the
+anchor's. Without `--resume` a new invocation replaces the file (an unfinished one is only
+discarded with `--restart`).
 
 Each run's `seconds` is the wall time of the whole `cifarlab.train` call with the data already
 in memory: model build, every epoch, evaluation with TTA and checkpoint writes included (per-epoch
-plots off, as `--no-plots` does). Runs replace earlier ones with the same recipe and seed; the
-summary (mean/worst accuracy, median seconds, goals met) is recomputed from all recorded runs.
-Run it on an otherwise idle machine: other work on the same cores inflates the seconds.
+plots off). The anchor's `seconds` is its own clock, from building its network to the end of its
+test-time augmentation (data loading excluded). Run it on an otherwise idle machine: other work
+on the same cores inflates the seconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SPEED_GOALS, merge_speed, provenance  # noqa: E402
+from anchor import DEFAULT_ANCHOR, AnchorError, display, run_anchor  # noqa: E402
+from common import RESULTS, provenance  # noqa: E402
 
 import cifarlab  # noqa: E402
+from cifarlab.data import load_data  # noqa: E402
+from cifarlab.errors import CifarlabError  # noqa: E402
+
+# Issue 17's targets. Accuracy: the worst of the seeds ("anchor": the anchor's own accuracy in
+# this invocation); time: the median of the seeds as a multiple of the anchor's seconds.
+TARGETS = {
+    "fast-top": {"acc": "anchor", "required_ratio": 0.75, "goal_ratio": 0.5},
+    "fast-50k": {"acc": 0.80, "required_ratio": 0.16, "goal_ratio": 0.12},
+    "fast-seed001": {"acc": 0.85, "required_ratio": 0.25, "goal_ratio": 0.16},
+    "best-seed001": {"acc": 0.89, "goal_acc": 0.90, "required_ratio": 2.4, "goal_ratio": 2.4},
+}
+MIN_SEEDS = 3  # a verdict needs this many runs
+# images/s of the engine over the conventional Dataset + DataLoader pipeline, same network
+# (benchmarks/bench_throughput.py)
+THROUGHPUT_REQUIRED_RATIO = 2.5
 
 
-def main() -> None:
+def parse_set(items: list[str]) -> dict:
+    """['train.epochs=1', ...] -> {'train.epochs': 1, ...}, each value read as TOML."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"--set {item}: expected KEY=VALUE, e.g. --set train.epochs=1")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+def train_run(recipe: str, seed: int, data, runs_dir: str, overrides: dict,
+              device: str) -> tuple[dict, float]:
+    """One timed training run: (metrics, wall seconds of the whole train call)."""
+    t0 = time.perf_counter()
+    m = cifarlab.train(recipe, data=data, runs_dir=runs_dir, name=f"{recipe}-seed{seed}",
+                       seed=seed, progress=False, plots=False, log=lambda s: None,
+                       device=device, **overrides)
+    return m, time.perf_counter() - t0
+
+
+def summarize(runs: list[dict], anchor: dict) -> dict:
+    """Per recipe: accuracy (mean, worst), median seconds, its ratio to the anchor, verdicts.
+
+    A verdict (`required_met`, `goal_met`) is true or false once a recipe has MIN_SEEDS runs
+    of the recipe as shipped, and null before that or when runs changed it (`overrides`).
+    """
+    out = {}
+    for name in sorted({r["recipe"] for r in runs}):
+        rs = [r for r in runs if r["recipe"] == name]
+        accs, secs = [r["test_acc"] for r in rs], [r["seconds"] for r in rs]
+        worst, median = min(accs), statistics.median(secs)
+        ratio = median / anchor["seconds"]
+        s = {"mean_acc": statistics.fmean(accs), "worst_acc": worst, "median_seconds": median,
+             "ratio_to_anchor": ratio, "n_runs": len(rs), "params": rs[-1]["params"]}
+        overrides = {k: v for r in rs for k, v in r.get("overrides", {}).items()}
+        if overrides:
+            s["overrides"] = overrides
+        t = TARGETS.get(name)
+        if t:
+            acc = anchor["test_acc"] if t["acc"] == "anchor" else t["acc"]
+            goal_acc = t.get("goal_acc", acc)
+            s.update(target_acc=acc, goal_acc=goal_acc, target_is_anchor=t["acc"] == "anchor",
+                     required_ratio=t["required_ratio"], goal_ratio=t["goal_ratio"],
+                     required_seconds=t["required_ratio"] * anchor["seconds"],
+                     goal_seconds=t["goal_ratio"] * anchor["seconds"])
+            decided = len(rs) >= MIN_SEEDS and not overrides
+            s["required_met"] = (worst >= acc and ratio <= t["required_ratio"]) if decided else None
+            s["goal_met"] = (worst >= goal_acc and ratio <= t["goal_ratio"]) if decided else None
+        out[name] = s
+    return out
+
+
+def throughput_verdict(throughput: dict | None) -> dict | None:
+    if not throughput or "ratio" not in throughput:
+        return None
+    return {"ratio": throughput["ratio"], "required_ratio": THROUGHPUT_REQUIRED_RATIO,
+            "required_met": throughput["ratio"] >= THROUGHPUT_REQUIRED_RATIO,
+            "machine": throughput.get("machine")}
+
+
+def load_throughput(old: dict) -> dict | None:
+    """The last engine-vs-conventional measurement (bench_throughput.py)."""
+    p = RESULTS / "throughput.json"
+    if p.exists():
+        return json.loads(p.read_text())
+    return old.get("throughput")
+
+
+def save(path: Path, state: dict) -> None:
+    """Recompute the summary and write the results file atomically."""
+    if state.get("anchor"):
+        state["summary"] = summarize(state["runs"], state["anchor"])
+    state["throughput_verdict"] = throughput_verdict(state.get("throughput"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def read_state(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text()) if path.exists() else {}
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"{path}: not a results file ({e})") from None
+
+
+def begin(a, path: Path, prov: dict) -> dict:
+    """The invocation to run: a new one, or (--resume) the one recorded in `path`."""
+    old = read_state(path)
+    inv = old.get("invocation")
+    unfinished = inv is not None and not inv.get("complete")
+    if a.resume:
+        if inv is None:
+            raise SystemExit(f"--resume: {path} holds no invocation of this benchmark to "
+                             "continue; start one without --resume")
+        anchor = old.get("anchor")
+        if anchor and anchor["machine"] != prov["machine"]:
+            raise SystemExit(f"--resume: {path} was measured on '{anchor['machine']}', this is "
+                             f"'{prov['machine']}': ratios are only valid on one machine; "
+                             "start a new invocation (another --out, or --restart)")
+        for r in a.recipes:
+            if r not in inv["recipes"]:
+                inv["recipes"].append(r)
+        for s in a.seeds_given or []:
+            if s not in inv["seeds"]:
+                inv["seeds"].append(s)
+        inv["complete"] = False
+        inv.setdefault("resumed", []).append({"date": prov["date"], "commit": prov["commit"],
+                                              "command": prov["command"]})
+        return old
+    if unfinished and not a.restart:
+        done = len(old.get("runs", []))
+        raise SystemExit(f"{path} holds an unfinished invocation (started {inv['date']}, "
+                         f"{done} of {len(inv['recipes']) * len(inv['seeds'])} runs): "
+                         "--resume continues it, --restart discards it")
+    if not a.recipes:
+        raise SystemExit("name the recipes to time, e.g. fast-top fast-50k")
+    return {"invocation": {"recipes": list(a.recipes), "seeds": list(a.seeds),
+                           "overrides": a.overrides, "device": a.device, "complete": False,
+                           **prov},
+            "anchor": None, "runs": [], "summary": {}, "throughput": load_throughput(old)}
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("recipes", nargs="+", help=f"e.g. {' '.join(SPEED_GOALS)}")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--data-dir", default=None, help="default: $CIFAR10_DATA, then ./data")
+    ap.add_argument("recipes", nargs="*", help=f"e.g. {' '.join(TARGETS)} (with --resume: "
+                    "those recorded, plus any named here)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2")
+    ap.add_argument("--data-dir", default=None, help="default: $CIFAR10_DATA, then ./data "
+                    "(with --resume: the invocation's)")
     ap.add_argument("--runs-dir", default=None, help="keep the run directories here")
-    a = ap.parse_args()
+    ap.add_argument("--anchor", default=str(DEFAULT_ANCHOR),
+                    help="the reference script, run as `python ANCHOR DATA_DIR [THREADS]`; "
+                    f"default {display(DEFAULT_ANCHOR)}")
+    ap.add_argument("--anchor-threads", type=int, default=None,
+                    help="THREADS argument for the anchor (default: the anchor's own choice)")
+    ap.add_argument("--out", default=str(RESULTS / "speed.json"),
+                    help="results file of this invocation (default benchmarks/results/speed.json)")
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true",
+                   help="continue the interrupted invocation recorded in --out (same anchor)")
+    g.add_argument("--restart", action="store_true",
+                   help="discard an unfinished invocation in --out and start a new one")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="recipe override for every run (smoke tests; such runs get no verdict)")
+    ap.add_argument("--device", default="cpu",
+                    help="where cifarlab trains (default cpu: the anchor runs on the CPU)")
+    a = ap.parse_args(argv)
+    a.seeds_given, a.seeds = a.seeds, a.seeds if a.seeds is not None else [0, 1, 2]
+    a.overrides = parse_set(a.set)
+    path = Path(a.out)
     prov = provenance()
-    data = cifarlab.load_data(a.data_dir)
+    state = begin(a, path, prov)
+    inv = state["invocation"]
+    if a.resume and a.overrides and a.overrides != inv.get("overrides", {}):
+        raise SystemExit("--resume continues the invocation with its own --set overrides "
+                         f"({inv.get('overrides') or 'none'})")
+    if state.get("anchor") is None and not Path(a.anchor).is_file():
+        raise SystemExit(f"anchor not found: {a.anchor} (pass --anchor PATH)")
+    try:  # a resumed invocation reads the data it started with unless told otherwise
+        data = load_data(a.data_dir or (inv.get("data_dir") if a.resume else None))
+    except CifarlabError as e:
+        raise SystemExit(str(e)) from None
+    inv["data_dir"] = str(data.root)
+    save(path, state)
+
+    if state.get("anchor") is None:
+        data_dir = data.root.parent if data.root.name == "cifar-10-batches-py" else data.root
+        print(f"anchor {display(Path(a.anchor))} on {display(data_dir)} ...", flush=True)
+        try:
+            res = run_anchor(a.anchor, data_dir, a.anchor_threads,
+                             echo=lambda s: print(s, flush=True))
+        except AnchorError as e:
+            raise SystemExit(str(e)) from None
+        anchor_prov = provenance()
+        state["anchor"] = {**res, "machine": anchor_prov["machine"],
+                           "date": anchor_prov["date"], "commit": anchor_prov["commit"]}
+        save(path, state)
+        print(f"anchor {res['name']}: test acc {res['test_acc']:.4f} in {res['seconds']:.0f} s",
+              flush=True)
+    anchor_s = state["anchor"]["seconds"]
+
     runs_dir = a.runs_dir or tempfile.mkdtemp(prefix="cifarlab-speed-")
-    for name in a.recipes:
-        for seed in a.seeds:
-            t0 = time.perf_counter()
-            m = cifarlab.train(name, data=data, runs_dir=runs_dir, name=f"{name}-seed{seed}",
-                               seed=seed, progress=False, plots=False, log=lambda s: None)
-            seconds = time.perf_counter() - t0
-            goal = SPEED_GOALS.get(name, {})
-            print(f"{name} seed {seed}: test acc {m['test_acc']:.4f} in {seconds:.1f} s "
-                  f"({m['epochs']} epochs; target {goal.get('acc', '-')}, "
-                  f"required <= {goal.get('required_s', '-')} s)", flush=True)
+    overrides = inv.get("overrides", {})
+    done = {(r["recipe"], r["seed"]) for r in state["runs"]}
+    for name in inv["recipes"]:
+        for seed in inv["seeds"]:
+            if (name, seed) in done:
+                print(f"{name} seed {seed}: recorded already", flush=True)
+                continue
+            m, seconds = train_run(name, seed, data, runs_dir, overrides, inv["device"])
             run = {"recipe": name, "seed": seed, "test_acc": m["test_acc"],
-                   "seconds": seconds, "train_seconds": m["train_seconds"],
-                   "epochs": m["epochs"], "params": m["params"], "macs": m["macs"],
-                   "receptive_field": m["receptive_field"],
-                   "images_per_second": m["images_per_second"], **prov}
-            print(merge_speed(runs=[run]))
+                   "seconds": seconds, "ratio_to_anchor": seconds / anchor_s,
+                   "epochs": m["epochs"], "params": m["params"],
+                   **{k: m.get(k) for k in ("train_seconds", "macs", "receptive_field",
+                                            "images_per_second")},
+                   **provenance()}
+            if overrides:
+                run["overrides"] = overrides
+            state["runs"].append(run)
+            save(path, state)
+            print(f"{name} seed {seed}: test acc {m['test_acc']:.4f} in {seconds:.1f} s = "
+                  f"{seconds / anchor_s:.3f}x the anchor ({m['epochs']} epochs)", flush=True)
+    inv["complete"] = True
+    save(path, state)
+    print(report(state))
+    print(path)
+
+
+def report(state: dict) -> str:
+    """The summary as lines of text."""
+    an = state["anchor"]
+    lines = [f"anchor {an['name']}: {100 * an['test_acc']:.2f}% in {an['seconds']:.0f} s "
+             f"on {an['machine']}"]
+    for name, s in state["summary"].items():
+        line = (f"{name}: worst {100 * s['worst_acc']:.2f}%, median {s['median_seconds']:.0f} s"
+                f" = {s['ratio_to_anchor']:.3f}x the anchor ({s['n_runs']} runs)")
+        if "required_met" in s:
+            verdict = {True: "met", False: "NOT met", None: "undecided"}
+            line += (f"; required (>= {100 * s['target_acc']:.2f}%, <= {s['required_ratio']}x):"
+                     f" {verdict[s['required_met']]}; goal (>= {100 * s['goal_acc']:.2f}%, <= "
+                     f"{s['goal_ratio']}x): {verdict[s['goal_met']]}")
+        lines.append(line)
+    tv = state.get("throughput_verdict")
+    if tv:
+        lines.append(f"throughput: {tv['ratio']:.2f}x the conventional pipeline (required >= "
+                     f"{tv['required_ratio']}x: {'met' if tv['required_met'] else 'NOT met'})")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

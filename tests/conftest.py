@@ -61,6 +61,15 @@ def shared_cifar_dir(tmp_path_factory) -> Path:
     return write_cifar(tmp_path_factory.mktemp("data"), per_batch=200, test=200)
 
 
+@pytest.fixture(scope="session")
+def engine_runs(shared_cifar_dir, tmp_path_factory) -> dict[str, Path]:
+    """Run directories the engine really wrote ("plain", "val": see
+    conftest_runs.train_engine_runs), trained once per session; copy one before changing it."""
+    from conftest_runs import train_engine_runs
+
+    return train_engine_runs(shared_cifar_dir, tmp_path_factory.mktemp("engine-runs"))
+
+
 @pytest.fixture
 def real_data_dir() -> Path:
     """The shared real CIFAR-10 copy (CI sets CIFAR10_DATA); skipped where absent."""

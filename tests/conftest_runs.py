@@ -1,6 +1,9 @@
-"""Synthetic run directories written by hand in the engine's format (and broken variants).
+"""Run directories for the plot and report tests: synthetic ones written by hand in the
+engine's format (and broken variants), and real ones the engine trains in seconds
+(`train_engine_runs`, behind conftest.py's session fixture `engine_runs`).
 
-Imported by test_plots.py and test_report.py (not a pytest conftest: plain helpers).
+Imported by test_plots.py, test_report.py and conftest.py (not a pytest conftest: plain
+helpers).
 """
 
 from __future__ import annotations
@@ -83,3 +86,17 @@ def tear_history(run: Path) -> None:
     """Cut history.csv in the middle of its last line (a write interrupted by a crash)."""
     text = (run / "history.csv").read_text()
     (run / "history.csv").write_text(text[: text.rstrip("\n").rfind("\n") + 12])
+
+
+def train_engine_runs(data_dir: Path, root: Path) -> dict[str, Path]:
+    """Two tiny fast-50k runs the engine really trains and writes (a few seconds each):
+    "plain" reads the test set every epoch; "val" holds out a validation split, chooses on it
+    every epoch and reads the test set once, at the end."""
+    import cifarlab
+
+    common = dict(data_dir=data_dir, runs_dir=root, progress=False, log=lambda s: None,
+                  plots=False, procs=1, epochs=2, batch_size=100, train_subset=400,
+                  **{"train.eval_every": 1})
+    plain = cifarlab.train("fast-50k", name="plain", **common)
+    val = cifarlab.train("fast-50k", name="val", val_split=100, **common)
+    return {"plain": Path(plain["run_dir"]), "val": Path(val["run_dir"])}

@@ -9,10 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import cifarlab
-from cifarlab.engine import Lookahead
+from cifarlab import api, engine
+from cifarlab.engine import Lookahead, build_optimizer, build_scheduler, loss_fn
 from cifarlab.errors import CifarlabError
+from cifarlab.models import create_model
+from cifarlab.recipe import resolve
 from cifarlab.rundir import RunDirError, load_checkpoint
 
 FAST = {"epochs": 2, "batch_size": 50, "lr": 0.05}
@@ -32,11 +36,14 @@ def test_train_writes_run_dir(shared_cifar_dir, tmp_path):
     assert set(rows[0]) == {"epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
                             "seconds"}
     metrics = json.loads((run / "metrics.json").read_text())
-    assert 0.0 <= metrics["test_acc"] <= 1.0 and metrics["params"] == 92_394
-    assert metrics["epochs"] == 2 and len(metrics["per_class_acc"]) == 10
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["recipe"]["train"]["epochs"] == 2  # fully resolved, overrides included
-    assert cfg["recipe"]["augment"]["crop_pad"] == 4  # defaults written out
+    model = create_model(cfg["recipe"]["model"], **cfg["recipe"]["model_args"])
+    assert 0.0 <= metrics["test_acc"] <= 1.0
+    assert metrics["params"] == sum(p.numel() for p in model.parameters())
+    assert metrics["epochs"] == 2 and len(metrics["per_class_acc"]) == 10
+    # fully resolved: the overrides and every default written out
+    assert cfg["recipe"] == resolve("default", FAST)
+    assert cfg["recipe"]["train"]["epochs"] == 2
 
 
 def test_learns_synthetic(shared_cifar_dir, tmp_path):
@@ -46,15 +53,158 @@ def test_learns_synthetic(shared_cifar_dir, tmp_path):
     assert m["best_test_acc"] > 0.5  # 10 colour-coded classes: chance is 0.1
 
 
-@pytest.mark.parametrize("opt, sched, loss", [
-    ("adam", "step", "ce"), ("adamw", "cosine", "ce"), ("sgd", "constant", "ce"),
+@pytest.fixture
+def loss_calls(monkeypatch):
+    """Every F.cross_entropy / F.nll_loss call as ("ce" | "nll", whether it is a training
+    loss): training scores carry gradients, evaluation's come from inference mode."""
+    calls = []
+    for kind, name in (("ce", "cross_entropy"), ("nll", "nll_loss")):
+        real = getattr(torch.nn.functional, name)
+
+        def spy(*a, _kind=kind, _real=real, **k):
+            calls.append((_kind, a[0].requires_grad))
+            return _real(*a, **k)
+
+        monkeypatch.setattr(torch.nn.functional, name, spy)
+    return calls
+
+
+@pytest.mark.parametrize("recipe, opt, sched, loss", [
+    ("seed003-net1", "adam", "step", "ce"), ("seed003-net1", "adamw", "cosine", "ce"),
+    ("seed000-m2", "sgd", "constant", "nll"),  # seed000-m2 ends in log_softmax
 ])
-def test_optimizers_and_schedules(shared_cifar_dir, tmp_path, opt, sched, loss):
-    m = cifarlab.train("default", data_dir=shared_cifar_dir, runs_dir=tmp_path, progress=False,
-                       log=lambda s: None, optimizer=opt, schedule=sched, epochs=1,
-                       batch_size=100, lr=0.001, grad_clip=1.0, precision="fp32",
-                       channels_last=False, ema=0.9)
+def test_optimizers_and_schedules(shared_cifar_dir, tmp_path, loss_calls, recipe, opt, sched,
+                                  loss):
+    m = cifarlab.train(recipe, data_dir=shared_cifar_dir, runs_dir=tmp_path, progress=False,
+                       log=lambda s: None, plots=False, optimizer=opt, schedule=sched,
+                       loss=loss, epochs=1, batch_size=100, lr=0.001, grad_clip=1.0,
+                       precision="fp32", channels_last=False, ema=0.9, procs=1)
     assert m["epochs"] == 1
+    st = load_checkpoint(Path(m["run_dir"]) / "last.pt")
+    assert st["meta"]["loss"] == loss
+    trained_with = [kind for kind, grad in loss_calls if grad]
+    assert trained_with == [loss] * 10  # 1,000 images / 100 per batch, each step this loss
+    group = st["optimizer"]["param_groups"][0]
+    if opt == "sgd":
+        assert group["momentum"] == 0.9 and "betas" not in group
+    else:
+        assert group["decoupled_weight_decay"] == (opt == "adamw") and "momentum" not in group
+    rows = list(csv.DictReader(open(Path(m["run_dir"]) / "history.csv")))
+    # the learning rate after the epoch's 10 steps: step drops only after 10 epochs, cosine
+    # has annealed to min_lr (0) at the end of the run, constant stays put
+    want = {"step": 0.001, "cosine": 0.0, "constant": 0.001}[sched]
+    assert float(rows[-1]["lr"]) == pytest.approx(want, abs=1e-12)
+    assert st["ema"] is not None and any(
+        not torch.equal(st["ema"][k], v) for k, v in st["model"].items()
+        if v.dtype.is_floating_point)  # the averaged weights are stored beside the raw ones
+
+
+def test_loss_fn_nll_and_ce():
+    out = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, 3.0]])  # raw scores, not log-probabilities
+    y = torch.tensor([0, 2])
+    nll = loss_fn(resolve("default", {"loss.name": "nll", "loss.label_smoothing": 0.2}))
+    assert nll(out, y).item() == pytest.approx(-(2.0 + 3.0) / 2)  # -mean(out[y]), no smoothing
+    ce = loss_fn(resolve("default", {"loss.name": "ce", "loss.label_smoothing": 0.0}))
+    assert ce(out, y).item() == pytest.approx(nll(out.log_softmax(1), y).item())
+    smooth = loss_fn(resolve("default", {"loss.name": "ce", "loss.label_smoothing": 0.2}))
+    assert smooth(out, y).item() > ce(out, y).item()
+
+
+def test_nll_recipe_trains_log_softmax_model(shared_cifar_dir, tmp_path, loss_calls):
+    """seed000-m2's recipe: NLL on a network that ends in log_softmax."""
+    assert resolve("seed000-m2")["loss"]["name"] == "nll"
+    m = cifarlab.train("seed000-m2", data_dir=shared_cifar_dir, runs_dir=tmp_path,
+                       progress=False, log=lambda s: None, plots=False, epochs=1,
+                       batch_size=100)
+    assert [kind for kind, grad in loss_calls if grad] == ["nll"] * 10
+    assert m["test_acc"] > 0.5  # colour-coded classes: chance is 0.1
+    st = load_checkpoint(Path(m["run_dir"]) / "best.pt")
+    assert st["meta"]["loss"] == "nll" and st["meta"]["model"] == "seed000-m2"
+    r = cifarlab.evaluate(m["run_dir"], data_dir=shared_cifar_dir)
+    assert r["acc"] == m["test_acc"] and r["loss"] == pytest.approx(m["test_loss"], rel=1e-6)
+    model, meta = api.load_model(m["run_dir"])
+    data = api.load_data(shared_cifar_dir)
+    logp = engine.infer(model, data.test.images, meta)
+    assert torch.allclose(logp.exp().sum(1), torch.ones(len(logp)), atol=1e-2)  # log-probs
+    assert r["loss"] == pytest.approx(F.nll_loss(logp, data.test.labels).item(), rel=1e-6)
+
+
+def _sgd(lr: float = 0.05) -> torch.optim.Optimizer:
+    return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+
+
+def _lrs(sched, opt, steps: int) -> list[float]:
+    """The learning rate each of `steps` batches trains with (stepped once per batch)."""
+    out = []
+    for _ in range(steps):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_step_schedule_counts_epochs_in_batches():
+    cfg = resolve("default", {"schedule.name": "step", "schedule.step_size": 2,
+                              "schedule.gamma": 0.1, "train.epochs": 6, "optim.lr": 0.05})
+    opt = _sgd()
+    lrs = _lrs(build_scheduler(cfg, opt, steps_per_epoch=7), opt, 6 * 7)
+    first_drop = next(i for i, lr in enumerate(lrs) if lr < 0.05)
+    assert first_drop == 2 * 7  # the first batch of epoch 3
+    assert lrs[:14] == pytest.approx([0.05] * 14)
+    assert lrs[14:28] == pytest.approx([0.005] * 14)
+    assert lrs[28:] == pytest.approx([0.0005] * 14)
+
+
+def test_cosine_schedule_ends_at_min_lr():
+    cfg = resolve("default", {"schedule.name": "cosine", "schedule.min_lr": 0.001,
+                              "train.epochs": 3, "optim.lr": 0.05})
+    opt = _sgd()
+    sched = build_scheduler(cfg, opt, steps_per_epoch=4)
+    lrs = _lrs(sched, opt, 12) + [opt.param_groups[0]["lr"]]  # and after the last step
+    assert lrs[0] == pytest.approx(0.05)
+    assert lrs[6] == pytest.approx((0.05 + 0.001) / 2)  # half way: half way down
+    assert lrs[-1] == pytest.approx(0.001, abs=1e-12)  # min_lr after the run's last batch
+    assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False))
+
+
+@pytest.mark.parametrize("mode, clip", [("value", 1e-4), ("norm", 1e-3)])
+def test_grad_clip_modes(shared_cifar_dir, tmp_path, monkeypatch, mode, clip):
+    """The gradients the optimizer steps with are the raw ones clipped element by element
+    (value) or rescaled to the threshold norm (norm)."""
+    raw: dict[int, torch.Tensor] = {}
+    steps: list[tuple[float, float]] = []  # (raw max |g|, raw total norm) per step
+    real = engine.build_optimizer
+
+    def spy_build(cfg, model):
+        opt = real(cfg, model)
+        params = [p for g in opt.param_groups for p in g["params"]]
+        def keep(key):
+            return lambda g: raw.__setitem__(key, g.detach().clone())
+
+        for p in params:  # the gradient as backward computed it, before any clipping
+            p.register_hook(keep(id(p)))
+
+        def check(optimizer, args, kwargs):
+            got = [p.grad for p in params]
+            before = [raw[id(p)] for p in params]
+            norm = torch.linalg.vector_norm(torch.stack([b.norm() for b in before]))
+            steps.append((max(b.abs().max().item() for b in before), norm.item()))
+            for b, g in zip(before, got, strict=True):
+                if mode == "value":
+                    assert torch.equal(g, b.clamp(-clip, clip))
+                else:
+                    assert torch.allclose(g, b * min(1.0, clip / (norm.item() + 1e-6)),
+                                          rtol=1e-4, atol=1e-12)
+
+        opt.register_step_pre_hook(check)
+        return opt
+
+    monkeypatch.setattr(engine, "build_optimizer", spy_build)
+    cifarlab.train("seed003-net1", data_dir=shared_cifar_dir, runs_dir=tmp_path,
+                   progress=False, log=lambda s: None, plots=False, epochs=1, batch_size=250,
+                   grad_clip=clip, **{"train.grad_clip_mode": mode})
+    assert len(steps) == 4
+    assert all((mx if mode == "value" else norm) > clip for mx, norm in steps)  # it did clip
 
 
 def test_lookahead_pulls_weights_to_slow_copy():
@@ -110,10 +260,31 @@ def test_checkpoint_weights_only_and_evaluate(shared_cifar_dir, tmp_path):
     m = cifarlab.train("default", data_dir=shared_cifar_dir, runs_dir=tmp_path, progress=False,
                        log=lambda s: None, epochs=1, batch_size=100)
     st = torch.load(Path(m["run_dir"]) / "best.pt", weights_only=True)
-    assert st["meta"]["model"] == "seed001"
+    assert st["meta"]["model"] == resolve("default")["model"]
     r = cifarlab.evaluate(m["run_dir"], data_dir=shared_cifar_dir)
     assert r["acc"] == pytest.approx(m["best_test_acc"])
     assert sum(map(sum, r["confusion"])) == 200
+
+
+def test_augmented_test_set_is_scored_the_same_by_evaluate(shared_cifar_dir, tmp_path):
+    """augment.test (seed 003's Model 2): the run scores a test set augmented once with a fixed
+    seed, and `evaluate` scores that same set, to the last bit (it used to score the plain
+    test images)."""
+    m = cifarlab.train("seed003-net2", data_dir=shared_cifar_dir, runs_dir=tmp_path,
+                       progress=False, log=lambda s: None, plots=False, epochs=1,
+                       batch_size=100)
+    run = Path(m["run_dir"])
+    assert load_checkpoint(run / "best.pt")["meta"]["test_augment"]["test"] is True
+    r = cifarlab.evaluate(run, data_dir=shared_cifar_dir)
+    assert r["acc"] == m["test_acc"] and r["loss"] == m["test_loss"]
+    assert r["confusion"] == json.loads((run / "metrics.json").read_text())["confusion"]
+    # the augmentation matters: the plain test images give other scores
+    model, meta = api.load_model(run)
+    data = api.load_data(shared_cifar_dir)
+    fixed = engine.fixed_test_inputs(data.test.images, meta)
+    assert torch.equal(fixed, engine.fixed_test_inputs(data.test.images, meta))  # fixed seed
+    plain = engine.summarize(engine.infer(model, data.test.images, meta), data.test.labels)
+    assert plain["loss"] != m["test_loss"]
 
 
 class Payload:
@@ -194,12 +365,31 @@ def test_time_budget_stops_resumably(shared_cifar_dir, tmp_path):
     assert m["epochs"] == 3
 
 
-def test_data_parallel_processes(shared_cifar_dir, tmp_path):
-    """Two processes each train on half of every batch; rank 0 tests and writes the run."""
+def test_data_parallel_processes(shared_cifar_dir, tmp_path, monkeypatch):
+    """Two processes each train on half of every batch; rank 0 tests and writes the run.
+    The threads are split between them while training, and rank 0 has them all back while it
+    evaluates and after the run."""
     quiet = dict(data_dir=shared_cifar_dir, runs_dir=tmp_path, progress=False,
                  log=lambda s: None, plots=False)
-    m = cifarlab.train("fast-50k", procs=2, epochs=3, batch_size=100, max_seconds=0.001,
-                       **quiet)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(2)  # whatever this machine has: 2 threads, 1 per process
+    eval_threads, train_threads = [], []
+    real_infer = engine.infer
+
+    def counting_infer(*a, **k):
+        eval_threads.append(torch.get_num_threads())
+        return real_infer(*a, **k)
+
+    monkeypatch.setattr(engine, "infer", counting_infer)
+    try:
+        m = cifarlab.train("fast-50k", procs=2, epochs=3, batch_size=100, max_seconds=0.001,
+                           epoch_callback=lambda row: train_threads.append(
+                               torch.get_num_threads()), **quiet)
+        assert torch.get_num_threads() == 2  # given back after the run
+    finally:
+        torch.set_num_threads(threads_before)
+    assert train_threads == [1]  # rank 0 trained epoch 1 with its share: 2 threads // 2
+    assert eval_threads and set(eval_threads) == {2}  # and evaluated with all of them
     assert m["epochs"] == 1 and m["epochs_planned"] == 3  # both ranks agreed to stop
     st = load_checkpoint(Path(m["run_dir"]) / "last.pt")
     assert st["epoch"] == 1 and st["images_seen"] == 1000  # the two halves, all-reduced
@@ -208,7 +398,7 @@ def test_data_parallel_processes(shared_cifar_dir, tmp_path):
     assert m["epochs"] == 3 and 0 <= m["test_acc"] <= 1
     rows = list(csv.DictReader(open(Path(m["run_dir"]) / "history.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
-    assert torch.get_num_threads() >= 1 and not torch.distributed.is_initialized()
+    assert not torch.distributed.is_initialized()
 
 
 def test_data_parallel_errors(shared_cifar_dir, tmp_path, monkeypatch):
@@ -267,10 +457,6 @@ def test_model_initialised_from_training_data(shared_cifar_dir, tmp_path):
 
 
 def test_norm_bias_lr_scale_and_fixed_momentum():
-    from cifarlab.engine import build_optimizer, build_scheduler
-    from cifarlab.models import create_model
-    from cifarlab.recipe import resolve
-
     cfg = resolve("fast-top")
     model = create_model("fast-top")
     opt = build_optimizer(cfg, model)

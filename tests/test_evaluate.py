@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from cifarlab.evaluate import predict_logits
+from cifarlab.inference import predict_logits
 
 
 def linear_model():

@@ -34,13 +34,32 @@ def test_channels_last_kept_and_gradient_masked():
     assert torch.equal(x.grad != 0, y != 0)
 
 
-def test_masks_are_independent_of_layout_and_seeded():
-    x = torch.ones(2, 3, 4, 5)
-    torch.manual_seed(7)
-    a = FastDropout(0.5).train()(x)
-    torch.manual_seed(7)
-    b = FastDropout(0.5).train()(x)
-    assert torch.equal(a, b)
+def test_masks_follow_memory_order_whatever_the_layout_and_are_seeded():
+    """The mask is drawn in memory order, so with one seed an NCHW tensor, the same values in
+    channels_last, and their NHWC permutation drop the same memory positions; the values kept
+    are the input's own, at the right logical places."""
+    x = torch.arange(1.0, 2 * 3 * 4 * 5 + 1).view(2, 3, 4, 5)  # distinct, nonzero values
+    cl = x.contiguous(memory_format=torch.channels_last)
+    nhwc = x.permute(0, 2, 3, 1).contiguous()  # channels_last's memory as a plain tensor
+    assert not x.is_contiguous(memory_format=torch.channels_last) and cl.stride() != x.stride()
+
+    def drop(t, seed=7):
+        torch.manual_seed(seed)
+        return FastDropout(0.5).train()(t)
+
+    a, b, c = drop(x), drop(cl), drop(nhwc)
+    assert b.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(b, c.permute(0, 3, 1, 2))  # channels_last == its NHWC twin, permuted
+    # the same positions in memory are dropped in either layout
+    mem_a = (a != 0).reshape(-1)
+    mem_b = (b != 0).permute(0, 2, 3, 1).reshape(-1)
+    assert torch.equal(mem_a, mem_b)
+    assert 0 < int(mem_a.sum()) < x.numel()
+    for out in (a, b):  # survivors keep their own value, scaled by 1 / (1 - p)
+        kept = out != 0
+        assert torch.equal(out[kept], x[kept] * 2)
+    assert torch.equal(drop(x), a)  # seeded: the same seed, the same mask
+    assert not torch.equal(drop(x, seed=8), a)
 
 
 def test_swap_in_model():

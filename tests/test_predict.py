@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import cifarlab
@@ -69,6 +70,56 @@ def test_16bit_is_rescaled_not_clipped(odd_images):
 def test_rgba_composited_over_white(tmp_path):
     Image.new("RGBA", (32, 32), (0, 0, 0, 0)).save(tmp_path / "clear.png")
     assert load_image(tmp_path / "clear.png").min() == 255
+
+
+def _save_jpeg(arr: np.ndarray, path, orientation: int | None = None):
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation  # EXIF Orientation, as a phone camera writes it
+    Image.fromarray(arr).save(path, quality=95, exif=exif)
+    return path
+
+
+@pytest.mark.parametrize("orientation, turns", [(6, -1), (8, 1)])  # np.rot90 turns (+ = ccw)
+def test_exif_orientation_is_applied(tmp_path, checkpoint, orientation, turns):
+    """A photo stored sideways with an EXIF orientation (6: turn 90° clockwise to view, 8:
+    counter-clockwise) is classified upright: the same as the image rotated by hand."""
+    arr = _rgb(60, 40, seed=3)  # not square: the rotation also moves the crop
+    tagged = _save_jpeg(arr, tmp_path / "tagged.jpg", orientation)
+    plain = _save_jpeg(arr, tmp_path / "plain.jpg")
+    with Image.open(plain) as im:  # the pixels exactly as the JPEG decodes them
+        decoded = np.asarray(im.convert("RGB"))
+    Image.fromarray(np.ascontiguousarray(np.rot90(decoded, turns))).save(tmp_path / "hand.png")
+    x = load_image(tagged)
+    assert torch.equal(x, load_image(tmp_path / "hand.png"))
+    assert not torch.equal(x, load_image(plain))  # the tag did change the result
+    got, want = cifarlab.predict(checkpoint, [tagged, tmp_path / "hand.png"], top_k=10)
+    assert got["top"] == want["top"]
+
+
+@pytest.mark.parametrize("w, h", [(64, 40), (40, 64)])
+def test_non_square_image_is_centre_cropped(tmp_path, checkpoint, w, h):
+    """Only the centred square is classified: the same as that square cropped by hand, and
+    the strips beside it (pure red and blue here) leave no trace."""
+    s = min(w, h)
+    top, left = (h - s) // 2, (w - s) // 2
+    square = _rgb(s, s, seed=5)
+    arr = np.empty((h, w, 3), np.uint8)
+    arr[...] = (255, 0, 0)  # red before the square ...
+    if w > h:
+        arr[:, left + s:] = (0, 0, 255)  # ... blue after it
+    else:
+        arr[top + s:, :] = (0, 0, 255)
+    arr[top:top + s, left:left + s] = square
+    Image.fromarray(arr).save(tmp_path / "wide.png")
+    Image.fromarray(square).save(tmp_path / "square.png")
+    x = load_image(tmp_path / "wide.png")
+    assert torch.equal(x, load_image(tmp_path / "square.png"))
+    got, want = cifarlab.predict(checkpoint, [tmp_path / "wide.png", tmp_path / "square.png"],
+                                 top_k=10)
+    assert got["top"] == want["top"]
+    squeezed = np.asarray(Image.fromarray(arr).resize((32, 32), Image.Resampling.LANCZOS))
+    assert not torch.equal(x, torch.from_numpy(squeezed.copy()).permute(2, 0, 1))
 
 
 def test_predict_api(checkpoint, odd_images):

@@ -5,8 +5,12 @@ from cifarlab.recipe import DEFAULTS, RecipeError, list_recipes, parse_override,
 
 def test_default_resolves():
     cfg = resolve("default")
-    assert cfg["name"] == "default" and cfg["model"] == "seed001"
-    assert set(cfg) == set(DEFAULTS)
+    assert cfg["name"] == "default" and set(cfg) == set(DEFAULTS)
+    # the default is the fast-seed001 recipe as it is (issue 19): only its name differs
+    base = resolve("fast-seed001")
+    assert cfg["model"] == base["model"] == "fast-seed001"
+    assert {k: v for k, v in cfg.items() if k not in ("name", "description")} == {
+        k: v for k, v in base.items() if k not in ("name", "description")}
 
 
 def test_every_builtin_recipe_resolves():
@@ -63,10 +67,17 @@ def test_parse_override():
 
 
 def test_seed_recipes_build_and_pass_their_constraints():
-    from cifarlab.engine import build_model
+    from cifarlab.api import build
+    from cifarlab.models import create_model
 
     for name, _ in list_recipes():
-        build_model(resolve(name))
+        cfg = resolve(name)
+        built = build(cfg)  # raises when the model breaks the recipe's [constraints]
+        assert type(built.model) is type(create_model(cfg["model"], **cfg["model_args"])), name
+        assert built.facts["params"] == sum(p.numel() for p in built.model.parameters()), name
+        c = cfg["constraints"]
+        assert built.facts["params"] <= (c["max_params"] or float("inf")), name
+        assert built.facts["receptive_field"] >= c["min_receptive_field"], name
 
 
 def test_constraint_values_validated():
@@ -81,9 +92,9 @@ def test_train_refuses_broken_constraints(shared_cifar_dir, tmp_path):
     from cifarlab.errors import CifarlabError
 
     with pytest.raises(CifarlabError, match=r"forbid strided_conv: Conv2d-5 \(features.4\)"):
-        cifarlab.train("default", data_dir=shared_cifar_dir, runs_dir=tmp_path,
+        cifarlab.train("seed001-fast", data_dir=shared_cifar_dir, runs_dir=tmp_path,
                        **{"constraints.forbid": ["strided_conv"]})
     with pytest.raises(CifarlabError, match="max_params 50000: model has 92,394"):
-        cifarlab.train("default", data_dir=shared_cifar_dir, runs_dir=tmp_path,
+        cifarlab.train("seed001-fast", data_dir=shared_cifar_dir, runs_dir=tmp_path,
                        **{"constraints.max_params": 50000})
     assert not list(tmp_path.iterdir())  # refused before a run directory was made

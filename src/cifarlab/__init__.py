@@ -1,7 +1,15 @@
-"""cifarlab: design, train and compare CIFAR-10 CNNs fast on the machine you have."""
+"""cifarlab: design, train and compare CIFAR-10 CNNs fast on the machine you have.
 
-__version__ = "0.1.0"
+`import cifarlab` is light: the API functions (and torch) load on first use."""
 
-from .api import evaluate, load_data, predict, train  # noqa: E402
+from .version import __version__
 
 __all__ = ["train", "evaluate", "predict", "load_data", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in ("train", "evaluate", "predict", "load_data"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'cifarlab' has no attribute {name!r}")

@@ -29,8 +29,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .errors import CifarlabError
-
-RULES = ("depthwise_separable", "dilated", "gap", "maxpool", "avgpool", "strided_conv")
+from .rules import RULES
 
 # Layers that may sit between a depthwise conv and its pointwise 1x1 conv.
 _PASSTHROUGH = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.Dropout,
@@ -273,7 +272,9 @@ def trace(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 32)) -> T
     was_training = model.training
     model.eval()  # BatchNorm on one image (1x1 maps deep in a net) needs running stats
     try:
-        x = torch.randn((1, *input_size), device=dev, dtype=dtype)
+        # a private generator: tracing never moves the training run's random stream
+        gen = torch.Generator(device=dev).manual_seed(0)
+        x = torch.randn((1, *input_size), device=dev, dtype=dtype, generator=gen)
         tr.set(x, 1, 1)
         with torch.no_grad(), tr:
             out = model(x)
@@ -401,21 +402,33 @@ def _as_rules(rules: Any) -> tuple[str, ...]:
 
 
 def check_constraints(model: nn.Module, max_params: int | None = None,
-                      min_receptive_field: int | None = None, require=(), forbid=()) -> list[str]:
+                      min_receptive_field: int | None = None, require=(), forbid=(),
+                      max_macs: int | None = None) -> list[str]:
     """Violation messages (empty = all constraints hold).
 
-    Bounds are inclusive: `max_params` is the most parameters allowed (total count), and
-    `min_receptive_field` the smallest RF allowed. `require` / `forbid` take rule names from
-    RULES: depthwise_separable (a conv with groups == in_channels > 1 followed, directly or
-    after BN/activation/dropout, by a 1x1 conv), dilated (a conv with dilation > 1), gap
-    (global average pooling), maxpool, avgpool (average pooling that is not global),
-    strided_conv (a conv with stride > 1).
+    Bounds are inclusive: `max_params` is the most parameters allowed (total count),
+    `max_macs` the most multiply-accumulates per image, and `min_receptive_field` the smallest
+    RF allowed. `require` / `forbid` take rule names from RULES: depthwise_separable (a conv
+    with groups == in_channels > 1 followed, directly or after BN/activation/dropout, by a 1x1
+    conv), dilated (a conv with dilation > 1), gap (global average pooling), maxpool, avgpool
+    (average pooling that is not global), strided_conv (a conv with stride > 1).
     """
+    return assess(model, max_params=max_params, min_receptive_field=min_receptive_field,
+                  require=require, forbid=forbid, max_macs=max_macs)[1]
+
+
+def assess(model: nn.Module, max_params: int | None = None,
+           min_receptive_field: int | None = None, require=(), forbid=(),
+           max_macs: int | None = None) -> tuple[dict, list[str]]:
+    """`describe(model)` and `check_constraints(model, ...)` from one trace."""
     require, forbid = _as_rules(require), _as_rules(forbid)
     t = trace(model)
+    facts = _facts(t)
     out: list[str] = []
     if max_params is not None and t.total_params > max_params:
         out.append(f"max_params {max_params}: model has {t.total_params:,} parameters")
+    if max_macs is not None and facts["macs"] > max_macs:
+        out.append(f"max_macs {max_macs}: model has {facts['macs']:,} MACs")
     if min_receptive_field is not None and t.rf < min_receptive_field:
         out.append(f"min_receptive_field {min_receptive_field}: receptive field is {t.rf}")
     for rule in require:
@@ -433,7 +446,7 @@ def check_constraints(model: nn.Module, max_params: int | None = None,
             out.append(f"require {rule}: {_MISSING[rule]}")
     for rule in forbid:
         out.extend(f"forbid {rule}: {msg}" for _, msg in _offenders(t, rule))
-    return out
+    return facts, out
 
 
 def _fmt_shape(s: Any) -> str:
@@ -493,6 +506,9 @@ def format_rf_table(model: nn.Module) -> str:
 
 def describe(model: nn.Module) -> dict:
     """Params, MACs and receptive field from one trace."""
-    t = trace(model)
+    return _facts(trace(model))
+
+
+def _facts(t: Trace) -> dict:
     return {"params": t.total_params, "trainable_params": t.trainable_params,
             "macs": sum(e.macs for e in t.events), "receptive_field": t.rf}

@@ -1,4 +1,9 @@
-"""The Python API: everything the CLI does is one of these functions first."""
+"""The Python API: everything the CLI does is one of these functions first.
+
+`train` checks everything (recipe keys and cross-key rules, the model's constraints, device,
+processes, split sizes) before it creates a run directory, builds and traces the model once,
+and hands it to `engine.fit`.
+"""
 
 from __future__ import annotations
 
@@ -8,31 +13,35 @@ from pathlib import Path
 import torch
 
 from . import parallel as par
-from .data import CIFAR10, load_data
-from .engine import build_model, fit, resolve_device
+from .analysis import assess
+from .data import CIFAR10, channel_stats, load_data
+from .engine import Built, check_sizes, fit, fixed_test_inputs, resolve_device
 from .errors import CifarlabError
-from .evaluate import predict_logits, summarize
 from .images import ImageError, load_image
-from .models import create_model
-from .plots import plot_misclassified, plot_run
-from .recipe import resolve
+from .inference import infer, summarize
+from .models import REGISTRY, create_model
+from .recipe import expand_shortcuts, parse_override, resolve
 from .rundir import RunDir, load_checkpoint, read_json
 
-# Short keyword names for the overrides people use most (`train(epochs=3, lr=0.01)`).
-SHORTCUTS = {
-    "epochs": "train.epochs", "batch_size": "train.batch_size", "seed": "train.seed",
-    "precision": "train.precision", "target": "train.target", "grad_clip": "train.grad_clip",
-    "ema": "train.ema", "tta": "train.tta", "channels_last": "train.channels_last",
-    "lr": "optim.lr", "optimizer": "optim.name", "weight_decay": "optim.weight_decay",
-    "momentum": "optim.momentum", "label_smoothing": "loss.label_smoothing",
-    "loss": "loss.name", "schedule": "schedule.name",
-    "train_subset": "data.train_subset", "test_subset": "data.test_subset",
-    "procs": "train.processes",
-}
+__all__ = ["train", "evaluate", "predict", "load_data", "load_model", "build", "check_model",
+           "model_table", "augment_figure"]
 
 
-def _expand(overrides: dict) -> dict:
-    return {SHORTCUTS.get(k, k): v for k, v in overrides.items() if v is not None}
+def build(cfg: dict) -> Built:
+    """The recipe's model with its seed's initial weights, its facts from one trace, refused
+    (one line per broken rule) if it breaks the recipe's [constraints]."""
+    torch.manual_seed(cfg["train"]["seed"])
+    model = create_model(cfg["model"], **cfg["model_args"])
+    rng = torch.get_rng_state()
+    c = cfg["constraints"]
+    facts, broken = assess(model, max_params=c["max_params"] or None,
+                           max_macs=c["max_macs"] or None,
+                           min_receptive_field=c["min_receptive_field"] or None,
+                           require=c["require"], forbid=c["forbid"])
+    if broken:
+        raise CifarlabError(f"model '{cfg['model']}' breaks recipe '{cfg['name']}': "
+                            + "; ".join(broken))
+    return Built(model, facts, rng)
 
 
 def train(recipe: str | os.PathLike | dict = "default", *, data: CIFAR10 | None = None,
@@ -40,35 +49,36 @@ def train(recipe: str | os.PathLike | dict = "default", *, data: CIFAR10 | None 
           runs_dir: str | os.PathLike = "runs", name: str | None = None,
           resume: str | os.PathLike | None = None, progress: bool = True, log=print,
           max_seconds: float | None = None, plots: bool = True, device: str = "auto",
-          **overrides) -> dict:
+          epoch_callback=None, **overrides) -> dict:
     """Train a recipe (built-in name, TOML path or dict) and return its metrics + `run_dir`.
 
-    Overrides are keyword arguments: shortcuts (`epochs=3`, `lr=0.01`) or dotted keys passed
-    as a dict (`**{"augment.cutout": 8}`). With `resume=RUN_DIR` the run continues from its
-    `last.pt`, exactly as configured (no overrides). `plots` redraws runs/NAME/plots/ after
-    every epoch (curves, per-class accuracy, confusion matrix, misclassified images).
-    `device`: auto (a CUDA GPU if there is one), cpu, cuda or cuda:N; on a GPU, a recipe's
-    `train.processes` (a CPU speed-up) is ignored: one process trains the same batches.
+    Overrides are keyword arguments: shortcuts (`epochs=3`, `lr=0.01`, `val_split=5000`; see
+    recipe.SETTINGS) or dotted keys passed as a dict (`**{"augment.cutout": 8}`). With
+    `resume=RUN_DIR` the run continues from its `last.pt`, exactly as configured (no
+    overrides). `plots` redraws runs/NAME/plots/ after every epoch (curves, per-class accuracy,
+    confusion matrix, misclassified images). `device`: auto (a CUDA GPU if there is one), cpu,
+    cuda or cuda:N; on a GPU, a recipe's `train.processes` (a CPU speed-up) is ignored: one
+    process trains the same batches. `epoch_callback(row)`: see `engine.fit`.
     """
     if resume is not None:
         run = RunDir(resume)
         if not run.config.is_file():
             raise CifarlabError(f"{run.path}: not a run directory (no config.json)")
-        if _expand(overrides):
+        if expand_shortcuts(overrides):
             raise CifarlabError("--resume continues a run exactly as configured; "
                                 "no other options are allowed")
         cfg = resolve(read_json(run.config)["recipe"])
     else:
-        cfg = resolve(recipe, _expand(overrides))
-    build_model(cfg)  # unknown model, bad model_args, broken constraints: fail before data
+        cfg = resolve(recipe, overrides)
+    built = build(cfg)  # unknown model, bad model_args, broken constraints: fail before data
     processes = cfg["train"]["processes"]  # under torchrun, torchrun decides the processes
     dev = resolve_device(device)
     if dev.type == "cuda" and processes > 1:
         log(f"train.processes = {processes} is for CPU training: one process on {dev}")
         processes = 1
-    par.check_split(cfg["train"]["batch_size"], processes)  # before any run dir is made
     if data is None:
         data = load_data(data_dir, download=download)
+    check_sizes(cfg, data)
     par.from_environment()  # started by torchrun: join its process group
     rank, world = par.rank_world()
     if resume is None:
@@ -76,12 +86,16 @@ def train(recipe: str | os.PathLike | dict = "default", *, data: CIFAR10 | None 
         run = made if world == 1 else RunDir(par.broadcast_object(made and str(made.path)))
 
     def redraw(run: RunDir) -> None:  # plots never stop a training run
+        from .plots import plot_run
+
         try:
             plot_run(run.path)
         except Exception as e:
             log(f"warning: plots not updated ({e})")
 
     def finish(run: RunDir, images, labels, preds) -> None:
+        from .plots import plot_misclassified
+
         redraw(run)
         try:
             plot_misclassified(run.path, images, labels, preds, data.classes)
@@ -89,9 +103,10 @@ def train(recipe: str | os.PathLike | dict = "default", *, data: CIFAR10 | None 
             log(f"warning: misclassified-images plot not written ({e})")
 
     def run_fit() -> dict:
-        return fit(cfg, data, run, resume=resume is not None, progress=progress, log=log,
-                   max_seconds=max_seconds, device=str(dev), on_epoch=redraw if plots else None,
-                   on_end=finish if plots else None)
+        return fit(cfg, data, run, built, resume=resume is not None, progress=progress,
+                   log=log, max_seconds=max_seconds, device=str(dev),
+                   on_epoch=redraw if plots else None, on_end=finish if plots else None,
+                   epoch_callback=epoch_callback)
 
     local = processes > 1 and world == 1
     metrics = par.launch_local(processes, run_fit) if local else run_fit()
@@ -111,30 +126,43 @@ def _checkpoint_path(path: str | os.PathLike) -> Path:
 
 
 def load_model(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
-    """A model ready for inference from a checkpoint or run directory, and its metadata."""
-    st = load_checkpoint(_checkpoint_path(path))
+    """A model ready for inference from a checkpoint or run directory, and its metadata.
+    A checkpoint whose weights do not fit the network registered under its name today is
+    refused in one line naming the mismatch."""
+    ckpt = _checkpoint_path(path)
+    st = load_checkpoint(ckpt)
     meta = st["meta"]
-    model = create_model(meta["model"], **meta["model_args"])
-    model.load_state_dict(st["ema"] if st.get("ema") else st["model"])
+    name = meta.get("model")
+    if name not in REGISTRY:
+        raise CifarlabError(f"{ckpt}: model '{name}' is not a registered network "
+                            "(`cifarlab models` lists them)")
+    model = create_model(name, **meta.get("model_args", {}))
+    weights = st["ema"] if st.get("ema") else st["model"]
+    have = sum(p.numel() for p in model.parameters())
+    if meta.get("params") is not None and meta["params"] != have:
+        raise CifarlabError(f"{ckpt}: trained as '{name}' with {meta['params']:,} parameters; "
+                            f"'{name}' has {have:,} today (the network changed since)")
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        why = first[1].strip() if len(first) > 1 else first[0]
+        raise CifarlabError(f"{ckpt}: weights do not fit today's '{name}' network (the "
+                            f"network changed since it was trained): {why}") from None
     if meta.get("channels_last"):
         model = model.to(memory_format=torch.channels_last)
     return model.eval(), meta
 
 
-def _infer(model, meta, images: torch.Tensor, tta: bool | None = None) -> torch.Tensor:
-    return predict_logits(model, images, meta["mean"], meta["std"],
-                          precision=meta["precision"], channels_last=meta["channels_last"],
-                          tta=meta["tta"] if tta is None else tta,
-                          tta_shift=meta.get("tta_shift", 0))
-
-
 def evaluate(path: str | os.PathLike, *, data: CIFAR10 | None = None,
              data_dir: str | os.PathLike | None = None, tta: bool | None = None) -> dict:
-    """Test accuracy, per-class accuracy and confusion matrix of a checkpoint or run dir."""
+    """Test accuracy, per-class accuracy and confusion matrix of a checkpoint or run dir
+    (scored on the same input as the run: with augment.test, the test set augmented once)."""
     model, meta = load_model(path)
     if data is None:
         data = load_data(data_dir)
-    out = summarize(_infer(model, meta, data.test.images, tta), data.test.labels, meta["loss"])
+    images = fixed_test_inputs(data.test.images, meta)
+    out = summarize(infer(model, images, meta, tta=tta), data.test.labels, meta["loss"])
     out["classes"] = list(data.classes)
     return out
 
@@ -152,9 +180,60 @@ def predict(path: str | os.PathLike, images: list[str | os.PathLike], top_k: int
         except ImageError as e:
             results.append({"path": str(p), "error": str(e)})
     if loaded:
-        logits = _infer(model, meta, torch.stack(loaded))
+        logits = infer(model, torch.stack(loaded), meta)
         probs = logits.softmax(1) if meta["loss"] != "nll" else logits.exp()
         top_p, top_i = probs.topk(k, dim=1)
         for r, ps, ids in zip(rows, top_p.tolist(), top_i.tolist(), strict=True):
             results[r]["top"] = [(meta["classes"][i], p) for i, p in zip(ids, ps, strict=True)]
     return results
+
+
+def model_from_args(name: str, args: list[str] | None = None) -> torch.nn.Module:
+    """A registered model built from `KEY=VALUE` strings (the CLI's --arg)."""
+    return create_model(name, **dict(parse_override(s) for s in args or []))
+
+
+def check_model(model: str, args: list[str] | None = None, *, recipe: str | None = None,
+                max_params: int | None = None, max_macs: int | None = None,
+                min_receptive_field: int | None = None, require=(), forbid=(),
+                ) -> tuple[dict, list[str]]:
+    """(facts, broken rules) of a model against the given rules plus a recipe's."""
+    require, forbid = list(require), list(forbid)
+    if recipe:
+        c = resolve(recipe)["constraints"]
+        max_params = max_params or c["max_params"] or None
+        max_macs = max_macs or c["max_macs"] or None
+        min_receptive_field = min_receptive_field or c["min_receptive_field"] or None
+        require, forbid = require + c["require"], forbid + c["forbid"]
+    return assess(model_from_args(model, args), max_params=max_params, max_macs=max_macs,
+                  min_receptive_field=min_receptive_field, require=require, forbid=forbid)
+
+
+def model_table() -> list[dict]:
+    """Every registered model: name, params, MACs, RF, provenance."""
+    from .analysis import describe
+
+    return [{"name": name, **describe(create_model(name)), "provenance": info.provenance}
+            for name, info in sorted(REGISTRY.items())]
+
+
+def augment_figure(recipe: str, out_dir: str | os.PathLike, *,
+                   data_dir: str | os.PathLike | None = None, download: bool = False) -> Path:
+    """A figure of six training images beside versions augmented by the recipe."""
+    from .augment import Pipeline
+    from .engine import splits
+    from .plots import plot_augmentations
+
+    cfg = resolve(recipe)  # validated before the data is read
+    d = load_data(data_dir, download=download)
+    train = splits(cfg, d)[0]
+    mean, std = channel_stats(train.images)  # as the engine computes them
+    pipeline = Pipeline(cfg["augment"], mean, std)
+    # the first image of each of the first six classes present
+    idx = [int(torch.nonzero(train.labels == c)[0]) for c in range(len(d.classes))
+           if bool((train.labels == c).any())][:6]
+    out = Path(out_dir) / f"augment-{Path(cfg['name']).name}.png"
+    return plot_augmentations(train.images[idx], pipeline, mean, std, out,
+                              n_images=len(idx), labels=train.labels[idx], classes=d.classes,
+                              seed=cfg["train"]["seed"],
+                              title=f"Augmentation of recipe '{cfg['name']}'")

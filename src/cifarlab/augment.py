@@ -7,13 +7,16 @@ albumentations pipeline runs per image, as seed 001 did, and exists to reproduce
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .errors import CifarlabError
+from .recipe import AugmentConfig, check_augment
+
+__all__ = ["AugmentConfig", "Pipeline", "normalize"]
 
 
 def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -113,34 +116,13 @@ def color_jitter(x: torch.Tensor, gen: torch.Generator, brightness: float = 0.0,
     return x
 
 
-@dataclass
-class AugmentConfig:
-    backend: str = "tensor"  # tensor | albumentations | none
-    crop_pad: int = 4
-    crop_mode: str = "reflect"
-    flip: bool = True
-    flip_p: float = 0.5
-    flip_mode: str = "random"  # random | alternate (each image flipped every other epoch)
-    vflip_p: float = 0.0
-    rotate: float = 0.0
-    cutout: int = 0
-    brightness: float = 0.0
-    contrast: float = 0.0
-    saturation: float = 0.0
-    hue: float = 0.0
-    # albumentations backend (seed 001): ShiftScaleRotate and CoarseDropout settings
-    shift_limit: float = 0.0625
-    scale_limit: float = 0.1
-    rotate_limit: float = 45.0
-    border: str = "constant"  # constant (dataset mean) | reflect (BORDER_REFLECT_101)
-    coarse_dropout: int = 16
-    test: bool = False  # also apply the pipeline to the test set (seed 003's tutorial did)
-
-
 class Pipeline:
     """Callable: (uint8 batch, generator) -> normalised float32 batch."""
 
-    def __init__(self, cfg: AugmentConfig, mean: list[float], std: list[float]):
+    def __init__(self, cfg: AugmentConfig | dict, mean: list[float], std: list[float]):
+        """`cfg`: an AugmentConfig or a recipe's [augment] section."""
+        if isinstance(cfg, dict):
+            cfg = AugmentConfig(**cfg)
         self.cfg = cfg
         self.mean = torch.tensor(mean, dtype=torch.float32)
         self.std = torch.tensor(std, dtype=torch.float32)
@@ -148,9 +130,7 @@ class Pipeline:
             self._albu = _albumentations_pipeline(cfg, mean)
         elif cfg.backend not in ("tensor", "none"):
             raise CifarlabError(f"augment.backend: unknown backend '{cfg.backend}'")
-        if cfg.flip_mode == "alternate" and cfg.backend != "tensor":
-            raise CifarlabError("augment.flip_mode = 'alternate' needs augment.backend = "
-                                "'tensor'")
+        check_augment(dataclasses.asdict(cfg))
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator,
                  flip: torch.Tensor | None = None) -> torch.Tensor:

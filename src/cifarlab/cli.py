@@ -1,4 +1,9 @@
-"""`cifarlab` command line: argument parsing only; the work is done by the API modules."""
+"""`cifarlab` command line: argument parsing and printing only; the work is done by api.py.
+
+The `train` flags come from recipe.SETTINGS (each recipe key declared once). Heavy modules
+(torch, matplotlib) are imported inside the command that needs them, so `cifarlab --help`
+and `cifarlab recipes` start at once.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,21 @@ import os
 import sys
 
 from .errors import CifarlabError
+from .recipe import SETTINGS
+from .version import __version__
 
 EXIT_USER_ERROR = 2
+
+GETTING_STARTED = """\
+cifarlab: design, train and compare CIFAR-10 CNNs on the machine you have.
+
+Start here:
+  cifarlab recipes                      the built-in recipes (seed experiments, fast nets)
+  cifarlab train --recipe default       train one (a few minutes on a CPU) into runs/default
+  cifarlab report runs/default          an HTML page of a run (or several, side by side)
+
+More: cifarlab --help, cifarlab COMMAND --help.
+"""
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -18,12 +36,25 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                    help="fetch the official archive if the data is not found")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+def _recipe_flags(t: argparse.ArgumentParser) -> None:
+    """One flag per recipe setting that has one (recipe.SETTINGS), stored under its key."""
+    for s in SETTINGS:
+        if not s.flag:
+            continue
+        if s.const is not None:
+            t.add_argument(s.flag, action="store_const", const=s.const, dest=s.key,
+                           help=s.help)
+            continue
+        kind = type(s.default)
+        t.add_argument(s.flag, dest=s.key, type=kind if kind in (int, float) else str,
+                       metavar=s.flag.lstrip("-").upper().replace("-", "_"),
+                       help=s.help + (f" ({' | '.join(s.choices)})" if s.choices else ""))
 
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="cifarlab", description=__doc__.split(":")[0])
     ap.add_argument("--version", action="version", version=f"cifarlab {__version__}")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a recipe into a run directory")
     t.add_argument("--recipe", default="default", help="built-in recipe name or a .toml path")
@@ -31,27 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--runs-dir", default="runs", help="where run directories go (default runs)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last.pt")
     _add_data_args(t)
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--lr", type=float, help="(max) learning rate")
-    t.add_argument("--optimizer", help="sgd | adam | adamw")
-    t.add_argument("--weight-decay", type=float)
-    t.add_argument("--schedule", help="onecycle | step | cosine | constant")
-    t.add_argument("--seed", type=int)
-    t.add_argument("--target", type=float, help="stop when test accuracy reaches this fraction")
-    t.add_argument("--fp32", action="store_const", const="fp32", dest="precision",
-                   help="train in float32 instead of bf16 autocast")
-    t.add_argument("--train-subset", type=int, help="use N training images (0 = all)")
-    t.add_argument("--test-subset", type=int, help="use N test images (0 = all)")
+    _recipe_flags(t)
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any recipe key, e.g. --set augment.cutout=8 (repeatable)")
     t.add_argument("--max-minutes", type=float, help="stop (resumably) after this much "
                    "training time; --resume continues later")
-    t.add_argument("--procs", type=int, metavar="N",
-                   help="train data-parallel in N processes on this machine (train.processes)")
     t.add_argument("--device", default="auto",
                    help="auto (a CUDA GPU if torch sees one, else the CPU) | cpu | cuda | cuda:N")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (redirected output never has one: a line per epoch)")
     t.add_argument("--no-plots", action="store_true",
                    help="do not draw plots/ during training (`cifarlab plot RUN` makes them later)")
 
@@ -100,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE")
     ck.add_argument("--recipe", help="also apply this recipe's [constraints]")
     ck.add_argument("--max-params", type=int)
+    ck.add_argument("--max-macs", type=int)
     ck.add_argument("--min-rf", type=int, help="smallest receptive field allowed")
     ck.add_argument("--require", action="append", default=[], metavar="RULE",
                     help="depthwise_separable | dilated | gap | maxpool | avgpool | "
@@ -113,25 +133,38 @@ def cmd_train(a: argparse.Namespace) -> int:
     from .recipe import parse_override
 
     overrides = dict(parse_override(s) for s in a.set)
-    for key in ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "seed",
-                "target", "precision", "train_subset", "test_subset", "procs"):
-        if getattr(a, key) is not None:
-            overrides[key] = getattr(a, key)
+    overrides |= {s.key: getattr(a, s.key) for s in SETTINGS
+                  if s.flag and getattr(a, s.key) is not None}
     if a.max_minutes is not None and a.max_minutes <= 0:
         raise CifarlabError("--max-minutes must be positive")
     m = train(a.recipe, data_dir=a.data_dir, download=a.download, runs_dir=a.runs_dir,
               name=a.name, resume=a.resume, progress=not a.no_progress, plots=not a.no_plots,
               device=a.device,
               max_seconds=None if a.max_minutes is None else a.max_minutes * 60, **overrides)
-    if "test_acc" not in m:  # a torchrun rank other than 0: rank 0 reports
+    if "epochs" not in m:  # a torchrun rank other than 0: rank 0 reports
         return 0
-    if m["epochs"] < m["epochs_planned"] and not m["target_epoch"]:
-        print(f"stopped after {m['epochs']}/{m['epochs_planned']} epochs; "
-              f"continue with: cifarlab train --resume {m['run_dir']}")
-    print(f"final test accuracy {m['test_acc']:.4f} (best {m['best_test_acc']:.4f} at epoch "
-          f"{m['best_epoch']}), {m['epochs']} epochs in {m['train_seconds']:.0f}s, "
-          f"{m['images_per_second']:.0f} img/s -> {m['run_dir']}")
+    print(final_line(m))
     return 0
+
+
+def final_line(m: dict) -> str:
+    """The last line of `cifarlab train`: the final figures, each named by its split."""
+    parts = []
+    if m.get("val_acc") is not None:
+        parts.append(f"validation accuracy {m['val_acc']:.4f}")
+    if m.get("test_acc") is not None:
+        parts.append(f"final test accuracy {m['test_acc']:.4f}")
+    if m["selection"] == "validation":
+        parts.append(f"best validation {m['best_val_acc']:.4f} at epoch {m['best_epoch']}")
+    elif m["selection"] == "test":
+        parts.append(f"best test {m['best_test_acc']:.4f} at epoch {m['best_epoch']}, "
+                     "chosen on the test set")
+    line = (", ".join(parts) + f"; {m['epochs']} epochs in {m['train_seconds']:.0f}s, "
+            f"{m['images_per_second']:.0f} img/s -> {m['run_dir']}")
+    if m["stopped_by"] == "time":
+        line = (f"stopped after {m['epochs']}/{m['epochs_planned']} epochs (time budget); "
+                f"continue with: cifarlab train --resume {m['run_dir']}\n" + line)
+    return line
 
 
 def print_class_table(classes, per_class, confusion) -> None:
@@ -170,12 +203,25 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
 
 def cmd_data(a: argparse.Namespace) -> int:
+    if a.data_command == "show":
+        from pathlib import Path
+
+        from .data import load_data
+        from .plots import plot_class_distribution, plot_samples
+
+        d = load_data(a.data_dir, download=a.download)
+        out = Path(a.out)
+        print(plot_samples(d.train, d.classes, out / "samples.png"))
+        print(plot_class_distribution(d.train.labels, d.test.labels, d.classes,
+                                      out / "class_distribution.png"))
+        return 0
+    if a.data_command == "augment":
+        from .api import augment_figure
+
+        print(augment_figure(a.recipe, a.out, data_dir=a.data_dir, download=a.download))
+        return 0
     from .data import channel_stats, class_counts, load_data
 
-    if a.data_command == "show":
-        return cmd_data_show(a)
-    if a.data_command == "augment":
-        return cmd_data_augment(a)
     d = load_data(a.data_dir, download=a.download)
     mean, std = channel_stats(d.train.images)
     print(f"data: {d.root}")
@@ -187,46 +233,6 @@ def cmd_data(a: argparse.Namespace) -> int:
     for i, (c, tr, te) in enumerate(zip(d.classes, class_counts(d.train.labels),
                                         class_counts(d.test.labels), strict=True)):
         print(f"Class {i} ({c:<{w}}) {tr:6d} {te:6d}")
-    return 0
-
-
-def cmd_data_show(a: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .data import load_data
-    from .plots import plot_class_distribution, plot_samples
-
-    d = load_data(a.data_dir, download=a.download)
-    out = Path(a.out)
-    print(plot_samples(d.train, d.classes, out / "samples.png"))
-    print(plot_class_distribution(d.train.labels, d.test.labels, d.classes,
-                                  out / "class_distribution.png"))
-    return 0
-
-
-def cmd_data_augment(a: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    import torch
-
-    from .augment import AugmentConfig, Pipeline
-    from .data import channel_stats, load_data
-    from .plots import plot_augmentations
-    from .recipe import resolve
-
-    cfg = resolve(a.recipe)  # validated before the data is read
-    d = load_data(a.data_dir, download=a.download)
-    train = d.train.subset(cfg["data"]["train_subset"], seed=cfg["train"]["seed"])
-    mean, std = channel_stats(train.images)  # as the engine computes them
-    pipeline = Pipeline(AugmentConfig(**cfg["augment"]), mean, std)
-    # the first image of each of the first six classes present
-    idx = [int(torch.nonzero(train.labels == c)[0]) for c in range(len(d.classes))
-           if bool((train.labels == c).any())][:6]
-    out = Path(a.out) / f"augment-{Path(cfg['name']).name}.png"
-    print(plot_augmentations(train.images[idx], pipeline, mean, std, out,
-                             n_images=len(idx), labels=train.labels[idx], classes=d.classes,
-                             seed=cfg["train"]["seed"],
-                             title=f"Augmentation of recipe '{cfg['name']}'"))
     return 0
 
 
@@ -258,28 +264,20 @@ def cmd_recipes(a: argparse.Namespace) -> int:
 
 
 def cmd_models(a: argparse.Namespace) -> int:
-    from .analysis import describe
-    from .models import REGISTRY, create_model
+    from .api import model_table
 
     print(f"{'model':<16} {'params':>10} {'MACs':>13} {'RF':>4}  provenance")
-    for name, info in sorted(REGISTRY.items()):
-        f = describe(create_model(name))
-        print(f"{name:<16} {f['params']:>10,} {f['macs']:>13,} {f['receptive_field']:>4}  "
-              f"{info.provenance}")
+    for m in model_table():
+        print(f"{m['name']:<16} {m['params']:>10,} {m['macs']:>13,} "
+              f"{m['receptive_field']:>4}  {m['provenance']}")
     return 0
-
-
-def _model_from_args(a: argparse.Namespace):
-    from .models import create_model
-    from .recipe import parse_override
-
-    return create_model(a.model, **dict(parse_override(s) for s in a.arg))
 
 
 def cmd_summary(a: argparse.Namespace) -> int:
     from .analysis import format_rf_table, format_summary
+    from .api import model_from_args
 
-    model = _model_from_args(a)
+    model = model_from_args(a.model, a.arg)
     print(format_summary(model))
     print()
     print("Receptive field per layer (32x32 input):")
@@ -288,19 +286,11 @@ def cmd_summary(a: argparse.Namespace) -> int:
 
 
 def cmd_check(a: argparse.Namespace) -> int:
-    from .analysis import check_constraints, describe
-    from .recipe import resolve
+    from .api import check_model
 
-    rules = {"max_params": a.max_params, "min_receptive_field": a.min_rf,
-             "require": a.require, "forbid": a.forbid}
-    if a.recipe:
-        c = resolve(a.recipe)["constraints"]
-        rules = {"max_params": a.max_params or c["max_params"] or None,
-                 "min_receptive_field": a.min_rf or c["min_receptive_field"] or None,
-                 "require": a.require + c["require"], "forbid": a.forbid + c["forbid"]}
-    model = _model_from_args(a)
-    broken = check_constraints(model, **rules)
-    f = describe(model)
+    f, broken = check_model(a.model, a.arg, recipe=a.recipe, max_params=a.max_params,
+                            max_macs=a.max_macs, min_receptive_field=a.min_rf,
+                            require=a.require, forbid=a.forbid)
     print(f"{a.model}: {f['params']:,} params, {f['macs']:,} MACs, "
           f"receptive field {f['receptive_field']}")
     for msg in broken:
@@ -317,6 +307,9 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "data"
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command is None:  # `cifarlab` alone: how to begin
+        print(GETTING_STARTED, end="")
+        return 0
     try:
         return COMMANDS[args.command](args)
     except CifarlabError as e:

@@ -277,6 +277,30 @@ class Split:
         idx = torch.randperm(len(self), generator=g)[:n]
         return Split(self.images[idx].contiguous(), self.labels[idx].contiguous())
 
+    def hold_out(self, n: int, seed: int = 0) -> tuple[Split, Split]:
+        """(rest, held): n images held out, stratified by class (each class gives its share,
+        rounded, the largest remainders first), chosen by `seed` alone: the same images on
+        every machine and in every process. Both keep the original order."""
+        if n <= 0:
+            return self, Split(self.images[:0], self.labels[:0])
+        if n >= len(self):
+            raise DataError(f"data.val_split {n} leaves no training images "
+                            f"(the training set has {len(self)})")
+        counts = torch.bincount(self.labels)
+        exact = counts.double() * n / len(self)
+        share = exact.floor().long()
+        extra = n - int(share.sum())
+        share[torch.argsort(exact - share, descending=True, stable=True)[:extra]] += 1
+        g = torch.Generator().manual_seed(seed)
+        held = []
+        for c in range(len(counts)):
+            idx = torch.nonzero(self.labels == c).flatten()
+            held.append(idx[torch.randperm(len(idx), generator=g)[:int(share[c])]])
+        mask = torch.zeros(len(self), dtype=torch.bool)
+        mask[torch.cat(held)] = True
+        return (Split(self.images[~mask].contiguous(), self.labels[~mask].contiguous()),
+                Split(self.images[mask].contiguous(), self.labels[mask].contiguous()))
+
 
 @dataclass
 class CIFAR10:

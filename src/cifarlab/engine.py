@@ -1,9 +1,20 @@
-"""One training loop: a function of (recipe, data, run directory) with no global state.
+"""The training loop: `fit(cfg, data, run, built)` trains a resolved recipe into a run directory.
+
+It reads top to bottom as: `prepare` (splits, statistics, augmentation, evaluation inputs),
+`TrainState.start` (model on its device, optimizer, schedule, EMA / lookahead, random
+streams; or all of them from a checkpoint), then for each epoch `train_epoch`, `evaluate`,
+record (history, legs, checkpoints), decide whether to stop; then `finish` (metrics.json).
 
 The training set stays in memory as uint8; each step slices a batch by index, augments it on
 tensors (on the CPU, so a run draws the same augmentations on any device), and runs the model
 in bf16 autocast with channels_last (both measured faster on CPU; `train.precision = "fp32"`
 and `train.channels_last = false` turn them off) on the CPU or a CUDA GPU (`device`).
+
+Choices (best.pt, `train.target`, `train.patience`, a caller's `epoch_callback`) are made on
+the validation split when the recipe has one (`data.val_split`); the test set is then read once,
+at the end (`train.test_eval`). Without a split the test set is evaluated every epoch as the
+seeds did, and whatever is chosen on it is labelled so in metrics.json.
+Several processes (train.processes, torchrun) are hidden behind `parallel.Team`.
 """
 
 from __future__ import annotations
@@ -14,21 +25,25 @@ import platform
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import __version__
 from . import parallel as par
-from .analysis import check_constraints, describe
-from .augment import AugmentConfig, Pipeline, normalize
-from .data import CIFAR10, channel_stats
+from .augment import Pipeline, normalize
+from .data import CIFAR10, Split, channel_stats
 from .errors import CifarlabError
-from .evaluate import autocast, predict_logits, summarize
+from .inference import autocast, infer, summarize
 from .layers import use_fast_dropout
-from .models import create_model
+from .muon import Muon, muon_param_groups
+from .provenance import command, commit, machine, now
 from .rundir import RunDir, load_checkpoint, save_checkpoint, write_json
+from .version import __version__
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks: optimizer, schedule, loss, EMA, lookahead, device
 
 
 def param_groups(cfg: dict, model: torch.nn.Module) -> list[dict]:
@@ -46,7 +61,15 @@ def param_groups(cfg: dict, model: torch.nn.Module) -> list[dict]:
 
 
 def build_optimizer(cfg: dict, model: torch.nn.Module) -> torch.optim.Optimizer:
-    o, params = cfg["optim"], param_groups(cfg, model)
+    o = cfg["optim"]
+    if o["name"] == "muon":
+        return Muon(muon_param_groups(
+            model, lr=o["lr"], muon_lr=o["muon_lr"], momentum=o["momentum"],
+            weight_decay=o["weight_decay"], nesterov=o["nesterov"],
+            muon_momentum=o["muon_momentum"] or None, muon_weight_decay=o["muon_weight_decay"],
+            ns_steps=o["ns_steps"], normalize=o["muon_normalize"],
+            norm_bias_lr_scale=o["norm_bias_lr_scale"]))
+    params = param_groups(cfg, model)
     if o["name"] == "sgd":
         return torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"],
                                nesterov=o["nesterov"] and o["momentum"] > 0,
@@ -129,19 +152,6 @@ class Lookahead:
                 v.copy_(self.slow[k])
 
 
-def build_model(cfg: dict) -> tuple[torch.nn.Module, dict]:
-    """The recipe's model and its facts; refuses one that breaks the recipe's constraints."""
-    model = create_model(cfg["model"], **cfg["model_args"])
-    c = cfg["constraints"]
-    broken = check_constraints(model, max_params=c["max_params"] or None,
-                               min_receptive_field=c["min_receptive_field"] or None,
-                               require=c["require"], forbid=c["forbid"])
-    if broken:
-        raise CifarlabError(f"model '{cfg['model']}' breaks recipe '{cfg['name']}': "
-                            + "; ".join(broken))
-    return model, describe(model)
-
-
 def resolve_device(name: str = "auto") -> torch.device:
     """'auto' (a CUDA GPU when torch sees one, else the CPU), 'cpu', 'cuda' or 'cuda:N'."""
     if name == "auto":
@@ -177,249 +187,497 @@ def environment(dev: torch.device) -> dict:
     }
 
 
-def model_meta(cfg: dict, classes, mean, std) -> dict:
+# ---------------------------------------------------------------------------------------------
+# What a run holds fixed (Setup) and what it changes (TrainState)
+
+
+@dataclass
+class Built:
+    """The recipe's model, built once per run (api.build), its facts and the torch random
+    state right after its weights were drawn (training continues that stream)."""
+    model: torch.nn.Module
+    facts: dict
+    rng: torch.Tensor
+
+
+def check_sizes(cfg: dict, data: CIFAR10) -> None:
+    """The split sizes fit this data set (checked before a run directory is made)."""
+    n, v = len(data.train), cfg["data"]["val_split"]
+    if v and n - v < 2:
+        raise CifarlabError(f"data.val_split {v} leaves fewer than 2 training images "
+                            f"(the training set has {n:,})")
+
+
+def splits(cfg: dict, data: CIFAR10) -> tuple[Split, Split | None, Split]:
+    """(train, validation or None, test): the validation images are held out of the full
+    training set first (the same ones whatever the subset), then the subsets are drawn."""
+    d, seed = cfg["data"], cfg["train"]["seed"]
+    pool, val = data.train.hold_out(d["val_split"], seed=d["val_seed"])
+    train = pool.subset(d["train_subset"], seed=seed)
+    if len(train) < 2:
+        raise CifarlabError("training set has fewer than 2 images")
+    return train, (val if d["val_split"] else None), data.test.subset(d["test_subset"],
+                                                                         seed=seed)
+
+
+def test_mode(cfg: dict) -> str:
+    """When the test set is read: every (evaluation), final (once) or never."""
+    mode = cfg["train"]["test_eval"]
+    if mode == "auto":
+        return "final" if cfg["data"]["val_split"] else "every"
+    return mode
+
+
+def model_meta(cfg: dict, classes, mean, std, params: int) -> dict:
     """What inference needs, stored in every checkpoint (plain types: weights_only-safe)."""
     return {
-        "model": cfg["model"], "model_args": dict(cfg["model_args"]),
+        "model": cfg["model"], "model_args": dict(cfg["model_args"]), "params": params,
         "classes": list(classes), "mean": list(mean), "std": list(std),
         "loss": cfg["loss"]["name"], "precision": cfg["train"]["precision"],
         "channels_last": cfg["train"]["channels_last"], "tta": cfg["train"]["tta"],
         "tta_shift": cfg["train"]["tta_shift"],
+        # seed 003 scored a test set augmented once; eval must score the same input
+        "test_augment": dict(cfg["augment"]) if cfg["augment"]["test"] else None,
+        "seed": cfg["train"]["seed"],
         "recipe": cfg["name"],
     }
 
 
-def fit(cfg: dict, data: CIFAR10, run: RunDir, *, resume: bool = False,
+def fixed_test_inputs(images: torch.Tensor, meta: dict) -> torch.Tensor:
+    """The test images as the run scored them: one fixed random transform with augment.test."""
+    if not meta.get("test_augment"):
+        return images
+    pipeline = Pipeline(meta["test_augment"], meta["mean"], meta["std"])
+    return pipeline(images, torch.Generator().manual_seed(meta["seed"] + 1))
+
+
+@dataclass
+class Setup:
+    """Everything fixed for the whole run."""
+    cfg: dict
+    dev: torch.device
+    team: par.Team
+    train: Split
+    val: Split | None
+    test: Split
+    test_inputs: torch.Tensor
+    mean: list[float]
+    std: list[float]
+    pipeline: Pipeline
+    steps: int  # optimizer steps per epoch
+    facts: dict
+    meta: dict
+    test_mode: str
+    flip_bits: torch.Tensor | None  # augment.flip_mode = alternate: each image's first flip
+
+
+def prepare(cfg: dict, data: CIFAR10, dev: torch.device, team: par.Team, facts: dict) -> Setup:
+    t = cfg["train"]
+    train, val, test = splits(cfg, data)
+    mean, std = channel_stats(train.images)
+    pipeline = Pipeline(cfg["augment"], mean, std)
+    meta = model_meta(cfg, data.classes, mean, std, facts["params"])
+    flip_bits = None
+    if cfg["augment"]["flip_mode"] == "alternate":
+        flip_bits = torch.rand(len(train), generator=torch.Generator().manual_seed(
+            t["seed"] + 2)) < 0.5
+    return Setup(cfg=cfg, dev=dev, team=team, train=train, val=val, test=test,
+                 test_inputs=fixed_test_inputs(test.images, meta), mean=mean, std=std,
+                 pipeline=pipeline, steps=max(1, len(train) // t["batch_size"]), facts=facts,
+                 meta=meta, test_mode=test_mode(cfg), flip_bits=flip_bits)
+
+
+@dataclass
+class TrainState:
+    """What an epoch changes; `to_checkpoint` / `load` are the checkpoint's one format."""
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    ema: EMA | None
+    lookahead: Lookahead | None
+    gen: torch.Generator  # batch order and augmentation draws
+    history: list[dict] = field(default_factory=list)
+    epoch: int = 0
+    best_acc: float = -1.0  # on the selection split (validation, else test)
+    best_epoch: int = 0
+    target_epoch: int | None = None
+    stale: int = 0  # evaluations since the best one (train.patience)
+    stopped_by: str | None = None  # target | patience | callback: the run is over
+    train_seconds: float = 0.0
+    img_seconds: float = 0.0  # time spent in training steps only (images/s)
+    images_seen: int = 0
+
+    @staticmethod
+    def start(s: Setup, built: Built, resume_from: dict | None) -> TrainState:
+        cfg, t = s.cfg, s.cfg["train"]
+        torch.manual_seed(t["seed"])  # (CUDA's stream; the CPU's continues from the build)
+        torch.set_rng_state(built.rng)
+        gen = torch.Generator().manual_seed(t["seed"])
+        model = built.model
+        init = getattr(model, "init_from_data", None)  # e.g. whitening filters (models/fast.py)
+        if init is not None and resume_from is None:
+            init(normalize(s.train.images[:5000], torch.tensor(s.mean), torch.tensor(s.std)))
+        if t["fast_dropout"]:
+            use_fast_dropout(model)
+        model = model.to(s.dev)
+        if t["channels_last"]:
+            model = model.to(memory_format=torch.channels_last)
+        opt = build_optimizer(cfg, model)
+        state = TrainState(
+            model=model, opt=opt, sched=build_scheduler(cfg, opt, s.steps),
+            ema=EMA(model, t["ema"]) if t["ema"] > 0 else None,
+            lookahead=(Lookahead(model, t["lookahead"], t["lookahead_every"],
+                                 t["epochs"] * s.steps) if t["lookahead"] > 0 else None),
+            gen=gen)
+        if resume_from is not None:
+            state.load(resume_from, s.dev)
+        return state
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        return self.ema.model if self.ema is not None else self.model
+
+    def to_checkpoint(self, meta: dict, dev: torch.device) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "ema": self.ema.model.state_dict() if self.ema else None,
+            "lookahead": self.lookahead.slow if self.lookahead else None,
+            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "gen": self.gen.get_state(),
+                    "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None},
+            "epoch": self.epoch, "best_acc": self.best_acc, "best_epoch": self.best_epoch,
+            "target_epoch": self.target_epoch, "stale": self.stale,
+            "stopped_by": self.stopped_by,
+            "train_seconds": self.train_seconds, "img_seconds": self.img_seconds,
+            "images_seen": self.images_seen, "history": self.history, "meta": meta,
+        }
+
+    def load(self, st: dict, dev: torch.device) -> None:
+        self.model.load_state_dict(st["model"])
+        self.opt.load_state_dict(st["optimizer"])
+        self.sched.load_state_dict(st["scheduler"])
+        if self.ema is not None and st.get("ema") is not None:
+            self.ema.model.load_state_dict(st["ema"])
+        if self.lookahead is not None and st.get("lookahead") is not None:
+            self.lookahead.slow = {k: v.to(dev) for k, v in st["lookahead"].items()}
+        torch.set_rng_state(st["rng"]["torch"])
+        if dev.type == "cuda" and st["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(st["rng"]["cuda"], dev)
+        self.gen.set_state(st["rng"]["gen"])
+        self.history = st["history"]
+        self.epoch, self.best_acc, self.best_epoch = st["epoch"], st["best_acc"], st["best_epoch"]
+        self.target_epoch, self.stale = st.get("target_epoch"), st.get("stale", 0)
+        # checkpoints from before stopped_by existed: a reached target ended the run
+        self.stopped_by = st.get("stopped_by", "target" if self.target_epoch else None)
+        self.train_seconds = st["train_seconds"]
+        self.img_seconds, self.images_seen = st["img_seconds"], st["images_seen"]
+
+
+# ---------------------------------------------------------------------------------------------
+# One epoch
+
+
+class Progress:
+    """On a terminal: a progress bar with its ETA. Otherwise (a log file, CI): a line at most
+    every `every` seconds within a long epoch, and nothing else; the epoch line is the loop's."""
+
+    def __init__(self, enabled: bool, total: int, desc: str, log: Callable[[str], None],
+                 every: float = 30.0):
+        self.tty = enabled and sys.stderr.isatty() and sys.stdout.isatty()
+        self.enabled, self.total, self.desc, self.log, self.every = enabled, total, desc, log, every
+        self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True,
+                        file=sys.stderr) if self.tty else None
+        self.last = time.perf_counter()
+
+    def update(self, step: int, loss_sum: torch.Tensor, correct: torch.Tensor,
+               seen: int) -> None:
+        """After `step` (from 0); the running sums are read (a host sync) only when shown."""
+        def stats() -> str:
+            return f"loss {loss_sum.item() / seen:.4f} acc {correct.item() / seen:.4f}"
+
+        if self.bar is not None:
+            self.bar.update(1)
+            if step % 10 == 0 or step == self.total - 1:
+                self.bar.set_postfix_str(stats())
+        elif self.enabled and time.perf_counter() - self.last >= self.every:
+            self.last = time.perf_counter()
+            self.log(f"{self.desc}: step {step + 1}/{self.total}  {stats()}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def train_epoch(s: Setup, st: TrainState, model: torch.nn.Module, epoch: int,
+                progress: Progress) -> tuple[float, int, int, float]:
+    """One pass over the training set: (loss sum, correct, images, seconds) of all ranks."""
+    t = s.cfg["train"]
+    bs, dev, cl = t["batch_size"], s.dev, t["channels_last"]
+    criterion = loss_fn(s.cfg)
+    clip = (torch.nn.utils.clip_grad_norm_ if t["grad_clip_mode"] == "norm"
+            else torch.nn.utils.clip_grad_value_)
+    t0 = time.perf_counter()
+    model.train()
+    perm = torch.randperm(len(s.train), generator=st.gen)  # the same on every rank
+    aug_gen = s.team.epoch_generator(t["seed"], epoch, st.gen)
+    # summed on the device: no host sync per step
+    loss_acc, correct_acc, seen = torch.zeros((), device=dev), torch.zeros((), device=dev), 0
+    for step in range(s.steps):
+        idx = s.team.share(perm[step * bs:(step + 1) * bs])
+        flip = None if s.flip_bits is None else s.flip_bits[idx] ^ bool(epoch % 2)
+        x = s.pipeline(s.train.images[idx], aug_gen, flip).to(dev, non_blocking=True)
+        y = s.train.labels[idx].to(dev, non_blocking=True)
+        if cl:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(t["precision"], dev.type):
+            out = model(x)
+            loss = criterion(out.float(), y)
+        st.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if t["grad_clip"] > 0:
+            clip(st.model.parameters(), t["grad_clip"])
+        st.opt.step()
+        st.sched.step()
+        if st.lookahead is not None:
+            st.lookahead.step(st.model, (epoch - 1) * s.steps + step + 1)
+        if st.ema is not None:
+            st.ema.update(st.model)
+        loss_acc += loss.detach() * len(y)
+        correct_acc += (out.argmax(1) == y).sum()
+        seen += len(y)
+        progress.update(step, loss_acc, correct_acc, seen)
+    progress.close()
+    loss_sum, correct, seen = s.team.sum(loss_acc.item(), int(correct_acc.item()), seen)
+    return loss_sum, int(correct), int(seen), time.perf_counter() - t0
+
+
+def score(s: Setup, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict:
+    with par.eval_threads():
+        return summarize(infer(model, images, s.meta,
+                               batch_size=s.cfg["train"]["eval_batch_size"]),
+                         labels, s.meta["loss"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def fit(cfg: dict, data: CIFAR10, run: RunDir, built: Built, *, resume: bool = False,
         progress: bool = True, log: Callable[[str], None] = print,
         max_seconds: float | None = None, device: str = "auto",
         on_epoch: Callable[[RunDir], None] | None = None,
         on_end: Callable[[RunDir, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
+        epoch_callback: Callable[[dict], bool | None] | None = None,
         ) -> dict:
     """Train per `cfg` (a resolved recipe), writing everything into `run`; return metrics.
 
-    `device` is where the model trains (`resolve_device`); it is not part of the recipe, so a
-    run may be resumed on another device. `max_seconds` stops after the epoch that crosses
-    that much training time in this call; the run stays resumable (`--resume`) and
-    metrics.json says how many epochs were done.
-    `on_epoch(run)` is called after each epoch's files are written (e.g. to redraw plots),
-    `on_end(run, test_images, test_labels, final_predictions)` once metrics.json is written.
+    `built` is the model made by `api.build` (built and traced once per run). `device` is
+    where it trains (`resolve_device`); it is not part of the recipe, so a run may be resumed
+    on another device. `max_seconds` stops after the epoch that crosses that much training
+    time in this call; the run stays resumable (`--resume`) and metrics.json says how many
+    epochs were done. `on_epoch(run)` is called after each epoch's files are written (e.g. to
+    redraw plots), `on_end(run, test_images, test_labels, final_predictions)` once
+    metrics.json is written. `epoch_callback(row)` sees each epoch's history row; if it
+    returns True the run stops there (metrics.json: stopped_by "callback"); an exception it
+    raises leaves the epoch's files written and propagates.
     """
-    t_cfg = cfg["train"]
-    rank, world = par.rank_world()  # several processes: each trains on its share of a batch
-    main = rank == 0
-    if not main:
-        log, progress, on_epoch, on_end = (lambda s: None), False, None, None
-    train = data.train.subset(cfg["data"]["train_subset"], seed=t_cfg["seed"])
-    test = data.test.subset(cfg["data"]["test_subset"], seed=t_cfg["seed"])
-    bs = t_cfg["batch_size"]
-    if len(train) < 2:
-        raise CifarlabError("training set has fewer than 2 images")
-    steps_per_epoch = max(1, len(train) // bs)  # drop the last partial batch
-    par.check_split(bs, world)
+    team = par.Team()
+    if not team.main:
+        log, progress, on_epoch, on_end, epoch_callback = (lambda s: None), False, None, None, None
+    t = cfg["train"]
+    if t["batch_size"] % team.world:
+        raise CifarlabError(f"train.batch_size {t['batch_size']} does not split evenly over "
+                            f"{team.world} processes")
     dev = resolve_device(device)
-    if world > 1 and dev.type == "cuda":
+    if team.world > 1 and dev.type == "cuda":
         raise CifarlabError("several processes (train.processes / torchrun) train on the CPU "
                             "only; on a GPU use one process (--device cpu for processes)")
-
-    torch.manual_seed(t_cfg["seed"])
-    gen = torch.Generator().manual_seed(t_cfg["seed"])
-    mean, std = channel_stats(train.images)
-    pipeline = Pipeline(AugmentConfig(**cfg["augment"]), mean, std)
-    model, facts = build_model(cfg)
-    init = getattr(model, "init_from_data", None)  # e.g. whitening filters (models/fast.py)
-    if init is not None and not resume:
-        init(normalize(train.images[:5000], torch.tensor(mean), torch.tensor(std)))
-    if t_cfg["fast_dropout"]:
-        use_fast_dropout(model)
-    model = model.to(dev)
-    cl = t_cfg["channels_last"]
-    if cl:
-        model = model.to(memory_format=torch.channels_last)
-    train_model = par.wrap(model) if world > 1 else model
-    opt = build_optimizer(cfg, model)
-    sched = build_scheduler(cfg, opt, steps_per_epoch)
-    criterion = loss_fn(cfg)
-    ema = EMA(model, t_cfg["ema"]) if t_cfg["ema"] > 0 else None
-    lookahead = (Lookahead(model, t_cfg["lookahead"], t_cfg["lookahead_every"],
-                           t_cfg["epochs"] * steps_per_epoch)
-                 if t_cfg["lookahead"] > 0 else None)
-    meta = model_meta(cfg, data.classes, mean, std)
-
-    history: list[dict] = []
-    start_epoch, best_acc, best_epoch, target_epoch, elapsed = 0, -1.0, 0, None, 0.0
-    img_seconds, images_seen = 0.0, 0
+    s = prepare(cfg, data, dev, team, built.facts)
+    st = TrainState.start(s, built, load_checkpoint(run.last) if resume else None)
+    model = team.wrap(st.model)
+    legs = Legs(run, team.main, resume, st.epoch, dev)
     if resume:
-        st = load_checkpoint(run.last)
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        if ema is not None and st.get("ema") is not None:
-            ema.model.load_state_dict(st["ema"])
-        if lookahead is not None and st.get("lookahead") is not None:
-            lookahead.slow = {k: v.to(dev) for k, v in st["lookahead"].items()}
-        torch.set_rng_state(st["rng"]["torch"])
-        if dev.type == "cuda" and st["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(st["rng"]["cuda"], dev)
-        gen.set_state(st["rng"]["gen"])
-        history = st["history"]
-        start_epoch, best_acc, best_epoch = st["epoch"], st["best_acc"], st["best_epoch"]
-        target_epoch, elapsed = st.get("target_epoch"), st["train_seconds"]
-        img_seconds, images_seen = st["img_seconds"], st["images_seen"]
-        log(f"resuming {run.path} after epoch {start_epoch}/{t_cfg['epochs']}")
-    elif main:
+        log(f"resuming {run.path} after epoch {st.epoch}/{t['epochs']}")
+    elif team.main:
         write_json(run.config, {"recipe": cfg, "environment": environment(dev),
-                                "data": str(data.root), "mean": mean, "std": std})
+                                "data": str(data.root), "mean": s.mean, "std": s.std,
+                                "val_images": len(s.val) if s.val else 0})
+    log(describe_run(s, run))
+    if t["target"] and s.val is None:
+        log(f"note: no validation split: --target {t['target']} stops on test accuracy, so the "
+            "stopping epoch is chosen on the test set (use --val-split N to choose on "
+            "validation)")
 
-    params = facts["params"]
-    log(f"run {run.path}: model {cfg['model']} ({params:,} params, "
-        f"RF {facts['receptive_field']}), {len(train):,} train / {len(test):,} test images, "
-        f"{t_cfg['epochs']} epochs x {steps_per_epoch} steps, "
-        f"{t_cfg['precision']}{', channels_last' if cl else ''}, on {device_name(dev)}")
-    eval_kw = dict(batch_size=t_cfg["eval_batch_size"], precision=t_cfg["precision"],
-                   channels_last=cl, tta=t_cfg["tta"], tta_shift=t_cfg["tta_shift"])
-    test_inputs = test.images
-    if cfg["augment"]["test"]:  # one fixed random transform of the test set, as seed 003 did
-        test_inputs = pipeline(test.images, torch.Generator().manual_seed(t_cfg["seed"] + 1))
-    target = t_cfg["target"]
-    clip = (torch.nn.utils.clip_grad_norm_ if t_cfg["grad_clip_mode"] == "norm"
-            else torch.nn.utils.clip_grad_value_)
-    final, every, out_of_time = None, t_cfg["eval_every"], False
-    flip_bits = None
-    if cfg["augment"]["flip_mode"] == "alternate":  # each image's first flip, then alternate
-        flip_bits = torch.rand(len(train), generator=torch.Generator().manual_seed(
-            t_cfg["seed"] + 2)) < 0.5
-    t_start = time.perf_counter()
-    for epoch in range(start_epoch + 1, t_cfg["epochs"] + 1):
-        if target and target_epoch is not None:
-            break
-        if out_of_time:  # decided (and tested) at the end of the previous epoch
-            log(f"time budget of {max_seconds:.0f}s used: stopping after epoch {epoch - 1}; "
-                f"continue with --resume {run.path}")
-            break
+    selection = "val" if s.val is not None else ("test" if s.test_mode == "every" else None)
+    final, time_stop, t_start = None, False, time.perf_counter()
+    # a run that stopped on its target, patience or callback stays stopped when resumed
+    last_epoch = st.epoch if st.stopped_by else t["epochs"]
+    for epoch in range(st.epoch + 1, last_epoch + 1):
         t0 = time.perf_counter()
-        model.train()
-        perm = torch.randperm(len(train), generator=gen)  # the same on every rank
-        aug_gen = gen
-        if world > 1:  # each rank its own augmentation and dropout draws, resumable per epoch
-            aug_gen = torch.Generator().manual_seed(t_cfg["seed"] * 100_003 + epoch * 1009
-                                                    + rank)
-            torch.manual_seed(t_cfg["seed"] * 100_019 + epoch * 1013 + rank)
-        # summed on the device: no host sync per step
-        loss_acc, correct_acc, seen = torch.zeros((), device=dev), torch.zeros((), device=dev), 0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{t_cfg['epochs']}",
-                   disable=not progress, leave=False, dynamic_ncols=True, file=sys.stderr)
-        for step in bar:
-            idx = perm[step * bs:(step + 1) * bs][rank::world]
-            flip = None if flip_bits is None else flip_bits[idx] ^ bool(epoch % 2)
-            x = pipeline(train.images[idx], aug_gen, flip).to(dev, non_blocking=True)
-            y = train.labels[idx].to(dev, non_blocking=True)
-            if cl:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(t_cfg["precision"], dev.type):
-                out = train_model(x)
-                loss = criterion(out.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if t_cfg["grad_clip"] > 0:
-                clip(model.parameters(), t_cfg["grad_clip"])
-            opt.step()
-            sched.step()
-            if lookahead is not None:
-                lookahead.step(model, (epoch - 1) * steps_per_epoch + step + 1)
-            if ema is not None:
-                ema.update(model)
-            loss_acc += loss.detach() * len(y)
-            correct_acc += (out.argmax(1) == y).sum()
-            seen += len(y)
-            if progress and (step % 10 == 0 or step == steps_per_epoch - 1):
-                bar.set_postfix(loss=f"{loss_acc.item() / seen:.4f}",
-                                acc=f"{correct_acc.item() / seen:.4f}")
-        bar.close()
-        loss_sum, correct = loss_acc.item(), int(correct_acc.item())
-        train_time = time.perf_counter() - t0
-        if world > 1:
-            loss_sum, correct, seen = par.all_sum(loss_sum, correct, seen)
-            seen = int(seen)
+        bar = Progress(progress, s.steps, f"epoch {epoch}/{t['epochs']}", log)
+        loss_sum, correct, seen, train_time = train_epoch(s, st, model, epoch, bar)
         if not math.isfinite(loss_sum):
             raise CifarlabError(f"training diverged at epoch {epoch} (loss is {loss_sum}); "
                                 "lower optim.lr or set train.grad_clip")
+        out_of_time = team.agree(max_seconds is not None
+                                 and time.perf_counter() - t_start > max_seconds)
         # evaluate every `eval_every` epochs, after the last one, and before a time-budget stop
-        out_of_time = max_seconds is not None and time.perf_counter() - t_start > max_seconds
-        if world > 1:
-            out_of_time = bool(par.from_rank0(out_of_time)[0])
-        evaluate = (epoch == t_cfg["epochs"] or out_of_time
-                    or (every > 0 and epoch % every == 0))
-        if evaluate and main:  # rank 0 tests; the others wait for its decision below
-            eval_model = ema.model if ema is not None else model
-            with par.eval_threads():
-                final = summarize(predict_logits(eval_model, test_inputs, mean, std,
-                                                 **eval_kw), test.labels, cfg["loss"]["name"])
-        elif evaluate:
-            final = {"acc": math.nan, "loss": math.nan}
+        every = t["eval_every"]
+        evaluating = (epoch == t["epochs"] or out_of_time
+                      or (every > 0 and epoch % every == 0)) and team.main
+        val = score(s, st.eval_model, s.val.images, s.val.labels) if (
+            evaluating and s.val is not None) else None
+        test = score(s, st.eval_model, s.test_inputs, s.test.labels) if (
+            evaluating and s.test_mode == "every") else None
+        final = test or final
         seconds = time.perf_counter() - t0
-        elapsed += seconds
-        img_seconds += train_time
-        images_seen += seen
-        row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"],
-               "train_loss": loss_sum / seen, "train_acc": correct / seen,
-               "test_loss": final["loss"] if evaluate else math.nan,
-               "test_acc": final["acc"] if evaluate else math.nan, "seconds": seconds}
-        history.append(row)
-        improved = evaluate and final["acc"] > best_acc
+        st.train_seconds += seconds
+        st.img_seconds += train_time
+        st.images_seen += seen
+        st.epoch = epoch
+        nan = math.nan
+        row = {"epoch": epoch, "lr": st.opt.param_groups[0]["lr"],
+               "train_loss": loss_sum / seen, "train_acc": correct / seen}
+        if s.val is not None:
+            row |= {"val_loss": val["loss"] if val else nan, "val_acc": val["acc"] if val else nan}
+        row |= {"test_loss": test["loss"] if test else nan,
+                "test_acc": test["acc"] if test else nan, "seconds": seconds}
+        st.history.append(row)
+        chosen = (val if selection == "val" else test if selection == "test" else None)
+        improved = chosen is not None and chosen["acc"] > st.best_acc
         if improved:
-            best_acc, best_epoch = final["acc"], epoch
-        if evaluate and target and target_epoch is None and final["acc"] >= target:
-            target_epoch = epoch
-        if world > 1 and target and bool(par.from_rank0(target_epoch == epoch)[0]):
-            target_epoch = epoch
-        if not main:
-            continue
-        state = {
-            "model": model.state_dict(), "ema": ema.model.state_dict() if ema else None,
-            "lookahead": lookahead.slow if lookahead else None,
-            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "gen": gen.get_state(),
-                    "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None},
-            "epoch": epoch, "best_acc": best_acc, "best_epoch": best_epoch,
-            "target_epoch": target_epoch, "train_seconds": elapsed,
-            "img_seconds": img_seconds, "images_seen": images_seen,
-            "history": history, "meta": meta,
-        }
-        run.write_history(history)
-        if improved:
-            save_checkpoint(run.best, state)
-        save_checkpoint(run.last, state)
-        msg = (f"epoch {epoch:3d}/{t_cfg['epochs']}  lr {row['lr']:.5f}  "
-               f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
-               + (f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}  "
-                  if evaluate else "") + f"{seconds:5.1f}s")
-        if target_epoch == epoch:
-            msg += f"  target {target:.4f} reached"
-        log(msg)
-        if on_epoch is not None:
-            on_epoch(run)
+            st.best_acc, st.best_epoch, st.stale = chosen["acc"], epoch, 0
+        elif chosen is not None:
+            st.stale += 1
+        stop = None
+        if chosen is not None and t["target"] and chosen["acc"] >= t["target"]:
+            st.target_epoch, stop = epoch, "target"
+        elif chosen is not None and t["patience"] and st.stale >= t["patience"]:
+            stop = "patience"
+        if team.main:
+            run.write_history(st.history)
+            state = st.to_checkpoint(s.meta, dev)
+            if improved:
+                save_checkpoint(run.best, state)
+            save_checkpoint(run.last, state)
+            legs.record(epoch)
+            log(epoch_line(row, t["epochs"], stop, t["target"]))
+            if on_epoch is not None:
+                on_epoch(run)
+            if epoch_callback is not None and epoch_callback(dict(row)) and stop is None:
+                stop = "callback"
+        if team.agree(stop is not None):
+            st.stopped_by = stop or "agreed"
+            if team.main:  # the last checkpoint says why the run ended
+                save_checkpoint(run.last, st.to_checkpoint(s.meta, dev))
+            break
+        if out_of_time:
+            if epoch < t["epochs"]:
+                time_stop = True
+                log(f"time budget of {max_seconds:.0f}s used: stopping after epoch {epoch}; "
+                    f"continue with --resume {run.path}")
+            break
 
-    if not main:
+    if not team.main:
         return {}
-    if final is None:  # resumed a finished run: report what the last checkpoint evaluates to
-        st = load_checkpoint(run.last)
-        (ema.model if ema else model).load_state_dict(st["ema"] or st["model"])
-        final = summarize(predict_logits(ema.model if ema else model, test_inputs, mean, std,
-                                         **eval_kw), test.labels, cfg["loss"]["name"])
+    return finish(s, st, run, final, time_stop, selection, legs, on_end)
+
+
+def describe_run(s: Setup, run: RunDir) -> str:
+    t = s.cfg["train"]
+    val = f"{len(s.val):,} validation / " if s.val is not None else ""
+    return (f"run {run.path}: model {s.cfg['model']} ({s.facts['params']:,} params, "
+            f"RF {s.facts['receptive_field']}), {len(s.train):,} train / {val}"
+            f"{len(s.test):,} test images, {t['epochs']} epochs x {s.steps} steps, "
+            f"{t['precision']}{', channels_last' if t['channels_last'] else ''}, "
+            f"on {device_name(s.dev)}")
+
+
+def epoch_line(row: dict, epochs: int, stop: str | None, target: float) -> str:
+    def pair(name: str) -> str:
+        if not math.isfinite(row.get(f"{name}_acc", math.nan)):
+            return ""
+        return f"{name} loss {row[f'{name}_loss']:.4f} acc {row[f'{name}_acc']:.4f}  "
+
+    msg = (f"epoch {row['epoch']:3d}/{epochs}  lr {row['lr']:.5f}  "
+           f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
+           + pair("val") + pair("test") + f"{row['seconds']:5.1f}s")
+    if stop == "target":
+        msg += f"  target {target:.4f} reached"
+    elif stop == "patience":
+        msg += "  no better validation accuracy: early stop"
+    return msg
+
+
+class Legs:
+    """legs.json: every command that trained the run (commit, machine, dates, epochs)."""
+
+    def __init__(self, run: RunDir, main: bool, resume: bool, epoch: int, dev: torch.device):
+        self.run, self.main = run, main
+        self.legs = run.read_legs() if (main and resume) else []
+        self.leg = {"commit": commit(), "started": now(), "ended": None,
+                    "machine": machine() if main else "", "device": device_name(dev),
+                    "cifarlab": __version__, "command": command(),
+                    "first_epoch": epoch + 1, "last_epoch": epoch}
+
+    def record(self, epoch: int) -> None:
+        self.leg.update(ended=now(), last_epoch=epoch)
+        write_json(self.run.legs, self.legs + [self.leg])
+
+    def all(self) -> list[dict]:
+        return self.legs + ([self.leg] if self.leg["last_epoch"] >= self.leg["first_epoch"]
+                            else [])
+
+
+def finish(s: Setup, st: TrainState, run: RunDir, final: dict | None, time_stop: bool,
+           selection: str | None, legs: Legs, on_end) -> dict:
+    """The final figures, each with the split it comes from, into metrics.json."""
+    cfg, t = s.cfg, s.cfg["train"]
+    partial = st.epoch < t["epochs"] and not st.stopped_by
+    if final is None and not partial and s.test_mode in ("every", "final"):
+        if s.test_mode == "every":  # resumed a finished run: score its last checkpoint
+            last = load_checkpoint(run.last)
+            st.eval_model.load_state_dict(last["ema"] or last["model"])
+        final = score(s, st.eval_model, s.test_inputs, s.test.labels)  # the one test reading
+    val = score(s, st.eval_model, s.val.images, s.val.labels) if s.val is not None else None
+    shown = final or val  # per-class figures and predictions: the test set unless unread
+    split_name = {"val": "validation", "test": "test"}
     metrics = {
         "recipe": cfg["name"], "model": cfg["model"],
-        "test_acc": final["acc"], "test_loss": final["loss"],
-        "best_test_acc": best_acc, "best_epoch": best_epoch,
-        "target": target or None, "target_epoch": target_epoch,
-        "per_class_acc": final["per_class_acc"], "confusion": final["confusion"],
-        "classes": list(data.classes), "params": params, "macs": facts["macs"],
-        "receptive_field": facts["receptive_field"],
-        "train_seconds": elapsed,
-        "images_per_second": images_seen / img_seconds if img_seconds else 0.0,
-        "epochs": len(history), "epochs_planned": t_cfg["epochs"],
-        "train_images": len(train), "test_images": len(test),
+        "test_acc": final["acc"] if final else None,
+        "test_loss": final["loss"] if final else None,
+        "val_acc": val["acc"] if val else None, "val_loss": val["loss"] if val else None,
+        "selection": split_name.get(selection),
+        "best_epoch": st.best_epoch,
+        f"best_{selection or 'test'}_acc": st.best_acc if selection else None,
+        "target": t["target"] or None, "target_epoch": st.target_epoch,
+        "stopped_by": st.stopped_by or ("time" if time_stop else None),
+        "figures": {
+            "test_acc": (f"test set, {'final' if final else 'not read'} "
+                         f"({s.test_mode})"),
+            "val_acc": "validation split, final epoch" if val else "no validation split",
+            "best_epoch": (f"chosen on the {split_name[selection]} "
+                           f"{'split' if selection == 'val' else 'set'}"
+                           if selection else "no selection"),
+            "target_epoch": ("no target" if not t["target"] else
+                             "first epoch whose validation accuracy reached the target"
+                             if selection == "val" else
+                             "first epoch whose test-set accuracy reached the target: chosen "
+                             "on the test set (no validation split)"),
+            "per_class_acc": "test set" if final else "validation split",
+        },
+        "per_class_acc": shown["per_class_acc"] if shown else None,
+        "confusion": shown["confusion"] if shown else None,
+        "classes": list(s.meta["classes"]), "params": s.facts["params"],
+        "macs": s.facts["macs"], "receptive_field": s.facts["receptive_field"],
+        "train_seconds": st.train_seconds,
+        "images_per_second": st.images_seen / st.img_seconds if st.img_seconds else 0.0,
+        "epochs": len(st.history), "epochs_planned": t["epochs"],
+        "train_images": len(s.train), "val_images": len(s.val) if s.val else 0,
+        "test_images": len(s.test),
+        "legs": legs.all(),
     }
     write_json(run.metrics, metrics)
-    if on_end is not None:
-        on_end(run, test.images, test.labels, final["preds"])
+    if on_end is not None and final is not None:
+        on_end(run, s.test.images, s.test.labels, final["preds"])
     return metrics

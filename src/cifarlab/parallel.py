@@ -55,11 +55,36 @@ def from_rank0(*values: float) -> list[float]:
     return t.tolist()
 
 
-def check_split(batch_size: int, processes: int) -> None:
-    """Every process must get an equal share of each batch."""
-    if batch_size % processes:
-        raise CifarlabError(f"train.batch_size {batch_size} does not split evenly over "
-                            f"{processes} processes")
+class Team:
+    """The processes that train one run, as the training loop sees them. With one process
+    every method is the identity; with several, rank 0 evaluates and decides, every rank
+    trains on its share of each batch, and the decisions are agreed on here."""
+
+    def __init__(self) -> None:
+        self.rank, self.world = rank_world()
+        self.main = self.rank == 0
+
+    def share(self, idx: torch.Tensor) -> torch.Tensor:
+        """This process's share of a batch's indices."""
+        return idx[self.rank::self.world]
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        return wrap(model) if self.world > 1 else model
+
+    def sum(self, *values: float) -> list[float]:
+        return all_sum(*values) if self.world > 1 else list(values)
+
+    def agree(self, flag: bool) -> bool:
+        """Rank 0's decision on every rank."""
+        return bool(from_rank0(flag)[0]) if self.world > 1 else flag
+
+    def epoch_generator(self, seed: int, epoch: int, gen: torch.Generator) -> torch.Generator:
+        """The augmentation generator of an epoch: the run's own with one process; with
+        several, each rank its own draws (and dropout seed), resumable per epoch."""
+        if self.world == 1:
+            return gen
+        torch.manual_seed(seed * 100_019 + epoch * 1013 + self.rank)
+        return torch.Generator().manual_seed(seed * 100_003 + epoch * 1009 + self.rank)
 
 
 def broadcast_object(obj):

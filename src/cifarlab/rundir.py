@@ -2,8 +2,9 @@
 
 runs/<name>/
   config.json    resolved recipe, seed, versions
-  history.csv    one row per epoch
-  metrics.json   final numbers
+  history.csv    one row per epoch (val_loss / val_acc columns when there is a split)
+  metrics.json   final numbers, each saying which split it comes from
+  legs.json      every command that trained it: commit, machine, dates, epochs covered
   best.pt, last.pt   checkpoints (weights_only-loadable), written atomically
   plots/         figures
 """
@@ -29,6 +30,7 @@ from .errors import CifarlabError
 HISTORY_FIELDS = [
     "epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds",
 ]
+VAL_FIELDS = ["val_loss", "val_acc"]  # after train_acc, in runs with a validation split
 
 
 class RunDirError(CifarlabError):
@@ -110,6 +112,13 @@ def tested(rows: list[dict], key: str = "test_acc") -> list[tuple[int, float]]:
     return [(r["epoch"], r[key]) for r in rows if math.isfinite(r[key])]
 
 
+def _fields(row: dict) -> list[str]:
+    """history.csv's columns for rows like `row` (the val columns only where it has them)."""
+    if "val_acc" not in row:
+        return HISTORY_FIELDS
+    return HISTORY_FIELDS[:4] + VAL_FIELDS + HISTORY_FIELDS[4:]
+
+
 class RunDir:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -117,6 +126,7 @@ class RunDir:
     config = property(lambda self: self.path / "config.json")
     history = property(lambda self: self.path / "history.csv")
     metrics = property(lambda self: self.path / "metrics.json")
+    legs = property(lambda self: self.path / "legs.json")
     best = property(lambda self: self.path / "best.pt")
     last = property(lambda self: self.path / "last.pt")
     plots = property(lambda self: self.path / "plots")
@@ -141,12 +151,16 @@ class RunDir:
         raise RunDirError(f"{root}: too many runs named {name}")
 
     def write_history(self, rows: list[dict]) -> None:
+        fields = _fields(rows[0] if rows else {})
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+        w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
         w.writeheader()
         for r in rows:
-            w.writerow({k: r[k] for k in HISTORY_FIELDS})
+            w.writerow({k: r[k] for k in fields})
         atomic_write_text(self.history, buf.getvalue())
+
+    def read_legs(self) -> list[dict]:
+        return read_json(self.legs) if self.legs.is_file() else []
 
     def read_history(self) -> tuple[list[dict], list[str]]:
         """Rows (numbers as floats, epoch as int) and a list of problems found (never raises
@@ -156,9 +170,11 @@ class RunDir:
             return [], ["history.csv missing"]
         rows = []
         with open(self.history, newline="") as f:
-            for i, r in enumerate(csv.DictReader(f), start=2):
+            reader = csv.DictReader(f)
+            fields = _fields(dict.fromkeys(reader.fieldnames or []))
+            for i, r in enumerate(reader, start=2):
                 try:
-                    row = {k: float(r[k]) for k in HISTORY_FIELDS}
+                    row = {k: float(r[k]) for k in fields}
                 except (TypeError, ValueError, KeyError):
                     problems.append(f"history.csv line {i} unreadable (torn write?)")
                     continue

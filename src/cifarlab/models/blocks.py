@@ -9,12 +9,23 @@ dropout and FC 128->10; the rest is ours:
 * dropout 0.2 in the head; convs have no bias (BatchNorm follows).
 
 The seed's final "softmax activation" is left to the loss: the model returns logits.
-About 7.9M parameters.
+7,934,682 parameters.
+
+The blocks are sequential, not concatenated. The seed's text says both: one sentence has "Each
+Cifar_Block's output is concatenated and processed through a linear layer", while its
+description of the network has "six sequential Cifar_Block modules ... where the output of one
+block is given as input to another block", then global average pooling "over the output of the
+previous Cifar_Block" (the last, 512 channels) and a linear layer with 128 outputs. We follow
+the second, detailed description: it names every layer and its sizes, which the concatenation
+sentence does not (concatenating the six blocks' pooled outputs would put 1,008 features, not
+the last block's 512, in front of the 128-unit layer).
 """
 
 from __future__ import annotations
 
 from torch import nn
+
+from .registry import register_model
 
 
 class CifarBlock(nn.Module):
@@ -34,6 +45,8 @@ class CifarBlock(nn.Module):
         return self.layers(x)
 
 
+@register_model("seed002",
+                provenance="seed 002 six Conv-BN-ReLU blocks to 512, GAP, FC 128")
 class Seed002Net(nn.Module):
     """Six Cifar_Blocks 3->16->32->64->128->256->512, GAP, FC 512->128, ReLU, dropout, FC."""
 

@@ -6,7 +6,7 @@ Each block computes a = ReLU(Linear(GAP(x))) with three entries a1..a3 and three
 FC -> ReLU -> dropout -> FC, as the seed describes.
 
 The seed gives no widths; ours: block channels 32, 64, 128, 256, 512, classifier hidden 256,
-dropout 0.3 (about 4.7M parameters). Receptive field: each block adds 2*jump (3x3 convs; the
+dropout 0.3 (4,843,074 parameters). Receptive field: each block adds 2*jump (3x3 convs; the
 GAP weighting does not widen the conv window) and each pool 1*jump, so 3, 4 | 8, 10 | 18, 22 |
 38, 46 | 78, 94.
 """
@@ -14,6 +14,8 @@ GAP weighting does not widen the conv window) and each pool 1*jump, so 3, 4 | 8,
 from __future__ import annotations
 
 from torch import nn
+
+from .registry import register_model
 
 
 class NthBlock(nn.Module):
@@ -35,6 +37,8 @@ class NthBlock(nn.Module):
         return out
 
 
+@register_model("seed004",
+                provenance="seed 004 five dynamic 3-branch blocks, BN + max pool, MLP")
 class Seed004Net(nn.Module):
     """Backbone of five NthBlocks (each + BatchNorm + 2x2 max pool), GAP + two-FC classifier."""
 

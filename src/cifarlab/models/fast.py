@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .registry import register_model
+
 
 def cbr(cin: int, cout: int, k: int = 3, stride: int = 1, dilation: int = 1,
         groups: int = 1) -> list[nn.Module]:
@@ -37,6 +39,8 @@ class GapNet(nn.Module):
         return self.head(self.features(x))
 
 
+@register_model("fast-50k",
+                provenance="cifarlab: airbench-shaped, < 50k params, for time to 80%")
 class Fast50k(GapNet):
     """Under 50,000 parameters, built to reach 80% quickly.
 
@@ -53,6 +57,9 @@ class Fast50k(GapNet):
         ], w3, num_classes)
 
 
+@register_model("fast-seed001",
+                provenance="cifarlab: seed 001's rules (< 200k, no max pool, RF > 44, dw-sep, "
+                "dilated, GAP), fast")
 class FastSeed001(GapNet):
     """Passes seed 001's rules (< 200k params, no max pool, RF > 44, a depthwise-separable and
     a dilated conv, GAP) with the compute spent where a CPU does it well: plain 3x3 convs.
@@ -72,6 +79,8 @@ class FastSeed001(GapNet):
         ], w3, num_classes)
 
 
+@register_model("fast-top",
+                provenance="cifarlab: airbench94-shaped (2x2 whitening, 64/256/256), fast-top")
 class FastTop(nn.Module):
     """airbench94's shape, for the unconstrained fast-top recipe (about 2M parameters).
 

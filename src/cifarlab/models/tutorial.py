@@ -18,13 +18,26 @@ All convs are 5x5, unpadded, stride 1; every pool is MaxPool2d(2, 2), so 32 -> 2
 Net8's fc1, fc7, fc6, fc2, ... order), so its state dicts load unchanged. ReLU is an `nn.ReLU`
 module instead of `F.relu` (no parameters, so the state dict is the same) so that summaries list
 it; dropout positions are exactly the seed's.
+
+Where each part comes from: the layer listings are the seed's (Model 1's is the tutorial's Net,
+which the seed prints as "the default model provided by PyTorch"). The seed's write-up states no
+optimizer, learning rate, momentum, batch size or loss; those of the recipes (SGD, lr 1e-3,
+momentum 0.9, batch 4, cross-entropy, one transform applied to the training and the test set)
+are the PyTorch CIFAR-10 tutorial's, which the seed links and starts from. The 2 epochs of
+Models 1-3 are the tutorial's too; the seed confirms them under Model 4 ("training it for just
+2 epochs was too less"). The seed itself gives the Model 2 transforms, "more epochs" for Model
+4, Model 5's learning-rate drop and the accuracies; see each seed003-*.toml.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
+from .registry import register_model
 
+
+@register_model("seed003-net1",
+                provenance="seed 003 Net1 (PyTorch tutorial; also Model 2)")
 class Net1(nn.Module):
     """Model 1 (and 2): the PyTorch CIFAR-10 tutorial net, 62,006 parameters."""
 
@@ -48,6 +61,8 @@ class Net1(nn.Module):
         return self.fc3(x)
 
 
+@register_model("seed003-net3",
+                provenance="seed 003 Net3 (tutorial + FC 200-100-50; also Models 4, 5)")
 class Net3(nn.Module):
     """Model 3 (and 4, 5): Net1 with a deeper head 400-200-100-50-10, 108,732 parameters."""
 
@@ -73,6 +88,8 @@ class Net3(nn.Module):
         return self.fc4(x)
 
 
+@register_model("seed003-net6",
+                provenance="seed 003 Net6 (convs 32/64, FC 800-...-10, dropout 0.1)")
 class Net6(nn.Module):
     """Model 6: convs 3->32->64, head 1600-800-400-200-100-50-10, dropout after fc2 and fc4."""
 
@@ -105,6 +122,8 @@ class Net6(nn.Module):
         return self.fc6(x)
 
 
+@register_model("seed003-net7",
+                provenance="seed 003 Net7 (convs 64/128, FC 1600-...-10, dropout 0.1)")
 class Net7(nn.Module):
     """Model 7 (the seed's best, 72%): convs 3->64->128, head 3200-1600-...-10, dropout 0.1."""
 
@@ -139,6 +158,8 @@ class Net7(nn.Module):
         return self.fc7(x)
 
 
+@register_model("seed003-net8",
+                provenance="seed 003 Net8 (convs 64/128/256, FC 1600-...-10, dropout 0.1)")
 class Net8(nn.Module):
     """Model 8: three 5x5 convs 3->64 (pool), 64->128, 128->256 (pool), head 2304-1600-...-10."""
 

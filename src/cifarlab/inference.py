@@ -1,4 +1,4 @@
-"""Accuracy, per-class accuracy, confusion matrix; test-time flip."""
+"""Inference: logits with test-time augmentation; accuracy, per-class accuracy, confusion."""
 
 from __future__ import annotations
 
@@ -48,6 +48,16 @@ def predict_logits(model: torch.nn.Module, images: torch.Tensor, mean, std, *,
         out.append(logits.cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, 10)
+
+
+def infer(model: torch.nn.Module, images: torch.Tensor, meta: dict, *,
+          batch_size: int = 1000, tta: bool | None = None) -> torch.Tensor:
+    """Logits as the run evaluates them: `meta` (a checkpoint's) gives the normalisation,
+    precision, memory format and test-time augmentation."""
+    return predict_logits(model, images, meta["mean"], meta["std"], batch_size=batch_size,
+                          precision=meta["precision"], channels_last=meta["channels_last"],
+                          tta=meta["tta"] if tta is None else tta,
+                          tta_shift=meta.get("tta_shift", 0))
 
 
 def _views(model: torch.nn.Module, x: torch.Tensor, flip: bool) -> torch.Tensor:

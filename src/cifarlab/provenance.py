@@ -1,0 +1,63 @@
+"""Where a number came from: commit, machine, date and command (run legs, benchmarks)."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+SOURCE = Path(__file__).resolve().parent
+
+
+def commit() -> str:
+    """The checkout's HEAD (+ "-dirty" if src/ has changes). CIFARLAB_COMMIT names it where
+    the checkout is a copy whose .git is not the one the code came from (a lent GPU machine);
+    "unknown" for an installed copy without git."""
+    if os.environ.get("CIFARLAB_COMMIT"):
+        return os.environ["CIFARLAB_COMMIT"]
+    try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True,
+                             text=True, check=True, cwd=SOURCE).stdout.strip()
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             check=True, cwd=top).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"],
+                               capture_output=True, text=True, cwd=top).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine() -> str:
+    """CPU model, cores, GPU if any, torch version and threads."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads")
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def command() -> str:
+    """This process's command line: `cifarlab train ...`, or `python script.py ...`."""
+    argv = sys.argv or [""]
+    if argv[0].endswith(".py"):
+        return " ".join([Path(sys.executable).name] + argv)
+    return " ".join([Path(argv[0]).name or "python"] + argv[1:])
+
+
+def provenance() -> dict:
+    return {"commit": commit(), "date": now(), "machine": machine(), "command": command()}

@@ -1,0 +1,1561 @@
+"""`cifarlab search`: find the best network a rule set allows, with Optuna.
+
+A search file (TOML) is data: a base recipe (the training settings every trial starts from),
+the rules (`[constraints]`), the budget and method (`[search]`), the dimensions to explore
+(`[space]`: the `family` network's architecture and the training settings) and designs to try
+first (`[[enqueue]]`, e.g. the hand-written recipe's own design). See `load_search`.
+
+One trial:
+  1. Optuna's sampler proposes a design and training settings.
+  2. Rules before training: the network is built and traced (params, MACs, receptive field,
+     required / forbidden layers) and, when the file sets a time budget, its training time is
+     predicted from a few timed steps. A candidate that breaks a rule is *rejected*: it costs no
+     training, and the rules it broke are recorded (a user attribute) and given to the sampler
+     as constraint values (`Trial.set_constraint`), so TPE learns where the feasible region is.
+  3. Training on the training set minus a validation split; the test set is never loaded.
+     Validation accuracy is reported after every epoch and the trial is stopped early when it
+     is hopeless: Optuna's Hyperband / successive halving for one objective, and for several
+     objectives (which Optuna's pruners do not handle) `dominance_prune`: at each rung a trial
+     is stopped when most trials that are no more expensive have a better validation accuracy
+     at the same epoch.
+  4. The trial's run directory is an ordinary one (config, history, metrics, checkpoints).
+
+Storage: an SQLite file in the study directory by default (`runs/<study>/study.db`), or any
+SQLAlchemy URL (`--storage postgresql://...`) shared by workers on many machines. A trial that
+was running when its worker died is marked failed and re-queued: at once when the dead worker
+was on this machine (its process is gone), else by Optuna's heartbeat after a grace period;
+the re-queued trial resumes the dead trial's run directory from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import difflib
+import json
+import math
+import os
+import signal
+import socket
+import statistics
+import time
+import tomllib
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+import torch.nn.functional as F
+from optuna.trial import FrozenTrial, TrialState
+
+from .analysis import check_constraints, describe
+from .errors import CifarlabError
+from .models import create_model
+from .models import family as fam
+from .recipe import BY_KEY, check_value, load_recipe_file, nest, resolve
+
+SEARCH_VERSION = 1
+COSTS = ("macs", "params", "seconds")
+SAMPLERS = ("tpe", "nsga2", "random")
+PRUNERS = ("hyperband", "halving", "median", "none")
+
+# architecture dimensions: default (used when [space] does not name it), per stage or not
+ARCH_DIMS: dict[str, tuple[Any, bool]] = {
+    "stages": (3, False), "stem": (32, False),
+    "width": (64, True), "depth": (1, True), "block": ("plain", True),
+    "downsample": ("stride", True), "dilation": (1, True),
+    "head": ("gap", False), "dropout": (0.0, False), "head_dropout": (0.0, False),
+}
+PER_STAGE = tuple(k for k, (_, ps) in ARCH_DIMS.items() if ps)
+# training dimensions: short name -> recipe key ("augment" is a strength level, see AUGMENT)
+TRAIN_DIMS = {"lr": "optim.lr", "weight_decay": "optim.weight_decay",
+              "batch_size": "train.batch_size", "epochs": "train.epochs",
+              "label_smoothing": "loss.label_smoothing", "augment": None}
+# augmentation strength levels (tensor backend): crop padding and cutout size
+AUGMENT = {0: {"crop_pad": 0, "cutout": 0}, 1: {"crop_pad": 2, "cutout": 0},
+           2: {"crop_pad": 4, "cutout": 0}, 3: {"crop_pad": 4, "cutout": 8},
+           4: {"crop_pad": 4, "cutout": 12}}
+CONSTRAINT_KEYS = {"max_params": 0, "max_macs": 0, "min_receptive_field": 0, "require": [],
+                   "forbid": [], "max_train_seconds": 0.0, "max_train_time_vs_base": 0.0}
+SEARCH_KEYS = {"objectives": ["val_acc"], "minutes": 60.0, "sampler": "tpe",
+               "pruner": "hyperband", "min_epochs": 2, "reduction_factor": 3,
+               "val_split": 5000, "train_subset": 0, "seed": 0, "startup_trials": 10,
+               "max_rejected_in_row": 300, "heartbeat": 30}
+TOP_KEYS = ("name", "description", "base", "constraints", "search", "space", "enqueue")
+STUDY_FILE = "study.db"
+
+
+class SearchError(CifarlabError):
+    pass
+
+
+def _suggest(key: str, options) -> str:
+    close = difflib.get_close_matches(key, list(options), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+# ------------------------------------------------------------------------------ search file
+
+@dataclass
+class Dim:
+    """One dimension: fixed (`value`), categorical (`choices`) or a range (int or float)."""
+
+    name: str
+    kind: str  # fixed | cat | int | float
+    value: Any = None
+    choices: list = field(default_factory=list)
+    low: float = 0
+    high: float = 0
+    log: bool = False
+    step: float | None = None
+
+    def values(self) -> list:
+        """Every value this dimension can take that matters for validation (ends of ranges)."""
+        if self.kind == "fixed":
+            return list(self.value) if isinstance(self.value, list) else [self.value]
+        if self.kind == "cat":
+            return list(self.choices)
+        return [self.low, self.high]
+
+    def contains(self, v: Any) -> bool:
+        if self.kind == "fixed":
+            return v == self.value
+        if self.kind == "cat":
+            return v in self.choices
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            return False
+        if self.kind == "int" and not isinstance(v, int):
+            return False
+        return self.low <= v <= self.high
+
+    def suggest(self, trial: optuna.Trial, pname: str) -> Any:
+        if self.kind == "fixed":
+            return self.value
+        if self.kind == "cat":
+            return trial.suggest_categorical(pname, self.choices)
+        if self.kind == "int":
+            return trial.suggest_int(pname, int(self.low), int(self.high), log=self.log,
+                                     step=int(self.step or 1))
+        return trial.suggest_float(pname, self.low, self.high, log=self.log, step=self.step)
+
+
+def _dim(name: str, raw: Any, where: str) -> Dim:
+    if not isinstance(raw, dict):
+        return Dim(name, "fixed", value=raw)
+    unknown = set(raw) - {"choices", "low", "high", "log", "step"}
+    if unknown:
+        k = sorted(unknown)[0]
+        raise SearchError(f"{where}: dimension '{name}' has an unknown field '{k}' (fields: "
+                          "choices, or low/high with log, step)"
+                          + _suggest(k, ["choices", "low", "high", "log", "step"]))
+    if "choices" in raw:
+        ch = raw["choices"]
+        if set(raw) != {"choices"} or not isinstance(ch, list) or not ch:
+            raise SearchError(f"{where}: dimension '{name}': choices must be a non-empty list "
+                              "(and nothing else)")
+        if len({type(c) for c in ch}) > 1 or any(isinstance(c, list | dict) for c in ch):
+            raise SearchError(f"{where}: dimension '{name}': choices must be plain values of "
+                              "one type")
+        return Dim(name, "cat", choices=list(ch))
+    if "low" not in raw or "high" not in raw:
+        raise SearchError(f"{where}: dimension '{name}' needs choices = [...] or low and high")
+    lo, hi, log, step = raw["low"], raw["high"], raw.get("log", False), raw.get("step")
+    nums = [lo, hi] + ([step] if step is not None else [])
+    if any(isinstance(v, bool) or not isinstance(v, int | float) for v in nums):
+        raise SearchError(f"{where}: dimension '{name}': low, high and step must be numbers")
+    if not isinstance(log, bool):
+        raise SearchError(f"{where}: dimension '{name}': log must be true or false")
+    if lo > hi:
+        raise SearchError(f"{where}: dimension '{name}': low {lo} is above high {hi}")
+    if log and (lo <= 0 or step is not None):
+        raise SearchError(f"{where}: dimension '{name}': a log range needs low > 0 and no step")
+    if step is not None and step <= 0:
+        raise SearchError(f"{where}: dimension '{name}': step must be positive")
+    kind = "int" if all(isinstance(v, int) for v in nums) else "float"
+    return Dim(name, kind, low=lo, high=hi, log=log, step=step)
+
+
+def _check_arch_value(name: str, v: Any, where: str) -> None:
+    """One value an architecture dimension may take, or SearchError."""
+    def bad(what: str):
+        raise SearchError(f"{where}: dimension '{name}': {v!r} is not {what}")
+
+    ints = {"stages": (1, fam.MAX_STAGES), "stem": (0, fam.MAX_WIDTH),
+            "width": (1, fam.MAX_WIDTH), "depth": (0, fam.MAX_DEPTH),
+            "dilation": (1, fam.MAX_DILATION)}
+    if name in ints:
+        lo, hi = ints[name]
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            bad(f"an integer in [{lo}, {hi}]")
+    elif name in ("dropout", "head_dropout"):
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < 1:
+            bad("a number in [0, 1)")
+    else:
+        options = {"block": fam.BLOCKS, "downsample": fam.DOWNSAMPLES, "head": fam.HEADS}[name]
+        if v not in options:
+            bad("one of " + ", ".join(options) + _suggest(str(v), options))
+
+
+def _check_dim(d: Dim, where: str) -> None:
+    if d.name in ARCH_DIMS:
+        if d.kind == "fixed" and isinstance(d.value, list):
+            if not ARCH_DIMS[d.name][1]:
+                raise SearchError(f"{where}: dimension '{d.name}' takes one value, not a list")
+        elif d.kind in ("int", "float") and d.name in ("block", "downsample", "head"):
+            raise SearchError(f"{where}: dimension '{d.name}' needs choices = [...]")
+        if d.kind == "float" and d.name not in ("dropout", "head_dropout"):
+            raise SearchError(f"{where}: dimension '{d.name}' takes integers")
+        for v in d.values():
+            _check_arch_value(d.name, v, where)
+    elif d.name == "augment":
+        for v in d.values():
+            if v not in AUGMENT or isinstance(v, bool):
+                raise SearchError(f"{where}: dimension 'augment': {v!r} is not a strength "
+                                  f"level 0-{max(AUGMENT)}")
+        if d.kind == "float":
+            raise SearchError(f"{where}: dimension 'augment' takes integer levels")
+    else:
+        key = TRAIN_DIMS.get(d.name) or d.name
+        for v in d.values():
+            try:
+                check_value(key, v)
+            except CifarlabError as e:
+                raise SearchError(f"{where}: dimension '{d.name}': {e}") from None
+
+
+@dataclass
+class SearchSpec:
+    """A parsed, validated search file."""
+
+    name: str
+    description: str
+    base: str
+    base_recipe: dict  # the base recipe file's raw contents (self-contained in the study)
+    constraints: dict
+    search: dict
+    space: dict[str, Dim]
+    enqueue: list[dict]
+    source: str = ""
+    text: str = ""
+
+    @property
+    def objectives(self) -> list[str]:
+        return list(self.search["objectives"])
+
+    @property
+    def multi(self) -> bool:
+        return len(self.objectives) > 1
+
+    def to_json(self) -> dict:
+        """What the study stores (enough to rebuild the spec on any machine)."""
+        return {"version": SEARCH_VERSION, "name": self.name, "description": self.description,
+                "base": self.base, "base_recipe": self.base_recipe, "text": self.text,
+                "source": self.source}
+
+
+def searches_dir():
+    return resources.files("cifarlab") / "searches"
+
+
+def list_searches() -> list[tuple[str, str]]:
+    """(name, description) of the built-in search files."""
+    out = []
+    for f in sorted(searches_dir().iterdir(), key=lambda p: p.name):
+        if f.name.endswith(".toml"):
+            try:
+                desc = tomllib.loads(f.read_text()).get("description", "")
+            except tomllib.TOMLDecodeError:
+                desc = "(invalid TOML)"
+            out.append((f.name[:-5], desc))
+    return out
+
+
+def _read_search_text(path_or_name: str | os.PathLike) -> tuple[str, str, Path | None]:
+    """(text, source label, file path or None for a built-in)."""
+    p = Path(path_or_name)
+    if p.suffix == ".toml" or p.exists() or os.sep in str(path_or_name):
+        if p.is_dir():
+            raise SearchError(f"search file {p}: is a directory")
+        try:
+            return p.read_text(), str(p), p
+        except FileNotFoundError:
+            raise SearchError(f"search file {p}: no such file") from None
+        except OSError as e:
+            raise SearchError(f"search file {p}: cannot read ({e.strerror})") from None
+        except UnicodeDecodeError:
+            raise SearchError(f"search file {p}: not a text (TOML) file") from None
+    f = searches_dir() / f"{path_or_name}.toml"
+    if not f.is_file():
+        known = ", ".join(n for n, _ in list_searches())
+        raise SearchError(f"no search file '{path_or_name}' (and no built-in search of that "
+                          f"name; built-in: {known})")
+    return f.read_text(), f"built-in {path_or_name}", None
+
+
+def parse_search(text: str, source: str = "search file", path: Path | None = None,
+                 base_recipe: dict | None = None) -> SearchSpec:
+    """Validate a search file's text (see the module docstring); SearchError on any problem.
+    `base_recipe` (the stored raw base recipe) replaces reading the `base` file again."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SearchError(f"{source}: invalid TOML ({e})") from None
+    for k in raw:
+        if k not in TOP_KEYS:
+            raise SearchError(f"{source}: unknown key '{k}' (known: {', '.join(TOP_KEYS)})"
+                              + _suggest(k, TOP_KEYS))
+    name = raw.get("name") or (path.stem if path else "search")
+    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+        raise SearchError(f"{source}: name must be letters, digits, '-' or '_', got {name!r}")
+    base = raw.get("base")
+    if not isinstance(base, str) or not base:
+        raise SearchError(f"{source}: 'base' must name the base recipe (e.g. base = "
+                          "\"fast-seed001\")")
+    if base_recipe is None:
+        bp = Path(base)
+        if path is not None and bp.suffix == ".toml" and not bp.is_absolute():
+            bp = path.parent / bp
+        try:
+            base_recipe = load_recipe_file(bp if bp.suffix == ".toml" else base)
+        except CifarlabError as e:
+            raise SearchError(f"{source}: base recipe: {e}") from None
+    try:
+        resolve(copy.deepcopy(base_recipe))
+    except CifarlabError as e:
+        raise SearchError(f"{source}: base recipe '{base}': {e}") from None
+
+    def table(key: str, defaults: dict) -> dict:
+        t = raw.get(key, {})
+        if not isinstance(t, dict):
+            raise SearchError(f"{source}: [{key}] must be a table")
+        for k in t:
+            if k not in defaults:
+                raise SearchError(f"{source}: unknown key '{k}' in [{key}] (known: "
+                                  f"{', '.join(defaults)})" + _suggest(k, defaults))
+        out = copy.deepcopy(defaults)
+        out.update(t)
+        return out
+
+    cons = table("constraints", CONSTRAINT_KEYS)
+    for k in ("max_params", "max_macs", "min_receptive_field"):
+        try:
+            cons[k] = check_value(f"constraints.{k}", cons[k])
+        except CifarlabError as e:
+            raise SearchError(f"{source}: [constraints] {e}") from None
+    for k in ("require", "forbid"):
+        try:
+            cons[k] = check_value(f"constraints.{k}", cons[k])
+        except CifarlabError as e:
+            raise SearchError(f"{source}: [constraints] {e}") from None
+    for k in ("max_train_seconds", "max_train_time_vs_base"):
+        v = cons[k]
+        if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+            raise SearchError(f"{source}: [constraints] {k} must be a number >= 0, got {v!r}")
+        cons[k] = float(v)
+
+    s = table("search", SEARCH_KEYS)
+    obj = s["objectives"]
+    if isinstance(obj, str):
+        obj = [obj]
+    if (not isinstance(obj, list) or not obj or obj[0] != "val_acc" or len(obj) > 2
+            or any(o not in COSTS for o in obj[1:])):
+        raise SearchError(f"{source}: [search] objectives must be [\"val_acc\"] or "
+                          f"[\"val_acc\", COST] with COST one of {', '.join(COSTS)}; got {obj!r}")
+    s["objectives"] = obj
+    for k, choices in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
+        if s[k] not in choices:
+            raise SearchError(f"{source}: [search] {k} '{s[k]}' is not one of "
+                              + ", ".join(choices) + _suggest(str(s[k]), choices))
+    ints = {"min_epochs": 1, "reduction_factor": 2, "val_split": 1, "train_subset": 0,
+            "seed": 0, "startup_trials": 0, "max_rejected_in_row": 1, "heartbeat": 1}
+    for k, lo in ints.items():
+        v = s[k]
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise SearchError(f"{source}: [search] {k} must be an integer >= {lo}, got {v!r}")
+    m = s["minutes"]
+    if isinstance(m, bool) or not isinstance(m, int | float) or m <= 0:
+        raise SearchError(f"{source}: [search] minutes must be a positive number, got {m!r}")
+    s["minutes"] = float(m)
+
+    space_raw = raw.get("space", {})
+    if not isinstance(space_raw, dict):
+        raise SearchError(f"{source}: [space] must be a table")
+    known = list(ARCH_DIMS) + list(TRAIN_DIMS)
+    space: dict[str, Dim] = {}
+    for k, v in space_raw.items():
+        if k not in ARCH_DIMS and k not in TRAIN_DIMS and k not in BY_KEY:
+            raise SearchError(f"{source}: unknown dimension '{k}' in [space] (known: "
+                              f"{', '.join(known)}, or a recipe key such as "
+                              "'schedule.pct_start')" + _suggest(k, known + list(BY_KEY)))
+        if k in BY_KEY and (k.startswith("constraints.") or k in ("model", "model_args",
+                                                                  "name", "description")):
+            raise SearchError(f"{source}: '{k}' cannot be a dimension (rules go in "
+                              "[constraints], the network is the family's dimensions)")
+        d = _dim(k, v, f"{source} [space]")
+        _check_dim(d, f"{source} [space]")
+        space[k] = d
+    for k, (default, _) in ARCH_DIMS.items():
+        space.setdefault(k, Dim(k, "fixed", value=default))
+    stages = space["stages"]
+    if stages.kind == "fixed":
+        for k in PER_STAGE:
+            d = space[k]
+            if d.kind == "fixed" and isinstance(d.value, list) and len(d.value) != stages.value:
+                raise SearchError(f"{source} [space]: '{k}' has {len(d.value)} values for "
+                                  f"{stages.value} stages")
+    elif any(isinstance(space[k].value, list) for k in PER_STAGE if space[k].kind == "fixed"):
+        raise SearchError(f"{source} [space]: a per-stage list needs a fixed number of stages")
+    if s["min_epochs"] > _max_epochs(space, base_recipe):
+        raise SearchError(f"{source}: [search] min_epochs {s['min_epochs']} is above the "
+                          "largest epochs the space allows")
+
+    enq = raw.get("enqueue", [])
+    if not isinstance(enq, list) or not all(isinstance(e, dict) for e in enq):
+        raise SearchError(f"{source}: [[enqueue]] entries must be tables")
+    spec = SearchSpec(name=name, description=str(raw.get("description", "")), base=base,
+                      base_recipe=base_recipe, constraints=cons, search=s, space=space,
+                      enqueue=[], source=source, text=text)
+    for i, e in enumerate(enq):
+        spec.enqueue.append(_enqueue_entry(spec, e, f"{source}: [[enqueue]] #{i + 1}"))
+    return spec
+
+
+def load_search(path_or_name: str | os.PathLike) -> SearchSpec:
+    """A search file by path, or a built-in one by name (`seed001-rules`, `under-50k`)."""
+    text, source, path = _read_search_text(path_or_name)
+    return parse_search(text, source, path)
+
+
+def _max_epochs(space: dict[str, Dim], base_recipe: dict) -> int:
+    d = space.get("epochs") or space.get("train.epochs")
+    if d is None:
+        return int(resolve(copy.deepcopy(base_recipe))["train"]["epochs"])
+    return int(max(d.values()))
+
+
+# ------------------------------------------------------------------------------ sampling
+
+def _pname(stage: int, key: str) -> str:
+    return f"s{stage}_{key}"
+
+
+def _middle(depth: int, d: int) -> int | list[int]:
+    """The stage's dilation as model_args: d on its middle block (seed 001's one dilated
+    conv), 1 elsewhere."""
+    if d == 1 or depth <= 1:
+        return d if depth == 1 else 1
+    return [d if j == depth // 2 else 1 for j in range(depth)]
+
+
+def sample(space: dict[str, Dim], trial: Any) -> tuple[dict, dict]:
+    """(family model_args, searched training settings as dotted recipe keys) for a trial
+    (anything with Optuna's suggest_* methods)."""
+    n = space["stages"].suggest(trial, "stages")
+    stem = space["stem"].suggest(trial, "stem")
+    per: dict[str, list] = {k: [] for k in PER_STAGE}
+    for i in range(1, n + 1):
+        for k in ("depth", "width", "block", "downsample", "dilation"):
+            d = space[k]
+            if d.kind == "fixed" and isinstance(d.value, list):
+                per[k].append(d.value[i - 1])
+            else:
+                per[k].append(d.suggest(trial, _pname(i, k)))
+    args = {"stem": stem, "widths": per["width"], "depths": per["depth"],
+            "blocks": per["block"], "downsample": per["downsample"],
+            "dilation": [_middle(dp, dl) for dp, dl in zip(per["depth"], per["dilation"],
+                                                            strict=True)],
+            "head": space["head"].suggest(trial, "head"),
+            "dropout": float(space["dropout"].suggest(trial, "dropout")),
+            "head_dropout": float(space["head_dropout"].suggest(trial, "head_dropout"))}
+    train: dict[str, Any] = {}
+    for name, d in space.items():
+        if name in ARCH_DIMS:
+            continue
+        v = d.suggest(trial, name)
+        if name == "augment":
+            train["augment.backend"] = "tensor"
+            train.update({f"augment.{k}": x for k, x in AUGMENT[int(v)].items()})
+        else:
+            key = TRAIN_DIMS.get(name) or name
+            train[key] = check_value(key, v)
+    return args, train
+
+
+def _enqueue_entry(spec: SearchSpec, entry: dict, where: str) -> dict:
+    """An [[enqueue]] table -> {'label', 'params'} with Optuna parameter names, checked
+    against the space."""
+    e = dict(entry)
+    label = e.pop("label", None)
+    if label is not None and not isinstance(label, str):
+        raise SearchError(f"{where}: label must be a string")
+    params: dict[str, Any] = {}
+    space = spec.space
+    for k in e:
+        if k not in space and k not in TRAIN_DIMS and k not in BY_KEY:
+            raise SearchError(f"{where}: unknown dimension '{k}'"
+                              + _suggest(k, list(space) + list(TRAIN_DIMS)))
+        if k not in space:
+            raise SearchError(f"{where}: '{k}' is not a dimension of [space]")
+
+    def put(pname: str, d: Dim, v: Any) -> None:
+        if d.kind == "fixed":
+            if v != d.value:
+                raise SearchError(f"{where}: '{d.name}' is fixed at {d.value!r} in [space], "
+                                  f"not {v!r}")
+            return
+        if not d.contains(v):
+            rng = d.choices if d.kind == "cat" else f"[{d.low}, {d.high}]"
+            raise SearchError(f"{where}: {pname} = {v!r} is outside the space ({rng})")
+        params[pname] = v
+
+    n = e.get("stages", space["stages"].value if space["stages"].kind == "fixed" else None)
+    if n is None:
+        raise SearchError(f"{where}: give 'stages' (the number of stages is searched)")
+    put("stages", space["stages"], n)
+    for name, d in space.items():
+        if name == "stages":
+            continue
+        if name in PER_STAGE:
+            if d.kind == "fixed" and isinstance(d.value, list):
+                if name in e and e[name] != d.value:
+                    raise SearchError(f"{where}: '{name}' is fixed at {d.value!r} in [space]")
+                continue
+            v = e.get(name, d.value if d.kind == "fixed" else None)
+            if v is None:
+                raise SearchError(f"{where}: missing '{name}' (one value per stage)")
+            vs = v if isinstance(v, list) else [v] * n
+            if len(vs) != n:
+                raise SearchError(f"{where}: '{name}' has {len(vs)} values for {n} stages")
+            for i, x in enumerate(vs, start=1):
+                put(_pname(i, name), d, x)
+        else:
+            if name not in e:
+                if d.kind == "fixed":
+                    continue
+                raise SearchError(f"{where}: missing '{name}' (a searched dimension)")
+            put(name, d, e[name])
+    return {"label": label, "params": params}
+
+
+# ------------------------------------------------------------------------------ rules
+
+def check_rules(model: torch.nn.Module, facts: dict, cons: dict) -> tuple[list[str], dict]:
+    """(broken rules as messages, constraint values for the sampler: > 0 = broken by that
+    relative amount, <= 0 = met)."""
+    broken = check_constraints(model, max_params=cons["max_params"] or None,
+                               min_receptive_field=cons["min_receptive_field"] or None,
+                               require=cons["require"], forbid=cons["forbid"])
+    values: dict[str, float] = {}
+    if cons["max_params"]:
+        values["max_params"] = (facts["params"] - cons["max_params"]) / cons["max_params"]
+    if cons["max_macs"]:
+        values["max_macs"] = (facts["macs"] - cons["max_macs"]) / cons["max_macs"]
+        if facts["macs"] > cons["max_macs"]:
+            broken.append(f"max_macs {cons['max_macs']}: model has {facts['macs']:,} MACs")
+    if cons["min_receptive_field"]:
+        mrf = cons["min_receptive_field"]
+        values["min_receptive_field"] = (mrf - facts["receptive_field"]) / mrf
+    for kind in ("require", "forbid"):
+        for rule in cons[kind]:
+            hit = any(m.startswith(f"{kind} {rule}") for m in broken)
+            values[f"{kind}_{rule}"] = 1.0 if hit else 0.0
+    return broken, values
+
+
+def rule_key(message: str) -> str:
+    """'max_params 199999: model has ...' -> 'max_params'; 'require dilated: ...' ->
+    'require dilated' (for counting rejections by rule)."""
+    head = message.split(":", 1)[0].strip()
+    words = head.split()
+    if words and words[0] in ("require", "forbid") and len(words) > 1:
+        return f"{words[0]} {words[1]}"
+    if head.startswith("time budget"):
+        return "time budget"
+    if head.startswith("invalid design"):
+        return "invalid design"
+    return words[0] if words else head
+
+
+def _step_timer(model: torch.nn.Module, batch_size: int, precision: str,
+                channels_last: bool) -> Callable[[], float]:
+    """A function timing one training step (forward, backward, SGD step) on random data."""
+    from .inference import autocast
+    from .layers import use_fast_dropout
+
+    net = use_fast_dropout(copy.deepcopy(model)).train()
+    x = torch.randn(batch_size, 3, 32, 32)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch_size,))
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+
+    def step() -> float:
+        t = time.perf_counter()
+        with autocast(precision, "cpu"):
+            loss = F.cross_entropy(net(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return time.perf_counter() - t
+
+    return step
+
+
+def time_steps(models: list[tuple[torch.nn.Module, int]], precision: str = "bf16",
+               channels_last: bool = True, rounds: int = 3) -> list[float]:
+    """Seconds per training step of each (model, batch size), measured interleaved (one step
+    of each per round, after a warm-up step) and taking each one's fastest round, so that a
+    busy machine slows them alike."""
+    timers = [_step_timer(m, b, precision, channels_last) for m, b in models]
+    for t in timers:
+        t()
+    best = [math.inf] * len(timers)
+    for _ in range(rounds):
+        for i, t in enumerate(timers):
+            best[i] = min(best[i], t())
+    return best
+
+
+def predict_seconds(step_s: float, n_train: int, batch_size: int, epochs: int, n_val: int,
+                    tta: bool) -> float:
+    """Training time from the time of one step: steps per epoch (the last partial batch is
+    dropped), 10% for augmentation and bookkeeping, and a validation pass per epoch (a forward
+    pass costs about a third of a training step; twice with test-time flip)."""
+    steps = max(1, n_train // batch_size)
+    per_image = step_s / batch_size
+    return epochs * (steps * step_s * 1.1 + n_val * (2 if tta else 1) * per_image / 3)
+
+
+# ------------------------------------------------------------------------------ pruning
+
+def rungs(min_epochs: int, eta: int, max_epochs: int) -> list[int]:
+    """Epochs at which trials are compared: min_epochs * eta**k below max_epochs."""
+    out, r = [], min_epochs
+    while r < max_epochs:
+        out.append(r)
+        r *= eta
+    return out
+
+
+def dominance_prune(peers: list[tuple[float, float]], acc: float, cost: float, eta: int = 3,
+                    min_peers: int | None = None) -> str | None:
+    """The multi-objective early stop (Optuna's pruners handle one objective only).
+
+    `peers`: (cost, validation accuracy at this rung's epoch) of the other trials that reached
+    it. A trial keeps running if it is in the top 1/eta by accuracy among itself and the peers
+    that cost no more than it does (successive halving inside each cost bracket): it is stopped
+    only when enough cheaper-or-equal trials beat it at the same epoch that it could hardly end
+    on the Pareto front. The cheapest trials are never stopped (they have no cheaper peers),
+    so the low-cost end of the front is kept. Needs at least `min_peers` (default eta)
+    cheaper-or-equal peers to decide. Returns the reason, or None to continue.
+    """
+    min_peers = eta if min_peers is None else min_peers
+    cheaper = [a for c, a in peers if c <= cost]
+    if len(cheaper) < min_peers:
+        return None
+    keep = math.ceil((len(cheaper) + 1) / eta)
+    better = sum(1 for a in cheaper if a > acc)
+    if better >= keep:
+        return (f"{better} of {len(cheaper)} trials that cost no more had a better val acc at "
+                f"this epoch (keeps the top 1/{eta})")
+    return None
+
+
+# ------------------------------------------------------------------------------ storage
+
+def mask_url(url: str) -> str:
+    """The storage URL with any password hidden."""
+    import re
+
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def default_storage(study_dir: Path) -> str:
+    return f"sqlite:///{(study_dir / STUDY_FILE).resolve()}"
+
+
+def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage (SQLite file or a database server), or a one-line SearchError."""
+    import sqlalchemy.exc
+
+    kw: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kw = {"connect_args": {"timeout": 60}}
+    elif url.startswith("postgresql"):
+        kw = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
+    elif url.startswith("mysql"):
+        kw = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
+    hb: dict[str, Any] = {}
+    if heartbeat:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            hb = {"heartbeat_interval": heartbeat, "grace_period": 3 * heartbeat,
+                  "heartbeat_stale_trial_callback": _retry_callback()}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return optuna.storages.RDBStorage(url, engine_kwargs=kw, **hb)
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as e:
+        msg = str(getattr(e, "orig", None) or e).strip().splitlines()
+        why = msg[0] if msg else type(e).__name__
+        raise SearchError(f"storage {mask_url(url)}: cannot open ({why})") from None
+
+
+def _retry_callback():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return optuna.storages.RetryHeartbeatStaleTrialCallback(
+            max_retry=3, inherit_intermediate_values=True)
+
+
+@contextlib.contextmanager
+def storage_errors(url: str):
+    """Turn a database failure in the middle of a search into a one-line SearchError."""
+    import sqlalchemy.exc
+
+    try:
+        yield
+    except sqlalchemy.exc.SQLAlchemyError as e:
+        msg = str(getattr(e, "orig", None) or e).strip().splitlines()
+        why = msg[0] if msg else type(e).__name__
+        raise SearchError(f"storage {mask_url(url)}: {why} (what was recorded is kept; run "
+                          "the same command again to resume)") from None
+
+
+def _sampler(spec: SearchSpec, seed: int | None = None):
+    s = spec.search
+    seed = s["seed"] if seed is None else seed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if s["sampler"] == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if s["sampler"] == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(
+                4, s["startup_trials"]))
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s["startup_trials"],
+                                          multivariate=True, group=True, constant_liar=True)
+
+
+def _pruner(spec: SearchSpec):
+    s = spec.search
+    if spec.multi or s["pruner"] == "none":
+        return optuna.pruners.NopPruner()  # multi-objective: dominance_prune, in the worker
+    max_ep = _max_epochs(spec.space, spec.base_recipe)
+    if s["pruner"] == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=s["min_epochs"],
+                                              max_resource=max_ep,
+                                              reduction_factor=s["reduction_factor"])
+    if s["pruner"] == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=s["min_epochs"],
+                                                      reduction_factor=s["reduction_factor"])
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=s["min_epochs"] - 1)
+
+
+def study_dir_for(runs_dir: str | os.PathLike, name: str) -> Path:
+    return Path(runs_dir) / name
+
+
+def resolve_study(study: str, storage: str | None = None,
+                  runs_dir: str | os.PathLike = "runs") -> tuple[str, str, Path]:
+    """(study name, storage URL, study directory) from a study directory or a name."""
+    p = Path(study)
+    if p.is_dir():
+        sdir = p
+        if storage is None and not (p / STUDY_FILE).is_file():
+            raise SearchError(f"{p}: no {STUDY_FILE} in this directory (for a study kept on a "
+                              "database server, give --storage URL)")
+        name = p.resolve().name
+        url = storage or default_storage(p)
+        if storage is None:
+            names = optuna.study.get_all_study_names(open_storage(url))
+            if len(names) == 1:
+                name = names[0]
+        return name, url, sdir
+    sdir = study_dir_for(runs_dir, study)
+    if storage is None and not (sdir / STUDY_FILE).is_file():
+        known = sorted(x.parent.name for x in Path(runs_dir).glob(f"*/{STUDY_FILE}"))
+        raise SearchError(f"unknown study '{study}': no {sdir / STUDY_FILE}"
+                          + (f" (studies in {runs_dir}: {', '.join(known)})" if known else "")
+                          + "; for a study on a database server give --storage URL")
+    return study, storage or default_storage(sdir), sdir
+
+
+def load_study(name: str, url: str) -> optuna.Study:
+    storage = open_storage(url)
+    with storage_errors(url):
+        names = optuna.study.get_all_study_names(storage)
+    if name not in names:
+        raise SearchError(f"unknown study '{name}' in {mask_url(url)}"
+                          + (f" (known: {', '.join(sorted(names))})" if names else
+                             " (it holds no study)"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return optuna.load_study(study_name=name, storage=storage)
+
+
+def spec_of(study: optuna.Study) -> SearchSpec:
+    """The search spec a study was created from (stored in the study itself)."""
+    stored = study.user_attrs.get("spec")
+    if not isinstance(stored, dict) or "text" not in stored:
+        raise SearchError(f"study '{study.study_name}' was not made by cifarlab search")
+    return parse_search(stored["text"], f"study {study.study_name}",
+                        base_recipe=stored["base_recipe"])
+
+
+# ------------------------------------------------------------------------------ trials
+
+def outcome(t: FrozenTrial) -> str:
+    """complete | pruned | rejected | failed | running | waiting."""
+    if t.state == TrialState.COMPLETE:
+        return "complete"
+    if t.state == TrialState.PRUNED:
+        return "rejected" if t.user_attrs.get("rejected") else "pruned"
+    return {TrialState.FAIL: "failed", TrialState.RUNNING: "running",
+            TrialState.WAITING: "waiting"}.get(t.state, t.state.name.lower())
+
+
+def trial_seconds(t: FrozenTrial) -> float:
+    """Worker time a trial took (finished) or has taken so far (its last update)."""
+    if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.datetime_start \
+            and t.datetime_complete:
+        return (t.datetime_complete - t.datetime_start).total_seconds()
+    v = t.user_attrs.get("seconds_used", 0.0)
+    return float(v) if isinstance(v, int | float) else 0.0
+
+
+def summary(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> dict:
+    """Counts by outcome, rejections by rule, minutes used, the budget and the best trial."""
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    counts = {k: 0 for k in ("complete", "pruned", "rejected", "failed", "running", "waiting")}
+    why: dict[str, int] = {}
+    for t in trials:
+        o = outcome(t)
+        counts[o] = counts.get(o, 0) + 1
+        if o == "rejected":
+            for r in t.user_attrs.get("rejected_rules") or ["?"]:
+                why[r] = why.get(r, 0) + 1
+    used = sum(trial_seconds(t) for t in trials)
+    best = best_trials(study, trials)
+    return {"study": study.study_name, "trials": len(trials), **counts,
+            "rejected_by_rule": dict(sorted(why.items(), key=lambda kv: -kv[1])),
+            "minutes_used": used / 60,
+            "budget_minutes": study.user_attrs.get("budget_minutes"),
+            "best": [{"number": t.number, "values": t.values,
+                      "val_acc": t.values[0], "run_dir": t.user_attrs.get("run_dir"),
+                      "design": t.user_attrs.get("design")} for t in best]}
+
+
+def best_trials(study: optuna.Study, trials: list[FrozenTrial] | None = None
+                ) -> list[FrozenTrial]:
+    """Single objective: [the best trial] (or []); several: the Pareto front, best val acc
+    first. Only complete trials count (rejected ones never trained)."""
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
+    if not done:
+        return []
+    if len(done[0].values) == 1:
+        return [max(done, key=lambda t: (t.values[0], -t.number))]
+    front = [t for t in done if not any(
+        u.values[0] >= t.values[0] and u.values[1] <= t.values[1]
+        and (u.values[0] > t.values[0] or u.values[1] < t.values[1]) for u in done)]
+    return sorted(front, key=lambda t: (-t.values[0], t.values[1]))
+
+
+def _proc_start(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int, start: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    now = _proc_start(pid)
+    return start is None or now is None or now == start  # pid reused by another process
+
+
+def requeue(study: optuna.Study, t: FrozenTrial, why: str) -> None:
+    """Mark a trial failed (if it still runs in the storage) and queue it again with the same
+    parameters, user attributes and intermediate values (the retry resumes its run
+    directory)."""
+    storage = study._storage
+    try:
+        storage.set_trial_user_attr(t._trial_id, "failed", why)
+        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    except RuntimeError:  # finished meanwhile (UpdateFinishedTrialError)
+        return
+    _retry_callback()(study, storage.get_trial(t._trial_id))
+
+
+def reap_local(study: optuna.Study, host: str, log: Callable[[str], None]) -> int:
+    """Re-queue trials left RUNNING by dead workers of this machine (a kill, a crash, a power
+    cut): their process is gone, so there is no need to wait for the heartbeat."""
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        w = t.user_attrs.get("worker")
+        if not isinstance(w, dict) or w.get("host") != host or w.get("pid") == os.getpid():
+            continue
+        if _alive(int(w.get("pid", -1)), w.get("start")):
+            continue
+        requeue(study, t, f"worker {host}:{w.get('pid')} died")
+        log(f"trial {t.number}: its worker (pid {w.get('pid')}) is gone: marked failed and "
+            "re-queued")
+        n += 1
+    return n
+
+
+# ------------------------------------------------------------------------------ the worker
+
+def load_train_data(data_dir: str | os.PathLike | None = None, download: bool = False):
+    """CIFAR-10's training set only: a search never opens the test batch."""
+    from .data import CIFAR10, Split, find_data, load_split, read_classes
+
+    folder = find_data(data_dir, download=download)
+    empty = Split(torch.empty((0, 3, 32, 32), dtype=torch.uint8),
+                  torch.empty((0,), dtype=torch.int64))
+    return CIFAR10(load_split(folder, "train"), empty, read_classes(folder), folder)
+
+
+def _fmt_count(x: float | None) -> str:
+    if x is None:
+        return "?"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= size:
+            return f"{x / size:.1f}{unit}"
+    return f"{x:.0f}"
+
+
+def _train_words(train: dict) -> str:
+    short = {"optim.lr": "lr", "optim.weight_decay": "wd", "train.batch_size": "bs",
+             "train.epochs": "ep", "loss.label_smoothing": "ls", "augment.crop_pad": "pad",
+             "augment.cutout": "cutout"}
+    out = []
+    for k, v in train.items():
+        if k == "augment.backend":
+            continue
+        s = short.get(k, k)
+        out.append(f"{s} {v:.3g}" if isinstance(v, float) else f"{s} {v}")
+    return " ".join(out)
+
+
+class _TrialError(RuntimeError):
+    """A trial failed for a reason of its own (it is recorded; the search goes on)."""
+
+
+class Worker:
+    """Runs trials of one study in this process (see `run_search`)."""
+
+    def __init__(self, spec: SearchSpec, study: optuna.Study, url: str, study_dir: Path,
+                 data, log: Callable[[str], None], tag: str = ""):
+        self.spec, self.study, self.url, self.dir, self.data = spec, study, url, study_dir, data
+        self.log = (lambda s: log(f"{tag}{s}")) if tag else log
+        self.host = socket.gethostname()
+        self.cons = spec.constraints
+        self.base_cfg = resolve(copy.deepcopy(spec.base_recipe))
+        self.base_model = None
+        self.trials_dir = study_dir / "trials"
+        s = spec.search
+        self.rungs = rungs(s["min_epochs"], s["reduction_factor"],
+                           _max_epochs(spec.space, spec.base_recipe))
+        n_all = len(data.train)
+        if s["train_subset"]:
+            n_all = min(n_all, s["train_subset"])
+        self.n_val = s["val_split"]
+        self.n_train = max(1, n_all - self.n_val)
+        self.rejected_in_row = 0
+        self.current: int | None = None  # storage id of the trial this worker runs
+
+    # -- a trial's recipe -----------------------------------------------------------------
+    def recipe(self, number: int, args: dict, train: dict) -> tuple[dict, dict]:
+        """(raw recipe, dotted overrides) of a trial: the base recipe with the family network,
+        its searched settings, a validation split and no test evaluation."""
+        raw = copy.deepcopy(self.spec.base_recipe)
+        raw["name"] = f"{self.study.study_name}-trial-{number:04d}"
+        raw["description"] = f"cifarlab search {self.study.study_name}, trial {number}"
+        raw["model"] = "family"
+        raw["model_args"] = copy.deepcopy(args)
+        c = self.cons
+        raw["constraints"] = {"max_params": c["max_params"], "max_macs": c["max_macs"],
+                              "min_receptive_field": c["min_receptive_field"],
+                              "require": list(c["require"]), "forbid": list(c["forbid"])}
+        s = self.spec.search
+        over = dict(train)
+        over.update({"data.val_split": s["val_split"], "train.test_eval": "never",
+                     "train.eval_every": 1, "train.processes": 1, "train.target": 0.0,
+                     "train.seed": s["seed"]})
+        if s["train_subset"]:
+            over["data.train_subset"] = s["train_subset"]
+        return raw, over
+
+    # -- time -----------------------------------------------------------------------------
+    def _base(self) -> torch.nn.Module:
+        if self.base_model is None:
+            b = self.base_cfg
+            self.base_model = create_model(b["model"], **b["model_args"])
+        return self.base_model
+
+    def predict(self, model: torch.nn.Module, cfg: dict) -> tuple[float, float]:
+        """(predicted training seconds of this trial, of the base recipe), timed together."""
+        b, t = self.base_cfg["train"], cfg["train"]
+        sc, sb = time_steps([(model, t["batch_size"]), (self._base(), b["batch_size"])],
+                            t["precision"], t["channels_last"])
+        pc = predict_seconds(sc, self.n_train, t["batch_size"], t["epochs"], self.n_val,
+                             t["tta"])
+        pb = predict_seconds(sb, self.n_train, b["batch_size"], b["epochs"], self.n_val,
+                             b["tta"])
+        return pc, pb
+
+    def calibration(self) -> float:
+        """Median of measured / predicted training time over this study's trials (1 before
+        there are three)."""
+        r = []
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            a, p = t.user_attrs.get("train_seconds"), t.user_attrs.get("predicted_seconds")
+            if isinstance(a, int | float) and isinstance(p, int | float) and p > 0:
+                r.append(a / p)
+        return statistics.median(r) if len(r) >= 3 else 1.0
+
+    # -- the objective ----------------------------------------------------------------------
+    def objective(self, trial: optuna.Trial):
+        """Reject, prune or train one trial. A CifarlabError (bad data, a recipe the engine
+        refuses) stops the search; any other exception fails only this trial."""
+        try:
+            return self._objective(trial)
+        except (optuna.TrialPruned, CifarlabError, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:500])
+            raise _TrialError(f"{type(e).__name__}: {e}") from e
+
+    def _objective(self, trial: optuna.Trial):
+        t_start = time.time()
+        self.current = trial._trial_id
+        trial.set_user_attr("worker", {"host": self.host, "pid": os.getpid(),
+                                       "start": _proc_start(os.getpid())})
+        trial.set_user_attr("seconds_used", 0.0)
+        for k in ("rejected", "rejected_rules", "pruned", "failed", "error"):
+            if k in trial.user_attrs:  # inherited from a failed attempt
+                trial.set_user_attr(k, None)
+        args, train = sample(self.spec.space, trial)
+        design = fam.describe_design(args)
+        label = trial.user_attrs.get("label")
+        trial.set_user_attr("model_args", args)
+        trial.set_user_attr("train", train)
+        trial.set_user_attr("design", design)
+        raw, over = self.recipe(trial.number, args, train)
+        cfg = resolve(copy.deepcopy(raw), over)
+
+        def reject(msgs: list[str], values: dict) -> None:
+            for k, v in values.items():
+                trial.set_constraint(k, v)
+            trial.set_user_attr("rejected", "; ".join(msgs))
+            trial.set_user_attr("rejected_rules", sorted({rule_key(m) for m in msgs}))
+            trial.set_user_attr("seconds_used", time.time() - t_start)
+            self.rejected_in_row += 1
+            self.log(f"trial {trial.number} rejected: {'; '.join(msgs)}  [{design}]")
+            raise optuna.TrialPruned("rejected: " + "; ".join(msgs))
+
+        try:
+            model = create_model("family", **args)
+        except CifarlabError as e:
+            reject([f"invalid design: {e}"], {"design": 1.0})
+        facts = describe(model)
+        for k in ("params", "macs", "receptive_field"):
+            trial.set_user_attr(k, facts[k])
+        broken, values = check_rules(model, facts, self.cons)
+        c = self.cons
+        cap = None
+        need_time = (c["max_train_seconds"] or c["max_train_time_vs_base"]
+                     or "seconds" in self.spec.objectives)
+        pred = None
+        if need_time and not broken:
+            pred, pred_base = self.predict(model, cfg)
+            pred *= self.calibration()
+            pred_base *= self.calibration()
+            trial.set_user_attr("predicted_seconds", pred)
+            trial.set_user_attr("base_predicted_seconds", pred_base)
+            if c["max_train_seconds"]:
+                lim = c["max_train_seconds"]
+                values["time_seconds"] = (pred - lim) / lim
+                cap = 1.25 * lim
+                if pred > lim and not label:
+                    broken.append(f"time budget: predicted {pred:.0f} s of training, more "
+                                  f"than max_train_seconds {lim:.0f}")
+            if c["max_train_time_vs_base"]:
+                lim = c["max_train_time_vs_base"]
+                ratio = pred / pred_base
+                trial.set_user_attr("time_vs_base", ratio)
+                values["time_vs_base"] = (ratio - lim) / lim
+                cap = min(cap or math.inf, 1.5 * lim * pred_base)
+                if ratio > lim and not label:
+                    broken.append(f"time budget: predicted training time {ratio:.2f}x the "
+                                  f"base recipe's, more than max_train_time_vs_base {lim:g}")
+        if broken:
+            reject(broken, values)
+        for k, v in values.items():
+            trial.set_constraint(k, min(v, 0.0))
+        self.rejected_in_row = 0
+        cost_name = self.spec.objectives[1] if self.spec.multi else None
+        cost = None
+        if cost_name in ("params", "macs"):
+            cost = float(facts[cost_name])
+        elif cost_name == "seconds":
+            cost = pred
+        if cost is not None:
+            trial.set_user_attr("cost", cost)
+        return self._train(trial, cfg, raw, over, facts, design, label, cap, cost_name,
+                           t_start)
+
+    def _train(self, trial, cfg, raw, over, facts, design, label, cap, cost_name, t_start):
+        from .api import train as api_train
+
+        epochs = cfg["train"]["epochs"]
+        curve = {int(k): v for k, v in (trial.user_attrs.get("curve") or {}).items()}
+        stop: dict[str, str] = {}
+        t_train = time.time()
+        searched = {TRAIN_DIMS.get(k) or k for k, d in self.spec.space.items()
+                    if d.kind != "fixed" and k not in ARCH_DIMS}
+        if "augment" in searched:
+            searched |= {"augment.crop_pad", "augment.cutout"}
+        words = _train_words({k: v for k, v in trial.user_attrs["train"].items()
+                              if k in searched})
+        self.log(f"trial {trial.number} training: {design}  {words}"
+                 f"  {facts['params']:,} params, {_fmt_count(facts['macs'])} MACs, "
+                 f"RF {facts['receptive_field']}"
+                 + (f", predicted {trial.user_attrs['predicted_seconds'] / 60:.1f} min"
+                    if trial.user_attrs.get("predicted_seconds") else "")
+                 + (f"  [{label}]" if label else ""))
+
+        def on_epoch(row: dict) -> bool:
+            e, acc = int(row["epoch"]), row.get("val_acc")
+            trial.set_user_attr("seconds_used", time.time() - t_start)
+            if acc is None or not math.isfinite(acc):
+                return False
+            curve[e] = float(acc)
+            trial.set_user_attr("curve", {str(k): v for k, v in sorted(curve.items())})
+            if cost_name == "seconds":  # measured so far, extrapolated to the planned epochs
+                spent = time.time() - t_train
+                trial.set_user_attr("cost", spent / max(1, len(curve)) * epochs)
+            self.log(f"  trial {trial.number} epoch {e}/{epochs}  val acc {acc:.4f}")
+            if label or e >= epochs:
+                return False
+            if not self.spec.multi:
+                trial.report(float(acc), e)
+                if trial.should_prune():
+                    stop["why"] = (f"{self.spec.search['pruner']} pruner at epoch {e} "
+                                   f"(val acc {acc:.4f})")
+                    return True
+            elif e in self.rungs:
+                why = self._dominance(trial, e, float(acc))
+                if why:
+                    stop["why"] = f"dominance rule at epoch {e} (val acc {acc:.4f}): {why}"
+                    return True
+            return False
+
+        prev = trial.user_attrs.get("run_dir")
+        retried = trial.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
+        resume = (prev if retried is not None and prev and (Path(prev) / "last.pt").is_file()
+                  else None)
+        name = f"trial-{trial.number:04d}"
+        kw = dict(data=self.data, progress=False, plots=False, log=self._engine_log,
+                  max_seconds=cap, epoch_callback=on_epoch)
+        metrics = None
+        if resume:
+            trial.set_user_attr("run_dir", str(resume))
+            try:
+                metrics = api_train(resume=resume, **kw)
+                self.log(f"  trial {trial.number}: resumed {resume}")
+            except optuna.TrialPruned:
+                raise
+            except CifarlabError as e:
+                if "diverged" in str(e):
+                    raise
+                self.log(f"  trial {trial.number}: cannot resume {resume} ({e}); "
+                         "training afresh")
+                metrics = None
+        if metrics is None:
+            run_dir = self.trials_dir / name
+            trial.set_user_attr("run_dir", str(run_dir))
+            try:
+                metrics = api_train(copy.deepcopy(raw), runs_dir=self.trials_dir, name=name,
+                                    **kw, **over)
+            except CifarlabError as e:
+                if "diverged" not in str(e):
+                    raise
+                trial.set_user_attr("pruned", f"diverged ({e})")
+                trial.set_user_attr("seconds_used", time.time() - t_start)
+                self.log(f"trial {trial.number} pruned: training diverged")
+                raise optuna.TrialPruned(str(e)) from None
+            trial.set_user_attr("run_dir", metrics.get("run_dir", str(run_dir)))
+        val = metrics.get("val_acc")
+        trial.set_user_attr("val_acc", val)
+        trial.set_user_attr("train_seconds", metrics.get("train_seconds"))
+        trial.set_user_attr("epochs_done", metrics.get("epochs"))
+        trial.set_user_attr("seconds_used", time.time() - t_start)
+        if stop:
+            trial.set_user_attr("pruned", stop["why"])
+            raise optuna.TrialPruned(stop["why"])
+        if metrics.get("epochs", epochs) < epochs:
+            why = (f"time budget: stopped after {metrics.get('epochs')} of {epochs} epochs "
+                   f"({metrics.get('train_seconds', 0):.0f} s)")
+            trial.set_user_attr("pruned", why)
+            raise optuna.TrialPruned(why)
+        if val is None or not math.isfinite(val):
+            raise SearchError(f"trial {trial.number}: training returned no validation "
+                              "accuracy (is data.val_split supported?)")
+        if not self.spec.multi:
+            return float(val)
+        cost_name = self.spec.objectives[1]
+        cost = float(metrics["train_seconds"]) if cost_name == "seconds" else float(
+            facts[cost_name])
+        trial.set_user_attr("cost", cost)
+        return float(val), cost
+
+    def _engine_log(self, line: str) -> None:
+        if line.startswith("warning") or "time budget" in line:
+            self.log(f"  {line}")
+
+    def _dominance(self, trial: optuna.Trial, epoch: int, acc: float) -> str | None:
+        cost = trial.user_attrs.get("cost")
+        if not isinstance(cost, int | float):
+            return None
+        peers = []
+        for t in self.study.get_trials(deepcopy=False):
+            if t.number == trial.number or t.user_attrs.get("rejected"):
+                continue
+            a = (t.user_attrs.get("curve") or {}).get(str(epoch))
+            c = t.user_attrs.get("cost")
+            if isinstance(a, int | float) and isinstance(c, int | float):
+                peers.append((float(c), float(a)))
+        return dominance_prune(peers, acc, float(cost), self.spec.search["reduction_factor"])
+
+
+# ------------------------------------------------------------------------------ run
+
+def _status_line(study: optuna.Study, t: FrozenTrial | None, budget_s: float,
+                 trials_cap: int | None) -> str:
+    trials = study.get_trials(deepcopy=False)
+    used = sum(trial_seconds(x) for x in trials)
+    trained = sum(1 for x in trials if outcome(x) in ("complete", "pruned"))
+    parts = []
+    if t is not None:
+        o = outcome(t)
+        val = t.user_attrs.get("val_acc")
+        acc = f"val acc {val:.4f}" if isinstance(val, int | float) else ""
+        curve = t.user_attrs.get("curve") or {}
+        if o == "pruned" and curve:
+            last = max(curve, key=int)
+            acc = f"val acc {curve[last]:.4f} at epoch {last}"
+        why = t.user_attrs.get("pruned") or t.user_attrs.get("failed") or ""
+        if o == "rejected":
+            return ""  # already said when it was rejected
+        parts.append(f"trial {t.number} {o}" + (f": {acc}" if acc else "")
+                     + (f" ({why})" if why and o != "complete" else "")
+                     + f"  {trial_seconds(t) / 60:.1f} min")
+    left = max(0.0, budget_s - used)
+    b = f"budget {used / 60:.1f}/{budget_s / 60:.0f} min, ~{left / 60:.0f} min left"
+    if trials_cap:
+        b += f", {trained}/{trials_cap} trials"
+    best = best_trials(study, trials)
+    if best:
+        b += f"; best so far: trial {best[0].number} val acc {best[0].values[0]:.4f}"
+    parts.append(b)
+    return "  ".join(parts)
+
+
+def create_or_load(spec: SearchSpec, name: str, url: str, minutes: float | None,
+                   log: Callable[[str], None]) -> optuna.Study:
+    """Open the study, creating it (and queueing the [[enqueue]] designs) if it is new; a study
+    made from a different search file is refused."""
+    storage = open_storage(url, spec.search["heartbeat"])
+    directions = ["maximize"] + (["minimize"] if spec.multi else [])
+    with storage_errors(url), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            study = optuna.create_study(study_name=name, storage=storage,
+                                        directions=directions, sampler=_sampler(spec),
+                                        pruner=_pruner(spec))
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:
+            study = optuna.load_study(study_name=name, storage=storage,
+                                      sampler=_sampler(spec), pruner=_pruner(spec))
+            created = False
+        if created:
+            study.set_user_attr("spec", spec.to_json())
+            study.set_user_attr("created", datetime.now().isoformat(timespec="seconds"))
+            study.set_user_attr("budget_minutes", minutes or spec.search["minutes"])
+            study.set_metric_names(["val_acc"] + spec.objectives[1:])
+            for e in spec.enqueue:
+                study.enqueue_trial(e["params"], user_attrs={"label": e["label"]}
+                                    if e["label"] else None, skip_if_exists=True)
+            log(f"study '{name}' created in {mask_url(url)}"
+                + (f"; {len(spec.enqueue)} design(s) queued first" if spec.enqueue else ""))
+        else:
+            stored = study.user_attrs.get("spec")
+            if not isinstance(stored, dict) or "text" not in stored:
+                raise SearchError(f"study '{name}' in {mask_url(url)} was not made by "
+                                  "cifarlab search; choose another --study name")
+            if _comparable(stored["text"]) != _comparable(spec.text):
+                raise SearchError(f"study '{name}' was created from a different search file "
+                                  f"({stored.get('source')}); resume it with that file or "
+                                  "start a new study (--study NEW_NAME)")
+            if study.directions != [optuna.study.StudyDirection.MAXIMIZE] + (
+                    [optuna.study.StudyDirection.MINIMIZE] if spec.multi else []):
+                raise SearchError(f"study '{name}' has other objectives than the search file")
+            if minutes:
+                study.set_user_attr("budget_minutes", minutes)
+    return study
+
+
+def _comparable(text: str) -> str:
+    """A search file's content without the budget (which a resume may change)."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return text
+    raw.get("search", {}).pop("minutes", None)
+    raw.pop("description", None)
+    return json.dumps(raw, sort_keys=True, default=str)
+
+
+def run_search(search: str | os.PathLike | SearchSpec, *, study: str | None = None,
+               storage: str | None = None, minutes: float | None = None,
+               trials: int | None = None, runs_dir: str | os.PathLike = "runs",
+               data=None, data_dir: str | os.PathLike | None = None,
+               threads: int | None = None, log: Callable[[str], None] = print,
+               tag: str = "") -> dict:
+    """Run (or resume) a search in this process until the study's budget is used or it has
+    `trials` trained trials; return `summary()`.
+
+    The budget (`minutes`, else the study's stored one, else the file's) is the study's total
+    trial time, summed over workers and sessions; a trial that starts before it runs out is
+    finished. Several processes on one or many machines may run the same study (same name and
+    storage URL) at once.
+    """
+    spec = search if isinstance(search, SearchSpec) else load_search(search)
+    name = study or spec.name
+    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise SearchError(f"study name {name!r}: use letters, digits, '-', '_' or '.'")
+    if minutes is not None and minutes <= 0:
+        raise SearchError("--minutes must be positive")
+    if trials is not None and trials <= 0:
+        raise SearchError("--trials must be positive")
+    sdir = study_dir_for(runs_dir, name)
+    try:
+        sdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SearchError(f"{sdir}: cannot create the study directory ({e.strerror})") from None
+    url = storage or default_storage(sdir)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    st = create_or_load(spec, name, url, minutes, log)
+    copy_path = sdir / "search.toml"
+    if not copy_path.exists():
+        from .rundir import atomic_write_text
+
+        atomic_write_text(copy_path, spec.text)
+    if threads:
+        torch.set_num_threads(threads)
+    if data is None:
+        data = load_train_data(data_dir)
+    w = Worker(spec, st, url, sdir, data, log, tag)
+    budget_s = 60 * float(st.user_attrs.get("budget_minutes") or spec.search["minutes"])
+    log(f"{tag}search '{name}': {spec.description or spec.source}; objectives "
+        f"{', '.join(spec.objectives)}; budget {budget_s / 60:.0f} min"
+        + (f", {trials} trials" if trials else "") + f"; runs in {sdir}")
+    failures = 0
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    old = None
+    with contextlib.suppress(ValueError):  # not the main thread: no handler
+        old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        while True:
+            with storage_errors(url):
+                reap_local(st, w.host, w.log)
+                all_t = st.get_trials(deepcopy=False)
+                used = sum(trial_seconds(t) for t in all_t)
+                trained = sum(1 for t in all_t if outcome(t) in ("complete", "pruned"))
+                budget_s = 60 * float(st.user_attrs.get("budget_minutes") or budget_s / 60)
+            if used >= budget_s:
+                log(f"{tag}budget of {budget_s / 60:.0f} min used")
+                break
+            if trials is not None and trained >= trials:
+                log(f"{tag}{trained} trials trained")
+                break
+            if w.rejected_in_row >= spec.search["max_rejected_in_row"]:
+                raise SearchError(f"the rules rejected {w.rejected_in_row} candidates in a "
+                                  "row: the space has (almost) no design that meets them; "
+                                  "widen [space] or relax [constraints]")
+            w.current = None
+            try:
+                with storage_errors(url), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    st.optimize(w.objective, n_trials=1, catch=(_TrialError,))
+            except KeyboardInterrupt:
+                _requeue_current(st, w)
+                raise
+            except CifarlabError:
+                _requeue_current(st, w)
+                raise
+            if w.current is not None:
+                with storage_errors(url):
+                    t = st._storage.get_trial(w.current)
+                    failures = failures + 1 if t.state == TrialState.FAIL else 0
+                    if t.state == TrialState.FAIL:
+                        err = t.user_attrs.get("error") or "see the log above"
+                        log(f"{tag}trial {t.number} failed ({err})")
+                    line = _status_line(st, t, budget_s, trials)
+                if line:
+                    log(f"{tag}{line}")
+            if failures >= 3:
+                raise SearchError("three trials in a row failed; stopping (the study is kept; "
+                                  "fix the cause and run the same command to resume)")
+    finally:
+        if old is not None:
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGTERM, old)
+    with storage_errors(url):
+        return summary(st)
+
+
+def _requeue_current(study: optuna.Study, w: Worker) -> None:
+    """After an interrupt or an error that stops the search: queue again the trial this worker
+    was running (Optuna marked it failed), so the next run resumes it."""
+    if w.current is None:
+        return
+    with contextlib.suppress(Exception):
+        storage = study._storage
+        t = storage.get_trial(w.current)
+        if t.state == TrialState.RUNNING:
+            requeue(study, t, "interrupted")
+        elif t.state == TrialState.FAIL:
+            storage.set_trial_user_attr(t._trial_id, "failed", "interrupted")
+            _retry_callback()(study, storage.get_trial(t._trial_id))
+        else:
+            return
+        w.log(f"trial {t.number} interrupted: re-queued (run the same command to resume it)")
+
+
+# ------------------------------------------------------------------------------ the winner
+
+def pick(study: optuna.Study, number: int | None = None) -> FrozenTrial:
+    """Trial `number` (it must be complete), else the best one (several objectives: the
+    front's best validation accuracy)."""
+    if number is not None:
+        ts = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+        if not ts:
+            raise SearchError(f"study '{study.study_name}' has no trial {number}")
+        if ts[0].state != TrialState.COMPLETE:
+            raise SearchError(f"trial {number} is {outcome(ts[0])}, not complete")
+        return ts[0]
+    best = best_trials(study)
+    if not best:
+        raise SearchError(f"study '{study.study_name}' has no complete trial yet")
+    return best[0]
+
+
+def winner_recipe(study: optuna.Study, t: FrozenTrial, name: str = "searched") -> dict:
+    """The trial as an ordinary recipe: the base recipe with the trial's network and training
+    settings and the search's rules, trained on the full training set (no validation split)
+    and tested once."""
+    spec = spec_of(study)
+    raw = copy.deepcopy(spec.base_recipe)
+    raw["name"] = name
+    val = t.values[0] if t.values else None
+    raw["description"] = (f"winner of cifarlab search '{study.study_name}' (trial {t.number}, "
+                          + (f"val acc {val:.4f}" if val is not None else "not complete") + ")")
+    raw["model"] = "family"
+    raw["model_args"] = copy.deepcopy(t.user_attrs["model_args"])
+    c = spec.constraints
+    raw["constraints"] = {"max_params": c["max_params"], "max_macs": c["max_macs"],
+                          "min_receptive_field": c["min_receptive_field"],
+                          "require": list(c["require"]), "forbid": list(c["forbid"])}
+    train = nest(t.user_attrs.get("train") or {})
+    for section, vals in train.items():
+        raw.setdefault(section, {})
+        raw[section].update(vals)
+    raw.setdefault("data", {}).pop("val_split", None)
+    raw = {k: v for k, v in raw.items() if not (isinstance(v, dict) and not v
+                                                 and k != "model_args")}
+    order = ["name", "description", "model", "model_args"]
+    raw = {**{k: raw[k] for k in order if k in raw},
+           **{k: v for k, v in raw.items() if k not in order}}
+    resolve(copy.deepcopy(raw))  # it must be a valid recipe
+    return raw
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise SearchError(f"cannot write {v} in TOML")
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    raise SearchError(f"cannot write {type(v).__name__} in TOML")
+
+
+def _toml_key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
+
+
+def to_toml(raw: dict, header: str = "") -> str:
+    """A recipe dict as TOML (top-level values, then one table per section)."""
+    lines = [f"# {x}" if x else "#" for x in header.splitlines()]
+    for k, v in raw.items():
+        if not isinstance(v, dict):
+            lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
+    for k, v in raw.items():
+        if isinstance(v, dict):
+            lines += ["", f"[{_toml_key(k)}]"]
+            lines += [f"{_toml_key(kk)} = {_toml_value(vv)}" for kk, vv in v.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_best(study: optuna.Study, out: str | os.PathLike, number: int | None = None) -> dict:
+    """Write the winner (or trial `number`) as a recipe file; return {'path', 'trial', ...}."""
+    from .rundir import atomic_write_text
+
+    out = Path(out)
+    if out.suffix != ".toml":
+        raise SearchError(f"--out {out}: the recipe file must end in .toml")
+    t = pick(study, number)
+    raw = winner_recipe(study, t, out.stem)
+    ua = t.user_attrs
+    header = "\n".join([
+        f"Written by `cifarlab search best` from study '{study.study_name}', trial {t.number}",
+        f"({datetime.now().isoformat(timespec='seconds')}).",
+        f"Design: {ua.get('design')}",
+        f"{ua.get('params', 0):,} params, {ua.get('macs', 0):,} MACs, receptive field "
+        f"{ua.get('receptive_field')};",
+        f"validation accuracy {t.values[0]:.4f} on {spec_of(study).search['val_split']:,} "
+        "held-out training images.",
+        "Train it on the full training set (the test set is read once, at the end):",
+        f"  cifarlab train --recipe {out}"])
+    text = to_toml(raw, header)
+    parsed = tomllib.loads(text)
+    if parsed != raw:
+        raise SearchError("internal error: the recipe does not read back as written")
+    atomic_write_text(out, text)
+    return {"path": str(out), "trial": t.number, "values": t.values,
+            "design": ua.get("design"), "recipe": raw}

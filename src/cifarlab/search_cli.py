@@ -1,0 +1,224 @@
+"""`cifarlab search` on the command line: argument parsing only (importing this module imports
+neither torch nor optuna; the work is in search.py and search_report.py).
+
+    cifarlab search FILE [--study NAME] [--storage URL] [--minutes M] [--trials N]
+                         [--runs-dir DIR] [--data-dir D] [--workers N] [--threads N]
+    cifarlab search report STUDY [--storage URL] [--runs-dir DIR] [--out DIR]
+    cifarlab search best STUDY [--storage URL] [--runs-dir DIR] --out FILE.toml [--trial N]
+
+FILE is a search file (TOML) or a built-in one by name (seed001-rules, under-50k); STUDY a
+study directory (runs/NAME, holding study.db) or a study name. `python -m cifarlab.search_cli`
+takes the same arguments (what `--workers` starts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+from .errors import CifarlabError
+
+USAGE = """cifarlab search FILE [--study NAME] [--storage URL] [--minutes M] [--trials N]
+                       [--runs-dir DIR] [--data-dir D] [--workers N] [--threads N]
+       cifarlab search report STUDY [--storage URL] [--runs-dir DIR] [--out DIR]
+       cifarlab search best STUDY [--storage URL] [--runs-dir DIR] --out FILE.toml [--trial N]"""
+
+DESCRIPTION = """Find the best network a rule set allows (Optuna). FILE names a base recipe,
+the rules ([constraints]), the budget ([search]) and the dimensions ([space]); built-in files:
+seed001-rules, under-50k. Candidates that break a rule are rejected before training; trials
+train on the training set minus a validation split (the test set is never read) and are pruned
+early when hopeless. The study lives in RUNS_DIR/NAME/study.db (or --storage URL, e.g. a
+PostgreSQL server shared by workers on several machines); running the same command again
+resumes it. `report` writes an HTML page, `best` the winner as an ordinary recipe."""
+
+RUN_ONLY = ("study", "minutes", "trials", "data_dir", "workers", "threads")
+
+
+def add_search_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the `search` subcommand to `cifarlab`'s subparsers; returns its parser."""
+    p = subparsers.add_parser("search", help="search for the best network a rule set allows",
+                              usage=USAGE, description=DESCRIPTION)
+    _add_arguments(p)
+    return p
+
+
+def _positive(kind):
+    def conv(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") \
+                from None
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        return v
+
+    return conv
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", metavar="FILE|report|best",
+                   help="a search file (or built-in name) to run, or report / best")
+    p.add_argument("study_arg", nargs="?", metavar="STUDY",
+                   help="report / best: a study directory or name")
+    p.add_argument("--study", help="study name (default: the search file's name); the same "
+                   "name resumes it")
+    p.add_argument("--storage", metavar="URL", help="Optuna storage URL, e.g. postgresql://"
+                   "user:pass@host/db (default: sqlite file RUNS_DIR/STUDY/study.db)")
+    p.add_argument("--minutes", type=_positive(float), help="the study's budget: total trial "
+                   "time over all workers and sessions (default: the file's [search] minutes)")
+    p.add_argument("--trials", type=_positive(int),
+                   help="stop once the study has N trained (complete or pruned) trials")
+    p.add_argument("--runs-dir", default="runs",
+                   help="where study directories go (default runs)")
+    p.add_argument("--data-dir", help="folder holding cifar-10-batches-py")
+    p.add_argument("--workers", type=_positive(int), default=1, help="worker processes on "
+                   "this machine (each with cores/N threads; default 1)")
+    p.add_argument("--threads", type=_positive(int), help="torch threads per worker")
+    p.add_argument("--out", help="report: output folder (default STUDY_DIR/report); best: the "
+                   "recipe file to write (.toml)")
+    p.add_argument("--trial", type=int, help="best: this trial instead of the winner")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cifarlab search", usage=USAGE, description=DESCRIPTION)
+    _add_arguments(p)
+    return p
+
+
+def _given(a: argparse.Namespace, key: str) -> bool:
+    v = getattr(a, key, None)
+    return v is not None and not (key == "workers" and v == 1)
+
+
+def run_search_command(a: argparse.Namespace) -> int:
+    """Run what the parsed `cifarlab search ...` arguments ask for; CifarlabError for bad
+    input (the CLI prints its one line)."""
+    action = a.target
+    if action in ("report", "best"):
+        if not a.study_arg:
+            raise CifarlabError(f"search {action}: name the study (a study directory or "
+                                f"name), e.g. cifarlab search {action} runs/seed001-rules")
+        extra = [k for k in RUN_ONLY if _given(a, k)]
+        if extra:
+            raise CifarlabError(f"search {action}: --{extra[0].replace('_', '-')} is an option "
+                                "of a search run")
+        return _report(a) if action == "report" else _best(a)
+    if a.study_arg:
+        raise CifarlabError(f"search: unexpected argument {a.study_arg!r} (run: cifarlab "
+                            "search FILE [options]; or: search report|best STUDY)")
+    for k in ("out", "trial"):
+        if getattr(a, k) is not None:
+            raise CifarlabError(f"search: --{k} is an option of search report / best")
+    return _run(a)
+
+
+def _report(a: argparse.Namespace) -> int:
+    from .search_report import make_search_report
+
+    index = make_search_report(a.study_arg, storage=a.storage, runs_dir=a.runs_dir, out=a.out)
+    print(f"wrote {index}")
+    return 0
+
+
+def _best(a: argparse.Namespace) -> int:
+    from .search import load_study, resolve_study, write_best
+
+    if not a.out:
+        raise CifarlabError("search best: --out FILE.toml is required (the recipe to write)")
+    name, url, _ = resolve_study(a.study_arg, a.storage, a.runs_dir)
+    r = write_best(load_study(name, url), a.out, a.trial)
+    print(f"wrote {r['path']}: trial {r['trial']} (val acc {r['values'][0]:.4f}"
+          + (f", {r['values'][1]:,.0f}" if len(r["values"]) > 1 else "")
+          + f"), {r['design']}")
+    print(f"train it on the full training set: cifarlab train --recipe {r['path']}")
+    return 0
+
+
+def _summary_lines(s: dict) -> list[str]:
+    rej = ", ".join(f"{k} {v}" for k, v in s["rejected_by_rule"].items())
+    out = [f"study '{s['study']}': {s['complete']} complete, {s['pruned']} pruned, "
+           f"{s['rejected']} rejected" + (f" ({rej})" if rej else "")
+           + f", {s['failed']} failed; {s['minutes_used']:.1f} min of trials"]
+    for b in s["best"][:5]:
+        out.append(f"  {'best' if len(s['best']) == 1 else 'front'}: trial {b['number']} "
+                   f"val acc {b['val_acc']:.4f}"
+                   + (f", {b['values'][1]:,.0f}" if len(b["values"]) > 1 else "")
+                   + f"  {b['design']}  ({b['run_dir']})")
+    return out
+
+
+def _run(a: argparse.Namespace) -> int:
+    from .search import load_search, run_search
+
+    spec = load_search(a.target)
+    name = a.study or spec.name
+    tag = os.environ.get("CIFARLAB_SEARCH_TAG", "")
+    if a.workers > 1:
+        return _run_workers(a, spec, name)
+    try:
+        s = run_search(spec, study=name, storage=a.storage, minutes=a.minutes,
+                       trials=a.trials, runs_dir=a.runs_dir, data_dir=a.data_dir,
+                       threads=a.threads, tag=tag)
+    except KeyboardInterrupt:
+        print(f"{tag}interrupted: the running trial is re-queued; run the same command to "
+              "resume", file=sys.stderr)
+        return 130
+    if not tag:
+        for line in _summary_lines(s):
+            print(line)
+        print(f"report: cifarlab search report {a.runs_dir}/{name}"
+              + (f" --storage {a.storage}" if a.storage else ""))
+    return 0
+
+
+def _run_workers(a: argparse.Namespace, spec, name: str) -> int:
+    """Create (or check) the study here, then run `--workers` processes on it."""
+    from .search import create_or_load, default_storage, mask_url, study_dir_for, summary
+
+    sdir = study_dir_for(a.runs_dir, name)
+    sdir.mkdir(parents=True, exist_ok=True)
+    url = a.storage or default_storage(sdir)
+    study = create_or_load(spec, name, url, a.minutes, print)
+    threads = a.threads or max(1, (os.cpu_count() or 1) // a.workers)
+    cmd = [sys.executable, "-m", "cifarlab.search_cli", a.target, "--study", name,
+           "--storage", url, "--runs-dir", str(a.runs_dir), "--threads", str(threads)]
+    if a.trials:
+        cmd += ["--trials", str(a.trials)]
+    if a.data_dir:
+        cmd += ["--data-dir", str(a.data_dir)]
+    print(f"{a.workers} workers x {threads} thread(s) on study '{name}' ({mask_url(url)})")
+    procs = []
+    for i in range(a.workers):
+        env = dict(os.environ, CIFARLAB_SEARCH_TAG=f"[w{i + 1}] ", OMP_NUM_THREADS=str(threads))
+        procs.append(subprocess.Popen(cmd, env=env))
+    rc = 0
+    try:
+        for p in procs:
+            rc = max(rc, p.wait())
+    except KeyboardInterrupt:  # the workers got the same Ctrl-C and re-queue their trials
+        for p in procs:
+            p.wait()
+        print("interrupted: running trials are re-queued; run the same command to resume",
+              file=sys.stderr)
+        return 130
+    for line in _summary_lines(summary(study)):
+        print(line)
+    return rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m cifarlab.search_cli ...` (a worker process; also usable by hand)."""
+    a = build_parser().parse_args(argv)
+    try:
+        return run_search_command(a)
+    except CifarlabError as e:
+        tag = os.environ.get("CIFARLAB_SEARCH_TAG", "")
+        print(f"{tag}error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""benchmarks/bench_speed.py: the anchor run in the same invocation, ratios, verdicts, resuming.
+
+Training is faked (monkeypatched) except in one tiny real run; the anchor is a fake script.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import anchor as anchor_mod  # noqa: E402
+import bench_speed  # noqa: E402
+
+REAL_TRAIN_RUN = bench_speed.train_run
+
+FAKE_ANCHOR = """\
+import pathlib, sys
+log = pathlib.Path(sys.argv[0]).with_suffix(".log")
+with log.open("a") as f:
+    f.write(" ".join(sys.argv[1:]) + "\\n")
+print("epoch 1 3s")
+print("plain 0.8800")
+print("0.9000 12.3")
+"""
+
+# (recipe, seed) -> (test accuracy, seconds)
+RESULTS = {
+    ("fast-top", 0): (0.905, 8.0), ("fast-top", 1): (0.91, 9.0), ("fast-top", 2): (0.902, 7.0),
+    ("fast-50k", 0): (0.81, 2.0), ("fast-50k", 1): (0.79, 1.0), ("fast-50k", 2): (0.82, 1.5),
+}
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch, cifar_dir):
+    """A fake anchor, fake training, and a results folder with a throughput measurement."""
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "throughput.json").write_text(json.dumps({"ratio": 2.6, "machine": "m1"}))
+    monkeypatch.setattr(bench_speed, "RESULTS", results)
+    script = tmp_path / "fake_anchor.py"
+    script.write_text(FAKE_ANCHOR)
+    calls = []
+
+    def fake_train(recipe, seed, data, runs_dir, overrides, device):
+        calls.append((recipe, seed))
+        acc, seconds = RESULTS[recipe, seed]
+        return {"test_acc": acc, "epochs": 3, "params": 1234, "train_seconds": seconds - 0.5,
+                "macs": 10, "receptive_field": 5, "images_per_second": 100.0}, seconds
+
+    monkeypatch.setattr(bench_speed, "train_run", fake_train)
+    out = tmp_path / "speed.json"
+    args = ["--data-dir", str(cifar_dir), "--anchor", str(script), "--out", str(out)]
+    return {"out": out, "args": args, "calls": calls, "script": script, "data": cifar_dir}
+
+
+def anchor_calls(env) -> list[str]:
+    log = env["script"].with_suffix(".log")
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def test_anchor_ratios_and_verdicts(env, capsys):
+    bench_speed.main(["fast-top", "fast-50k", *env["args"]])
+    out = json.loads(env["out"].read_text())
+    an = out["anchor"]
+    assert {"name", "test_acc", "seconds", "machine", "date", "command"} <= set(an)
+    assert an["name"] == "fake_anchor.py" and an["test_acc"] == 0.9 and an["seconds"] == 12.3
+    assert an["machine"] == out["invocation"]["machine"]
+    # the anchor was given the folder that holds cifar-10-batches-py
+    assert anchor_calls(env) == [str(env["data"].parent)]
+    assert env["calls"] == [("fast-top", 0), ("fast-top", 1), ("fast-top", 2),
+                            ("fast-50k", 0), ("fast-50k", 1), ("fast-50k", 2)]
+    assert len(out["runs"]) == 6
+    assert out["runs"][0]["ratio_to_anchor"] == pytest.approx(8.0 / 12.3)
+    assert all(r["machine"] == an["machine"] for r in out["runs"])
+
+    top, small = out["summary"]["fast-top"], out["summary"]["fast-50k"]
+    assert top["worst_acc"] == 0.902 and top["median_seconds"] == 8.0
+    assert top["ratio_to_anchor"] == pytest.approx(8.0 / 12.3)  # 0.65
+    assert top["target_acc"] == 0.9 and top["target_is_anchor"]  # the anchor's own accuracy
+    assert top["required_met"] is True and top["goal_met"] is False  # <= 0.75x, not <= 0.5x
+    assert small["ratio_to_anchor"] == pytest.approx(1.5 / 12.3)  # 0.122
+    assert small["worst_acc"] == 0.79  # below 80%: neither verdict, whatever the time
+    assert small["required_met"] is False and small["goal_met"] is False
+    assert out["throughput"]["ratio"] == 2.6
+    assert out["throughput_verdict"]["required_met"] is True
+    assert out["invocation"]["complete"] is True
+    text = capsys.readouterr().out
+    assert "anchor | 0.9000 12.3" in text  # the anchor's output is shown as it runs
+    assert "fast-top: worst 90.20%, median 8 s = 0.650x the anchor" in text
+
+
+def test_readme_speed_table_from_ratios(env, monkeypatch):
+    import update_readme
+
+    bench_speed.main(["fast-top", "fast-50k", *env["args"]])
+    monkeypatch.setattr(update_readme, "RESULTS", env["out"].parent)
+    text = "\n".join(update_readme.time_to_accuracy_section())
+    an = json.loads(env["out"].read_text())["anchor"]
+    assert "`fake_anchor.py`" in text and "**90.00%** in **12 s**" in text
+    assert an["machine"] in text  # where the figures were measured
+    assert "| × anchor |" in text
+    assert "| ≥ 90.00% (anchor) | `fast-top` | 1,234 | 8 s | **0.65×** |" in text
+    assert "met (≥ 90.00%, ≤ 0.75×) | not met (≥ 90.00%, ≤ 0.5×) |" in text
+    assert "**not met** (≥ 80.00%, ≤ 0.16×)" in text
+    assert "**2.60×**, measured on m1; required ≥ 2.5×: met" in text
+
+
+def test_missing_anchor_is_one_line_error(env):
+    args = [a if a != str(env["script"]) else str(env["script"].with_name("nope.py"))
+            for a in env["args"]]
+    with pytest.raises(SystemExit) as e:
+        bench_speed.main(["fast-top", *args])
+    msg = str(e.value)
+    assert msg.startswith("anchor not found:") and "nope.py" in msg and "\n" not in msg
+    assert env["calls"] == []  # nothing was trained
+
+
+@pytest.mark.parametrize("body, expected", [
+    ("import sys\nprint('epoch 1 3s')\nsys.exit('out of memory')",
+     "failed (exit 1): out of memory"),
+    ("print('epoch 1 3s')\nprint('done')", "no final 'ACC SECONDS' line"),
+])
+def test_failing_anchor_is_one_line_error(env, body, expected):
+    env["script"].write_text(body)
+    with pytest.raises(SystemExit) as e:
+        bench_speed.main(["fast-top", *env["args"]])
+    assert expected in str(e.value) and "\n" not in str(e.value)
+    assert env["calls"] == []
+
+
+@pytest.mark.parametrize("lines, result", [
+    (["epoch 9 80s", "plain 0.8961", "0.9054 819"], (0.9054, 819.0)),
+    (["90.54 819.5"], (0.9054, 819.5)),  # a percentage
+    (["90.54% 819s", "", "bye"], (0.9054, 819.0)),  # trailing lines after the result
+    (["0.5 1", "0.9 12.3"], (0.9, 12.3)),  # the last one counts
+])
+def test_parse_result(lines, result):
+    acc, seconds = anchor_mod.parse_result(lines)
+    assert acc == pytest.approx(result[0]) and seconds == result[1]
+
+
+def test_interrupted_invocation_resumes_with_its_anchor(env, monkeypatch, capsys):
+    real = bench_speed.train_run
+
+    def dies_on_third(recipe, seed, *a):
+        if len(env["calls"]) == 2:
+            raise KeyboardInterrupt
+        return real(recipe, seed, *a)
+
+    monkeypatch.setattr(bench_speed, "train_run", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        bench_speed.main(["fast-top", "fast-50k", *env["args"]])
+    first = json.loads(env["out"].read_text())
+    assert len(first["runs"]) == 2 and first["invocation"]["complete"] is False
+    assert first["summary"]["fast-top"]["required_met"] is None  # 2 of 3 seeds: undecided
+
+    with pytest.raises(SystemExit, match="unfinished invocation.*--resume"):
+        bench_speed.main(["fast-top", *env["args"]])  # not silently thrown away
+
+    monkeypatch.setattr(bench_speed, "train_run", real)
+    env["calls"].clear()
+    no_data = [a for a in env["args"] if a not in ("--data-dir", str(env["data"]))]
+    bench_speed.main(["--resume", *no_data])  # recipes, seeds and data from the file
+    out = json.loads(env["out"].read_text())
+    assert len(anchor_calls(env)) == 1  # the anchor of the first session is kept
+    assert out["anchor"] == first["anchor"]
+    assert env["calls"] == [("fast-top", 2), ("fast-50k", 0), ("fast-50k", 1), ("fast-50k", 2)]
+    assert [(r["recipe"], r["seed"]) for r in out["runs"]][:2] == [("fast-top", 0),
+                                                                    ("fast-top", 1)]
+    assert len(out["runs"]) == 6 and out["invocation"]["complete"] is True
+    assert len(out["invocation"]["resumed"]) == 1
+    assert out["summary"]["fast-top"]["required_met"] is True
+
+    # a finished invocation can be extended with another seed, still against its anchor
+    env["calls"].clear()
+    monkeypatch.setitem(RESULTS, ("fast-top", 3), (0.91, 10.0))
+    monkeypatch.setitem(RESULTS, ("fast-50k", 3), (0.83, 1.2))
+    bench_speed.main(["--resume", "--seeds", "3", *env["args"]])
+    out = json.loads(env["out"].read_text())
+    assert env["calls"] == [("fast-top", 3), ("fast-50k", 3)]
+    assert out["summary"]["fast-top"]["n_runs"] == 4 and len(anchor_calls(env)) == 1
+
+
+def test_resume_on_another_machine_refused(env, monkeypatch):
+    bench_speed.main(["fast-top", "--seeds", "0", *env["args"]])
+    prov = bench_speed.provenance()
+    monkeypatch.setattr(bench_speed, "provenance", lambda: {**prov, "machine": "other CPU"})
+    with pytest.raises(SystemExit, match="ratios are only valid on one machine"):
+        bench_speed.main(["--resume", "--seeds", "1", *env["args"]])
+
+
+def test_tiny_real_runs_through_overrides(env, monkeypatch, tmp_path):
+    """The real training call, shrunk by --set: such runs are recorded but get no verdict."""
+    monkeypatch.setattr(bench_speed, "train_run", REAL_TRAIN_RUN)
+    bench_speed.main(["fast-50k", "--seeds", "0", "--runs-dir", str(tmp_path / "runs"),
+                      "--set", "train.epochs=1", "--set", "train.processes=1",
+                      "--set", "train.batch_size=100", *env["args"]])
+    out = json.loads(env["out"].read_text())
+    (run,) = out["runs"]
+    assert run["overrides"] == {"train.epochs": 1, "train.processes": 1,
+                                "train.batch_size": 100}
+    assert run["epochs"] == 1 and 0 <= run["test_acc"] <= 1
+    assert run["ratio_to_anchor"] == pytest.approx(run["seconds"] / 12.3)
+    s = out["summary"]["fast-50k"]
+    assert s["required_met"] is None and s["overrides"]

@@ -1,0 +1,447 @@
+"""`cifarlab search`: search files, rules before training, pruning (one objective and the
+multi-objective dominance rule), resuming after a kill, the report and the winner as a recipe.
+Every search here trains a handful of tiny networks for 1-2 epochs on the synthetic data set."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import cifarlab.models.family  # noqa: F401  (registers "family")
+from cifarlab import search as S
+from cifarlab.errors import CifarlabError
+from cifarlab.recipe import resolve
+from cifarlab.search_cli import build_parser, run_search_command
+
+TINY = """
+name = "{name}"
+base = "fast-50k"
+[constraints]
+max_params = {max_params}
+{constraints}
+[search]
+objectives = {objectives}
+minutes = 10
+min_epochs = 1
+reduction_factor = 2
+val_split = 100
+startup_trials = 2
+pruner = "{pruner}"
+[space]
+stages = {{ low = 1, high = 2 }}
+stem = {{ choices = [4, 8] }}
+width = {{ low = 4, high = 16, step = 4 }}
+depth = 1
+block = {{ choices = ["plain", "dwsep"] }}
+downsample = {{ choices = ["stride", "avgpool"] }}
+lr = {{ low = 0.05, high = 0.2, log = true }}
+epochs = {epochs}
+batch_size = 64
+"train.precision" = "fp32"
+"train.channels_last" = false
+{extra}
+"""
+
+REF = """
+[[enqueue]]
+label = "ref"
+stages = 2
+stem = 8
+width = [8, 16]
+block = "plain"
+downsample = ["stride", "avgpool"]
+lr = 0.1
+"""
+
+
+def write_search(tmp_path: Path, name: str = "t", max_params: int = 100_000,
+                 objectives: str = '["val_acc"]', pruner: str = "hyperband",
+                 epochs: str = "2", extra: str = REF, constraints: str = "") -> Path:
+    p = tmp_path / f"{name}.toml"
+    p.write_text(TINY.format(name=name, max_params=max_params, objectives=objectives,
+                             pruner=pruner, epochs=epochs, extra=extra,
+                             constraints=constraints))
+    return p
+
+
+@pytest.fixture(scope="module")
+def train_only_dir(tmp_path_factory) -> Path:
+    """The synthetic data set without its test batch: a search must never need it."""
+    from conftest import write_cifar
+
+    folder = write_cifar(tmp_path_factory.mktemp("trainonly"))
+    (folder / "test_batch").unlink()
+    return folder
+
+
+def _silent(_: str) -> None:
+    pass
+
+
+def _trials(study_dir: Path, name: str = "t") -> list:
+    st = S.load_study(name, S.default_storage(study_dir))
+    return st.get_trials(deepcopy=False)
+
+
+# --------------------------------------------------------------------------- search files
+
+def test_builtin_search_files_start_from_the_hand_written_designs():
+    from cifarlab.analysis import describe
+    from cifarlab.models import create_model
+
+    for name, ref in (("seed001-rules", "fast-seed001"), ("under-50k", "fast-50k")):
+        spec = S.load_search(name)
+        assert spec.enqueue[0]["label"] == ref
+        args, train = S.sample(spec.space, optuna.trial.FixedTrial(spec.enqueue[0]["params"]))
+        model = create_model("family", **args)
+        assert describe(model) == describe(create_model(ref))
+        broken, _ = S.check_rules(model, describe(model), spec.constraints)
+        assert broken == []
+        base = resolve(ref)
+        assert train["optim.lr"] == base["optim"]["lr"]
+        assert train["train.epochs"] == base["train"]["epochs"]
+        assert train["augment.crop_pad"] == base["augment"]["crop_pad"]
+    assert S.load_search("seed001-rules").constraints["forbid"] == ["maxpool"]
+
+
+@pytest.mark.parametrize("text, words", [
+    ("name = 'x'\nbase = 'fast-50k'\n[space]\nwidht = 8\n", "unknown dimension 'widht'"),
+    ("name = 'x'\nbase = 'fast-50k'\n[space]\nwidht = 8\n", "did you mean 'width'"),
+    ("name = 'x'\nbase = 'fast-50k'\n[spaces]\n", "unknown key 'spaces'"),
+    ("name = 'x'\n[space]\n", "'base' must name the base recipe"),
+    ("name = 'x'\nbase = 'no-such-recipe'\n", "unknown recipe 'no-such-recipe'"),
+    ("name = 'x'\nbase = 'fast-50k'\n[space]\nblock = {choices = ['plain', 'conv7']}\n",
+     "'conv7' is not one of"),
+    ("name = 'x'\nbase = 'fast-50k'\n[space]\nlr = {low = -1, high = 1}\n", "optim.lr"),
+    ("name = 'x'\nbase = 'fast-50k'\n[space]\nlr = {low = 1, hi = 2}\n", "unknown field 'hi'"),
+    ("name = 'x'\nbase = 'fast-50k'\n[search]\nobjectives = ['val_acc', 'speed']\n",
+     "objectives"),
+    ("name = 'x'\nbase = 'fast-50k'\n[search]\npruner = 'hyperbad'\n", "did you mean"),
+    ("name = 'x'\nbase = 'fast-50k'\n[constraints]\nforbid = ['maxpooling']\n",
+     "unknown rule 'maxpooling'"),
+    ("name = 'x'\nbase = 'fast-50k'\n[search]\nmin_epochs = 99\n", "min_epochs 99"),
+    ("name = 'x'\nbase = 'fast-50k'\n[space]\nstages = 2\nwidth = [8, 8, 8]\n",
+     "3 values for 2 stages"),
+    ("name = 'x'\nbase = 'fast-50k'\n[space]\nstages = {low = 1, high = 3}\n"
+     "[[enqueue]]\nstages = 4\n", "stages = 4 is outside the space"),
+    ("name = 'x'\nbase = 'fast-50k'\n[space]\nlr = {low = 0.1, high = 0.2}\n"
+     "[[enqueue]]\nstages = 3\n", "missing 'lr'"),
+    ("name = 'x'\nbase = 'fast-50k'\n[space\n", "invalid TOML"),
+])
+def test_bad_search_files_fail_in_one_line(tmp_path, text, words):
+    p = tmp_path / "s.toml"
+    p.write_text(text)
+    with pytest.raises(CifarlabError) as e:
+        S.load_search(p)
+    assert words in str(e.value), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_search_file_and_unknown_builtin(tmp_path):
+    with pytest.raises(CifarlabError, match="no such file"):
+        S.load_search(tmp_path / "nope.toml")
+    with pytest.raises(CifarlabError, match="built-in: seed001-rules, under-50k"):
+        S.load_search("nope")
+
+
+# --------------------------------------------------------------------------- pure parts
+
+def test_dominance_prune_keeps_the_cheap_end_and_stops_dominated_trials():
+    # no cheaper peers: never stopped, however bad
+    assert S.dominance_prune([(10.0, 0.9), (20.0, 0.95)], acc=0.1, cost=1.0) is None
+    # too few cheaper-or-equal peers to decide
+    assert S.dominance_prune([(1.0, 0.9), (2.0, 0.9)], acc=0.1, cost=5.0) is None
+    # 3 cheaper peers + itself: keeps the top ceil(4/3) = 2; 2 beat it -> stopped
+    why = S.dominance_prune([(1.0, 0.9), (2.0, 0.8), (3.0, 0.1)], acc=0.5, cost=5.0)
+    assert why and "2 of 3 trials that cost no more" in why
+    # only one beats it: it stays in the top 2
+    assert S.dominance_prune([(1.0, 0.9), (2.0, 0.2), (3.0, 0.1)], acc=0.5, cost=5.0) is None
+    # costlier peers do not count against it
+    assert S.dominance_prune([(9.0, 0.9), (9.0, 0.9), (9.0, 0.9)], acc=0.5, cost=5.0) is None
+    assert S.rungs(1, 3, 20) == [1, 3, 9] and S.rungs(2, 2, 9) == [2, 4, 8]
+
+
+def test_rule_keys_and_url_masking():
+    assert S.rule_key("max_params 49999: model has 60,000 parameters") == "max_params"
+    assert S.rule_key("require dilated: no conv with dilation > 1") == "require dilated"
+    assert S.rule_key("time budget: predicted 2.0x") == "time budget"
+    assert S.mask_url("postgresql://me:s3cret@db:5432/x") == "postgresql://me:***@db:5432/x"
+
+
+def test_time_prediction_orders_models():
+    from cifarlab.models import create_model
+
+    small = create_model("family", stem=4, widths=[4], depths=[1], downsample="stride")
+    big = create_model("family", stem=32, widths=[64, 64], depths=[2, 2], downsample="none")
+    ts, tb = S.time_steps([(small, 32), (big, 32)], rounds=2)
+    assert 0 < ts < tb
+    p = S.predict_seconds(tb, 1000, 32, 3, 100, True)
+    assert p > 3 * (1000 // 32) * tb
+
+
+def test_winner_toml_round_trips():
+    raw = {"name": "w", "model": "family", "model_args": {"widths": [8, [16, 16]],
+                                                           "blocks": ["plain", "dwsep"]},
+           "optim": {"lr": 0.1234, "weight_decay": 5e-05}, "train": {"tta": True}}
+    import tomllib
+
+    assert tomllib.loads(S.to_toml(raw, "a header\nline two")) == raw
+
+
+# --------------------------------------------------------------------------- searches
+
+def test_search_trains_on_a_validation_split_without_the_test_set(tmp_path, train_only_dir):
+    f = write_search(tmp_path)
+    runs = tmp_path / "runs"
+    lines: list[str] = []
+    s = S.run_search(f, trials=2, runs_dir=runs, data_dir=train_only_dir, log=lines.append)
+    assert s["complete"] + s["pruned"] >= 2 and s["failed"] == 0
+    sdir = runs / "t"
+    assert (sdir / "study.db").is_file() and (sdir / "search.toml").read_text() == f.read_text()
+    trials = _trials(sdir)
+    ref = trials[0]
+    assert ref.user_attrs["label"] == "ref" and ref.state == TrialState.COMPLETE
+    for t in trials:
+        if t.state not in (TrialState.COMPLETE, TrialState.PRUNED) or S.outcome(t) == "rejected":
+            continue
+        run = Path(t.user_attrs["run_dir"])
+        assert {"config.json", "history.csv", "metrics.json"} <= {p.name for p in run.iterdir()}
+        m = json.loads((run / "metrics.json").read_text())
+        assert m["test_acc"] is None and m["test_images"] == 0  # the test set is never read
+        assert m["val_images"] == 100 and m["train_images"] == 400
+        cfg = json.loads((run / "config.json").read_text())["recipe"]
+        assert cfg["model"] == "family" and cfg["data"]["val_split"] == 100
+        assert cfg["train"]["test_eval"] == "never" and cfg["train"]["processes"] == 1
+        if t.state == TrialState.COMPLETE:
+            assert t.values[0] == pytest.approx(m["val_acc"])
+        assert t.user_attrs["params"] == m["params"] and t.user_attrs["macs"] == m["macs"]
+    assert any("trial 0 training:" in x and "[ref]" in x for x in lines)
+    assert any("trial 0 complete: val acc" in x and "budget" in x and "min left" in x
+               for x in lines)
+    # running it again resumes the same study: one more trial, nothing lost
+    s2 = S.run_search(f, trials=3, runs_dir=runs, data_dir=train_only_dir, log=_silent)
+    assert s2["complete"] + s2["pruned"] >= 3
+    assert [t.number for t in _trials(sdir)][:len(trials)] == [t.number for t in trials]
+
+
+def test_rules_reject_before_training_and_teach_the_sampler(tmp_path, train_only_dir):
+    big = REF.replace('label = "ref"\n', "").replace("[8, 16]", "[16, 16]")  # 3,842 params
+    f = write_search(tmp_path, max_params=900, extra=big)  # many designs are too big
+    runs = tmp_path / "runs"
+    s = S.run_search(f, trials=2, runs_dir=runs, data_dir=train_only_dir, log=_silent)
+    assert s["rejected"] >= 1 and s["rejected_by_rule"].get("max_params", 0) == s["rejected"]
+    for t in _trials(runs / "t"):
+        if S.outcome(t) == "rejected":
+            assert t.state == TrialState.PRUNED
+            assert t.user_attrs["rejected"].startswith("max_params 900: model has")
+            assert t.user_attrs["params"] > 900 and "run_dir" not in t.user_attrs
+            assert t.constraints["max_params"] > 0  # what TPE uses to learn the region
+        elif S.outcome(t) == "complete":
+            assert t.user_attrs["params"] <= 900 and t.constraints["max_params"] <= 0
+    assert not [d for d in (runs / "t" / "trials").iterdir()
+                if d.name not in {Path(t.user_attrs.get("run_dir", "")).name
+                                  for t in _trials(runs / "t")}]
+
+
+def test_time_budget_rule_rejects_slow_candidates(tmp_path, train_only_dir):
+    extra = REF.replace('label = "ref"\n', "")  # not a labelled reference: the rule applies
+    f = write_search(tmp_path, extra=extra, constraints="max_train_time_vs_base = 0.01")
+    f.write_text(f.read_text().replace("startup_trials = 2", "startup_trials = 2\n"
+                                       "max_rejected_in_row = 1"))
+    with pytest.raises(CifarlabError, match="rejected 1 candidates in a row"):
+        S.run_search(f, trials=1, runs_dir=tmp_path / "runs", data_dir=train_only_dir,
+                     log=_silent)
+    t = _trials(tmp_path / "runs" / "t")[0]
+    assert t.user_attrs["rejected_rules"] == ["time budget"]
+    assert "max_train_time_vs_base 0.01" in t.user_attrs["rejected"]
+    assert t.user_attrs["time_vs_base"] > 0.01 and t.user_attrs["predicted_seconds"] > 0
+
+
+def test_single_objective_pruning_stops_trials_early(tmp_path, train_only_dir, monkeypatch):
+    monkeypatch.setattr(S, "_pruner", lambda spec: optuna.pruners.ThresholdPruner(lower=2.0))
+    f = write_search(tmp_path, epochs="3")
+    runs = tmp_path / "runs"
+    s = S.run_search(f, trials=2, runs_dir=runs, data_dir=train_only_dir, log=_silent)
+    assert s["complete"] == 1 and s["pruned"] >= 1  # only the labelled reference runs on
+    for t in _trials(runs / "t"):
+        if S.outcome(t) != "pruned":
+            continue
+        assert "pruner at epoch 1" in t.user_attrs["pruned"]
+        assert t.intermediate_values == {1: pytest.approx(t.user_attrs["curve"]["1"])}
+        run = Path(t.user_attrs["run_dir"])
+        m = json.loads((run / "metrics.json").read_text())
+        assert m["stopped_by"] == "callback" and m["epochs"] == 1 and m["epochs_planned"] == 3
+
+
+def test_multi_objective_front_and_dominance_rule(tmp_path, train_only_dir, monkeypatch):
+    f = write_search(tmp_path, objectives='["val_acc", "params"]')
+    runs = tmp_path / "runs"
+    s = S.run_search(f, trials=3, runs_dir=runs, data_dir=train_only_dir, log=_silent)
+    st = S.load_study("t", S.default_storage(runs / "t"))
+    assert len(st.directions) == 2
+    done = [t for t in st.get_trials() if t.state == TrialState.COMPLETE]
+    assert all(len(t.values) == 2 and t.values[1] == t.user_attrs["params"] for t in done)
+    front = S.best_trials(st)
+    assert s["best"] and [b["number"] for b in s["best"]] == [t.number for t in front]
+    for t in front:  # nothing on the front is dominated by another complete trial
+        assert not any(u.values[0] >= t.values[0] and u.values[1] <= t.values[1]
+                       and u.values != t.values for u in done)
+    # the dominance rule stops a trial at a rung (forced here: Optuna cannot, for 2 objectives)
+    monkeypatch.setattr(S, "dominance_prune", lambda *a, **k: "beaten by cheaper trials")
+    s = S.run_search(f, trials=4, runs_dir=runs, data_dir=train_only_dir, log=_silent)
+    pruned = [t for t in st.get_trials() if S.outcome(t) == "pruned"]
+    assert pruned and all("dominance rule at epoch 1" in t.user_attrs["pruned"]
+                          for t in pruned)
+    m = json.loads((Path(pruned[0].user_attrs["run_dir"]) / "metrics.json").read_text())
+    assert m["stopped_by"] == "callback" and m["epochs"] == 1
+
+
+KILLER = """
+import os, signal, sys
+from cifarlab.search import run_search
+def log(s):
+    print(s, flush=True)
+    if "epoch 1/2" in s:  # the first epoch's files are written: die like a power cut
+        os.kill(os.getpid(), signal.SIGKILL)
+run_search(sys.argv[1], runs_dir=sys.argv[2], data_dir=sys.argv[3], trials=2, log=log)
+"""
+
+
+def test_killed_search_resumes_the_running_trial(tmp_path, train_only_dir):
+    f = write_search(tmp_path)
+    runs = tmp_path / "runs"
+    r = subprocess.run([sys.executable, "-c", KILLER, str(f), str(runs), str(train_only_dir)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == -9, r.stderr[-2000:]
+    (dead,) = _trials(runs / "t")
+    assert dead.state == TrialState.RUNNING  # what a kill leaves in the storage
+    lines: list[str] = []
+    S.run_search(f, trials=2, runs_dir=runs, data_dir=train_only_dir, log=lines.append)
+    trials = _trials(runs / "t")
+    assert trials[0].state == TrialState.FAIL and "died" in trials[0].user_attrs["failed"]
+    retry = trials[1]
+    assert retry.state == TrialState.COMPLETE and retry.system_attrs["failed_trial"] == 0
+    assert retry.params == dead.params and retry.user_attrs["label"] == "ref"
+    assert retry.user_attrs["run_dir"] == dead.user_attrs["run_dir"]  # resumed, not redone
+    run = Path(retry.user_attrs["run_dir"])
+    hist = (run / "history.csv").read_text().strip().splitlines()
+    assert len(hist) == 3  # header + epochs 1 (before the kill) and 2 (after)
+    assert any("re-queued" in x for x in lines) and any("resumed" in x for x in lines)
+    assert sum(1 for t in trials if t.state == TrialState.COMPLETE) >= 2
+
+
+# --------------------------------------------------------------------------- results
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, train_only_dir) -> Path:
+    """A small finished study (runs dir) shared by the tests that only read it."""
+    tmp = tmp_path_factory.mktemp("finished")
+    big = REF.replace('label = "ref"\n', "").replace("[8, 16]", "[16, 16]")  # rejected
+    f = write_search(tmp, max_params=900, extra=REF + big, epochs="1")
+    runs = tmp / "runs"
+    S.run_search(f, trials=2, runs_dir=runs, data_dir=train_only_dir, log=_silent)
+    return runs
+
+
+def test_report_and_best_recipe(finished, tmp_path):
+    from cifarlab.search_report import make_search_report
+
+    index = make_search_report(str(finished / "t"))
+    text = index.read_text()
+    assert index == finished / "t" / "report" / "index.html"
+    for words in ("Trials", "max_params 900: model has", "Pareto front", "Optimization history",
+                  "data:image/png;base64,", "[ref]", "rejected by rule"):
+        assert words in text, words
+    data = json.loads((index.parent / "trials.json").read_text())
+    assert len(data["trials"]) == data["summary"]["trials"]
+    assert {r["state"] for r in data["trials"]} <= {"complete", "pruned", "rejected"}
+
+    out = tmp_path / "my.toml"
+    args = build_parser().parse_args(["best", "t", "--runs-dir", str(finished),
+                                      "--out", str(out)])
+    assert run_search_command(args) == 0
+    cfg = resolve(out)
+    st = S.load_study("t", S.default_storage(finished / "t"))
+    win = S.best_trials(st)[0]
+    assert cfg["model"] == "family" and cfg["model_args"] == win.user_attrs["model_args"]
+    assert cfg["data"]["val_split"] == 0 and cfg["constraints"]["max_params"] == 900
+    assert cfg["optim"]["lr"] == win.params["lr"] and cfg["name"] == "my"
+    from conftest import write_cifar
+
+    from cifarlab.api import train
+
+    full = write_cifar(tmp_path / "full")
+    m = train(out, data_dir=full, runs_dir=tmp_path / "final", plots=False,
+              progress=False, log=_silent, procs=1, epochs=1)
+    assert m["test_acc"] is not None and m["train_images"] == 500  # full set, test read once
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["report"], "name the study"),
+    (["report", "nope"], "unknown study 'nope'"),
+    (["best", "t"], "--out FILE.toml is required"),
+    (["best", "t", "--out", "x.txt"], "must end in .toml"),
+    (["best", "t", "--out", "x.toml", "--trial", "999"], "has no trial 999"),
+    (["report", "t", "--minutes", "3"], "--minutes is an option of a search run"),
+    (["some.toml", "extra"], "unexpected argument"),
+    (["some.toml", "--out", "x"], "--out is an option of search report / best"),
+])
+def test_cli_errors_are_one_line(finished, argv, words, monkeypatch):
+    monkeypatch.chdir(finished.parent)
+    args = build_parser().parse_args(argv + ["--runs-dir", str(finished)])
+    with pytest.raises(CifarlabError) as e:
+        run_search_command(args)
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_unknown_study_in_a_storage_and_unreachable_storage(finished, tmp_path,
+                                                            train_only_dir):
+    with pytest.raises(CifarlabError, match=r"unknown study 'other' .*known: t"):
+        S.load_study("other", S.default_storage(finished / "t"))
+    f = write_search(tmp_path)
+    with pytest.raises(CifarlabError) as e:
+        S.run_search(f, storage="postgresql://me:s3cret@127.0.0.1:9/none", runs_dir=tmp_path,
+                     data_dir=train_only_dir, log=_silent)
+    assert "cannot open" in str(e.value) and "s3cret" not in str(e.value)
+    with pytest.raises(CifarlabError, match="cannot open"):
+        S.run_search(f, storage="nosuchdb://x", runs_dir=tmp_path, data_dir=train_only_dir,
+                     log=_silent)
+
+
+def test_a_study_from_another_search_file_is_refused(finished, tmp_path, train_only_dir):
+    f = write_search(tmp_path, name="t", max_params=800, epochs="1")
+    with pytest.raises(CifarlabError, match="created from a different search file"):
+        S.run_search(f, runs_dir=finished, data_dir=train_only_dir, log=_silent)
+
+
+def test_cli_module_is_light_and_runs_a_search(tmp_path, train_only_dir):
+    code = "import sys, cifarlab.search_cli; print('torch' in sys.modules, 'optuna' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stdout.split() == ["False", "False"]
+    f = write_search(tmp_path, epochs="1")
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    r = subprocess.run([sys.executable, "-m", "cifarlab.search_cli", str(f), "--trials", "1",
+                        "--runs-dir", str(tmp_path / "runs"), "--data-dir",
+                        str(train_only_dir), "--threads", "1"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "study 't':" in r.stdout and "report: cifarlab search report" in r.stdout
+    assert "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "cifarlab.search_cli", str(tmp_path / "no.toml")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.strip().startswith("error: search file")
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_summary_text_mentions_the_budget(finished):
+    st = S.load_study("t", S.default_storage(finished / "t"))
+    s = S.summary(st)
+    assert s["budget_minutes"] == 10 and s["minutes_used"] > 0
+    assert S._status_line(st, None, 600, 3).startswith("budget")
