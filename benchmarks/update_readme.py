@@ -29,16 +29,23 @@ def pct(x) -> str:
 def default_section() -> list[str]:
     p = RESULTS / "default.json"
     if not p.exists():
-        return ["No default benchmark recorded yet (`make bench`)."]
+        return ["No default benchmark recorded yet (`benchmarks/bench_default.py`)."]
     r = json.loads(p.read_text())
+    if "wall_seconds" not in r:  # recorded before issue 19: the old default (seed001-fast)
+        return [f"Recorded before the default changed (`{r['recipe']}` was then seed 001's "
+                f"network, now `seed001-fast`): {pct(r['test_acc'])} in "
+                f"{r['train_seconds'] / 60:.1f} min on {r['machine']}."]
     return [
-        "| recipe | test accuracy | best | epochs | train time | images/s | machine | commit |",
-        "|---|---|---|---|---|---|---|---|",
-        f"| `{r['recipe']}` | **{pct(r['test_acc'])}** | {pct(r['best_test_acc'])} | "
-        f"{r['epochs']} | {r['train_seconds'] / 60:.1f} min | {r['images_per_second']:.0f} | "
+        "| command | final test accuracy | whole command | training | epochs | images/s | "
+        "log | machine | commit |", "|---|---|---|---|---|---|---|---|---|",
+        f"| `{r['user_command']}` | **{pct(r['test_acc'])}** | "
+        f"**{r['wall_seconds'] / 60:.1f} min** | {r['train_seconds'] / 60:.1f} min | "
+        f"{r['epochs']} | {r['images_per_second']:.0f} | {r['log_lines']} lines | "
         f"{r['machine']} | `{r['commit'][:12]}` |",
         "",
-        f"Command: `{r['command']}` on {r['date']} (from `benchmarks/results/default.json`).",
+        f"A newcomer's first command, timed as a whole process with its output redirected "
+        f"(`{r['command']}`, {r['date']}; from `benchmarks/results/default.json`). Its last "
+        f"line: `{r['last_line']}`",
     ]
 
 
@@ -49,30 +56,75 @@ def where(machine: str) -> str:
     return gpu.group(0) if gpu else f"CPU, {cores.group(1) if cores else '?'} cores"
 
 
+def stop_note(r: dict) -> str:
+    """How the run ended, when not after its full schedule."""
+    if r.get("target_epoch"):
+        split = "validation" if r.get("selection") == "validation" else "test set"
+        return f" (stopped at target on the {split})"
+    if r.get("stopped_by") == "patience":
+        return " (early stop on validation)"
+    if r.get("epochs", 0) < r.get("epochs_planned", 0):
+        return " (partial)"
+    return ""
+
+
+def leg_commits(r: dict) -> str:
+    """Each leg's commit, oldest first ('?' where no record holds it)."""
+    shas = [g.get("commit") for g in r.get("legs") or []] or [r["commit"]]
+    s = " → ".join(f"`{c[:8]}`" if c else "?" for c in shas)
+    return s if r.get("verifiable", True) else s + " (unverifiable)"
+
+
+def versus(r: dict) -> str:
+    claim = SEED_CLAIMS.get(r["recipe"])
+    if claim is None or r.get("test_acc") is None:
+        return "–"
+    d = 100 * (r["test_acc"] - claim)
+    return f"+{d:.2f}" if d >= 0 else f"−{-d:.2f}"
+
+
+def seed_row(r: dict) -> str:
+    val = "–" if r.get("val_acc") is None else pct(r["val_acc"])
+    return (f"| `{r['recipe']}` | {pct(SEED_CLAIMS.get(r['recipe']))} | "
+            f"**{pct(r['test_acc'])}**{stop_note(r)} | {versus(r)} | {val} | "
+            f"{r['epochs']}/{r['epochs_planned']} | {r['params']:,} | {r['receptive_field']} | "
+            f"{r['train_seconds'] / 60:.1f} min | {where(r['machine'])} | {leg_commits(r)} |")
+
+
+SEED_HEADER = ["| recipe | seed's claim | ours: final test acc | vs claim (points) | "
+               "validation acc | epochs | params | RF | time | machine | commits (legs) |",
+               "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+
+def latest_rows(runs: list[dict]) -> list[dict]:
+    """The newest row of each recipe (its current setup)."""
+    latest: dict[str, dict] = {}
+    for r in runs:
+        if r["recipe"] not in latest or r["date"] >= latest[r["recipe"]]["date"]:
+            latest[r["recipe"]] = r
+    return [latest[k] for k in sorted(latest)]
+
+
 def seeds_section() -> list[str]:
     p = RESULTS / "seeds.json"
     if not p.exists():
         return ["No seed recipe runs recorded yet (`benchmarks/bench_seeds.py`)."]
     runs = json.loads(p.read_text())
-    out = ["| recipe | seed's claim | ours (final) | best | epochs | params | RF | time | "
-           "machine | commit |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in runs:
-        if r.get("target_epoch"):
-            partial = " (target reached)"
-        elif r.get("epochs", 0) < r.get("epochs_planned", 0):
-            partial = " (partial)"
-        else:
-            partial = ""
-        out.append(
-            f"| `{r['recipe']}` | {pct(SEED_CLAIMS.get(r['recipe']))} | {pct(r['test_acc'])}"
-            f"{partial} | {pct(r['best_test_acc'])} | {r['epochs']} | {r['params']:,} | "
-            f"{r['receptive_field']} | {r['train_seconds'] / 60:.1f} min | "
-            f"{where(r['machine'])} | `{r['commit'][:8]}` |")
-    out.append("")
-    out.append("From `benchmarks/results/seeds.json` (one row per run; a recipe run again with "
-               "other choices has a row per setup, told apart by commit); each row also records "
-               "its command, date and machine.")
-    return out
+    return [*SEED_HEADER, *(seed_row(r) for r in latest_rows(runs)), "",
+            "The latest run of each seed recipe, from `benchmarks/results/seeds.json`. The "
+            "headline is the **final** test accuracy of the recipe's schedule; nothing in this "
+            "table was chosen on the test set except where a row says it stopped at a target "
+            "on the test set. Every earlier setup and the provenance of each row (every leg "
+            "that trained it: commit, date, command, epochs, machine): "
+            "[docs/seed-history.md](docs/seed-history.md)."]
+
+
+def seed_history_section() -> list[str]:
+    """All rows, oldest setup first (docs/seed-history.md)."""
+    runs = json.loads((RESULTS / "seeds.json").read_text())
+    return [*SEED_HEADER, *(seed_row(r) for r in runs), "",
+            "Every row of `benchmarks/results/seeds.json` (generated by "
+            "`benchmarks/update_readme.py`)."]
 
 
 def speed_section() -> list[str]:
@@ -175,19 +227,30 @@ def time_to_accuracy_section() -> list[str]:
     return out
 
 
-def main() -> None:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
+def readme_results() -> str:
     body = ["### Default recipe", "", *default_section(), "", "### Time to accuracy", "",
             *time_to_accuracy_section(), "", "### Throughput", "", *speed_section(), "",
             "### Seed recipes", "", *seeds_section()]
-    new = f"{START}\n" + "\n".join(body) + f"\n{END}"
-    text, n = re.subn(re.escape(START) + ".*?" + re.escape(END), lambda m: new, text,
+    return f"{START}\n" + "\n".join(body) + f"\n{END}"
+
+
+def history_block() -> str:
+    return f"{START}\n" + "\n".join(seed_history_section()) + f"\n{END}"
+
+
+def replace_block(text: str, block: str, where: str) -> str:
+    text, n = re.subn(re.escape(START) + ".*?" + re.escape(END), lambda m: block, text,
                       flags=re.S)
     if n != 1:
-        raise SystemExit(f"README.md: expected one {START} ... {END} section")
-    readme.write_text(text)
-    print("README.md results section updated")
+        raise SystemExit(f"{where}: expected one {START} ... {END} section")
+    return text
+
+
+def main() -> None:
+    for path, block in ((ROOT / "README.md", readme_results()),
+                        (ROOT / "docs" / "seed-history.md", history_block())):
+        path.write_text(replace_block(path.read_text(), block, path.name))
+        print(f"{path.relative_to(ROOT)}: results section updated")
 
 
 if __name__ == "__main__":

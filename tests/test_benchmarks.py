@@ -52,3 +52,39 @@ def test_seed_rows_one_per_run_dir(tmp_path, monkeypatch):
         bench_seeds.save(r)
     out = json.loads((tmp_path / "seeds.json").read_text())
     assert [(r["run_dir"], r["test_acc"]) for r in out] == [("/r/b", 0.7), ("/r/a", 0.9)]
+
+
+def test_readme_results_are_what_the_json_generates():
+    import update_readme
+
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    assert update_readme.readme_results() in readme
+    history = (root / "docs" / "seed-history.md").read_text()
+    assert update_readme.history_block() in history
+
+
+def test_every_recorded_row_names_its_provenance():
+    results = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+    rows = []
+    for p in sorted(results.glob("*.json")):
+        data = json.loads(p.read_text())
+        if isinstance(data, list):
+            rows += [(p.name, r) for r in data]
+        elif "runs" in data:
+            rows += [(p.name, r) for r in data["runs"]]
+            if data.get("anchor"):
+                rows.append((p.name, data["anchor"]))
+        elif "rule_sets" in data:
+            rows.append((p.name, data))
+        elif "rows" in data:
+            rows += [(p.name, r) for r in data["rows"]]
+        else:
+            rows.append((p.name, data))
+    assert rows
+    for name, r in rows:
+        missing = [k for k in ("commit", "date", "machine", "command") if not r.get(k)]
+        assert not missing, f"{name}: a row lacks {missing}"
+    for r in json.loads((results / "seeds.json").read_text()):
+        assert r["legs"] and all("commit" in g and "first_epoch" in g for g in r["legs"])
+        assert "verifiable" in r or r["legs"][0].get("cifarlab")

@@ -252,7 +252,8 @@ def test_run_names_never_overwrite(shared_cifar_dir, tmp_path):
 
 def test_target_stops_early(shared_cifar_dir, tmp_path):
     m = cifarlab.train("default", data_dir=shared_cifar_dir, runs_dir=tmp_path, progress=False,
-                       log=lambda s: None, epochs=5, batch_size=50, target=0.05)
+                       log=lambda s: None, epochs=5, batch_size=50, target=0.05,
+                       **{"train.eval_every": 1})
     assert m["target_epoch"] == 1 and m["epochs"] == 1
 
 
@@ -327,14 +328,16 @@ def test_kill_mid_epoch_and_resume(tmp_path):
     from conftest import write_cifar
 
     data = write_cifar(tmp_path / "data", per_batch=160, test=100)
-    args = ["train", "--data-dir", str(data), "--epochs", "3", "--batch-size", "16",
-            "--no-progress", "--set", "train.ema=0.5", "--set", "train.lookahead=0.9"]
+    # seed 001's network (the default recipe until issue 19), one process, tested every epoch
+    args = ["train", "--recipe", "seed001-fast", "--data-dir", str(data), "--epochs", "3",
+            "--batch-size", "16", "--no-progress", "--procs", "1", "--set", "train.eval_every=1",
+            "--set", "train.ema=0.5", "--set", "train.lookahead=0.9"]
     ref = _cli(*args, "--runs-dir", str(tmp_path / "ref"))
     out, err = ref.communicate(timeout=600)
     assert ref.returncode == 0, err
     runs = tmp_path / "runs"
     p = _cli(*args, "--runs-dir", str(runs))
-    run = runs / "default"
+    run = runs / "seed001-fast"
     deadline = time.time() + 300
     while not (run / "last.pt").exists() and time.time() < deadline:
         time.sleep(0.05)
@@ -348,7 +351,7 @@ def test_kill_mid_epoch_and_resume(tmp_path):
     assert r.returncode == 0, err
     assert "resuming" in out
     a = list(csv.DictReader(open(run / "history.csv")))
-    b = list(csv.DictReader(open(tmp_path / "ref" / "default" / "history.csv")))
+    b = list(csv.DictReader(open(tmp_path / "ref" / "seed001-fast" / "history.csv")))
     assert [int(x["epoch"]) for x in a] == [1, 2, 3]
     for x, y in zip(a, b, strict=True):  # resumed run continues exactly (RNG restored)
         assert float(x["train_loss"]) == pytest.approx(float(y["train_loss"]), rel=1e-4)

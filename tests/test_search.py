@@ -329,7 +329,7 @@ def test_killed_search_resumes_the_running_trial(tmp_path, train_only_dir):
     retry = trials[1]
     assert retry.state == TrialState.COMPLETE and retry.system_attrs["failed_trial"] == 0
     assert retry.params == dead.params and retry.user_attrs["label"] == "ref"
-    assert retry.user_attrs["run_dir"] == dead.user_attrs["run_dir"]  # resumed, not redone
+    assert retry.user_attrs["run_dir"] == dead.user_attrs["run_dir"], lines  # resumed
     run = Path(retry.user_attrs["run_dir"])
     hist = (run / "history.csv").read_text().strip().splitlines()
     assert len(hist) == 3  # header + epochs 1 (before the kill) and 2 (after)

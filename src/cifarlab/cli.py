@@ -143,8 +143,17 @@ def cmd_train(a: argparse.Namespace) -> int:
               max_seconds=None if a.max_minutes is None else a.max_minutes * 60, **overrides)
     if "epochs" not in m:  # a torchrun rank other than 0: rank 0 reports
         return 0
-    print(final_line(m))
+    if not a.resume:
+        print(NEXT_STEPS.format(run=m["run_dir"]), end="")
+    print(final_line(m))  # the last line: the result and the time it took
     return 0
+
+
+NEXT_STEPS = """\
+next: cifarlab report {run} --out report   (a page with its curves and per-class bars)
+      cifarlab recipes                      (the seed experiments: seed001 is seed 001 as written)
+      cifarlab search FILE --minutes 60     (find the best network a rule set allows)
+"""
 
 
 def final_line(m: dict) -> str:

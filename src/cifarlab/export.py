@@ -15,6 +15,7 @@ what failed.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -40,6 +41,7 @@ INT8_MAX_ACC_DROP = 0.01  # int8 test accuracy at most 1 point below the fp32 fi
 CALIBRATION_IMAGES = 512  # training images only, never the test set
 CALIBRATION_SEED = 0
 CALIBRATION_BATCH = 64
+CALIBRATION_METHOD = "MinMax"  # onnxruntime.quantization.CalibrationMethod name
 BATCH = 500  # images per onnxruntime call in evaluation
 
 
@@ -287,10 +289,19 @@ class _Calibration:
         return next(self.feeds, None)
 
 
-def _quantize(fp32: Path, dst: Path, calib: np.ndarray) -> None:
+def _first_and_last_layers(model) -> list[str]:
+    """Names of the first and the last weight layer (Conv / Gemm / MatMul; nodes are in
+    topological order): the input and classifier layers that int8 hurts most."""
+    layers = [n.name for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    return sorted({layers[0], layers[-1]}) if layers else []
+
+
+def _quantize(fp32: Path, dst: Path, calib: np.ndarray) -> list[str]:
     """Static QDQ int8 of `fp32` into `dst`: shape inference + ORT graph optimisation first
-    (folds BatchNorm into the convolutions), MinMax calibration, per-channel int8 weights,
-    uint8 activations (U8S8: the fast path of onnxruntime's x86 kernels)."""
+    (folds BatchNorm into the convolutions), per-channel int8 weights, uint8 activations
+    (U8S8: the fast path of onnxruntime's x86 kernels), the first and the last weight layer
+    kept in fp32, calibration on `calib`. Returns the layers kept in fp32."""
+    import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -306,10 +317,14 @@ def _quantize(fp32: Path, dst: Path, calib: np.ndarray) -> None:
     with tempfile.TemporaryDirectory(prefix="cifarlab-quant-") as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32), str(pre))
-        quantize_static(str(pre), str(dst), Reader(INPUT_NAME, calib),
-                        quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+        keep = _first_and_last_layers(onnx.load(str(pre)))
+        with contextlib.redirect_stdout(io.StringIO()):  # histogram calibrators print
+            quantize_static(str(pre), str(dst), Reader(INPUT_NAME, calib),
+                            quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=keep,
+                            calibrate_method=CalibrationMethod[CALIBRATION_METHOD])
+    return keep
 
 
 def export_onnx(path: str | os.PathLike, out: str | os.PathLike | None = None, *,
@@ -396,14 +411,15 @@ def export_onnx(path: str | os.PathLike, out: str | os.PathLike | None = None, *
     try:
         with _quiet():
             try:
-                _quantize(dst, tmp8, calib)
+                kept_fp32 = _quantize(dst, tmp8, calib)
             except Exception as e:
                 raise ExportError(f"int8 quantization of {dst} failed: {type(e).__name__}: "
                                   f"{_one_line(e)}") from None
         proto8 = onnx.load(str(tmp8))
         _set_metadata(proto8, _metadata(meta, ckpt, (
-            f"int8 (static QDQ, per-channel int8 weights, uint8 activations, MinMax "
-            f"calibration on {len(calib)} training images, seed {CALIBRATION_SEED})")))
+            f"int8 (static QDQ, per-channel int8 weights, uint8 activations, first and last "
+            f"layer ({', '.join(kept_fp32)}) kept in fp32, {CALIBRATION_METHOD} calibration on "
+            f"{len(calib)} training images, seed {CALIBRATION_SEED})")))
         _write(proto8, tmp8)
         sess8, md8 = open_onnx(tmp8)
         # the int8 gate compares on the whole test set: both files are run on it anyway
@@ -426,7 +442,8 @@ def export_onnx(path: str | os.PathLike, out: str | os.PathLike | None = None, *
     size8 = dst8.stat().st_size
     result.update(int8=str(dst8), int8_bytes=size8, int8_parity=parity8,
                   test_images=len(data.test), fp32_acc=fp32_eval["acc"],
-                  int8_acc=int8_eval["acc"], calibration_images=len(calib))
+                  int8_acc=int8_eval["acc"], calibration_images=len(calib),
+                  int8_fp32_layers=kept_fp32)
     log(f"wrote {dst8} ({size8:,} bytes): top-1 agreement with fp32 "
         f"{parity8['top1_agreement']:.2%} on {len(data.test):,} test images")
     log(f"test accuracy on {len(data.test):,} images in onnxruntime: fp32 "

@@ -684,6 +684,7 @@ def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.RDBS
     """Optuna's RDB storage (SQLite file or a database server), or a one-line SearchError."""
     import sqlalchemy.exc
 
+    shown, url = url, _with_driver(url)
     kw: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kw = {"connect_args": {"timeout": 60}}
@@ -704,7 +705,19 @@ def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.RDBS
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as e:
         msg = str(getattr(e, "orig", None) or e).strip().splitlines()
         why = msg[0] if msg else type(e).__name__
-        raise SearchError(f"storage {mask_url(url)}: cannot open ({why})") from None
+        raise SearchError(f"storage {mask_url(shown)}: cannot open ({why})") from None
+
+
+def _with_driver(url: str) -> str:
+    """postgresql://... names SQLAlchemy's default driver (psycopg 3 since SQLAlchemy 2.1);
+    use psycopg2 (what `pip install cifarlab[dev]` brings) when only that one is there."""
+    import importlib.util
+
+    if url.startswith(("postgresql://", "postgres://")):
+        if importlib.util.find_spec("psycopg") is None and \
+                importlib.util.find_spec("psycopg2") is not None:
+            return "postgresql+psycopg2://" + url.split("://", 1)[1]
+    return url
 
 
 def _retry_callback():
@@ -906,6 +919,9 @@ def reap_local(study: optuna.Study, host: str, log: Callable[[str], None]) -> in
         w = t.user_attrs.get("worker")
         if not isinstance(w, dict) or w.get("host") != host or w.get("pid") == os.getpid():
             continue
+        started = t.datetime_start.timestamp() if t.datetime_start else 0.0
+        if float(w.get("since", 0.0)) < started - 1.0:
+            continue  # inherited by a retry that another worker has just taken: not ours
         if _alive(int(w.get("pid", -1)), w.get("start")):
             continue
         requeue(study, t, f"worker {host}:{w.get('pid')} died")
@@ -1042,7 +1058,7 @@ class Worker:
         t_start = time.time()
         self.current = trial._trial_id
         trial.set_user_attr("worker", {"host": self.host, "pid": os.getpid(),
-                                       "start": _proc_start(os.getpid())})
+                                       "start": _proc_start(os.getpid()), "since": time.time()})
         trial.set_user_attr("seconds_used", 0.0)
         for k in ("rejected", "rejected_rules", "pruned", "failed", "error"):
             if k in trial.user_attrs:  # inherited from a failed attempt
@@ -1303,6 +1319,11 @@ def create_or_load(spec: SearchSpec, name: str, url: str, minutes: float | None,
                 + (f"; {len(spec.enqueue)} design(s) queued first" if spec.enqueue else ""))
         else:
             stored = study.user_attrs.get("spec")
+            for _ in range(40):  # another worker created it a moment ago: its spec follows
+                if isinstance(stored, dict) and "text" in stored:
+                    break
+                time.sleep(0.25)
+                stored = study.user_attrs.get("spec")
             if not isinstance(stored, dict) or "text" not in stored:
                 raise SearchError(f"study '{name}' in {mask_url(url)} was not made by "
                                   "cifarlab search; choose another --study name")
