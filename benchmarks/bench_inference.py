@@ -11,7 +11,7 @@ the same thing: uint8 images in, one forward pass, float32 logits out (conversio
 normalisation included in the timing); no test-time augmentation anywhere (the ONNX graph has
 none, so the torch rows leave it out too and their accuracy is the run's without TTA).
 
-- torch-fp32 / torch-bf16: `cifarlab.evaluate.predict_logits` in eval mode, fp32 or bf16
+- torch-fp32 / torch-bf16: `cifarlab.inference.predict_logits` in eval mode, fp32 or bf16
   autocast, with the run's memory format (channels_last for these recipes); file_bytes is
   `torch.save(model.state_dict())` (fp32 weights: bf16 autocast keeps them fp32). The run's
   checkpoint is bigger (optimizer state, history).

@@ -15,8 +15,8 @@ import cifarlab
 from cifarlab import export
 from cifarlab.api import load_model
 from cifarlab.errors import CifarlabError
-from cifarlab.inference import predict_logits, summarize
 from cifarlab.export import export_onnx, make_session, onnx_evaluate, onnx_predict, open_onnx
+from cifarlab.inference import predict_logits, summarize
 from cifarlab.models import create_model
 from cifarlab.rundir import save_checkpoint
 
@@ -85,6 +85,7 @@ def test_export_writes_checked_files(exported, run_dir, data):
     assert exported["fp32_acc"] - exported["int8_acc"] <= export.INT8_MAX_ACC_DROP
     assert exported["test_images"] == 200
     assert exported["calibration_images"] == export.CALIBRATION_IMAGES
+    assert 1 <= len(exported["int8_fp32_layers"]) <= 2  # first and last layer kept in fp32
     assert not [f for f in Path(run_dir).iterdir() if f.name.endswith(".tmp")]
 
 

@@ -14,11 +14,11 @@ import torch
 from conftest_runs import CLASSES, tear_history, write_run
 from PIL import Image
 
-from cifarlab import plots
+from cifarlab import plots, rundir
 from cifarlab.augment import AugmentConfig, Pipeline
 from cifarlab.cli import main
 from cifarlab.data import Split
-from cifarlab.rundir import RunDirError, tested
+from cifarlab.rundir import RunDirError
 
 
 def png_size(path: Path, min_w: int = 300, min_h: int = 200) -> tuple[int, int]:
@@ -140,8 +140,6 @@ def test_plot_run_on_a_run_the_engine_wrote(engine_runs, tmp_path, drawn):
     assert counts == sorted(cm.flatten().tolist())
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: plots.draw_curves reads only the train_* and "
-                   "test_* columns of history.csv, never val_loss / val_acc")
 def test_plot_run_draws_the_validation_curve(engine_runs, tmp_path, drawn):
     """A run with a validation split (test set read once, at the end) shows its validation
     accuracy per epoch: the only held-out curve it has."""
@@ -151,8 +149,8 @@ def test_plot_run_draws_the_validation_curve(engine_runs, tmp_path, drawn):
     rows, _ = plots.RunDir(run).read_history()
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["selection"] == "validation" and metrics["val_images"] == 100
-    assert [e for e, _ in tested(rows, "val_acc")] == [1, 2]
-    assert tested(rows, "test_acc") == []  # the test set was not read during training
+    assert [e for e, _ in rundir.tested(rows, "val_acc")] == [1, 2]
+    assert rundir.tested(rows, "test_acc") == []  # the test set was not read during training
     assert has_line(drawn["curves.png"], [1, 2], [100 * r["val_acc"] for r in rows])
 
 

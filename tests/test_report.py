@@ -435,10 +435,17 @@ def test_report_on_runs_the_engine_wrote(engine_runs, engine_report):
     assert len(page.rows) == 2 and len(page.imgs) == 4  # curves, per-class, 2 confusions
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: plots.draw_compare_curves (the report's "
-                   "curves) reads only train_* and test_* columns, never val_acc / val_loss")
 def test_report_shows_the_validation_curve(engine_runs, tmp_path, monkeypatch):
     figs = _figures(monkeypatch)
     make_report([engine_runs["plain"], engine_runs["val"]], tmp_path / "rep")
     rows, _ = RunDir(engine_runs["val"]).read_history()
     assert _has_line(figs["curves.png"], [1, 2], [100 * r["val_acc"] for r in rows])
+
+
+def test_report_target_column_for_a_run_with_a_validation_split(engine_runs, tmp_path):
+    m = json.loads((engine_runs["val"] / "metrics.json").read_text())
+    assert m["selection"] == "validation" and m["test_acc"] > 0
+    target = m["test_acc"]  # its final test accuracy reaches this target by definition
+    make_report([engine_runs["val"]], tmp_path / "rep", target=target)
+    row = _by_run(tmp_path / "rep")["val"]
+    assert row[f"epoch reaching {100 * target:g}%"] != "not reached"

@@ -29,7 +29,7 @@ from matplotlib.ticker import MaxNLocator, PercentFormatter
 from .rundir import RunDir, RunDirError, atomic_write_bytes, read_json, tested
 
 DPI = 100
-TRAIN_COLOR, TEST_COLOR, LR_COLOR = "#1f77b4", "#d62728", "#2ca02c"
+TRAIN_COLOR, TEST_COLOR, LR_COLOR, VAL_COLOR = "#1f77b4", "#d62728", "#2ca02c", "#9467bd"
 _TAB10 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
           "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 
@@ -110,15 +110,24 @@ def draw_curves(rows: list[dict], title: str, target: float | None = None) -> Fi
     train_loss, (test_ep, test_loss) = [r["train_loss"] for r in rows], _tested(rows, "test_loss")
     ax_loss.plot(ep, train_loss, color=TRAIN_COLOR, label="train", **kw)
     ax_loss.plot(test_ep, test_loss, color=TEST_COLOR, label="test", **kw)
+    has_val = bool(rows) and "val_acc" in rows[0]
+    val_loss = _tested(rows, "val_loss")[1] if has_val else []
+    if has_val:
+        ax_loss.plot(*_tested(rows, "val_loss"), color=VAL_COLOR, label="validation", **kw)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss (nats)")
-    clip_spikes(ax_loss, train_loss + test_loss, "Loss")
+    clip_spikes(ax_loss, train_loss + test_loss + val_loss, "Loss")
     ax_acc.plot(ep, [100 * r["train_acc"] for r in rows], color=TRAIN_COLOR, label="train", **kw)
     ax_acc.plot(*_tested(rows, "test_acc", 100), color=TEST_COLOR, label="test", **kw)
-    if tests := tested(rows):
+    if has_val:
+        ax_acc.plot(*_tested(rows, "val_acc", 100), color=VAL_COLOR, label="validation", **kw)
+    # the best epoch, on the split choices are made on (validation when there is one)
+    key, color, what = (("val_acc", VAL_COLOR, "best validation") if has_val
+                        else ("test_acc", TEST_COLOR, "best test (chosen on test)"))
+    if tests := tested(rows, key):
         best_ep, best = max(tests, key=lambda t: t[1])
         ax_acc.plot([best_ep], [100 * best], linestyle="none", marker="*", markersize=13,
-                    color=TEST_COLOR, markeredgecolor="black", zorder=5,
-                    label=f"best test {100 * best:.2f}% (epoch {best_ep})")
+                    color=color, markeredgecolor="black", zorder=5,
+                    label=f"{what} {100 * best:.2f}% (epoch {best_ep})")
     if target:
         ax_acc.axhline(100 * target, color="gray", linestyle=":", linewidth=1.2,
                        label=f"target {100 * target:.1f}%")
@@ -297,6 +306,9 @@ def draw_compare_curves(runs: Sequence[tuple[str, list[dict]]],
         c, ep, kw = run_color(i), [r["epoch"] for r in rows], _curve_kw(len(rows))
         ax_tr.plot(ep, [100 * r["train_acc"] for r in rows], color=c, label=name, **kw)
         ax_te.plot(*_tested(rows, "test_acc", 100), color=c, label=name, **kw)
+        if "val_acc" in rows[0]:  # a validation split: its curve, dotted
+            ax_te.plot(*_tested(rows, "val_acc", 100), color=c, linestyle=":",
+                       label=f"{name} (validation)", **kw)
         ax_loss.plot(*_tested(rows, "test_loss"), color=c, label=f"{name} (test)", **kw)
         ax_loss.plot(ep, [r["train_loss"] for r in rows], color=c, linestyle="--", alpha=0.7,
                      label=f"{name} (train)", **kw)
@@ -304,7 +316,8 @@ def draw_compare_curves(runs: Sequence[tuple[str, list[dict]]],
         ax_te.axhline(100 * target, color="gray", linestyle=":", linewidth=1.2,
                       label=f"target {100 * target:.1f}%")
     ax_tr.set(title="Train accuracy", xlabel="epoch", ylabel="train accuracy (%)")
-    ax_te.set(title="Test accuracy", xlabel="epoch", ylabel="test accuracy (%)")
+    ax_te.set(title="Test accuracy (dotted: validation)", xlabel="epoch",
+              ylabel="held-out accuracy (%)")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss (nats)")
     clip_spikes(ax_loss, losses, "Loss (solid: test, dashed: train)")
     for ax in (ax_tr, ax_te):

@@ -185,9 +185,16 @@ def summarize(info: RunInfo, target: float | None = None) -> dict[str, str]:
     rf = rf if rf is not None else arch.get("receptive_field")
 
     tests = tested(rows)
+    has_val = bool(rows) and "val_acc" in rows[0]
     best, best_ep = _num(m, "best_test_acc"), m.get("best_epoch")
     if best is None and tests:
         best_ep, best = max(tests, key=lambda t: t[1])
+    best_s = _pct(best) + (f" (epoch {best_ep})" if best is not None
+                           and isinstance(best_ep, int) else "")
+    if has_val:  # chosen on validation: the test set has no best epoch to show
+        best_v = _num(m, "best_val_acc")
+        best_s = ("–" if best_v is None else
+                  f"{_pct(best_v)} validation (epoch {m.get('best_epoch')})")
     final = _num(m, "test_acc")
     final_s = _pct(final)
     if final is None and tests:
@@ -209,14 +216,18 @@ def summarize(info: RunInfo, target: float | None = None) -> dict[str, str]:
         "MACs": _count(macs_),
         "RF": MISSING if rf is None else str(int(rf)),
         "epochs": epochs_s,
-        "best test acc": _pct(best) + (f" (epoch {best_ep})" if best is not None
-                                       and isinstance(best_ep, int) else ""),
+        "best test acc": best_s,
         "final test acc": final_s,
     }
     if target is not None:
         ep = _first_epoch_at(rows, target)
-        row[f"epoch reaching {100 * target:g}%"] = (
-            str(ep) if ep is not None else ("not reached" if rows else MISSING))
+        reached = str(ep) if ep is not None else ("not reached" if rows else MISSING)
+        if has_val:  # the test set was read once: validation per epoch, test at the end
+            ep = next((e for e, acc in tested(rows, "val_acc") if acc >= target), None)
+            reached = (f"{ep} (validation)" if ep is not None else
+                       f"{epochs} (final test)" if final is not None and final >= target
+                       else "not reached")
+        row[f"epoch reaching {100 * target:g}%"] = reached
     row["train time"] = _duration(secs)
     ips = _num(m, "images_per_second")
     row["images/s"] = MISSING if ips is None else f"{ips:,.0f}"
