@@ -1,5 +1,6 @@
-"""Inference speed, accuracy and size per backend (issue 18): torch fp32 / bf16, onnxruntime
-fp32 / int8, for the default, fast-50k and fast-top networks.
+"""Inference per backend (issue 18): images/s, test accuracy and file size of each network.
+
+Backends torch fp32 / bf16 and onnxruntime fp32 / int8; networks default, fast-50k, fast-top.
 
     .venv/bin/python benchmarks/bench_inference.py --run default=runs/default \\
         --run fast-50k=runs/fast-50k --run fast-top=runs/fast-top
@@ -16,12 +17,15 @@ none, so the torch rows leave it out too and their accuracy is the run's without
   `torch.save(model.state_dict())` (fp32 weights: bf16 autocast keeps them fp32). The run's
   checkpoint is bigger (optimizer state, history).
 - onnxruntime-fp32 / -int8: the files `cifarlab.export.export_onnx(..., int8=True)` writes
-  (both pass its parity gates), in sessions from `cifarlab.export.make_session`.
+  (both pass its parity gates), in sessions from `cifarlab.export.make_session`. An int8
+  file that fails export_onnx's int8 gate is not written: its rows then hold `error` and nulls.
 
-Threads: torch's thread count for both torch and onnxruntime (no spinning). Timing: `--warmup`
-untimed calls, then `--rounds` rounds of `--iters-1` single-image calls or `--iters-256`
-batches of 256 (the same test images each round); images/s = images / wall seconds of the
-timed calls of the best round.
+Threads: torch's thread count (`--threads`) for both torch and onnxruntime (no spinning).
+On a busy machine two torch threads can wait on each other at every layer: batch 1 then
+drops by orders of magnitude (seen on the shared 2-core CPU: 3.7 vs 684 images/s with one).
+Timing: `--warmup` untimed calls, then `--rounds` rounds of `--iters-1` single-image calls or
+`--iters-256` batches of 256 (the same test images each round); images/s = images / wall
+seconds of the timed calls of the best round.
 
 A model without `--run MODEL=RUN_DIR` is trained first, briefly: its recipe with `--epochs`
 epochs (default 3) instead of the recipe's, so its accuracy is far below the recipe's; the JSON
@@ -36,6 +40,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -135,6 +140,8 @@ def main() -> None:
     ap.add_argument("--iters-1", type=int, default=500, help="timed batch-1 calls")
     ap.add_argument("--iters-256", type=int, default=20, help="timed batch-256 calls")
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds; the best is kept")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads for torch and onnxruntime alike (default: torch's)")
     ap.add_argument("--quick", action="store_true",
                     help="tiny trainings and few timed calls: checks the script works")
     ap.add_argument("--out", default=None, help="write here instead of results/inference.json")
@@ -147,11 +154,13 @@ def main() -> None:
     if a.quick:
         epochs, train_subset, test_subset, parity = 1, 2000, 1000, 200
         a.warmup, a.iters_1, a.iters_256, a.rounds = 1, 3, 3, 1
+    if a.threads:
+        torch.set_num_threads(a.threads)  # make_session takes torch's count too
     prov = provenance()  # before any training: the commit that was actually run
     data = cifarlab.load_data(a.data_dir)
     if test_subset:
         data.test = Split(data.test.images[:test_subset], data.test.labels[:test_subset])
-    runs_dir = a.runs_dir or tempfile.mkdtemp(prefix="cifarlab-inference-")
+    runs_dir = a.runs_dir
     onnx_root = Path(tempfile.mkdtemp(prefix="cifarlab-onnx-"))
     trained, rows = {}, []
     for name in a.models:
@@ -161,6 +170,7 @@ def main() -> None:
             print(f"{name}: no --run given; training it for {epochs} epoch(s)", flush=True)
             overrides = ({"data.train_subset": train_subset, "train.processes": 1}
                          if a.quick else {})
+            runs_dir = runs_dir or tempfile.mkdtemp(prefix="cifarlab-inference-")
             m = cifarlab.train(name, data=data, runs_dir=runs_dir, name=f"{name}-inference",
                                epochs=epochs, progress=False, plots=False,
                                log=lambda s: None, **overrides)
@@ -186,6 +196,7 @@ def main() -> None:
                              "images_per_second": ips, "test_acc": acc, "file_bytes": size})
                 print(f"  {backend:<17} batch {batch:>3}: {ips:9.1f} images/s  "
                       f"test acc {acc:.4f}  {size:>10,} bytes", flush=True)
+    shutil.rmtree(onnx_root, ignore_errors=True)  # the exported files were only for timing
     out = {**prov, "threads": torch.get_num_threads(), "quick": a.quick,
            "test_images": len(data.test), "tta": False,
            "timing": {"warmup": a.warmup, "iters_batch_1": a.iters_1,

@@ -88,7 +88,7 @@ def write_out(out: Path | None, result: dict) -> Path:
 
 def run_workers(spec_file: Path, study: str, runs_dir: Path, workers: int, threads: int,
                 data_dir: str | None, minutes: float | None = None,
-                trials: int | None = None) -> None:
+                trials: int | None = None, queued_only: bool = False) -> None:
     """`workers` search processes on one study (SQLite in the study directory)."""
     cmd = [sys.executable, "-m", "cifarlab.search_cli", str(spec_file), "--study", study,
            "--runs-dir", str(runs_dir), "--threads", str(threads)]
@@ -98,6 +98,8 @@ def run_workers(spec_file: Path, study: str, runs_dir: Path, workers: int, threa
         cmd += ["--trials", str(trials)]
     if data_dir:
         cmd += ["--data-dir", data_dir]
+    if queued_only:
+        cmd += ["--queued-only"]
     procs = [subprocess.Popen(cmd, env=dict(os.environ, CIFARLAB_SEARCH_TAG=f"[w{i + 1}] ",
                                             OMP_NUM_THREADS=str(threads)))
              for i in range(workers)]
@@ -121,7 +123,7 @@ def compare_workers(runs_dir: Path, data_dir: str | None, quick: bool) -> dict:
     import optuna
 
     cores = os.cpu_count() or 1
-    k = 2 * cores if not quick else cores
+    k = 4 * cores if not quick else cores
     base = tomllib.loads((S.searches_dir() / "under-50k.toml").read_text())
     base.pop("enqueue", None)
     base["constraints"]["max_train_time_vs_base"] = 0.0  # the same trials in both: no timing
@@ -165,11 +167,12 @@ def compare_workers(runs_dir: Path, data_dir: str | None, quick: bool) -> dict:
 
             shutil.rmtree(sdir)
         t0 = time.perf_counter()
-        run_workers(f, name, runs_dir, workers, threads, data_dir, trials=k)
+        run_workers(f, name, runs_dir, workers, threads, data_dir, queued_only=True)
         wall = time.perf_counter() - t0
         st = S.load_study(name, S.default_storage(sdir))
         done = sum(1 for t in st.get_trials(deepcopy=False)
-                   if S.outcome(t) in ("complete", "pruned"))
+                   if S.outcome(t) in ("complete", "pruned")
+                   and "fixed_params" in t.system_attrs)  # the queued ones
         out[f"{workers}x{threads}"] = {"workers": workers, "threads_per_worker": threads,
                                        "trials": done, "wall_seconds": wall,
                                        "trials_per_hour": 3600 * done / wall}
@@ -286,6 +289,10 @@ def rule_set(name: str, hand: str, args, data, state: dict, save) -> dict:
 
 def main() -> None:
     import signal
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     def stop(signum, frame):
         raise KeyboardInterrupt

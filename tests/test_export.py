@@ -241,3 +241,23 @@ def test_opset(run_dir, data, tmp_path):
             export_onnx(run_dir, tmp_path / "bad.onnx", opset=bad, data=data, log=quiet)
         assert f"opset {bad}" in one_line_error(e)
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+def test_cli_export_eval_predict(run_dir, shared_cifar_dir, tmp_path, capsys):
+    """The commands a user types: export, then eval and predict on the .onnx file."""
+    from cifarlab.cli import main
+
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(run_dir), "--out", str(out), "--parity-images", "100",
+                 "--data-dir", str(shared_cifar_dir)]) == 0
+    assert out.is_file()
+    capsys.readouterr()
+    assert main(["eval", str(out), "--data-dir", str(shared_cifar_dir)]) == 0
+    acc = float(capsys.readouterr().out.split()[2])
+    assert acc == pytest.approx(cifarlab.evaluate(out, data_dir=shared_cifar_dir)["acc"])
+    img = tmp_path / "red.png"
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(img)
+    assert main(["predict", str(out), str(img), "--top-k", "2"]) == 0
+    assert capsys.readouterr().out.startswith(f"{img}: ")
+    assert main(["eval", str(out), "--tta", "--data-dir", str(shared_cifar_dir)]) == 2
+    assert "no test-time augmentation" in capsys.readouterr().err

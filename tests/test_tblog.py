@@ -142,3 +142,27 @@ def test_unwritable_run_dir_is_a_user_error(tmp_path):
     blocker.write_text("x")
     with pytest.raises(CifarlabError, match="cannot create"):
         TensorBoardLogger(blocker)
+
+
+def test_training_with_tensorboard_and_resume(shared_cifar_dir, tmp_path):
+    """`train --tensorboard`: curves per epoch, one augmented grid, the recipe as hparams; a
+    run stopped by its time budget and resumed continues its curves without duplicates."""
+    import cifarlab
+    from cifarlab.cli import main
+
+    args = ["train", "--recipe", "fast-50k", "--data-dir", str(shared_cifar_dir),
+            "--runs-dir", str(tmp_path), "--epochs", "3", "--batch-size", "100", "--procs", "1",
+            "--val-split", "100", "--set", "train.eval_every=1", "--tensorboard", "--no-plots",
+            "--max-minutes", "0.0001"]
+    assert main(args) == 0  # stops after epoch 1 (time budget)
+    run = tmp_path / "fast-50k"
+    m = cifarlab.train(resume=run, data_dir=shared_cifar_dir, progress=False, plots=False,
+                       log=lambda s: None)
+    assert m["epochs"] == 3
+    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0}).Reload()
+    tags = acc.Tags()
+    for tag in ("loss/train", "accuracy/val", "lr", "speed/images_per_second"):
+        assert [e.step for e in acc.Scalars(tag)] == [1, 2, 3], tag
+    assert "accuracy/test" not in tags["scalars"]  # the test set is read once, at the end
+    assert tags["images"] == ["augmented_train"]
+    assert any(t.startswith("hparam/test_acc") for t in tags["scalars"])

@@ -113,7 +113,7 @@ def train(recipe: str | os.PathLike | dict = "default", *, data: CIFAR10 | None 
     return {"run_dir": str(run.path), **metrics}  # only run_dir on ranks other than 0
 
 
-def _checkpoint_path(path: str | os.PathLike) -> Path:
+def checkpoint_path(path: str | os.PathLike) -> Path:
     p = Path(path)
     if p.is_dir():
         for name in ("best.pt", "last.pt"):
@@ -129,7 +129,7 @@ def load_model(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
     """A model ready for inference from a checkpoint or run directory, and its metadata.
     A checkpoint whose weights do not fit the network registered under its name today is
     refused in one line naming the mismatch."""
-    ckpt = _checkpoint_path(path)
+    ckpt = checkpoint_path(path)
     st = load_checkpoint(ckpt)
     meta = st["meta"]
     name = meta.get("model")
@@ -157,7 +157,14 @@ def load_model(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
 def evaluate(path: str | os.PathLike, *, data: CIFAR10 | None = None,
              data_dir: str | os.PathLike | None = None, tta: bool | None = None) -> dict:
     """Test accuracy, per-class accuracy and confusion matrix of a checkpoint or run dir
-    (scored on the same input as the run: with augment.test, the test set augmented once)."""
+    (scored on the same input as the run: with augment.test, the test set augmented once),
+    or of an exported .onnx file (run by onnxruntime)."""
+    if Path(path).suffix == ".onnx":
+        from .export import onnx_evaluate
+
+        if tta is not None:
+            raise CifarlabError("--tta: an exported .onnx file has no test-time augmentation")
+        return onnx_evaluate(path, data=data, data_dir=data_dir)
     model, meta = load_model(path)
     if data is None:
         data = load_data(data_dir)
@@ -168,7 +175,12 @@ def evaluate(path: str | os.PathLike, *, data: CIFAR10 | None = None,
 
 
 def predict(path: str | os.PathLike, images: list[str | os.PathLike], top_k: int = 1) -> list:
-    """Per file: {'path', 'top': [(class, probability), ...]} or {'path', 'error'}."""
+    """Per file: {'path', 'top': [(class, probability), ...]} or {'path', 'error'}; `path` a
+    checkpoint, a run directory or an exported .onnx file."""
+    if Path(path).suffix == ".onnx":
+        from .export import onnx_predict
+
+        return onnx_predict(path, images, top_k=top_k)
     model, meta = load_model(path)
     k = max(1, min(top_k, len(meta["classes"])))
     results, loaded, rows = [], [], []

@@ -75,15 +75,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not draw plots/ during training (`cifarlab plot RUN` makes them later)")
 
     e = sub.add_parser("eval", help="test accuracy, per-class accuracy, confusion matrix")
-    e.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
+    e.add_argument("path", metavar="RUN_DIR_CHECKPOINT_OR_ONNX")
     e.add_argument("--data-dir")
     e.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="test-time horizontal flip (default: as trained)")
 
     p = sub.add_parser("predict", help="classify image files")
-    p.add_argument("checkpoint", metavar="CHECKPOINT_OR_RUN_DIR")
+    p.add_argument("checkpoint", metavar="CHECKPOINT_RUN_DIR_OR_ONNX")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--top-k", type=int, default=1)
+
+    x = sub.add_parser("export", help="write an ONNX file (fp32, optionally int8), verified "
+                       "against PyTorch in onnxruntime")
+    x.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
+    x.add_argument("--out", help="the .onnx file or a folder (default RUN_DIR/model.onnx)")
+    x.add_argument("--int8", action="store_true", help="also write a statically quantized "
+                   "int8 file (calibrated on training images) and compare accuracies")
+    x.add_argument("--opset", type=int, help="ONNX opset (default 20; at least 18)")
+    x.add_argument("--parity-images", type=int, default=2000,
+                   help="test images the parity gate compares on (default 2000)")
+    x.add_argument("--data-dir")
 
     d = sub.add_parser("data", help="data set tools")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
@@ -211,6 +222,16 @@ def cmd_predict(a: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_export(a: argparse.Namespace) -> int:
+    from .export import export_onnx
+
+    if a.parity_images < 1:
+        raise CifarlabError("--parity-images must be at least 1")
+    export_onnx(a.path, a.out, int8=a.int8, opset=a.opset, data_dir=a.data_dir,
+                parity_images=a.parity_images)
+    return 0
+
+
 def cmd_data(a: argparse.Namespace) -> int:
     if a.data_command == "show":
         from pathlib import Path
@@ -311,7 +332,7 @@ def cmd_check(a: argparse.Namespace) -> int:
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "data": cmd_data,
             "recipes": cmd_recipes, "models": cmd_models, "summary": cmd_summary,
-            "check": cmd_check, "plot": cmd_plot, "report": cmd_report}
+            "check": cmd_check, "plot": cmd_plot, "report": cmd_report, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

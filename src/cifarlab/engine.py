@@ -270,6 +270,13 @@ class Setup:
     test_mode: str
     flip_bits: torch.Tensor | None  # augment.flip_mode = alternate: each image's first flip
 
+    @property
+    def selection(self) -> str | None:
+        """The split choices are made on: val, else test (when read every epoch), else none."""
+        if self.val is not None:
+            return "val"
+        return "test" if self.test_mode == "every" else None
+
 
 def prepare(cfg: dict, data: CIFAR10, dev: torch.device, team: par.Team, facts: dict) -> Setup:
     t = cfg["train"]
@@ -303,6 +310,7 @@ class TrainState:
     target_epoch: int | None = None
     stale: int = 0  # evaluations since the best one (train.patience)
     stopped_by: str | None = None  # target | patience | callback: the run is over
+    final_test: dict | None = None  # the last test score of this call (not checkpointed)
     train_seconds: float = 0.0
     img_seconds: float = 0.0  # time spent in training steps only (images/s)
     images_seen: int = 0
@@ -332,6 +340,24 @@ class TrainState:
         if resume_from is not None:
             state.load(resume_from, s.dev)
         return state
+
+    def record(self, row: dict, chosen: dict | None, t: dict) -> tuple[bool, str | None]:
+        """Add an epoch's row; (improved on the selection split?, stop reason or None)."""
+        self.history.append(row)
+        self.epoch = row["epoch"]
+        if chosen is None:
+            return False, None
+        improved = chosen["acc"] > self.best_acc
+        if improved:
+            self.best_acc, self.best_epoch, self.stale = chosen["acc"], self.epoch, 0
+        else:
+            self.stale += 1
+        if t["target"] and chosen["acc"] >= t["target"]:
+            self.target_epoch = self.epoch
+            return improved, "target"
+        if t["patience"] and self.stale >= t["patience"]:
+            return improved, "patience"
+        return improved, None
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -507,12 +533,29 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, built: Built, *, resume: bool = F
         log(f"note: no validation split: --target {t['target']} stops on test accuracy, so the "
             "stopping epoch is chosen on the test set (use --val-split N to choose on "
             "validation)")
+    tb = TensorBoard(s, run, st.epoch) if (t["tensorboard"] and team.main) else None
+    try:
+        time_stop = run_epochs(s, st, run, model, legs, tb, log, progress, max_seconds,
+                               on_epoch, epoch_callback)
+        if not team.main:
+            return {}
+        metrics = finish(s, st, run, time_stop, legs, on_end)
+        if tb is not None:
+            tb.finish(metrics)
+        return metrics
+    finally:
+        if tb is not None:
+            tb.close()
 
-    selection = "val" if s.val is not None else ("test" if s.test_mode == "every" else None)
-    final, time_stop, t_start = None, False, time.perf_counter()
+
+def run_epochs(s: Setup, st: TrainState, run: RunDir, model: torch.nn.Module, legs: Legs,
+               tb: TensorBoard | None, log, progress: bool, max_seconds: float | None,
+               on_epoch, epoch_callback) -> bool:
+    """For each epoch: train, evaluate, record, decide. True if the time budget stopped it."""
+    t, team = s.cfg["train"], s.team
+    t_start = time.perf_counter()
     # a run that stopped on its target, patience or callback stays stopped when resumed
-    last_epoch = st.epoch if st.stopped_by else t["epochs"]
-    for epoch in range(st.epoch + 1, last_epoch + 1):
+    for epoch in range(st.epoch + 1, (st.epoch if st.stopped_by else t["epochs"]) + 1):
         t0 = time.perf_counter()
         bar = Progress(progress, s.steps, f"epoch {epoch}/{t['epochs']}", log)
         loss_sum, correct, seen, train_time = train_epoch(s, st, model, epoch, bar)
@@ -521,42 +564,24 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, built: Built, *, resume: bool = F
                                 "lower optim.lr or set train.grad_clip")
         out_of_time = team.agree(max_seconds is not None
                                  and time.perf_counter() - t_start > max_seconds)
-        # evaluate every `eval_every` epochs, after the last one, and before a time-budget stop
-        every = t["eval_every"]
-        evaluating = (epoch == t["epochs"] or out_of_time
-                      or (every > 0 and epoch % every == 0)) and team.main
-        val = score(s, st.eval_model, s.val.images, s.val.labels) if (
-            evaluating and s.val is not None) else None
-        test = score(s, st.eval_model, s.test_inputs, s.test.labels) if (
-            evaluating and s.test_mode == "every") else None
-        final = test or final
-        seconds = time.perf_counter() - t0
-        st.train_seconds += seconds
+        val, test = evaluate_epoch(s, st, epoch, out_of_time)
+        st.train_seconds += time.perf_counter() - t0
         st.img_seconds += train_time
         st.images_seen += seen
-        st.epoch = epoch
-        nan = math.nan
         row = {"epoch": epoch, "lr": st.opt.param_groups[0]["lr"],
                "train_loss": loss_sum / seen, "train_acc": correct / seen}
         if s.val is not None:
-            row |= {"val_loss": val["loss"] if val else nan, "val_acc": val["acc"] if val else nan}
-        row |= {"test_loss": test["loss"] if test else nan,
-                "test_acc": test["acc"] if test else nan, "seconds": seconds}
-        st.history.append(row)
-        chosen = (val if selection == "val" else test if selection == "test" else None)
-        improved = chosen is not None and chosen["acc"] > st.best_acc
-        if improved:
-            st.best_acc, st.best_epoch, st.stale = chosen["acc"], epoch, 0
-        elif chosen is not None:
-            st.stale += 1
-        stop = None
-        if chosen is not None and t["target"] and chosen["acc"] >= t["target"]:
-            st.target_epoch, stop = epoch, "target"
-        elif chosen is not None and t["patience"] and st.stale >= t["patience"]:
-            stop = "patience"
+            row |= {"val_loss": val["loss"] if val else math.nan,
+                    "val_acc": val["acc"] if val else math.nan}
+        row |= {"test_loss": test["loss"] if test else math.nan,
+                "test_acc": test["acc"] if test else math.nan,
+                "seconds": time.perf_counter() - t0}
+        improved, stop = st.record(row, val if s.selection == "val" else test, t)
         if team.main:
+            if tb is not None:  # before the checkpoint: a resumed run purges what follows it
+                tb.log_epoch(row | {"images_per_second": seen / train_time})
             run.write_history(st.history)
-            state = st.to_checkpoint(s.meta, dev)
+            state = st.to_checkpoint(s.meta, s.dev)
             if improved:
                 save_checkpoint(run.best, state)
             save_checkpoint(run.last, state)
@@ -569,18 +594,31 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, built: Built, *, resume: bool = F
         if team.agree(stop is not None):
             st.stopped_by = stop or "agreed"
             if team.main:  # the last checkpoint says why the run ended
-                save_checkpoint(run.last, st.to_checkpoint(s.meta, dev))
-            break
+                save_checkpoint(run.last, st.to_checkpoint(s.meta, s.dev))
+            return False
         if out_of_time:
             if epoch < t["epochs"]:
-                time_stop = True
                 log(f"time budget of {max_seconds:.0f}s used: stopping after epoch {epoch}; "
                     f"continue with --resume {run.path}")
-            break
+            return epoch < t["epochs"]
+    return False
 
-    if not team.main:
-        return {}
-    return finish(s, st, run, final, time_stop, selection, legs, on_end)
+
+def evaluate_epoch(s: Setup, st: TrainState, epoch: int,
+                   out_of_time: bool) -> tuple[dict | None, dict | None]:
+    """(validation, test) scores of this epoch on rank 0, None where not evaluated: every
+    `eval_every` epochs, after the last one and before a time-budget stop; the test set only
+    when it is read every evaluation (`test_mode`)."""
+    t, every = s.cfg["train"], s.cfg["train"]["eval_every"]
+    if not s.team.main or not (epoch == t["epochs"] or out_of_time
+                               or (every > 0 and epoch % every == 0)):
+        return None, None
+    val = score(s, st.eval_model, s.val.images, s.val.labels) if s.val is not None else None
+    test = (score(s, st.eval_model, s.test_inputs, s.test.labels)
+            if s.test_mode == "every" else None)
+    if test is not None:
+        st.final_test = test
+    return val, test
 
 
 def describe_run(s: Setup, run: RunDir) -> str:
@@ -609,6 +647,35 @@ def epoch_line(row: dict, epochs: int, stop: str | None, target: float) -> str:
     return msg
 
 
+class TensorBoard:
+    """train.tensorboard: event files in RUN_DIR/tensorboard (tblog.TensorBoardLogger): a grid
+    of augmented training images, each epoch's row, and the recipe with its final figures."""
+
+    def __init__(self, s: Setup, run: RunDir, epoch: int):
+        from .tblog import TensorBoardLogger  # tensorboard loads only when asked for
+
+        self.cfg, self.first = s.cfg, epoch
+        self.logger = TensorBoardLogger(run.path, start_epoch=epoch)
+        # its own generator: the training run's random streams are untouched
+        grid = s.pipeline(s.train.images[:64], torch.Generator().manual_seed(
+            s.cfg["train"]["seed"]))
+        self.logger.log_images(grid, mean=s.mean, std=s.std)
+
+    def log_epoch(self, row: dict) -> None:
+        self.logger.log_epoch(row)
+
+    def finish(self, metrics: dict) -> None:
+        if metrics["epochs"] > self.first:  # this leg trained: the run's final figures
+            keys = ("test_acc", "val_acc", "best_val_acc", "best_test_acc", "test_loss",
+                    "train_seconds", "params")
+            self.logger.log_hparams(self.cfg, {k: metrics[k] for k in keys
+                                               if metrics.get(k) is not None},
+                                    step=metrics["epochs"])
+
+    def close(self) -> None:
+        self.logger.close()
+
+
 class Legs:
     """legs.json: every command that trained the run (commit, machine, dates, epochs)."""
 
@@ -629,10 +696,10 @@ class Legs:
                             else [])
 
 
-def finish(s: Setup, st: TrainState, run: RunDir, final: dict | None, time_stop: bool,
-           selection: str | None, legs: Legs, on_end) -> dict:
+def finish(s: Setup, st: TrainState, run: RunDir, time_stop: bool, legs: Legs,
+           on_end) -> dict:
     """The final figures, each with the split it comes from, into metrics.json."""
-    cfg, t = s.cfg, s.cfg["train"]
+    cfg, t, final, selection = s.cfg, s.cfg["train"], st.final_test, s.selection
     partial = st.epoch < t["epochs"] and not st.stopped_by
     if final is None and not partial and s.test_mode in ("every", "final"):
         if s.test_mode == "every":  # resumed a finished run: score its last checkpoint

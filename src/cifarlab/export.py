@@ -342,14 +342,14 @@ def export_onnx(path: str | os.PathLike, out: str | os.PathLike | None = None, *
     """
     import onnx
 
-    from .api import _checkpoint_path, load_model
+    from .api import checkpoint_path, load_model
 
     if parity_images < 1:
         raise ExportError("parity_images must be at least 1: every exported file is checked")
     if opset is not None and opset < 18:
         raise ExportError(f"opset {opset}: torch's ONNX exporter writes opset 18 or newer")
     src = Path(path)
-    ckpt = _checkpoint_path(src)
+    ckpt = checkpoint_path(src)
     dst = _default_out(src, out)
     model, meta = load_model(src)
     if data is None:

@@ -176,6 +176,8 @@ SETTINGS: tuple[Setting, ...] = (
     _s("train.test_eval", "auto", "when the test set is read: every (each evaluation) | final "
        "(once, at the end) | never | auto (final with a validation split, else every)",
        choices=("auto", "every", "final", "never")),
+    _s("train.tensorboard", False, "write TensorBoard event files into RUN_DIR/tensorboard "
+       "(`tensorboard --logdir runs`)", flag="--tensorboard", const=True, short="tensorboard"),
     _s("train.processes", 1, "data-parallel processes on this machine (threads split "
        "between them)", range=(1, 64, True, True), flag="--procs", short="procs"),
     _s("train.eval_every", 1, "evaluate every N epochs (and after the last); 0 = the last only",

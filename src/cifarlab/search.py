@@ -1355,14 +1355,15 @@ def run_search(search: str | os.PathLike | SearchSpec, *, study: str | None = No
                trials: int | None = None, runs_dir: str | os.PathLike = "runs",
                data=None, data_dir: str | os.PathLike | None = None,
                threads: int | None = None, log: Callable[[str], None] = print,
-               tag: str = "") -> dict:
+               tag: str = "", queued_only: bool = False) -> dict:
     """Run (or resume) a search in this process until the study's budget is used or it has
     `trials` trained trials; return `summary()`.
 
     The budget (`minutes`, else the study's stored one, else the file's) is the study's total
     trial time, summed over workers and sessions; a trial that starts before it runs out is
     finished. Several processes on one or many machines may run the same study (same name and
-    storage URL) at once.
+    storage URL) at once. `queued_only`: run only the queued trials ([[enqueue]], retries),
+    then stop.
     """
     spec = search if isinstance(search, SearchSpec) else load_search(search)
     name = study or spec.name
@@ -1415,6 +1416,9 @@ def run_search(search: str | os.PathLike | SearchSpec, *, study: str | None = No
                 break
             if trials is not None and trained >= trials:
                 log(f"{tag}{trained} trials trained")
+                break
+            if queued_only and not any(t.state == TrialState.WAITING for t in all_t):
+                log(f"{tag}no queued trial left")
                 break
             if w.rejected_in_row >= spec.search["max_rejected_in_row"]:
                 raise SearchError(f"the rules rejected {w.rejected_in_row} candidates in a "

@@ -22,6 +22,7 @@ from .errors import CifarlabError
 
 USAGE = """cifarlab search FILE [--study NAME] [--storage URL] [--minutes M] [--trials N]
                        [--runs-dir DIR] [--data-dir D] [--workers N] [--threads N]
+                       [--queued-only]
        cifarlab search report STUDY [--storage URL] [--runs-dir DIR] [--out DIR]
        cifarlab search best STUDY [--storage URL] [--runs-dir DIR] --out FILE.toml [--trial N]"""
 
@@ -33,7 +34,7 @@ early when hopeless. The study lives in RUNS_DIR/NAME/study.db (or --storage URL
 PostgreSQL server shared by workers on several machines); running the same command again
 resumes it. `report` writes an HTML page, `best` the winner as an ordinary recipe."""
 
-RUN_ONLY = ("study", "minutes", "trials", "data_dir", "workers", "threads")
+RUN_ONLY = ("study", "minutes", "trials", "data_dir", "workers", "threads", "queued_only")
 
 
 def add_search_parser(subparsers) -> argparse.ArgumentParser:
@@ -77,6 +78,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=_positive(int), default=1, help="worker processes on "
                    "this machine (each with cores/N threads; default 1)")
     p.add_argument("--threads", type=_positive(int), help="torch threads per worker")
+    p.add_argument("--queued-only", action="store_true", default=None,
+                   help="run only the queued trials ([[enqueue]] designs, retries), then stop")
     p.add_argument("--out", help="report: output folder (default STUDY_DIR/report); best: the "
                    "recipe file to write (.toml)")
     p.add_argument("--trial", type=int, help="best: this trial instead of the winner")
@@ -161,7 +164,7 @@ def _run(a: argparse.Namespace) -> int:
     try:
         s = run_search(spec, study=name, storage=a.storage, minutes=a.minutes,
                        trials=a.trials, runs_dir=a.runs_dir, data_dir=a.data_dir,
-                       threads=a.threads, tag=tag)
+                       threads=a.threads, tag=tag, queued_only=bool(a.queued_only))
     except KeyboardInterrupt:
         print(f"{tag}interrupted: the running trial is re-queued; run the same command to "
               "resume", file=sys.stderr)
@@ -189,6 +192,8 @@ def _run_workers(a: argparse.Namespace, spec, name: str) -> int:
         cmd += ["--trials", str(a.trials)]
     if a.data_dir:
         cmd += ["--data-dir", str(a.data_dir)]
+    if a.queued_only:
+        cmd += ["--queued-only"]
     print(f"{a.workers} workers x {threads} thread(s) on study '{name}' ({mask_url(url)})")
     procs = []
     for i in range(a.workers):

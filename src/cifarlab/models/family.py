@@ -66,12 +66,35 @@ class FamilyError(CifarlabError):
     """Invalid `family` model arguments."""
 
 
+class DilatedConv2d(nn.Conv2d):
+    """A dilated nn.Conv2d that computes in float32 even under bf16 autocast on the CPU.
+
+    torch 2.13's CPU bf16 kernels return wrong or NaN weight gradients for dilated convs on
+    channels_last 32x32 maps (e.g. 24 -> 32 channels, dilation 2: 81% relative error; a
+    depthwise 128-channel conv with dilation 2: NaN), while float32 is exact and, for these
+    layers, no slower; tests/test_family.py checks both. Everything else stays in bf16.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(x.float())
+        return super().forward(x)
+
+
+def _conv(cin: int, cout: int, k: int = 3, stride: int = 1, dilation: int = 1,
+          groups: int = 1, padding: int | None = None) -> nn.Conv2d:
+    """Conv without bias, 'same' padding; a DilatedConv2d when dilated."""
+    cls = DilatedConv2d if dilation > 1 else nn.Conv2d
+    return cls(cin, cout, k, stride=stride, padding=(k // 2) * dilation if padding is None
+               else padding, dilation=dilation, groups=groups, bias=False)
+
+
 def _cbr(cin: int, cout: int, k: int = 3, stride: int = 1, dilation: int = 1,
          groups: int = 1) -> list[nn.Module]:
     """Conv (no bias, 'same' padding) -> BatchNorm -> ReLU."""
-    return [nn.Conv2d(cin, cout, k, stride=stride, padding=(k // 2) * dilation,
-                      dilation=dilation, groups=groups, bias=False),
-            nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+    return [_conv(cin, cout, k, stride, dilation, groups), nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True)]
 
 
 class Residual(nn.Module):
@@ -81,7 +104,7 @@ class Residual(nn.Module):
         super().__init__()
         self.body = nn.Sequential(
             *_cbr(cin, cout, stride=stride, dilation=dilation),
-            nn.Conv2d(cout, cout, 3, padding=dilation, dilation=dilation, bias=False),
+            _conv(cout, cout, 3, dilation=dilation),
             nn.BatchNorm2d(cout))
         self.shortcut = (nn.Identity() if cin == cout and stride == 1 else nn.Sequential(
             nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)))
@@ -97,10 +120,8 @@ class Branch(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int = 1, dilation: int = 1):
         super().__init__()
         c1 = cout // 2
-        self.near = nn.Conv2d(cin, c1, 3, stride=stride, padding=dilation, dilation=dilation,
-                              bias=False)
-        self.far = nn.Conv2d(cin, cout - c1, 3, stride=stride, padding=2 * dilation,
-                             dilation=2 * dilation, bias=False)
+        self.near = _conv(cin, c1, 3, stride, dilation)
+        self.far = _conv(cin, cout - c1, 3, stride, 2 * dilation)
         self.bn = nn.BatchNorm2d(cout)
         self.relu = nn.ReLU(inplace=True)
 
