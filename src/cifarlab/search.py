@@ -698,14 +698,24 @@ def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.RDBS
             warnings.simplefilter("ignore")
             hb = {"heartbeat_interval": heartbeat, "grace_period": 3 * heartbeat,
                   "heartbeat_stale_trial_callback": _retry_callback()}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return optuna.storages.RDBStorage(url, engine_kwargs=kw, **hb)
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as e:
-        msg = str(getattr(e, "orig", None) or e).strip().splitlines()
-        why = msg[0] if msg else type(e).__name__
+    for attempt in range(6):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return optuna.storages.RDBStorage(url, engine_kwargs=kw, **hb)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as e:
+            # workers starting together on an empty database race to create Optuna's tables
+            # ("duplicate key", "already exists"): the loser finds them made a moment later
+            if attempt < 5:
+                time.sleep(0.5 + attempt)
+                continue
+            err: Exception = e
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as e:
+            err = e
+        msg = str(getattr(err, "orig", None) or err).strip().splitlines()
+        why = msg[0] if msg else type(err).__name__
         raise SearchError(f"storage {mask_url(shown)}: cannot open ({why})") from None
+    raise AssertionError("unreachable")
 
 
 def _with_driver(url: str) -> str:
