@@ -157,8 +157,11 @@ def speed_section() -> list[str]:
             fmt = "channels_last" if row["channels_last"] else "NCHW"
             out.append(f"| {row['dropout']} | {row['precision']} | {fmt} | "
                        f"{row['images_per_second']:.0f} |")
-        out += ["", "Training step of the seed 001 network, batch 256, from "
-                "`benchmarks/results/precision.json`."]
+        step = ("the engine's own step (`cifarlab.train`)" if r.get("step") else
+                "a step re-implemented in the benchmark (before FastDropout; to be re-measured "
+                "with `benchmarks/bench_precision.py`)")
+        out += ["", f"Training step of the seed 001 network, batch {r['batch_size']}, "
+                f"{step}, on {r['machine']}; from `benchmarks/results/precision.json`."]
     return out or ["No speed benchmark recorded yet."]
 
 
