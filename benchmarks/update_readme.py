@@ -59,8 +59,8 @@ def where(machine: str) -> str:
 def stop_note(r: dict) -> str:
     """How the run ended, when not after its full schedule."""
     if r.get("target_epoch"):
-        split = "validation" if r.get("selection") == "validation" else "test set"
-        return f" (stopped at target on the {split})"
+        split = "validation" if r.get("selection") == "validation" else "the test set"
+        return f" (stopped at target on {split})"
     if r.get("stopped_by") == "patience":
         return " (early stop on validation)"
     if r.get("epochs", 0) < r.get("epochs_planned", 0):

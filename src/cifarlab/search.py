@@ -703,15 +703,16 @@ def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.RDBS
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return optuna.storages.RDBStorage(url, engine_kwargs=kw, **hb)
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as e:
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as e:
             # workers starting together on an empty database race to create Optuna's tables
-            # ("duplicate key", "already exists"): the loser finds them made a moment later
-            if attempt < 5:
+            # ("duplicate key", "already exists", "locked"): the loser finds them made a
+            # moment later
+            text = str(e).lower()
+            if attempt < 5 and any(w in text for w in ("already exists", "duplicate",
+                                                       "database is locked")):
                 time.sleep(0.5 + attempt)
                 continue
             err: Exception = e
-        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as e:
-            err = e
         msg = str(getattr(err, "orig", None) or err).strip().splitlines()
         why = msg[0] if msg else type(err).__name__
         raise SearchError(f"storage {mask_url(shown)}: cannot open ({why})") from None
