@@ -17,7 +17,7 @@ from .analysis import assess
 from .data import CIFAR10, channel_stats, load_data
 from .engine import Built, check_sizes, fit, fixed_test_inputs, resolve_device
 from .errors import CifarlabError
-from .images import ImageError, load_image
+from .images import classify_files
 from .inference import infer, summarize
 from .models import REGISTRY, create_model
 from .recipe import expand_shortcuts, parse_override, resolve
@@ -182,22 +182,8 @@ def predict(path: str | os.PathLike, images: list[str | os.PathLike], top_k: int
 
         return onnx_predict(path, images, top_k=top_k)
     model, meta = load_model(path)
-    k = max(1, min(top_k, len(meta["classes"])))
-    results, loaded, rows = [], [], []
-    for p in images:
-        try:
-            loaded.append(load_image(p))
-            rows.append(len(results))
-            results.append({"path": str(p)})
-        except ImageError as e:
-            results.append({"path": str(p), "error": str(e)})
-    if loaded:
-        logits = infer(model, torch.stack(loaded), meta)
-        probs = logits.softmax(1) if meta["loss"] != "nll" else logits.exp()
-        top_p, top_i = probs.topk(k, dim=1)
-        for r, ps, ids in zip(rows, top_p.tolist(), top_i.tolist(), strict=True):
-            results[r]["top"] = [(meta["classes"][i], p) for i, p in zip(ids, ps, strict=True)]
-    return results
+    return classify_files(images, meta["classes"], lambda x: infer(model, x, meta),
+                          log_probs=meta["loss"] == "nll", top_k=top_k)
 
 
 def model_from_args(name: str, args: list[str] | None = None) -> torch.nn.Module:

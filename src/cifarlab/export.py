@@ -28,7 +28,7 @@ import torch
 
 from .data import CIFAR10, load_data
 from .errors import CifarlabError
-from .images import ImageError, load_image
+from .images import classify_files
 from .inference import predict_logits, summarize
 from .provenance import commit
 
@@ -151,23 +151,8 @@ def onnx_predict(path: str | os.PathLike, images: list[str | os.PathLike],
     """`cifarlab.api.predict` for an exported file: per image file
     {'path', 'top': [(class, probability), ...]} or {'path', 'error'}."""
     sess, meta = open_onnx(path)
-    classes = meta["classes"]
-    k = max(1, min(top_k, len(classes)))
-    results, loaded, rows = [], [], []
-    for p in images:
-        try:
-            loaded.append(load_image(p))
-            rows.append(len(results))
-            results.append({"path": str(p)})
-        except ImageError as e:
-            results.append({"path": str(p), "error": str(e)})
-    if loaded:
-        out = run_onnx(sess, meta, torch.stack(loaded))
-        probs = out.exp() if _loss_name(meta) == "nll" else out.softmax(1)
-        top_p, top_i = probs.topk(k, dim=1)
-        for r, ps, ids in zip(rows, top_p.tolist(), top_i.tolist(), strict=True):
-            results[r]["top"] = [(classes[i], p) for i, p in zip(ids, ps, strict=True)]
-    return results
+    return classify_files(images, meta["classes"], lambda x: run_onnx(sess, meta, x),
+                          log_probs=_loss_name(meta) == "nll", top_k=top_k)
 
 
 # ----------------------------------------------------------------------------------- export

@@ -60,3 +60,25 @@ def load_image(path: str | Path) -> torch.Tensor:
     im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
     im = im.resize((SIZE, SIZE), Image.Resampling.LANCZOS, reducing_gap=3.0)
     return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def classify_files(paths, classes, logits_of, log_probs: bool = False, top_k: int = 1) -> list:
+    """Per file: {'path', 'top': [(class, probability), ...]} or {'path', 'error'} (a file
+    that is not an image gets its error; the others are still classified). `logits_of` maps a
+    uint8 N×3×32×32 batch to logits (log-probabilities when `log_probs`)."""
+    k = max(1, min(top_k, len(classes)))
+    results, loaded, rows = [], [], []
+    for p in paths:
+        try:
+            loaded.append(load_image(p))
+            rows.append(len(results))
+            results.append({"path": str(p)})
+        except ImageError as e:
+            results.append({"path": str(p), "error": str(e)})
+    if loaded:
+        out = logits_of(torch.stack(loaded))
+        probs = out.exp() if log_probs else out.softmax(1)
+        top_p, top_i = probs.topk(k, dim=1)
+        for r, ps, ids in zip(rows, top_p.tolist(), top_i.tolist(), strict=True):
+            results[r]["top"] = [(classes[i], q) for i, q in zip(ids, ps, strict=True)]
+    return results
