@@ -166,6 +166,9 @@ def compare_workers(runs_dir: Path, data_dir: str | None, quick: bool) -> dict:
             import shutil
 
             shutil.rmtree(sdir)
+        sdir.mkdir(parents=True)
+        S.create_or_load(S.parse_search(text, str(f)), name, S.default_storage(sdir), None,
+                         print)
         t0 = time.perf_counter()
         run_workers(f, name, runs_dir, workers, threads, data_dir, queued_only=True)
         wall = time.perf_counter() - t0
@@ -276,7 +279,8 @@ def rule_set(name: str, hand: str, args, data, state: dict, save) -> dict:
         "rules_met": not broken, "rules_broken": broken,
         "beats_or_matches_hand": s["test_acc"] >= h["test_acc"],
         "equal_time": s["seconds"] <= 1.05 * h["seconds"],
-        "search_minutes": summ["minutes_used"],
+        "search_minutes": summ["minutes_used"], "search_worker_minutes": summ["worker_minutes"],
+        "search_workers": f"{workers} x {threads} thread(s)",
         "trials_complete": summ["complete"], "trials_pruned": summ["pruned"],
         "trials_rejected": summ["rejected"], "trials_failed": summ["failed"],
         "rejected_by_rule": summ["rejected_by_rule"],

@@ -60,10 +60,8 @@ from common import merge_speed, provenance, write_result  # noqa: E402
 
 import cifarlab  # noqa: E402
 from cifarlab.analysis import describe  # noqa: E402
-from cifarlab.engine import fit  # noqa: E402
 from cifarlab.models import create_model  # noqa: E402
 from cifarlab.recipe import resolve  # noqa: E402
-from cifarlab.rundir import RunDir  # noqa: E402
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # the constants the seeds' tutorials normalise with
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -136,8 +134,8 @@ def engine_throughput(data, overrides: dict, batch: int, images: int, warmup: in
         cfg = resolve("seed001-fast", {**overrides, "train.batch_size": batch, "train.epochs": 1,
                                   "data.train_subset": n_images, "data.test_subset": 1000})
         with tempfile.TemporaryDirectory(prefix="cifarlab-tp-") as d:
-            return fit(cfg, data, RunDir(d), progress=False,
-                       log=lambda s: print(f"  [engine] {s}", file=sys.stderr))
+            return cifarlab.train(cfg, data=data, runs_dir=d, progress=False, plots=False,
+                                  log=lambda s: print(f"  [engine] {s}", file=sys.stderr))
 
     if warmup > 0:
         run(batch * warmup)

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 
 import cifarlab
 from cifarlab import api, engine
-from cifarlab.engine import Lookahead, build_optimizer, build_scheduler, loss_fn
 from cifarlab.errors import CifarlabError
 from cifarlab.models import create_model
+from cifarlab.optim import Lookahead, build_optimizer, build_scheduler, loss_fn
 from cifarlab.recipe import resolve
 from cifarlab.rundir import RunDirError, load_checkpoint
 

@@ -175,6 +175,26 @@ def test_rule_keys_and_url_masking():
     assert S.mask_url("postgresql://me:s3cret@db:5432/x") == "postgresql://me:***@db:5432/x"
 
 
+def test_search_time_is_the_union_of_trial_spans():
+    from datetime import datetime, timedelta
+    from types import SimpleNamespace
+
+    t0 = datetime(2026, 1, 1, 12, 0, 0)
+
+    def trial(start_s, secs, state=TrialState.COMPLETE):
+        start = t0 + timedelta(seconds=start_s)
+        return SimpleNamespace(state=state, datetime_start=start,
+                               datetime_complete=start + timedelta(seconds=secs),
+                               user_attrs={"seconds_used": secs})
+
+    # two workers side by side (0-100 and 50-150), a pause, then a killed trial of 30 s whose
+    # failure was only recorded an hour later (its own seconds_used counts, not the hour)
+    killed = trial(1000, 3600, TrialState.FAIL)
+    killed.user_attrs["seconds_used"] = 30.0
+    assert S.search_seconds([trial(0, 100), trial(50, 100), killed]) == pytest.approx(180)
+    assert S.search_seconds([]) == 0
+
+
 def test_time_prediction_orders_models():
     from cifarlab.models import create_model
 
@@ -333,7 +353,7 @@ def test_killed_search_resumes_the_running_trial(tmp_path, train_only_dir):
     run = Path(retry.user_attrs["run_dir"])
     hist = (run / "history.csv").read_text().strip().splitlines()
     assert len(hist) == 3  # header + epochs 1 (before the kill) and 2 (after)
-    assert any("re-queued" in x for x in lines) and any("resumed" in x for x in lines)
+    assert any("re-queued" in x for x in lines) and any("resuming" in x for x in lines)
     assert sum(1 for t in trials if t.state == TrialState.COMPLETE) >= 2
 
 

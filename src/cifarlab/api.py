@@ -18,10 +18,10 @@ from .data import CIFAR10, channel_stats, load_data
 from .engine import Built, check_sizes, fit, fixed_test_inputs, resolve_device
 from .errors import CifarlabError
 from .images import classify_files
-from .inference import infer, summarize
+from .inference import checkpoint_path, infer, load_model, summarize  # noqa: F401
 from .models import REGISTRY, create_model
 from .recipe import expand_shortcuts, parse_override, resolve
-from .rundir import RunDir, load_checkpoint, read_json
+from .rundir import RunDir, read_json
 
 __all__ = ["train", "evaluate", "predict", "load_data", "load_model", "build", "check_model",
            "model_table", "augment_figure"]
@@ -111,47 +111,6 @@ def train(recipe: str | os.PathLike | dict = "default", *, data: CIFAR10 | None 
     local = processes > 1 and world == 1
     metrics = par.launch_local(processes, run_fit) if local else run_fit()
     return {"run_dir": str(run.path), **metrics}  # only run_dir on ranks other than 0
-
-
-def checkpoint_path(path: str | os.PathLike) -> Path:
-    p = Path(path)
-    if p.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (p / name).is_file():
-                return p / name
-        raise CifarlabError(f"{p}: no best.pt or last.pt in this directory")
-    if not p.exists():
-        raise CifarlabError(f"{p}: no such run directory or checkpoint")
-    return p
-
-
-def load_model(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
-    """A model ready for inference from a checkpoint or run directory, and its metadata.
-    A checkpoint whose weights do not fit the network registered under its name today is
-    refused in one line naming the mismatch."""
-    ckpt = checkpoint_path(path)
-    st = load_checkpoint(ckpt)
-    meta = st["meta"]
-    name = meta.get("model")
-    if name not in REGISTRY:
-        raise CifarlabError(f"{ckpt}: model '{name}' is not a registered network "
-                            "(`cifarlab models` lists them)")
-    model = create_model(name, **meta.get("model_args", {}))
-    weights = st["ema"] if st.get("ema") else st["model"]
-    have = sum(p.numel() for p in model.parameters())
-    if meta.get("params") is not None and meta["params"] != have:
-        raise CifarlabError(f"{ckpt}: trained as '{name}' with {meta['params']:,} parameters; "
-                            f"'{name}' has {have:,} today (the network changed since)")
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        why = first[1].strip() if len(first) > 1 else first[0]
-        raise CifarlabError(f"{ckpt}: weights do not fit today's '{name}' network (the "
-                            f"network changed since it was trained): {why}") from None
-    if meta.get("channels_last"):
-        model = model.to(memory_format=torch.channels_last)
-    return model.eval(), meta
 
 
 def evaluate(path: str | os.PathLike, *, data: CIFAR10 | None = None,

@@ -29,7 +29,7 @@ import torch
 from .data import CIFAR10, load_data
 from .errors import CifarlabError
 from .images import classify_files
-from .inference import predict_logits, summarize
+from .inference import checkpoint_path, load_model, predict_logits, summarize
 from .provenance import commit
 
 FORMAT = "1"  # metadata `cifarlab_format`: bump when the graph's contract changes
@@ -327,7 +327,6 @@ def export_onnx(path: str | os.PathLike, out: str | os.PathLike | None = None, *
     """
     import onnx
 
-    from .api import checkpoint_path, load_model
 
     if parity_images < 1:
         raise ExportError("parity_images must be at least 1: every exported file is checked")

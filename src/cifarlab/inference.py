@@ -1,13 +1,19 @@
-"""Inference: logits with test-time augmentation; accuracy, per-class accuracy, confusion."""
+"""Inference: a trained model from its checkpoint; logits with test-time augmentation;
+accuracy, per-class accuracy, confusion."""
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from .augment import normalize
+from .errors import CifarlabError
+from .models import REGISTRY, create_model
+from .rundir import load_checkpoint
 
 
 def autocast(precision: str, device_type: str = "cpu"):
@@ -85,3 +91,44 @@ def summarize(logits: torch.Tensor, labels: torch.Tensor, loss_name: str = "ce")
         "confusion": cm.tolist(),
         "preds": preds,
     }
+
+
+def checkpoint_path(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (p / name).is_file():
+                return p / name
+        raise CifarlabError(f"{p}: no best.pt or last.pt in this directory")
+    if not p.exists():
+        raise CifarlabError(f"{p}: no such run directory or checkpoint")
+    return p
+
+
+def load_model(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
+    """A model ready for inference from a checkpoint or run directory, and its metadata.
+    A checkpoint whose weights do not fit the network registered under its name today is
+    refused in one line naming the mismatch."""
+    ckpt = checkpoint_path(path)
+    st = load_checkpoint(ckpt)
+    meta = st["meta"]
+    name = meta.get("model")
+    if name not in REGISTRY:
+        raise CifarlabError(f"{ckpt}: model '{name}' is not a registered network "
+                            "(`cifarlab models` lists them)")
+    model = create_model(name, **meta.get("model_args", {}))
+    weights = st["ema"] if st.get("ema") else st["model"]
+    have = sum(p.numel() for p in model.parameters())
+    if meta.get("params") is not None and meta["params"] != have:
+        raise CifarlabError(f"{ckpt}: trained as '{name}' with {meta['params']:,} parameters; "
+                            f"'{name}' has {have:,} today (the network changed since)")
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        why = first[1].strip() if len(first) > 1 else first[0]
+        raise CifarlabError(f"{ckpt}: weights do not fit today's '{name}' network (the "
+                            f"network changed since it was trained): {why}") from None
+    if meta.get("channels_last"):
+        model = model.to(memory_format=torch.channels_last)
+    return model.eval(), meta

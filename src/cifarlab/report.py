@@ -1,6 +1,7 @@
 """Compare runs: one self-contained HTML page (figures inlined) plus a Markdown twin.
 
-`make_report(run_dirs, out_dir)` reads run directories only through `rundir.py` and never fails
+`make_report(run_dirs, out_dir)` reads run directories through `rundir.py` (and, for a run whose
+metrics.json lacks params, MACs or RF, builds its model to measure them) and never fails
 on a damaged or unfinished run: a run still in progress, a missing or torn history.csv, a corrupt
 metrics.json or a path that is not a run directory each get a row whose "notes" column says
 what is wrong, and the rest of the report renders as usual.

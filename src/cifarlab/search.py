@@ -705,10 +705,10 @@ def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.RDBS
                 return optuna.storages.RDBStorage(url, engine_kwargs=kw, **hb)
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as e:
             # workers starting together on an empty database race to create Optuna's tables
-            # ("duplicate key", "already exists", "locked"): the loser finds them made a
-            # moment later
+            # ("duplicate key", "already exists", "UNIQUE constraint failed", "locked"): the
+            # loser finds them made a moment later
             text = str(e).lower()
-            if attempt < 5 and any(w in text for w in ("already exists", "duplicate",
+            if attempt < 5 and any(w in text for w in ("already exists", "duplicate", "unique",
                                                        "database is locked")):
                 time.sleep(0.5 + attempt)
                 continue
@@ -853,6 +853,24 @@ def trial_seconds(t: FrozenTrial) -> float:
     return float(v) if isinstance(v, int | float) else 0.0
 
 
+def search_seconds(trials: list[FrozenTrial]) -> float:
+    """The study's search time: how long at least one worker was running a trial (the union
+    of the trials' time spans), so N workers side by side use the budget at the pace of the
+    clock, and the time between sessions does not count."""
+    spans = []
+    for t in trials:
+        if t.datetime_start is None:
+            continue
+        a = t.datetime_start.timestamp()
+        spans.append((a, a + trial_seconds(t)))
+    total, end = 0.0, -math.inf
+    for a, b in sorted(spans):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
+
+
 def summary(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> dict:
     """Counts by outcome, rejections by rule, minutes used, the budget and the best trial."""
     trials = study.get_trials(deepcopy=False) if trials is None else trials
@@ -864,11 +882,11 @@ def summary(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> dic
         if o == "rejected":
             for r in t.user_attrs.get("rejected_rules") or ["?"]:
                 why[r] = why.get(r, 0) + 1
-    used = sum(trial_seconds(t) for t in trials)
     best = best_trials(study, trials)
     return {"study": study.study_name, "trials": len(trials), **counts,
             "rejected_by_rule": dict(sorted(why.items(), key=lambda kv: -kv[1])),
-            "minutes_used": used / 60,
+            "minutes_used": search_seconds(trials) / 60,
+            "worker_minutes": sum(trial_seconds(t) for t in trials) / 60,
             "budget_minutes": study.user_attrs.get("budget_minutes"),
             "best": [{"number": t.number, "values": t.values,
                       "val_acc": t.values[0], "run_dir": t.user_attrs.get("run_dir"),
@@ -995,13 +1013,13 @@ class Worker:
         s = spec.search
         self.rungs = rungs(s["min_epochs"], s["reduction_factor"],
                            _max_epochs(spec.space, spec.base_recipe))
-        n_all = len(data.train)
+        self.n_val = s["val_split"]  # held out of the full set first, then the subset drawn
+        self.n_train = max(1, len(data.train) - self.n_val)
         if s["train_subset"]:
-            n_all = min(n_all, s["train_subset"])
-        self.n_val = s["val_split"]
-        self.n_train = max(1, n_all - self.n_val)
+            self.n_train = min(self.n_train, s["train_subset"])
         self.rejected_in_row = 0
         self.current: int | None = None  # storage id of the trial this worker runs
+        self.base_steps: dict[tuple, float] = {}  # fastest step of the base model measured
 
     # -- a trial's recipe -----------------------------------------------------------------
     def recipe(self, number: int, args: dict, train: dict) -> tuple[dict, dict]:
@@ -1037,6 +1055,10 @@ class Worker:
         b, t = self.base_cfg["train"], cfg["train"]
         sc, sb = time_steps([(model, t["batch_size"]), (self._base(), b["batch_size"])],
                             t["precision"], t["channels_last"])
+        # other work can only slow a measurement down: the base's fastest one so far is the
+        # truest (a busy moment must not make a slow candidate look cheap)
+        key = (t["precision"], t["channels_last"])
+        sb = self.base_steps[key] = min(self.base_steps.get(key, math.inf), sb)
         pc = predict_seconds(sc, self.n_train, t["batch_size"], t["epochs"], self.n_val,
                              t["tta"])
         pb = predict_seconds(sb, self.n_train, b["batch_size"], b["epochs"], self.n_val,
@@ -1059,7 +1081,15 @@ class Worker:
         refuses) stops the search; any other exception fails only this trial."""
         try:
             return self._objective(trial)
-        except (optuna.TrialPruned, CifarlabError, KeyboardInterrupt):
+        except KeyboardInterrupt:
+            with contextlib.suppress(Exception):
+                trial.set_user_attr("failed", "interrupted")
+            raise
+        except CifarlabError as e:
+            with contextlib.suppress(Exception):
+                trial.set_user_attr("failed", f"stopped by an error: {e}"[:500])
+            raise
+        except optuna.TrialPruned:
             raise
         except Exception as e:
             trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:500])
@@ -1090,7 +1120,10 @@ class Worker:
             trial.set_user_attr("rejected_rules", sorted({rule_key(m) for m in msgs}))
             trial.set_user_attr("seconds_used", time.time() - t_start)
             self.rejected_in_row += 1
-            self.log(f"trial {trial.number} rejected: {'; '.join(msgs)}  [{design}]")
+            f = trial.user_attrs
+            facts = (f"  {f['params']:,} params, {_fmt_count(f['macs'])} MACs, RF "
+                     f"{f['receptive_field']}" if "params" in f else "")
+            self.log(f"trial {trial.number} rejected: {'; '.join(msgs)}  [{design}]{facts}")
             raise optuna.TrialPruned("rejected: " + "; ".join(msgs))
 
         try:
@@ -1200,9 +1233,9 @@ class Worker:
         metrics = None
         if resume:
             trial.set_user_attr("run_dir", str(resume))
+            self.log(f"  trial {trial.number}: resuming {resume} (retry of trial {retried})")
             try:
                 metrics = api_train(resume=resume, **kw)
-                self.log(f"  trial {trial.number}: resumed {resume}")
             except optuna.TrialPruned:
                 raise
             except CifarlabError as e:
@@ -1273,7 +1306,7 @@ class Worker:
 def _status_line(study: optuna.Study, t: FrozenTrial | None, budget_s: float,
                  trials_cap: int | None) -> str:
     trials = study.get_trials(deepcopy=False)
-    used = sum(trial_seconds(x) for x in trials)
+    used = search_seconds(trials)
     trained = sum(1 for x in trials if outcome(x) in ("complete", "pruned"))
     parts = []
     if t is not None:
@@ -1284,7 +1317,8 @@ def _status_line(study: optuna.Study, t: FrozenTrial | None, budget_s: float,
         if o == "pruned" and curve:
             last = max(curve, key=int)
             acc = f"val acc {curve[last]:.4f} at epoch {last}"
-        why = t.user_attrs.get("pruned") or t.user_attrs.get("failed") or ""
+        why = (t.user_attrs.get("pruned") or t.user_attrs.get("failed")
+               or t.user_attrs.get("error") or "")
         if o == "rejected":
             return ""  # already said when it was rejected
         parts.append(f"trial {t.number} {o}" + (f": {acc}" if acc else "")
@@ -1370,8 +1404,9 @@ def run_search(search: str | os.PathLike | SearchSpec, *, study: str | None = No
     """Run (or resume) a search in this process until the study's budget is used or it has
     `trials` trained trials; return `summary()`.
 
-    The budget (`minutes`, else the study's stored one, else the file's) is the study's total
-    trial time, summed over workers and sessions; a trial that starts before it runs out is
+    The budget (`minutes`, else the study's stored one, else the file's) is the study's search
+    time: the time during which any worker was running a trial, over all sessions (N workers
+    side by side spend it at the pace of the clock); a trial that starts before it runs out is
     finished. Several processes on one or many machines may run the same study (same name and
     storage URL) at once. `queued_only`: run only the queued trials ([[enqueue]], retries),
     then stop.
@@ -1390,7 +1425,7 @@ def run_search(search: str | os.PathLike | SearchSpec, *, study: str | None = No
     except OSError as e:
         raise SearchError(f"{sdir}: cannot create the study directory ({e.strerror})") from None
     url = storage or default_storage(sdir)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own lines say what happened
     st = create_or_load(spec, name, url, minutes, log)
     copy_path = sdir / "search.toml"
     if not copy_path.exists():
@@ -1419,7 +1454,7 @@ def run_search(search: str | os.PathLike | SearchSpec, *, study: str | None = No
             with storage_errors(url):
                 reap_local(st, w.host, w.log)
                 all_t = st.get_trials(deepcopy=False)
-                used = sum(trial_seconds(t) for t in all_t)
+                used = search_seconds(all_t)
                 trained = sum(1 for t in all_t if outcome(t) in ("complete", "pruned"))
                 budget_s = 60 * float(st.user_attrs.get("budget_minutes") or budget_s / 60)
             if used >= budget_s:
@@ -1450,9 +1485,6 @@ def run_search(search: str | os.PathLike | SearchSpec, *, study: str | None = No
                 with storage_errors(url):
                     t = st._storage.get_trial(w.current)
                     failures = failures + 1 if t.state == TrialState.FAIL else 0
-                    if t.state == TrialState.FAIL:
-                        err = t.user_attrs.get("error") or "see the log above"
-                        log(f"{tag}trial {t.number} failed ({err})")
                     line = _status_line(st, t, budget_s, trials)
                 if line:
                     log(f"{tag}{line}")
@@ -1477,9 +1509,8 @@ def _requeue_current(study: optuna.Study, w: Worker) -> None:
         t = storage.get_trial(w.current)
         if t.state == TrialState.RUNNING:
             requeue(study, t, "interrupted")
-        elif t.state == TrialState.FAIL:
-            storage.set_trial_user_attr(t._trial_id, "failed", "interrupted")
-            _retry_callback()(study, storage.get_trial(t._trial_id))
+        elif t.state == TrialState.FAIL:  # Optuna failed it (the reason is already set)
+            _retry_callback()(study, t)
         else:
             return
         w.log(f"trial {t.number} interrupted: re-queued (run the same command to resume it)")

@@ -68,8 +68,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    "name resumes it")
     p.add_argument("--storage", metavar="URL", help="Optuna storage URL, e.g. postgresql://"
                    "user:pass@host/db (default: sqlite file RUNS_DIR/STUDY/study.db)")
-    p.add_argument("--minutes", type=_positive(float), help="the study's budget: total trial "
-                   "time over all workers and sessions (default: the file's [search] minutes)")
+    p.add_argument("--minutes", type=_positive(float), help="the study's budget: minutes during "
+                   "which any worker runs a trial, over all sessions (default: the file's "
+                   "[search] minutes)")
     p.add_argument("--trials", type=_positive(int),
                    help="stop once the study has N trained (complete or pruned) trials")
     p.add_argument("--runs-dir", default="runs",
@@ -144,7 +145,8 @@ def _summary_lines(s: dict) -> list[str]:
     rej = ", ".join(f"{k} {v}" for k, v in s["rejected_by_rule"].items())
     out = [f"study '{s['study']}': {s['complete']} complete, {s['pruned']} pruned, "
            f"{s['rejected']} rejected" + (f" ({rej})" if rej else "")
-           + f", {s['failed']} failed; {s['minutes_used']:.1f} min of trials"]
+           + f", {s['failed']} failed; {s['minutes_used']:.1f} min of search "
+           f"({s['worker_minutes']:.1f} worker-min)"]
     for b in s["best"][:5]:
         out.append(f"  {'best' if len(s['best']) == 1 else 'front'}: trial {b['number']} "
                    f"val acc {b['val_acc']:.4f}"

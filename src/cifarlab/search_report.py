@@ -346,7 +346,8 @@ def make_search_report(study: str, storage: str | None = None,
                      f"<td class=\"num\">{e(_cell(r['receptive_field']))}</td>"
                      f"<td>{e(r['run_dir'] or '-')}</td></tr>")
         h.append("</tbody></table>")
-        h.append(f"<p>As a recipe: <code>cifarlab search best {e(st.study_name)} --out "
+        where = (f"{st.study_name} --storage {mask_url(url)}" if storage else str(sdir))
+        h.append(f"<p>As a recipe: <code>cifarlab search best {e(where)} --out "
                  "best.toml</code>, then <code>cifarlab train --recipe best.toml</code> "
                  "(full training set, test set read once).</p>")
     for png, ftitle, caption in figures:
