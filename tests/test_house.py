@@ -92,6 +92,9 @@ def test_cross_field_checks_before_any_run_dir(shared_cifar_dir, tmp_path):
     with pytest.raises(CifarlabError, match="does not split evenly"):
         cifarlab.train("default", data_dir=shared_cifar_dir, runs_dir=tmp_path,
                        batch_size=51, procs=2)
+    with pytest.raises(CifarlabError, match="train.target needs accuracy every epoch"):
+        cifarlab.train("default", data_dir=shared_cifar_dir, runs_dir=tmp_path, target=0.5,
+                       **{"train.test_eval": "never"})
     with pytest.raises(CifarlabError, match="max_macs 1000"):
         cifarlab.train("fast-50k", data_dir=shared_cifar_dir, runs_dir=tmp_path,
                        **{"constraints.max_macs": 1000})

@@ -366,6 +366,10 @@ def validate(cfg: dict) -> None:
     if t["batch_size"] % t["processes"]:
         raise RecipeError(f"train.batch_size {t['batch_size']} does not split evenly over "
                           f"{t['processes']} processes (train.processes)")
+    if t["target"] and not cfg["data"]["val_split"] and t["test_eval"] in ("final", "never"):
+        raise RecipeError(f"train.target needs accuracy every epoch: a validation split "
+                          f"(data.val_split) or train.test_eval = 'every', not "
+                          f"'{t['test_eval']}'")
     if t["patience"] and not cfg["data"]["val_split"]:
         raise RecipeError("train.patience needs a validation split (data.val_split > 0): "
                           "early stopping on the test set would choose on it")
