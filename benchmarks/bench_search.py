@@ -50,9 +50,17 @@ from cifarlab.data import load_data  # noqa: E402
 RULE_SETS = {"seed001-rules": "fast-seed001", "under-50k": "fast-50k"}
 
 
-def quick_text(name: str) -> str:
-    """A built-in search file cut down to minutes: small subsets, 1-2 epochs, rungs at 1."""
+def quick_text(name: str, runs_dir: Path) -> str:
+    """A built-in search file cut down to minutes: small subsets, 1-2 epochs, rungs at 1, and
+    a base recipe of 2 epochs (the time rule compares with it)."""
+    from cifarlab.recipe import load_recipe_file
+
     raw = tomllib.loads((S.searches_dir() / f"{name}.toml").read_text())
+    base = load_recipe_file(raw["base"])
+    base.setdefault("train", {})["epochs"] = 2
+    base_file = runs_dir / f"quick-base-{raw['base']}.toml"
+    base_file.write_text(S.to_toml(base))
+    raw["base"] = str(base_file.resolve())
     raw["name"] = f"quick-{name}"
     raw["search"].update({"train_subset": 2000, "val_split": 500, "min_epochs": 1,
                           "startup_trials": 2, "minutes": 1.5})
@@ -62,9 +70,9 @@ def quick_text(name: str) -> str:
     return S.to_toml(raw)
 
 
-def spec_for(name: str, quick: bool) -> S.SearchSpec:
+def spec_for(name: str, quick: bool, runs_dir: Path) -> S.SearchSpec:
     if quick:
-        return S.parse_search(quick_text(name), f"quick {name}")
+        return S.parse_search(quick_text(name, runs_dir), f"quick {name}")
     return S.load_search(name)
 
 
@@ -213,7 +221,7 @@ def timed_train(recipe, data, runs_dir: Path, name: str, overrides: dict,
 
 def rule_set(name: str, hand: str, args, data, state: dict, save) -> dict:
     runs = Path(args.runs_dir)
-    spec = spec_for(name, args.quick)
+    spec = spec_for(name, args.quick, runs)
     study = spec.name
     st_state = state.setdefault(name, {})
     faster = (state.get("workers") or {}).get("faster", "1x0")

@@ -104,6 +104,8 @@ def test_cross_field_checks_before_any_run_dir(shared_cifar_dir, tmp_path):
 def test_base_recipe_inheritance():
     d, f = resolve("default"), resolve("fast-seed001")
     assert d["name"] == "default" and d["model"] == f["model"]
+    assert d["train"]["epochs"] < f["train"]["epochs"]  # the first run is the short one
+    d["train"]["epochs"] = f["train"]["epochs"]
     assert {k: v for k, v in d.items() if k not in ("name", "description")} == \
         {k: v for k, v in f.items() if k not in ("name", "description")}
     child = resolve({"base": "fast-50k", "name": "mine", "train": {"epochs": 3}})
