@@ -136,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="depthwise_separable | dilated | gap | maxpool | avgpool | "
                     "strided_conv (repeatable)")
     ck.add_argument("--forbid", action="append", default=[], metavar="RULE")
+
+    from .search_cli import add_search_parser  # light: no torch or optuna at import
+
+    add_search_parser(sub)
     return ap
 
 
@@ -176,7 +180,7 @@ def final_line(m: dict) -> str:
         parts.append(f"final test accuracy {m['test_acc']:.4f}")
     if m["selection"] == "validation":
         parts.append(f"best validation {m['best_val_acc']:.4f} at epoch {m['best_epoch']}")
-    elif m["selection"] == "test":
+    elif m["selection"] == "test" and m["best_epoch"] != m["epochs"]:
         parts.append(f"best test {m['best_test_acc']:.4f} at epoch {m['best_epoch']}, "
                      "chosen on the test set")
     line = (", ".join(parts) + f"; {m['epochs']} epochs in {m['train_seconds']:.0f}s, "
@@ -330,9 +334,16 @@ def cmd_check(a: argparse.Namespace) -> int:
     return 1 if broken else 0
 
 
+def cmd_search(a: argparse.Namespace) -> int:
+    from .search_cli import run_search_command
+
+    return run_search_command(a)
+
+
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "data": cmd_data,
             "recipes": cmd_recipes, "models": cmd_models, "summary": cmd_summary,
-            "check": cmd_check, "plot": cmd_plot, "report": cmd_report, "export": cmd_export}
+            "check": cmd_check, "plot": cmd_plot, "report": cmd_report, "export": cmd_export,
+            "search": cmd_search}
 
 
 def main(argv: list[str] | None = None) -> int:
