@@ -84,3 +84,19 @@ def _no_env_data(monkeypatch, request):
     """Tests see CIFAR10_DATA only when they ask for the real data."""
     if "real_data_dir" not in request.fixturenames:
         monkeypatch.delenv("CIFAR10_DATA", raising=False)
+
+
+@pytest.fixture
+def drawn(monkeypatch) -> dict:
+    """The figures cifarlab.plots saves, by file name (to read what they show, not pixels)."""
+    from cifarlab import plots
+
+    figs = {}
+    real = plots.save_figure
+
+    def keep(fig, out):
+        figs[Path(out).name] = fig
+        return real(fig, out)
+
+    monkeypatch.setattr(plots, "save_figure", keep)
+    return figs

@@ -100,3 +100,12 @@ def train_engine_runs(data_dir: Path, root: Path) -> dict[str, Path]:
     plain = cifarlab.train("fast-50k", name="plain", **common)
     val = cifarlab.train("fast-50k", name="val", val_split=100, **common)
     return {"plain": Path(plain["run_dir"]), "val": Path(val["run_dir"])}
+
+
+def has_line(fig, xs, ys) -> bool:
+    """Some line of the matplotlib figure `fig` goes through exactly these points."""
+    import numpy as np
+
+    return any(list(line.get_xdata()) == list(xs)
+               and np.allclose(np.asarray(line.get_ydata(), float), ys, rtol=1e-9)
+               for ax in fig.axes for line in ax.get_lines())

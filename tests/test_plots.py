@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest_runs import CLASSES, tear_history, write_run
+from conftest_runs import CLASSES, has_line, tear_history, write_run
 from PIL import Image
 
 from cifarlab import plots, rundir
@@ -91,27 +91,6 @@ def test_plot_run_target_from_config(tmp_path):
 
 
 # --------------------------------------------------------------------------- engine-written runs
-
-
-@pytest.fixture
-def drawn(monkeypatch) -> dict:
-    """The figures `plots` saves, by file name (to read what they show, not their pixels)."""
-    figs = {}
-    real = plots.save_figure
-
-    def keep(fig, out):
-        figs[Path(out).name] = fig
-        return real(fig, out)
-
-    monkeypatch.setattr(plots, "save_figure", keep)
-    return figs
-
-
-def has_line(fig, xs, ys) -> bool:
-    """Some line of `fig` goes through exactly these points."""
-    return any(list(line.get_xdata()) == list(xs)
-               and np.allclose(np.asarray(line.get_ydata(), float), ys, rtol=1e-9)
-               for ax in fig.axes for line in ax.get_lines())
 
 
 def test_plot_run_on_a_run_the_engine_wrote(engine_runs, tmp_path, drawn):

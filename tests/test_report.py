@@ -17,7 +17,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from conftest_runs import tear_history, write_run
+from conftest_runs import has_line, tear_history, write_run
 from PIL import Image
 
 from cifarlab.cli import main
@@ -381,27 +381,6 @@ def test_run_stopped_by_time_budget_is_marked(tmp_path):
 # --------------------------------------------------------------------------- engine-written runs
 
 
-def _figures(monkeypatch) -> dict:
-    """The figures the report saves, by file name."""
-    from cifarlab import plots
-
-    figs = {}
-    real = plots.save_figure
-
-    def keep(fig, out):
-        figs[Path(out).name] = fig
-        return real(fig, out)
-
-    monkeypatch.setattr(plots, "save_figure", keep)
-    return figs
-
-
-def _has_line(fig, xs, ys) -> bool:
-    return any(list(line.get_xdata()) == list(xs)
-               and all(abs(a - b) < 1e-9 for a, b in zip(line.get_ydata(), ys, strict=True))
-               for ax in fig.axes for line in ax.get_lines())
-
-
 @pytest.fixture(scope="module")
 def engine_report(engine_runs, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("engine-report")
@@ -435,11 +414,11 @@ def test_report_on_runs_the_engine_wrote(engine_runs, engine_report):
     assert len(page.rows) == 2 and len(page.imgs) == 4  # curves, per-class, 2 confusions
 
 
-def test_report_shows_the_validation_curve(engine_runs, tmp_path, monkeypatch):
-    figs = _figures(monkeypatch)
+def test_report_shows_the_validation_curve(engine_runs, tmp_path, drawn):
+    figs = drawn
     make_report([engine_runs["plain"], engine_runs["val"]], tmp_path / "rep")
     rows, _ = RunDir(engine_runs["val"]).read_history()
-    assert _has_line(figs["curves.png"], [1, 2], [100 * r["val_acc"] for r in rows])
+    assert has_line(figs["curves.png"], [1, 2], [100 * r["val_acc"] for r in rows])
 
 
 def test_report_target_column_for_a_run_with_a_validation_split(engine_runs, tmp_path):
