@@ -197,6 +197,7 @@ def main() -> None:
                 print(f"  {backend:<17} batch {batch:>3}: {ips:9.1f} images/s  "
                       f"test acc {acc:.4f}  {size:>10,} bytes", flush=True)
     shutil.rmtree(onnx_root, ignore_errors=True)  # the exported files were only for timing
+    rows = [{**r, **prov} for r in rows]  # every row names its commit, date, machine, command
     out = {**prov, "threads": torch.get_num_threads(), "quick": a.quick,
            "test_images": len(data.test), "tta": False,
            "timing": {"warmup": a.warmup, "iters_batch_1": a.iters_1,

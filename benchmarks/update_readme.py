@@ -231,9 +231,40 @@ def time_to_accuracy_section() -> list[str]:
     return out
 
 
+def inference_section() -> list[str]:
+    """inference.json (benchmarks/bench_inference.py): one row per model, backend, batch."""
+    p = RESULTS / "inference.json"
+    if not p.exists():
+        return ["No inference benchmark recorded yet (`benchmarks/bench_inference.py`)."]
+    r = json.loads(p.read_text())
+    out = ["| network | backend | batch 1 (images/s) | batch 256 (images/s) | test accuracy | "
+           "file |", "|---|---|---|---|---|---|"]
+    cells: dict[tuple[str, str], dict] = {}
+    for row in r["rows"]:
+        cells.setdefault((row["model"], row["backend"]), {})[row["batch_size"]] = row
+    for (model, backend), by_batch in cells.items():
+        any_row = next(iter(by_batch.values()))
+        if any_row.get("error"):
+            out.append(f"| `{model}` | {backend} | – | – | – | {any_row['error']} |")
+            continue
+        speed = [by_batch.get(b, {}).get("images_per_second") for b in (1, 256)]
+        b1, b256 = ("–" if x is None else f"{x:,.0f}" for x in speed)
+        out.append(f"| `{model}` | {backend} | {b1} | {b256} | "
+                   f"{pct(any_row['test_acc'])} | {any_row['file_bytes'] / 1024:,.0f} KiB |")
+    trained = [f"`{m}` (" + (f"trained here for {v['epochs']} epochs only" if v["trained_here"]
+                             else "its recipe, fully trained") + ")"
+               for m, v in r["runs"].items()]
+    out += ["", f"Measured on {r['machine']}, {r['date']} "
+            f"(`{r['command']}`); test accuracy on {r['test_images']:,} test images without "
+            "test-time augmentation (the ONNX graph has none). Networks: " + ", ".join(trained)
+            + ". From `benchmarks/results/inference.json`."]
+    return out
+
+
 def readme_results() -> str:
     body = ["### Default recipe", "", *default_section(), "", "### Time to accuracy", "",
             *time_to_accuracy_section(), "", "### Throughput", "", *speed_section(), "",
+            "### Inference: PyTorch and ONNX (fp32, int8)", "", *inference_section(), "",
             "### Seed recipes", "", *seeds_section()]
     return f"{START}\n" + "\n".join(body) + f"\n{END}"
 
