@@ -71,14 +71,12 @@ def test_every_recorded_row_names_its_provenance():
         data = json.loads(p.read_text())
         if isinstance(data, list):
             rows += [(p.name, r) for r in data]
-        elif "runs" in data:
+        elif "rows" in data:  # inference.json: one row per model, backend, batch size
+            rows += [(p.name, r) for r in data["rows"]]
+        elif isinstance(data.get("runs"), list):  # speed.json
             rows += [(p.name, r) for r in data["runs"]]
             if data.get("anchor"):
                 rows.append((p.name, data["anchor"]))
-        elif "rule_sets" in data:
-            rows.append((p.name, data))
-        elif "rows" in data:
-            rows += [(p.name, r) for r in data["rows"]]
         else:
             rows.append((p.name, data))
     assert rows
