@@ -183,7 +183,8 @@ def final_line(m: dict) -> str:
     elif m["selection"] == "test" and m["best_epoch"] != m["epochs"]:
         parts.append(f"best test {m['best_test_acc']:.4f} at epoch {m['best_epoch']}, "
                      "chosen on the test set")
-    line = (", ".join(parts) + f"; {m['epochs']} epochs in {m['train_seconds']:.0f}s, "
+    line = (", ".join(parts or ["no held-out accuracy read (train.test_eval = never)"])
+            + f"; {m['epochs']} epochs in {m['train_seconds']:.0f}s, "
             f"{m['images_per_second']:.0f} img/s -> {m['run_dir']}")
     if m["stopped_by"] == "time":
         line = (f"stopped after {m['epochs']}/{m['epochs_planned']} epochs (time budget); "
