@@ -97,12 +97,17 @@ SEED_HEADER = ["| recipe | seed's claim | ours: final test acc | vs claim (point
 
 
 def latest_rows(runs: list[dict]) -> list[dict]:
-    """The newest row of each recipe (its current setup)."""
-    latest: dict[str, dict] = {}
+    """Each recipe's headline row: its newest run of the full schedule; else its newest run
+    with a final test accuracy (stopped early); else its newest run (in progress)."""
+    def rank(r: dict) -> tuple:
+        full = r.get("epochs", 0) >= r.get("epochs_planned", 0)
+        return (full, r.get("test_acc") is not None, r["date"])
+
+    best: dict[str, dict] = {}
     for r in runs:
-        if r["recipe"] not in latest or r["date"] >= latest[r["recipe"]]["date"]:
-            latest[r["recipe"]] = r
-    return [latest[k] for k in sorted(latest)]
+        if r["recipe"] not in best or rank(r) >= rank(best[r["recipe"]]):
+            best[r["recipe"]] = r
+    return [best[k] for k in sorted(best)]
 
 
 def seeds_section() -> list[str]:
@@ -111,8 +116,9 @@ def seeds_section() -> list[str]:
         return ["No seed recipe runs recorded yet (`benchmarks/bench_seeds.py`)."]
     runs = json.loads(p.read_text())
     return [*SEED_HEADER, *(seed_row(r) for r in latest_rows(runs)), "",
-            "The latest run of each seed recipe, from `benchmarks/results/seeds.json`. The "
-            "headline is the **final** test accuracy of the recipe's schedule; nothing in this "
+            "One row per seed recipe from `benchmarks/results/seeds.json`: its newest run of the "
+            "full schedule, else its newest run that ended with a test accuracy. The "
+            "headline is the **final** test accuracy of that run; nothing in this "
             "table was chosen on the test set except where a row says it stopped at a target "
             "on the test set. Every earlier setup and the provenance of each row (every leg "
             "that trained it: commit, date, command, epochs, machine): "
