@@ -216,13 +216,19 @@ def recipes_dir():
     return resources.files("cifarlab") / "recipes"
 
 
-def list_recipes() -> list[tuple[str, str]]:
-    """(name, description) of every built-in recipe."""
+def list_builtin(folder: str) -> list[tuple[str, str]]:
+    """(name, description) of every TOML file the package ships in `folder` (recipes,
+    searches)."""
     out = []
-    for f in sorted(recipes_dir().iterdir(), key=lambda p: p.name):
+    for f in sorted((resources.files("cifarlab") / folder).iterdir(), key=lambda p: p.name):
         if f.name.endswith(".toml"):
             out.append((f.name[:-5], _parse(f.read_text(), f.name).get("description", "")))
     return out
+
+
+def list_recipes() -> list[tuple[str, str]]:
+    """(name, description) of every built-in recipe."""
+    return list_builtin("recipes")
 
 
 def _parse(text: str, source: str) -> dict:

@@ -57,7 +57,7 @@ from .analysis import check_constraints, describe
 from .errors import CifarlabError
 from .models import create_model
 from .models import family as fam
-from .recipe import BY_KEY, check_value, load_recipe_file, nest, resolve
+from .recipe import BY_KEY, check_value, list_builtin, load_recipe_file, nest, resolve
 
 SEARCH_VERSION = 1
 COSTS = ("macs", "params", "seconds")
@@ -264,15 +264,7 @@ def searches_dir():
 
 def list_searches() -> list[tuple[str, str]]:
     """(name, description) of the built-in search files."""
-    out = []
-    for f in sorted(searches_dir().iterdir(), key=lambda p: p.name):
-        if f.name.endswith(".toml"):
-            try:
-                desc = tomllib.loads(f.read_text()).get("description", "")
-            except tomllib.TOMLDecodeError:
-                desc = "(invalid TOML)"
-            out.append((f.name[:-5], desc))
-    return out
+    return list_builtin("searches")
 
 
 def _read_search_text(path_or_name: str | os.PathLike) -> tuple[str, str, Path | None]:
