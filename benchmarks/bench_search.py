@@ -246,13 +246,16 @@ def rule_set(name: str, hand: str, args, data, state: dict, save) -> dict:
     save()
 
     over = {"train_subset": 2000, "epochs": 2} if args.quick else {}
+    here = provenance()["machine"]
+    if "searched" not in st_state and st_state.get("hand", {}).get("machine") != here:
+        st_state.pop("hand", None)  # the two trainings are compared on one machine only
     if "hand" not in st_state:
         print(f"== {name}: training the hand recipe {hand}")
         m, secs = timed_train(hand, data, runs, f"{name}-hand", over)
         st_state["hand"] = {"test_acc": m["test_acc"], "seconds": secs,
                             "train_seconds": m["train_seconds"], "params": m["params"],
                             "macs": m["macs"], "receptive_field": m["receptive_field"],
-                            "epochs": m["epochs"], "run_dir": m["run_dir"]}
+                            "epochs": m["epochs"], "run_dir": m["run_dir"], "machine": here}
         save()
     hand_s = st_state["hand"]["seconds"]
     recipe = runs / f"{name}-winner.toml"
@@ -267,7 +270,8 @@ def rule_set(name: str, hand: str, args, data, state: dict, save) -> dict:
             "epochs": m["epochs"], "epochs_planned": m.get("epochs_planned"),
             "stopped_by": m.get("stopped_by"), "run_dir": m["run_dir"],
             "trial": win["trial"], "val_acc": win["values"][0], "design": win["design"],
-            "recipe": str(recipe), "model_args": win["recipe"]["model_args"]}
+            "recipe": str(recipe), "model_args": win["recipe"]["model_args"],
+            "machine": here}
         save()
     s = st_state["searched"]
     from cifarlab.analysis import check_constraints
@@ -280,7 +284,7 @@ def rule_set(name: str, hand: str, args, data, state: dict, save) -> dict:
                                require=c["require"], forbid=c["forbid"])
     h = st_state["hand"]
     return {
-        "search_file": name, "hand_recipe": hand, "study": study,
+        "search_file": name, "hand_recipe": hand, "study": study, "trained_on": here,
         "searched_test_acc": s["test_acc"], "hand_test_acc": h["test_acc"],
         "searched_seconds": s["seconds"], "hand_seconds": h["seconds"],
         "searched_train_seconds": s["train_seconds"], "hand_train_seconds": h["train_seconds"],
@@ -334,9 +338,15 @@ def main() -> None:
         write_out(args.out, result())
 
     def result() -> dict:
-        return {**provenance(), "quick": args.quick,
+        done = state.get("results", {})
+        return {**provenance(), "quick": args.quick, "legs": state["legs"],
                 "workers": state.get("workers"),
-                "rule_sets": copy.deepcopy(state.get("results", {}))}
+                "rule_sets": copy.deepcopy(done),
+                # searches under way: what is recorded so far, no verdict yet
+                "in_progress": {n: copy.deepcopy(v) for n, v in state.items()
+                                if n in RULE_SETS and n not in done}}
+
+    state.setdefault("legs", []).append(provenance())  # every invocation that added to it
 
     if not args.skip_workers and "workers" not in state:
         print("== trials per hour: one worker with every thread vs one per core")

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, provenance, write_result  # noqa: E402
 
 import cifarlab  # noqa: E402
+from cifarlab.errors import CifarlabError  # noqa: E402
 
 
 def record(m: dict, prov: dict) -> dict:
@@ -65,6 +66,13 @@ def main() -> None:
     ap.add_argument("--procs", type=int, help="data-parallel processes (train.processes)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     a = ap.parse_args()
+    try:
+        run(a)
+    except CifarlabError as e:  # a bad path or option: one line, not a traceback
+        raise SystemExit(f"bench_seeds: {e}") from None
+
+
+def run(a) -> None:
     prov = provenance()
     data = cifarlab.load_data(a.data_dir)
     limit = a.max_minutes * 60 if a.max_minutes else None

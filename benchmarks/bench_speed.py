@@ -7,8 +7,10 @@ One invocation first runs the anchor (default ../shared/anchors/airbench94_cpu.p
 reference adapted to the CPU) as a subprocess on the same machine, then every recipe with every
 seed, and records all of it in one results file (`--out`, default
 benchmarks/results/speed.json): `anchor` (its accuracy and seconds, machine, date, command),
-`runs`, a per-recipe `summary` whose times are also ratios to the anchor's seconds
-(`ratio_to_anchor`), the verdicts against `TARGETS` (below, as ratios), and `throughput` (kept
+`roof` (the machine's bf16 and fp32 matmul GFLOP/s), `runs`, a per-recipe `summary` whose
+times are also ratios to the anchor's seconds (`ratio_to_anchor`) and whose `gflops` (model
+MACs x 2 x 3 for forward + backward, times training images/s) is also a fraction of the bf16
+roof (`roof_fraction`), the verdicts against `TARGETS` (below, as ratios), and `throughput` (kept
 from benchmarks/results/throughput.json). Absolute seconds differ between machines; a ratio
 measured side by side does not, so a time is only ever compared with the anchor of its own
 invocation.
@@ -39,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from anchor import DEFAULT_ANCHOR, AnchorError, display, run_anchor  # noqa: E402
-from common import RESULTS, provenance  # noqa: E402
+from common import RESULTS, matmul_gflops, provenance  # noqa: E402
 
 import cifarlab  # noqa: E402
 from cifarlab.data import load_data  # noqa: E402
@@ -83,8 +85,9 @@ def train_run(recipe: str, seed: int, data, runs_dir: str, overrides: dict,
     return m, time.perf_counter() - t0
 
 
-def summarize(runs: list[dict], anchor: dict) -> dict:
-    """Per recipe: accuracy (mean, worst), median seconds, its ratio to the anchor, verdicts.
+def summarize(runs: list[dict], anchor: dict, roof: dict | None = None) -> dict:
+    """Per recipe: accuracy (mean, worst), median seconds, its ratio to the anchor, verdicts,
+    and the model compute of its training loop in GFLOP/s and as a fraction of the bf16 roof.
 
     A verdict (`required_met`, `goal_met`) is true or false once a recipe has MIN_SEEDS runs
     of the recipe as shipped, and null before that or when runs changed it (`overrides`).
@@ -97,6 +100,10 @@ def summarize(runs: list[dict], anchor: dict) -> dict:
         ratio = median / anchor["seconds"]
         s = {"mean_acc": statistics.fmean(accs), "worst_acc": worst, "median_seconds": median,
              "ratio_to_anchor": ratio, "n_runs": len(rs), "params": rs[-1]["params"]}
+        flops = [r["gflops"] for r in rs if r.get("gflops")]
+        if flops and roof:
+            s["gflops"] = statistics.median(flops)
+            s["roof_fraction"] = s["gflops"] / roof["bf16_gflops"]
         overrides = {k: v for r in rs for k, v in r.get("overrides", {}).items()}
         if overrides:
             s["overrides"] = overrides
@@ -134,7 +141,7 @@ def load_throughput(old: dict) -> dict | None:
 def save(path: Path, state: dict) -> None:
     """Recompute the summary and write the results file atomically."""
     if state.get("anchor"):
-        state["summary"] = summarize(state["runs"], state["anchor"])
+        state["summary"] = summarize(state["runs"], state["anchor"], state.get("roof"))
     state["throughput_verdict"] = throughput_verdict(state.get("throughput"))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -244,6 +251,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"anchor {res['name']}: test acc {res['test_acc']:.4f} in {res['seconds']:.0f} s",
               flush=True)
     anchor_s = state["anchor"]["seconds"]
+    if state.get("roof") is None:  # the machine's bf16 / fp32 matmul roof, same invocation
+        import torch
+
+        state["roof"] = {"bf16_gflops": matmul_gflops(torch.bfloat16),
+                         "fp32_gflops": matmul_gflops(torch.float32), "matmul": "2048 x 2048"}
+        save(path, state)
 
     runs_dir = a.runs_dir or tempfile.mkdtemp(prefix="cifarlab-speed-")
     overrides = inv.get("overrides", {})
@@ -260,6 +273,8 @@ def main(argv: list[str] | None = None) -> None:
                    **{k: m.get(k) for k in ("train_seconds", "macs", "receptive_field",
                                             "images_per_second")},
                    **provenance()}
+            if run["macs"] and run["images_per_second"]:  # forward + backward ~ 3x forward
+                run["gflops"] = run["macs"] * 2 * 3 * run["images_per_second"] / 1e9
             if overrides:
                 run["overrides"] = overrides
             state["runs"].append(run)
@@ -280,6 +295,8 @@ def report(state: dict) -> str:
     for name, s in state["summary"].items():
         line = (f"{name}: worst {100 * s['worst_acc']:.2f}%, median {s['median_seconds']:.0f} s"
                 f" = {s['ratio_to_anchor']:.3f}x the anchor ({s['n_runs']} runs)")
+        if "roof_fraction" in s:
+            line += f"; {s['gflops']:.0f} GFLOP/s = {s['roof_fraction']:.1%} of the bf16 roof"
         if "required_met" in s:
             verdict = {True: "met", False: "NOT met", None: "undecided"}
             line += (f"; required (>= {100 * s['target_acc']:.2f}%, <= {s['required_ratio']}x):"

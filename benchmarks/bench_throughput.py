@@ -56,7 +56,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import merge_speed, provenance, write_result  # noqa: E402
+from common import matmul_gflops, merge_speed, provenance, write_result  # noqa: E402
 
 import cifarlab  # noqa: E402
 from cifarlab.analysis import describe  # noqa: E402
@@ -140,21 +140,6 @@ def engine_throughput(data, overrides: dict, batch: int, images: int, warmup: in
     if warmup > 0:
         run(batch * warmup)
     return run(images)["images_per_second"]
-
-
-# --------------------------------------------------------------------------- roof
-
-def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 5, warmup: int = 2) -> float:
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
-    best = float("inf")
-    for i in range(warmup + reps):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        t = time.perf_counter() - t0
-        if i >= warmup:
-            best = min(best, t)
-    return 2 * n ** 3 / best / 1e9
 
 
 # --------------------------------------------------------------------------- main

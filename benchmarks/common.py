@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from cifarlab.provenance import commit, machine, provenance  # noqa: F401  (re-exported)
@@ -25,3 +26,19 @@ def merge_speed(throughput: dict) -> Path:
     path = RESULTS / "speed.json"
     old = json.loads(path.read_text()) if path.exists() else {}
     return write_result("speed.json", {**old, "throughput": throughput})
+
+
+def matmul_gflops(dtype, n: int = 2048, reps: int = 5, warmup: int = 2) -> float:
+    """The machine's roof: best-of-`reps` GFLOP/s of an n x n matmul in `dtype`."""
+    import torch
+
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    best = float("inf")
+    for i in range(warmup + reps):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        t = time.perf_counter() - t0
+        if i >= warmup:
+            best = min(best, t)
+    return 2 * n ** 3 / best / 1e9

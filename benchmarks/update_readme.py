@@ -200,7 +200,7 @@ def time_to_accuracy_section() -> list[str]:
         return f"{word[met]} ({what})"
 
     out += ["| target | recipe | params | median time | × anchor | mean acc | worst acc | runs |"
-            " required | goal |", "|---|---|---|---|---|---|---|---|---|---|"]
+            " GFLOP/s (bf16 roof) | required | goal |", "|---" * 11 + "|"]
     for name, s in runs.items():
         ratio = s.get("ratio_to_anchor")
         req = goal = "–"
@@ -219,13 +219,17 @@ def time_to_accuracy_section() -> list[str]:
         target += " (anchor)" if s.get("target_is_anchor") else ""
         out.append(f"| {target} | `{name}` | {s['params']:,} | {s['median_seconds']:.0f} s | "
                    + (f"**{ratio:.2f}×**" if ratio is not None else "–")
-                   + f" | {pct(s['mean_acc'])} | {pct(s['worst_acc'])} | {s['n_runs']} | {req} | "
-                   f"{goal} |")
+                   + f" | {pct(s['mean_acc'])} | {pct(s['worst_acc'])} | {s['n_runs']} | "
+                   + (f"{s['gflops']:.0f} ({100 * s['roof_fraction']:.1f}%)"
+                      if "roof_fraction" in s else "–") + f" | {req} | {goal} |")
     out += ["", "Worst seed for accuracy, median for time. A recipe's time is the wall time of "
             "the whole `train` call, data in memory, final evaluation with test-time "
             "augmentation included; the anchor's is its own clock, network creation to the end "
-            "of its test-time augmentation. Each run's seed, commit, command and machine are in "
-            "`benchmarks/results/speed.json`."]
+            "of its test-time augmentation. GFLOP/s: the network's MACs × 2 × 3 (forward and "
+            "backward) × training images/s, as a share of the bf16 2048² matmul roof measured in "
+            "the same invocation" + (f" ({data['roof']['bf16_gflops']:.0f} GFLOP/s)"
+                                     if data.get("roof") else "") + ". Each run's seed, commit, "
+            "command and machine are in `benchmarks/results/speed.json`."]
     tv = data.get("throughput_verdict")
     if tv:  # the target from bench_speed.py, the measurement as recorded now
         th = data.get("throughput") or {}
@@ -267,9 +271,51 @@ def inference_section() -> list[str]:
     return out
 
 
+def search_section() -> list[str]:
+    """search.json (benchmarks/bench_search.py): per rule set, the searched design against the
+    hand-written recipe, trained in the same invocation with the same time budget."""
+    p = RESULTS / "search.json"
+    if not p.exists():
+        return ["No search benchmark recorded yet (`benchmarks/bench_search.py`)."]
+    r = json.loads(p.read_text())
+    out = []
+    if r["rule_sets"]:
+        out += ["| rule set | hand recipe | searched: test acc | time | hand: test acc | time | "
+                "rules met | search | trials complete / pruned / rejected |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for name, s in r["rule_sets"].items():
+            out.append(
+                f"| `{name}` | `{s['hand_recipe']}` | **{pct(s['searched_test_acc'])}** | "
+                f"{s['searched_seconds']:.0f} s | {pct(s['hand_test_acc'])} | "
+                f"{s['hand_seconds']:.0f} s | {'yes' if s['rules_met'] else '**no**'} | "
+                f"{s['search_minutes']:.0f} min, {s['search_workers']} | "
+                f"{s['trials_complete']} / {s['trials_pruned']} / {s['trials_rejected']} |")
+        out += ["", "Designs chosen on a 5,000-image validation split held out of the training "
+                "set; the test set is read once, by the two final trainings (winner and hand "
+                "recipe, full training set, same time budget, same machine: `trained_on`)."]
+    for name, s in r.get("in_progress", {}).items():
+        summ = s.get("search") or {}
+        out.append(f"- `{name}`: search under way ({summ.get('minutes_used', 0):.0f} min used, "
+                   f"{summ.get('complete', 0)} complete, {summ.get('pruned', 0)} pruned, "
+                   f"{summ.get('rejected', 0)} rejected); no test accuracy yet.")
+    w = r.get("workers")
+    if w:
+        one, many = w[f"1x{w['cores']}"], w[f"{w['cores']}x1"]
+        out += ["", f"Trials per hour on {w['cores']} cores ({w['trial']}): one worker with "
+                f"{w['cores']} threads {one['trials_per_hour']:.1f}, {w['cores']} single-threaded "
+                f"workers {many['trials_per_hour']:.1f} "
+                f"(**{w['speedup_single_threaded_workers']:.2f}×**)."]
+    legs = r.get("legs") or [r]
+    out += ["", "Measured on " + "; ".join(sorted({g["machine"] for g in legs})) + ", commits "
+            + ", ".join(f"`{g['commit'][:12]}`" for g in legs) + f" (`{r['command']}`). From "
+            "`benchmarks/results/search.json`."]
+    return out
+
+
 def readme_results() -> str:
     body = ["### Default recipe", "", *default_section(), "", "### Time to accuracy", "",
             *time_to_accuracy_section(), "", "### Throughput", "", *speed_section(), "",
+            "### Design search", "", *search_section(), "",
             "### Inference: PyTorch and ONNX (fp32, int8)", "", *inference_section(), "",
             "### Seed recipes", "", *seeds_section()]
     return f"{START}\n" + "\n".join(body) + f"\n{END}"

@@ -47,9 +47,10 @@ def env(tmp_path, monkeypatch, cifar_dir):
         calls.append((recipe, seed))
         acc, seconds = RESULTS[recipe, seed]
         return {"test_acc": acc, "epochs": 3, "params": 1234, "train_seconds": seconds - 0.5,
-                "macs": 10, "receptive_field": 5, "images_per_second": 100.0}, seconds
+                "macs": 1_000_000, "receptive_field": 5, "images_per_second": 100.0}, seconds
 
     monkeypatch.setattr(bench_speed, "train_run", fake_train)
+    monkeypatch.setattr(bench_speed, "matmul_gflops", lambda dtype: 300.0)
     out = tmp_path / "speed.json"
     args = ["--data-dir", str(cifar_dir), "--anchor", str(script), "--out", str(out)]
     return {"out": out, "args": args, "calls": calls, "script": script, "data": cifar_dir}
@@ -83,6 +84,9 @@ def test_anchor_ratios_and_verdicts(env, capsys):
     assert small["ratio_to_anchor"] == pytest.approx(1.5 / 12.3)  # 0.122
     assert small["worst_acc"] == 0.79  # below 80%: neither verdict, whatever the time
     assert small["required_met"] is False and small["goal_met"] is False
+    # model compute: 1 MMAC x 2 FLOPs x 3 (forward + backward) x 100 images/s = 0.6 GFLOP/s
+    assert out["roof"]["bf16_gflops"] == 300.0
+    assert top["gflops"] == pytest.approx(0.6) and top["roof_fraction"] == pytest.approx(0.002)
     assert out["throughput"]["ratio"] == 2.6
     assert out["throughput_verdict"]["required_met"] is True
     assert out["invocation"]["complete"] is True
@@ -102,6 +106,7 @@ def test_readme_speed_table_from_ratios(env, monkeypatch):
     assert an["machine"] in text  # where the figures were measured
     assert "| × anchor |" in text
     assert "| ≥ 90.00% (anchor) | `fast-top` | 1,234 | 8 s | **0.65×** |" in text
+    assert "| 1 (0.2%) | met" in text  # GFLOP/s and the share of the bf16 roof
     assert "met (≥ 90.00%, ≤ 0.75×) | not met (≥ 90.00%, ≤ 0.5×) |" in text
     assert "**not met** (≥ 80.00%, ≤ 0.16×)" in text
     assert "**2.60×**, measured on m1; required ≥ 2.5×: met" in text
