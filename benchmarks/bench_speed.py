@@ -16,10 +16,13 @@ measured side by side does not, so a time is only ever compared with the anchor 
 invocation.
 
 The file is rewritten after the anchor and after every run. If the invocation is interrupted,
-`--resume` (same `--out`) continues it: the anchor and the finished runs are kept, the run that
-was cut short is started again (a timing cannot be resumed), and the machine must be the
-anchor's. Without `--resume` a new invocation replaces the file (an unfinished one is only
-discarded with `--restart`).
+`--resume` (same `--out`) continues it: the finished runs are kept and the run that was cut
+short is started again (a timing cannot be resumed). A resumed leg keeps the last anchor only
+on the same machine within ANCHOR_HOURS of it; otherwise (another session, another CPU: these
+machines drift 2x between days) it runs the anchor again first. Every run records which anchor
+(`anchors[i]`) its ratio is taken against, so an invocation can span sessions and each ratio
+is still measured side by side. Without `--resume` a new invocation replaces the file (an
+unfinished one is only discarded with `--restart`).
 
 Each run's `seconds` is the wall time of the whole `cifarlab.train` call with the data already
 in memory: model build, every epoch, evaluation with TTA and checkpoint writes included (per-epoch
@@ -37,6 +40,7 @@ import sys
 import tempfile
 import time
 import tomllib
+from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -56,6 +60,7 @@ TARGETS = {
     "best-seed001": {"acc": 0.89, "goal_acc": 0.90, "required_ratio": 2.4, "goal_ratio": 2.4},
 }
 MIN_SEEDS = 3  # a verdict needs this many runs
+ANCHOR_HOURS = 6  # a resumed leg runs the anchor again when the last one is older (or elsewhere)
 # images/s of the engine over the conventional Dataset + DataLoader pipeline, same network
 # (benchmarks/bench_throughput.py)
 THROUGHPUT_REQUIRED_RATIO = 2.5
@@ -85,21 +90,27 @@ def train_run(recipe: str, seed: int, data, runs_dir: str, overrides: dict,
     return m, time.perf_counter() - t0
 
 
-def summarize(runs: list[dict], anchor: dict, roof: dict | None = None) -> dict:
-    """Per recipe: accuracy (mean, worst), median seconds, its ratio to the anchor, verdicts,
-    and the model compute of its training loop in GFLOP/s and as a fraction of the bf16 roof.
+def summarize(runs: list[dict], anchors: list[dict], roof: dict | None = None) -> dict:
+    """Per recipe: accuracy (mean, worst), median seconds, the median of its runs' ratios to
+    their anchors, verdicts, and the model compute of its training loop in GFLOP/s and as a
+    fraction of the bf16 roof.
 
     A verdict (`required_met`, `goal_met`) is true or false once a recipe has MIN_SEEDS runs
     of the recipe as shipped, and null before that or when runs changed it (`overrides`).
+    Where the target is the anchor's accuracy, the highest of the anchors its runs used counts.
     """
     out = {}
     for name in sorted({r["recipe"] for r in runs}):
         rs = [r for r in runs if r["recipe"] == name]
         accs, secs = [r["test_acc"] for r in rs], [r["seconds"] for r in rs]
         worst, median = min(accs), statistics.median(secs)
-        ratio = median / anchor["seconds"]
+        ratio = statistics.median(r["ratio_to_anchor"] for r in rs)
+        used = [anchors[i] for i in sorted({r.get("anchor", 0) for r in rs})]
+        anchor = {"test_acc": max(a["test_acc"] for a in used),
+                  "seconds": statistics.median(a["seconds"] for a in used)}
         s = {"mean_acc": statistics.fmean(accs), "worst_acc": worst, "median_seconds": median,
-             "ratio_to_anchor": ratio, "n_runs": len(rs), "params": rs[-1]["params"]}
+             "ratio_to_anchor": ratio, "n_runs": len(rs), "params": rs[-1]["params"],
+             "anchors": len(used), "machines": sorted({a["machine"] for a in used})}
         flops = [r["gflops"] for r in rs if r.get("gflops")]
         if flops and roof:
             s["gflops"] = statistics.median(flops)
@@ -140,8 +151,8 @@ def load_throughput(old: dict) -> dict | None:
 
 def save(path: Path, state: dict) -> None:
     """Recompute the summary and write the results file atomically."""
-    if state.get("anchor"):
-        state["summary"] = summarize(state["runs"], state["anchor"], state.get("roof"))
+    if state.get("anchors"):
+        state["summary"] = summarize(state["runs"], state["anchors"], state.get("roof"))
     state["throughput_verdict"] = throughput_verdict(state.get("throughput"))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -165,11 +176,8 @@ def begin(a, path: Path, prov: dict) -> dict:
         if inv is None:
             raise SystemExit(f"--resume: {path} holds no invocation of this benchmark to "
                              "continue; start one without --resume")
-        anchor = old.get("anchor")
-        if anchor and anchor["machine"] != prov["machine"]:
-            raise SystemExit(f"--resume: {path} was measured on '{anchor['machine']}', this is "
-                             f"'{prov['machine']}': ratios are only valid on one machine; "
-                             "start a new invocation (another --out, or --restart)")
+        if old.get("anchor") and "anchors" not in old:  # written before anchors per leg
+            old["anchors"] = [old["anchor"]]
         for r in a.recipes:
             if r not in inv["recipes"]:
                 inv["recipes"].append(r)
@@ -190,7 +198,16 @@ def begin(a, path: Path, prov: dict) -> dict:
     return {"invocation": {"recipes": list(a.recipes), "seeds": list(a.seeds),
                            "overrides": a.overrides, "device": a.device, "complete": False,
                            **prov},
-            "anchor": None, "runs": [], "summary": {}, "throughput": load_throughput(old)}
+            "anchor": None, "anchors": [], "runs": [], "summary": {},
+            "throughput": load_throughput(old)}
+
+
+def anchor_still_valid(anchor: dict | None, prov: dict) -> bool:
+    """May the runs of this leg be compared with `anchor`? Same machine, within ANCHOR_HOURS."""
+    if not anchor or anchor["machine"] != prov["machine"]:
+        return False
+    age = datetime.fromisoformat(prov["date"]) - datetime.fromisoformat(anchor["date"])
+    return age.total_seconds() <= ANCHOR_HOURS * 3600
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -227,7 +244,8 @@ def main(argv: list[str] | None = None) -> None:
     if a.resume and a.overrides and a.overrides != inv.get("overrides", {}):
         raise SystemExit("--resume continues the invocation with its own --set overrides "
                          f"({inv.get('overrides') or 'none'})")
-    if state.get("anchor") is None and not Path(a.anchor).is_file():
+    need_anchor = not anchor_still_valid(state.get("anchor"), prov)
+    if need_anchor and not Path(a.anchor).is_file():
         raise SystemExit(f"anchor not found: {a.anchor} (pass --anchor PATH)")
     try:  # a resumed invocation reads the data it started with unless told otherwise
         data = load_data(a.data_dir or (inv.get("data_dir") if a.resume else None))
@@ -236,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     inv["data_dir"] = str(data.root)
     save(path, state)
 
-    if state.get("anchor") is None:
+    if need_anchor:
         data_dir = data.root.parent if data.root.name == "cifar-10-batches-py" else data.root
         print(f"anchor {display(Path(a.anchor))} on {display(data_dir)} ...", flush=True)
         try:
@@ -247,10 +265,12 @@ def main(argv: list[str] | None = None) -> None:
         anchor_prov = provenance()
         state["anchor"] = {**res, "machine": anchor_prov["machine"],
                            "date": anchor_prov["date"], "commit": anchor_prov["commit"]}
+        state["anchors"].append(state["anchor"])
+        state["roof"] = None  # measured again beside the new anchor
         save(path, state)
         print(f"anchor {res['name']}: test acc {res['test_acc']:.4f} in {res['seconds']:.0f} s",
               flush=True)
-    anchor_s = state["anchor"]["seconds"]
+    anchor_s, anchor_i = state["anchor"]["seconds"], len(state["anchors"]) - 1
     if state.get("roof") is None:  # the machine's bf16 / fp32 matmul roof, same invocation
         import torch
 
@@ -269,6 +289,7 @@ def main(argv: list[str] | None = None) -> None:
             m, seconds = train_run(name, seed, data, runs_dir, overrides, inv["device"])
             run = {"recipe": name, "seed": seed, "test_acc": m["test_acc"],
                    "seconds": seconds, "ratio_to_anchor": seconds / anchor_s,
+                   "anchor": anchor_i,
                    "epochs": m["epochs"], "params": m["params"],
                    **{k: m.get(k) for k in ("train_seconds", "macs", "receptive_field",
                                             "images_per_second")},
@@ -289,12 +310,11 @@ def main(argv: list[str] | None = None) -> None:
 
 def report(state: dict) -> str:
     """The summary as lines of text."""
-    an = state["anchor"]
     lines = [f"anchor {an['name']}: {100 * an['test_acc']:.2f}% in {an['seconds']:.0f} s "
-             f"on {an['machine']}"]
+             f"on {an['machine']}, {an['date']}" for an in state["anchors"]]
     for name, s in state["summary"].items():
         line = (f"{name}: worst {100 * s['worst_acc']:.2f}%, median {s['median_seconds']:.0f} s"
-                f" = {s['ratio_to_anchor']:.3f}x the anchor ({s['n_runs']} runs)")
+                f", {s['ratio_to_anchor']:.3f}x the anchor ({s['n_runs']} runs)")
         if "roof_fraction" in s:
             line += f"; {s['gflops']:.0f} GFLOP/s = {s['roof_fraction']:.1%} of the bf16 roof"
         if "required_met" in s:

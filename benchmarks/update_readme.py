@@ -179,17 +179,21 @@ def time_to_accuracy_section() -> list[str]:
     runs = data.get("summary", {})
     if not runs:
         return ["No time-to-accuracy runs recorded yet (`benchmarks/bench_speed.py`)."]
-    an = data.get("anchor")
+    anchors = data.get("anchors") or ([data["anchor"]] if data.get("anchor") else [])
     out = []
-    if an:
+    if anchors:
         n = len((data.get("invocation") or {}).get("resumed", []))
-        resumed = (f" The invocation was continued {n} time{'s' * (n > 1)} with `--resume`, "
-                   "on the same machine and against the same anchor run." if n else "")
-        out += [f"Anchor: `{an['name']}` (`{an['command']}`): **{pct(an['test_acc'])}** in "
-                f"**{an['seconds']:.0f} s**, on {an['machine']}, {an['date']}. Every figure in "
-                "this table was measured in the same invocation on that machine; `× anchor` is "
-                "the median time over the anchor's seconds, and the required / goal verdicts "
-                "use these ratios." + resumed, ""]
+        resumed = (f" The invocation was continued {n} time{'s' * (n > 1)} with `--resume`; "
+                   "a leg on another machine or day ran the anchor again." if n else "")
+        for i, an in enumerate(anchors):
+            out.append(f"{'- ' if len(anchors) > 1 else ''}Anchor"
+                       + (f" {i}" if len(anchors) > 1 else "")
+                       + f": `{an['name']}` (`{an['command']}`): **{pct(an['test_acc'])}** in "
+                       f"**{an['seconds']:.0f} s**, on {an['machine']}, {an['date']}.")
+        out += ["", "Every run's time is divided by the seconds of the anchor run in the same "
+                "invocation on the same machine; `× anchor` is the median of those ratios, and "
+                "the required / goal verdicts use them. The median time in seconds is shown "
+                "only where every run of the recipe was measured on one machine." + resumed, ""]
     else:  # written before issue 17: absolute seconds, no anchor to compare with
         machines = sorted({r["machine"] for r in data.get("runs", []) if r.get("machine")})
         out += ["No anchor was run with these figures (written before issue 17); measured on "
@@ -217,7 +221,8 @@ def time_to_accuracy_section() -> list[str]:
             goal = verdict(s["goal_met"], f"≤ {s['goal_seconds']} s", required=False)
         target = "–" if s.get("target_acc") is None else f"≥ {pct(s['target_acc'])}"
         target += " (anchor)" if s.get("target_is_anchor") else ""
-        out.append(f"| {target} | `{name}` | {s['params']:,} | {s['median_seconds']:.0f} s | "
+        secs = f"{s['median_seconds']:.0f} s" if len(s.get("machines", [])) <= 1 else "–"
+        out.append(f"| {target} | `{name}` | {s['params']:,} | {secs} | "
                    + (f"**{ratio:.2f}×**" if ratio is not None else "–")
                    + f" | {pct(s['mean_acc'])} | {pct(s['worst_acc'])} | {s['n_runs']} | "
                    + (f"{s['gflops']:.0f} ({100 * s['roof_fraction']:.1f}%)"
