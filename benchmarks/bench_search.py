@@ -45,6 +45,7 @@ from common import provenance, write_result  # noqa: E402
 import cifarlab  # noqa: E402
 import cifarlab.models.family  # noqa: E402, F401  (registers "family")
 from cifarlab import search as S  # noqa: E402
+from cifarlab import searchspace as SP  # noqa: E402
 from cifarlab.data import load_data  # noqa: E402
 
 RULE_SETS = {"seed001-rules": "fast-seed001", "under-50k": "fast-50k"}
@@ -55,11 +56,11 @@ def quick_text(name: str, runs_dir: Path) -> str:
     a base recipe of 2 epochs (the time rule compares with it)."""
     from cifarlab.recipe import load_recipe_file
 
-    raw = tomllib.loads((S.searches_dir() / f"{name}.toml").read_text())
+    raw = tomllib.loads((SP.searches_dir() / f"{name}.toml").read_text())
     base = load_recipe_file(raw["base"])
     base.setdefault("train", {})["epochs"] = 2
     base_file = runs_dir / f"quick-base-{raw['base']}.toml"
-    base_file.write_text(S.to_toml(base))
+    base_file.write_text(SP.to_toml(base))
     raw["base"] = str(base_file.resolve())
     raw["name"] = f"quick-{name}"
     raw["search"].update({"train_subset": 2000, "val_split": 500, "min_epochs": 1,
@@ -67,13 +68,13 @@ def quick_text(name: str, runs_dir: Path) -> str:
     raw["space"]["epochs"] = {"low": 1, "high": 2}
     for e in raw.get("enqueue", []):
         e["epochs"] = 2
-    return S.to_toml(raw)
+    return SP.to_toml(raw)
 
 
-def spec_for(name: str, quick: bool, runs_dir: Path) -> S.SearchSpec:
+def spec_for(name: str, quick: bool, runs_dir: Path) -> SP.SearchSpec:
     if quick:
-        return S.parse_search(quick_text(name, runs_dir), f"quick {name}")
-    return S.load_search(name)
+        return SP.parse_search(quick_text(name, runs_dir), f"quick {name}")
+    return SP.load_search(name)
 
 
 def load_state(path: Path) -> dict:
@@ -132,14 +133,14 @@ def compare_workers(runs_dir: Path, data_dir: str | None, quick: bool) -> dict:
 
     cores = os.cpu_count() or 1
     k = 4 * cores if not quick else cores
-    base = tomllib.loads((S.searches_dir() / "under-50k.toml").read_text())
+    base = tomllib.loads((SP.searches_dir() / "under-50k.toml").read_text())
     base.pop("enqueue", None)
     base["constraints"]["max_train_time_vs_base"] = 0.0  # the same trials in both: no timing
     base["search"].update({"pruner": "none", "min_epochs": 1,
                            "train_subset": 2000 if quick else 10000,
                            "val_split": 500 if quick else 2000, "minutes": 600})
     base["space"]["epochs"] = 1 if quick else 2
-    spec = S.parse_search(S.to_toml(base), "workers benchmark")
+    spec = SP.parse_search(SP.to_toml(base), "workers benchmark")
     # the same feasible designs for both configurations
     sampler = optuna.samplers.RandomSampler(seed=7)
     probe = optuna.create_study(sampler=sampler)
@@ -149,7 +150,7 @@ def compare_workers(runs_dir: Path, data_dir: str | None, quick: bool) -> dict:
 
     while len(designs) < k:
         t = probe.ask()
-        args, _ = S.sample(spec.space, t)
+        args, _ = SP.sample(spec.space, t)
         try:
             m = create_model("family", **args)
         except Exception:
@@ -166,7 +167,7 @@ def compare_workers(runs_dir: Path, data_dir: str | None, quick: bool) -> dict:
         name = f"workers-{workers}x{threads}" + ("-quick" if quick else "")
         # enqueue entries use the file's dimension names: rebuild them from Optuna's params
         entries = [_entry_from_params(d) for d in designs]
-        text = S.to_toml({**base, "name": name, "enqueue": entries})
+        text = SP.to_toml({**base, "name": name, "enqueue": entries})
         f = runs_dir / f"{name}.toml"
         f.write_text(text)
         sdir = runs_dir / name
@@ -175,7 +176,7 @@ def compare_workers(runs_dir: Path, data_dir: str | None, quick: bool) -> dict:
 
             shutil.rmtree(sdir)
         sdir.mkdir(parents=True)
-        S.create_or_load(S.parse_search(text, str(f)), name, S.default_storage(sdir), None,
+        S.create_or_load(SP.parse_search(text, str(f)), name, S.default_storage(sdir), None,
                          print)
         t0 = time.perf_counter()
         run_workers(f, name, runs_dir, workers, threads, data_dir, queued_only=True)
@@ -202,7 +203,7 @@ def _entry_from_params(params: dict) -> dict:
         if k[0] == "s" and "_" in k and k.split("_", 1)[0][1:].isdigit():
             continue
         e[k] = v
-    for key in S.PER_STAGE:
+    for key in SP.PER_STAGE:
         vals = [params.get(f"s{i}_{key}") for i in range(1, n + 1)]
         if all(v is not None for v in vals):
             e[key] = vals

@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 
 import cifarlab.models.family  # noqa: F401  (registers "family")
 from cifarlab import search as S
+from cifarlab import searchspace as SP  # noqa: E402
 from cifarlab.errors import CifarlabError
 from cifarlab.recipe import resolve
 from cifarlab.search_cli import build_parser, run_search_command
@@ -97,9 +98,9 @@ def test_builtin_search_files_start_from_the_hand_written_designs():
     from cifarlab.models import create_model
 
     for name, ref in (("seed001-rules", "fast-seed001"), ("under-50k", "fast-50k")):
-        spec = S.load_search(name)
+        spec = SP.load_search(name)
         assert spec.enqueue[0]["label"] == ref
-        args, train = S.sample(spec.space, optuna.trial.FixedTrial(spec.enqueue[0]["params"]))
+        args, train = SP.sample(spec.space, optuna.trial.FixedTrial(spec.enqueue[0]["params"]))
         model = create_model("family", **args)
         assert describe(model) == describe(create_model(ref))
         broken, _ = S.check_rules(model, describe(model), spec.constraints)
@@ -108,7 +109,7 @@ def test_builtin_search_files_start_from_the_hand_written_designs():
         assert train["optim.lr"] == base["optim"]["lr"]
         assert train["train.epochs"] == base["train"]["epochs"]
         assert train["augment.crop_pad"] == base["augment"]["crop_pad"]
-    assert S.load_search("seed001-rules").constraints["forbid"] == ["maxpool"]
+    assert SP.load_search("seed001-rules").constraints["forbid"] == ["maxpool"]
 
 
 @pytest.mark.parametrize("text, words", [
@@ -139,16 +140,16 @@ def test_bad_search_files_fail_in_one_line(tmp_path, text, words):
     p = tmp_path / "s.toml"
     p.write_text(text)
     with pytest.raises(CifarlabError) as e:
-        S.load_search(p)
+        SP.load_search(p)
     assert words in str(e.value), str(e.value)
     assert "\n" not in str(e.value)
 
 
 def test_missing_search_file_and_unknown_builtin(tmp_path):
     with pytest.raises(CifarlabError, match="no such file"):
-        S.load_search(tmp_path / "nope.toml")
+        SP.load_search(tmp_path / "nope.toml")
     with pytest.raises(CifarlabError, match="built-in: seed001-rules, under-50k"):
-        S.load_search("nope")
+        SP.load_search("nope")
 
 
 # --------------------------------------------------------------------------- pure parts
@@ -212,7 +213,7 @@ def test_winner_toml_round_trips():
            "optim": {"lr": 0.1234, "weight_decay": 5e-05}, "train": {"tta": True}}
     import tomllib
 
-    assert tomllib.loads(S.to_toml(raw, "a header\nline two")) == raw
+    assert tomllib.loads(SP.to_toml(raw, "a header\nline two")) == raw
 
 
 # --------------------------------------------------------------------------- searches

@@ -156,7 +156,8 @@ def _summary_lines(s: dict) -> list[str]:
 
 
 def _run(a: argparse.Namespace) -> int:
-    from .search import load_search, run_search
+    from .search import run_search
+    from .searchspace import load_search
 
     spec = load_search(a.target)
     name = a.study or spec.name

@@ -1,0 +1,539 @@
+"""A search file: the design space as data, read and checked, and sampled into trials.
+
+A search file (TOML) names a base recipe (the training settings every trial starts from), the
+rules (`[constraints]`), the budget and method (`[search]`), the dimensions to explore
+(`[space]`: the `family` network's architecture and the training settings) and designs to try
+first (`[[enqueue]]`, e.g. the hand-written recipe's own design). `load_search` reads one into a
+`SearchSpec`; `sample` turns an Optuna trial into `family` model arguments and recipe keys;
+`to_toml` writes recipes and search files back. Running a search is `cifarlab.search`.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import CifarlabError
+from .models import family as fam
+from .recipe import BY_KEY, check_value, list_builtin, load_recipe_file, resolve
+
+if TYPE_CHECKING:
+    import optuna
+
+SEARCH_VERSION = 1
+COSTS = ("macs", "params", "seconds")
+SAMPLERS = ("tpe", "nsga2", "random")
+PRUNERS = ("hyperband", "halving", "median", "none")
+
+# architecture dimensions: default (used when [space] does not name it), per stage or not
+ARCH_DIMS: dict[str, tuple[Any, bool]] = {
+    "stages": (3, False), "stem": (32, False),
+    "width": (64, True), "depth": (1, True), "block": ("plain", True),
+    "downsample": ("stride", True), "dilation": (1, True),
+    "head": ("gap", False), "dropout": (0.0, False), "head_dropout": (0.0, False),
+}
+PER_STAGE = tuple(k for k, (_, ps) in ARCH_DIMS.items() if ps)
+# training dimensions: short name -> recipe key ("augment" is a strength level, see AUGMENT)
+TRAIN_DIMS = {"lr": "optim.lr", "weight_decay": "optim.weight_decay",
+              "batch_size": "train.batch_size", "epochs": "train.epochs",
+              "label_smoothing": "loss.label_smoothing", "augment": None}
+# augmentation strength levels (tensor backend): crop padding and cutout size
+AUGMENT = {0: {"crop_pad": 0, "cutout": 0}, 1: {"crop_pad": 2, "cutout": 0},
+           2: {"crop_pad": 4, "cutout": 0}, 3: {"crop_pad": 4, "cutout": 8},
+           4: {"crop_pad": 4, "cutout": 12}}
+CONSTRAINT_KEYS = {"max_params": 0, "max_macs": 0, "min_receptive_field": 0, "require": [],
+                   "forbid": [], "max_train_seconds": 0.0, "max_train_time_vs_base": 0.0}
+SEARCH_KEYS = {"objectives": ["val_acc"], "minutes": 60.0, "sampler": "tpe",
+               "pruner": "hyperband", "min_epochs": 2, "reduction_factor": 3,
+               "val_split": 5000, "train_subset": 0, "seed": 0, "startup_trials": 10,
+               "max_rejected_in_row": 300, "heartbeat": 30}
+TOP_KEYS = ("name", "description", "base", "constraints", "search", "space", "enqueue")
+
+
+class SearchError(CifarlabError):
+    pass
+
+
+def _suggest(key: str, options) -> str:
+    close = difflib.get_close_matches(key, list(options), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+# ------------------------------------------------------------------------------ search file
+
+@dataclass
+class Dim:
+    """One dimension: fixed (`value`), categorical (`choices`) or a range (int or float)."""
+
+    name: str
+    kind: str  # fixed | cat | int | float
+    value: Any = None
+    choices: list = field(default_factory=list)
+    low: float = 0
+    high: float = 0
+    log: bool = False
+    step: float | None = None
+
+    def values(self) -> list:
+        """Every value this dimension can take that matters for validation (ends of ranges)."""
+        if self.kind == "fixed":
+            return list(self.value) if isinstance(self.value, list) else [self.value]
+        if self.kind == "cat":
+            return list(self.choices)
+        return [self.low, self.high]
+
+    def contains(self, v: Any) -> bool:
+        if self.kind == "fixed":
+            return v == self.value
+        if self.kind == "cat":
+            return v in self.choices
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            return False
+        if self.kind == "int" and not isinstance(v, int):
+            return False
+        return self.low <= v <= self.high
+
+    def suggest(self, trial: optuna.Trial, pname: str) -> Any:
+        if self.kind == "fixed":
+            return self.value
+        if self.kind == "cat":
+            return trial.suggest_categorical(pname, self.choices)
+        if self.kind == "int":
+            return trial.suggest_int(pname, int(self.low), int(self.high), log=self.log,
+                                     step=int(self.step or 1))
+        return trial.suggest_float(pname, self.low, self.high, log=self.log, step=self.step)
+
+
+def _dim(name: str, raw: Any, where: str) -> Dim:
+    if not isinstance(raw, dict):
+        return Dim(name, "fixed", value=raw)
+    unknown = set(raw) - {"choices", "low", "high", "log", "step"}
+    if unknown:
+        k = sorted(unknown)[0]
+        raise SearchError(f"{where}: dimension '{name}' has an unknown field '{k}' (fields: "
+                          "choices, or low/high with log, step)"
+                          + _suggest(k, ["choices", "low", "high", "log", "step"]))
+    if "choices" in raw:
+        ch = raw["choices"]
+        if set(raw) != {"choices"} or not isinstance(ch, list) or not ch:
+            raise SearchError(f"{where}: dimension '{name}': choices must be a non-empty list "
+                              "(and nothing else)")
+        if len({type(c) for c in ch}) > 1 or any(isinstance(c, list | dict) for c in ch):
+            raise SearchError(f"{where}: dimension '{name}': choices must be plain values of "
+                              "one type")
+        return Dim(name, "cat", choices=list(ch))
+    if "low" not in raw or "high" not in raw:
+        raise SearchError(f"{where}: dimension '{name}' needs choices = [...] or low and high")
+    lo, hi, log, step = raw["low"], raw["high"], raw.get("log", False), raw.get("step")
+    nums = [lo, hi] + ([step] if step is not None else [])
+    if any(isinstance(v, bool) or not isinstance(v, int | float) for v in nums):
+        raise SearchError(f"{where}: dimension '{name}': low, high and step must be numbers")
+    if not isinstance(log, bool):
+        raise SearchError(f"{where}: dimension '{name}': log must be true or false")
+    if lo > hi:
+        raise SearchError(f"{where}: dimension '{name}': low {lo} is above high {hi}")
+    if log and (lo <= 0 or step is not None):
+        raise SearchError(f"{where}: dimension '{name}': a log range needs low > 0 and no step")
+    if step is not None and step <= 0:
+        raise SearchError(f"{where}: dimension '{name}': step must be positive")
+    kind = "int" if all(isinstance(v, int) for v in nums) else "float"
+    return Dim(name, kind, low=lo, high=hi, log=log, step=step)
+
+
+def _check_arch_value(name: str, v: Any, where: str) -> None:
+    """One value an architecture dimension may take, or SearchError."""
+    def bad(what: str):
+        raise SearchError(f"{where}: dimension '{name}': {v!r} is not {what}")
+
+    ints = {"stages": (1, fam.MAX_STAGES), "stem": (0, fam.MAX_WIDTH),
+            "width": (1, fam.MAX_WIDTH), "depth": (0, fam.MAX_DEPTH),
+            "dilation": (1, fam.MAX_DILATION)}
+    if name in ints:
+        lo, hi = ints[name]
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            bad(f"an integer in [{lo}, {hi}]")
+    elif name in ("dropout", "head_dropout"):
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < 1:
+            bad("a number in [0, 1)")
+    else:
+        options = {"block": fam.BLOCKS, "downsample": fam.DOWNSAMPLES, "head": fam.HEADS}[name]
+        if v not in options:
+            bad("one of " + ", ".join(options) + _suggest(str(v), options))
+
+
+def _check_dim(d: Dim, where: str) -> None:
+    if d.name in ARCH_DIMS:
+        if d.kind == "fixed" and isinstance(d.value, list):
+            if not ARCH_DIMS[d.name][1]:
+                raise SearchError(f"{where}: dimension '{d.name}' takes one value, not a list")
+        elif d.kind in ("int", "float") and d.name in ("block", "downsample", "head"):
+            raise SearchError(f"{where}: dimension '{d.name}' needs choices = [...]")
+        if d.kind == "float" and d.name not in ("dropout", "head_dropout"):
+            raise SearchError(f"{where}: dimension '{d.name}' takes integers")
+        for v in d.values():
+            _check_arch_value(d.name, v, where)
+    elif d.name == "augment":
+        for v in d.values():
+            if v not in AUGMENT or isinstance(v, bool):
+                raise SearchError(f"{where}: dimension 'augment': {v!r} is not a strength "
+                                  f"level 0-{max(AUGMENT)}")
+        if d.kind == "float":
+            raise SearchError(f"{where}: dimension 'augment' takes integer levels")
+    else:
+        key = TRAIN_DIMS.get(d.name) or d.name
+        for v in d.values():
+            try:
+                check_value(key, v)
+            except CifarlabError as e:
+                raise SearchError(f"{where}: dimension '{d.name}': {e}") from None
+
+
+@dataclass
+class SearchSpec:
+    """A parsed, validated search file."""
+
+    name: str
+    description: str
+    base: str
+    base_recipe: dict  # the base recipe file's raw contents (self-contained in the study)
+    constraints: dict
+    search: dict
+    space: dict[str, Dim]
+    enqueue: list[dict]
+    source: str = ""
+    text: str = ""
+
+    @property
+    def objectives(self) -> list[str]:
+        return list(self.search["objectives"])
+
+    @property
+    def multi(self) -> bool:
+        return len(self.objectives) > 1
+
+    def to_json(self) -> dict:
+        """What the study stores (enough to rebuild the spec on any machine)."""
+        return {"version": SEARCH_VERSION, "name": self.name, "description": self.description,
+                "base": self.base, "base_recipe": self.base_recipe, "text": self.text,
+                "source": self.source}
+
+
+def searches_dir():
+    return resources.files("cifarlab") / "searches"
+
+
+def list_searches() -> list[tuple[str, str]]:
+    """(name, description) of the built-in search files."""
+    return list_builtin("searches")
+
+
+def _read_search_text(path_or_name: str | os.PathLike) -> tuple[str, str, Path | None]:
+    """(text, source label, file path or None for a built-in)."""
+    p = Path(path_or_name)
+    if p.suffix == ".toml" or p.exists() or os.sep in str(path_or_name):
+        if p.is_dir():
+            raise SearchError(f"search file {p}: is a directory")
+        try:
+            return p.read_text(), str(p), p
+        except FileNotFoundError:
+            raise SearchError(f"search file {p}: no such file") from None
+        except OSError as e:
+            raise SearchError(f"search file {p}: cannot read ({e.strerror})") from None
+        except UnicodeDecodeError:
+            raise SearchError(f"search file {p}: not a text (TOML) file") from None
+    f = searches_dir() / f"{path_or_name}.toml"
+    if not f.is_file():
+        known = ", ".join(n for n, _ in list_searches())
+        raise SearchError(f"no search file '{path_or_name}' (and no built-in search of that "
+                          f"name; built-in: {known})")
+    return f.read_text(), f"built-in {path_or_name}", None
+
+
+def parse_search(text: str, source: str = "search file", path: Path | None = None,
+                 base_recipe: dict | None = None) -> SearchSpec:
+    """Validate a search file's text (see the module docstring); SearchError on any problem.
+    `base_recipe` (the stored raw base recipe) replaces reading the `base` file again."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SearchError(f"{source}: invalid TOML ({e})") from None
+    for k in raw:
+        if k not in TOP_KEYS:
+            raise SearchError(f"{source}: unknown key '{k}' (known: {', '.join(TOP_KEYS)})"
+                              + _suggest(k, TOP_KEYS))
+    name = raw.get("name") or (path.stem if path else "search")
+    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+        raise SearchError(f"{source}: name must be letters, digits, '-' or '_', got {name!r}")
+    base = raw.get("base")
+    if not isinstance(base, str) or not base:
+        raise SearchError(f"{source}: 'base' must name the base recipe (e.g. base = "
+                          "\"fast-seed001\")")
+    if base_recipe is None:
+        bp = Path(base)
+        if path is not None and bp.suffix == ".toml" and not bp.is_absolute():
+            bp = path.parent / bp
+        try:
+            base_recipe = load_recipe_file(bp if bp.suffix == ".toml" else base)
+        except CifarlabError as e:
+            raise SearchError(f"{source}: base recipe: {e}") from None
+    try:
+        resolve(copy.deepcopy(base_recipe))
+    except CifarlabError as e:
+        raise SearchError(f"{source}: base recipe '{base}': {e}") from None
+
+    def table(key: str, defaults: dict) -> dict:
+        t = raw.get(key, {})
+        if not isinstance(t, dict):
+            raise SearchError(f"{source}: [{key}] must be a table")
+        for k in t:
+            if k not in defaults:
+                raise SearchError(f"{source}: unknown key '{k}' in [{key}] (known: "
+                                  f"{', '.join(defaults)})" + _suggest(k, defaults))
+        out = copy.deepcopy(defaults)
+        out.update(t)
+        return out
+
+    cons = table("constraints", CONSTRAINT_KEYS)
+    for k in ("max_params", "max_macs", "min_receptive_field"):
+        try:
+            cons[k] = check_value(f"constraints.{k}", cons[k])
+        except CifarlabError as e:
+            raise SearchError(f"{source}: [constraints] {e}") from None
+    for k in ("require", "forbid"):
+        try:
+            cons[k] = check_value(f"constraints.{k}", cons[k])
+        except CifarlabError as e:
+            raise SearchError(f"{source}: [constraints] {e}") from None
+    for k in ("max_train_seconds", "max_train_time_vs_base"):
+        v = cons[k]
+        if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+            raise SearchError(f"{source}: [constraints] {k} must be a number >= 0, got {v!r}")
+        cons[k] = float(v)
+
+    s = table("search", SEARCH_KEYS)
+    obj = s["objectives"]
+    if isinstance(obj, str):
+        obj = [obj]
+    if (not isinstance(obj, list) or not obj or obj[0] != "val_acc" or len(obj) > 2
+            or any(o not in COSTS for o in obj[1:])):
+        raise SearchError(f"{source}: [search] objectives must be [\"val_acc\"] or "
+                          f"[\"val_acc\", COST] with COST one of {', '.join(COSTS)}; got {obj!r}")
+    s["objectives"] = obj
+    for k, choices in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
+        if s[k] not in choices:
+            raise SearchError(f"{source}: [search] {k} '{s[k]}' is not one of "
+                              + ", ".join(choices) + _suggest(str(s[k]), choices))
+    ints = {"min_epochs": 1, "reduction_factor": 2, "val_split": 1, "train_subset": 0,
+            "seed": 0, "startup_trials": 0, "max_rejected_in_row": 1, "heartbeat": 1}
+    for k, lo in ints.items():
+        v = s[k]
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise SearchError(f"{source}: [search] {k} must be an integer >= {lo}, got {v!r}")
+    m = s["minutes"]
+    if isinstance(m, bool) or not isinstance(m, int | float) or m <= 0:
+        raise SearchError(f"{source}: [search] minutes must be a positive number, got {m!r}")
+    s["minutes"] = float(m)
+
+    space_raw = raw.get("space", {})
+    if not isinstance(space_raw, dict):
+        raise SearchError(f"{source}: [space] must be a table")
+    known = list(ARCH_DIMS) + list(TRAIN_DIMS)
+    space: dict[str, Dim] = {}
+    for k, v in space_raw.items():
+        if k not in ARCH_DIMS and k not in TRAIN_DIMS and k not in BY_KEY:
+            raise SearchError(f"{source}: unknown dimension '{k}' in [space] (known: "
+                              f"{', '.join(known)}, or a recipe key such as "
+                              "'schedule.pct_start')" + _suggest(k, known + list(BY_KEY)))
+        if k in BY_KEY and (k.startswith("constraints.") or k in ("model", "model_args",
+                                                                  "name", "description")):
+            raise SearchError(f"{source}: '{k}' cannot be a dimension (rules go in "
+                              "[constraints], the network is the family's dimensions)")
+        d = _dim(k, v, f"{source} [space]")
+        _check_dim(d, f"{source} [space]")
+        space[k] = d
+    for k, (default, _) in ARCH_DIMS.items():
+        space.setdefault(k, Dim(k, "fixed", value=default))
+    stages = space["stages"]
+    if stages.kind == "fixed":
+        for k in PER_STAGE:
+            d = space[k]
+            if d.kind == "fixed" and isinstance(d.value, list) and len(d.value) != stages.value:
+                raise SearchError(f"{source} [space]: '{k}' has {len(d.value)} values for "
+                                  f"{stages.value} stages")
+    elif any(isinstance(space[k].value, list) for k in PER_STAGE if space[k].kind == "fixed"):
+        raise SearchError(f"{source} [space]: a per-stage list needs a fixed number of stages")
+    if s["min_epochs"] > max_epochs(space, base_recipe):
+        raise SearchError(f"{source}: [search] min_epochs {s['min_epochs']} is above the "
+                          "largest epochs the space allows")
+
+    enq = raw.get("enqueue", [])
+    if not isinstance(enq, list) or not all(isinstance(e, dict) for e in enq):
+        raise SearchError(f"{source}: [[enqueue]] entries must be tables")
+    spec = SearchSpec(name=name, description=str(raw.get("description", "")), base=base,
+                      base_recipe=base_recipe, constraints=cons, search=s, space=space,
+                      enqueue=[], source=source, text=text)
+    for i, e in enumerate(enq):
+        spec.enqueue.append(_enqueue_entry(spec, e, f"{source}: [[enqueue]] #{i + 1}"))
+    return spec
+
+
+def load_search(path_or_name: str | os.PathLike) -> SearchSpec:
+    """A search file by path, or a built-in one by name (`seed001-rules`, `under-50k`)."""
+    text, source, path = _read_search_text(path_or_name)
+    return parse_search(text, source, path)
+
+
+def max_epochs(space: dict[str, Dim], base_recipe: dict) -> int:
+    d = space.get("epochs") or space.get("train.epochs")
+    if d is None:
+        return int(resolve(copy.deepcopy(base_recipe))["train"]["epochs"])
+    return int(max(d.values()))
+
+
+# ------------------------------------------------------------------------------ sampling
+
+def _pname(stage: int, key: str) -> str:
+    return f"s{stage}_{key}"
+
+
+def _middle(depth: int, d: int) -> int | list[int]:
+    """The stage's dilation as model_args: d on its middle block (seed 001's one dilated
+    conv), 1 elsewhere."""
+    if d == 1 or depth <= 1:
+        return d if depth == 1 else 1
+    return [d if j == depth // 2 else 1 for j in range(depth)]
+
+
+def sample(space: dict[str, Dim], trial: Any) -> tuple[dict, dict]:
+    """(family model_args, searched training settings as dotted recipe keys) for a trial
+    (anything with Optuna's suggest_* methods)."""
+    n = space["stages"].suggest(trial, "stages")
+    stem = space["stem"].suggest(trial, "stem")
+    per: dict[str, list] = {k: [] for k in PER_STAGE}
+    for i in range(1, n + 1):
+        for k in ("depth", "width", "block", "downsample", "dilation"):
+            d = space[k]
+            if d.kind == "fixed" and isinstance(d.value, list):
+                per[k].append(d.value[i - 1])
+            else:
+                per[k].append(d.suggest(trial, _pname(i, k)))
+    args = {"stem": stem, "widths": per["width"], "depths": per["depth"],
+            "blocks": per["block"], "downsample": per["downsample"],
+            "dilation": [_middle(dp, dl) for dp, dl in zip(per["depth"], per["dilation"],
+                                                            strict=True)],
+            "head": space["head"].suggest(trial, "head"),
+            "dropout": float(space["dropout"].suggest(trial, "dropout")),
+            "head_dropout": float(space["head_dropout"].suggest(trial, "head_dropout"))}
+    train: dict[str, Any] = {}
+    for name, d in space.items():
+        if name in ARCH_DIMS:
+            continue
+        v = d.suggest(trial, name)
+        if name == "augment":
+            train["augment.backend"] = "tensor"
+            train.update({f"augment.{k}": x for k, x in AUGMENT[int(v)].items()})
+        else:
+            key = TRAIN_DIMS.get(name) or name
+            train[key] = check_value(key, v)
+    return args, train
+
+
+def _enqueue_entry(spec: SearchSpec, entry: dict, where: str) -> dict:
+    """An [[enqueue]] table -> {'label', 'params'} with Optuna parameter names, checked
+    against the space."""
+    e = dict(entry)
+    label = e.pop("label", None)
+    if label is not None and not isinstance(label, str):
+        raise SearchError(f"{where}: label must be a string")
+    params: dict[str, Any] = {}
+    space = spec.space
+    for k in e:
+        if k not in space and k not in TRAIN_DIMS and k not in BY_KEY:
+            raise SearchError(f"{where}: unknown dimension '{k}'"
+                              + _suggest(k, list(space) + list(TRAIN_DIMS)))
+        if k not in space:
+            raise SearchError(f"{where}: '{k}' is not a dimension of [space]")
+
+    def put(pname: str, d: Dim, v: Any) -> None:
+        if d.kind == "fixed":
+            if v != d.value:
+                raise SearchError(f"{where}: '{d.name}' is fixed at {d.value!r} in [space], "
+                                  f"not {v!r}")
+            return
+        if not d.contains(v):
+            rng = d.choices if d.kind == "cat" else f"[{d.low}, {d.high}]"
+            raise SearchError(f"{where}: {pname} = {v!r} is outside the space ({rng})")
+        params[pname] = v
+
+    n = e.get("stages", space["stages"].value if space["stages"].kind == "fixed" else None)
+    if n is None:
+        raise SearchError(f"{where}: give 'stages' (the number of stages is searched)")
+    put("stages", space["stages"], n)
+    for name, d in space.items():
+        if name == "stages":
+            continue
+        if name in PER_STAGE:
+            if d.kind == "fixed" and isinstance(d.value, list):
+                if name in e and e[name] != d.value:
+                    raise SearchError(f"{where}: '{name}' is fixed at {d.value!r} in [space]")
+                continue
+            v = e.get(name, d.value if d.kind == "fixed" else None)
+            if v is None:
+                raise SearchError(f"{where}: missing '{name}' (one value per stage)")
+            vs = v if isinstance(v, list) else [v] * n
+            if len(vs) != n:
+                raise SearchError(f"{where}: '{name}' has {len(vs)} values for {n} stages")
+            for i, x in enumerate(vs, start=1):
+                put(_pname(i, name), d, x)
+        else:
+            if name not in e:
+                if d.kind == "fixed":
+                    continue
+                raise SearchError(f"{where}: missing '{name}' (a searched dimension)")
+            put(name, d, e[name])
+    return {"label": label, "params": params}
+
+
+# ------------------------------------------------------------------------------ TOML
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise SearchError(f"cannot write {v} in TOML")
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    raise SearchError(f"cannot write {type(v).__name__} in TOML")
+
+
+def _toml_key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
+
+
+def to_toml(raw: dict, header: str = "") -> str:
+    """A recipe dict as TOML (top-level values, then one table per section)."""
+    lines = [f"# {x}" if x else "#" for x in header.splitlines()]
+    for k, v in raw.items():
+        if not isinstance(v, dict):
+            lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
+    for k, v in raw.items():
+        if isinstance(v, dict):
+            lines += ["", f"[{_toml_key(k)}]"]
+            lines += [f"{_toml_key(kk)} = {_toml_value(vv)}" for kk, vv in v.items()]
+    return "\n".join(lines) + "\n"
