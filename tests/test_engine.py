@@ -479,3 +479,17 @@ def test_norm_bias_lr_scale_and_fixed_momentum():
         sched.step()
     plain = build_optimizer(resolve("fast-top", {"optim.norm_bias_lr_scale": 1.0}), model)
     assert len(plain.param_groups) == 1
+
+
+def test_compile_trains_the_same_weights_it_checkpoints(shared_cifar_dir, tmp_path):
+    """train.compile: the training forward runs through torch.compile; checkpoints hold the
+    plain module's keys (no `_orig_mod.`), and a compiled run's checkpoint loads for eval."""
+    m = cifarlab.train("default", data_dir=shared_cifar_dir, runs_dir=tmp_path, progress=False,
+                       log=lambda s: None, plots=False, compile=True, epochs=1, batch_size=100,
+                       procs=1)
+    st = load_checkpoint(Path(m["run_dir"]) / "last.pt")
+    assert not any("_orig_mod" in k for k in st["model"])
+    cfg = json.loads((Path(m["run_dir"]) / "config.json").read_text())
+    assert cfg["recipe"]["train"]["compile"] is True
+    ev = api.evaluate(m["run_dir"], data_dir=shared_cifar_dir)
+    assert ev["acc"] == pytest.approx(m["test_acc"], abs=0.01)

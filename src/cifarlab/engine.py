@@ -413,6 +413,8 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, built: Built, *, resume: bool = F
     s = prepare(cfg, data, dev, team, built.facts)
     st = TrainState.start(s, built, load_checkpoint(run.last) if resume else None)
     model = team.wrap(st.model)
+    if t["compile"]:  # the training forward only: evaluation and checkpoints use st.model
+        model = torch.compile(model)
     legs = Legs(run, team.main, resume, st.epoch, dev)
     if resume:
         log(f"resuming {run.path} after epoch {st.epoch}/{t['epochs']}")

@@ -157,6 +157,9 @@ SETTINGS: tuple[Setting, ...] = (
     _s("train.precision", "bf16", "bf16 (autocast) | fp32", choices=("bf16", "fp32"),
        flag="--fp32", const="fp32", short="precision"),
     _s("train.channels_last", True, "channels_last memory format", short="channels_last"),
+    _s("train.compile", False, "compile the training step's model with torch.compile "
+       "(inductor; the first steps pay the compilation)", flag="--compile", const=True,
+       short="compile"),
     _s("train.fast_dropout", True, "same Bernoulli dropout, cheaper mask (layers.FastDropout)"),
     _s("train.ema", 0.0, "decay of an exponential moving average of weights; 0 = off",
        range=(0, 1, True, False), short="ema"),
