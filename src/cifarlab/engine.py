@@ -35,6 +35,7 @@ from .data import CIFAR10, Split, channel_stats
 from .errors import CifarlabError
 from .inference import autocast, infer, summarize
 from .layers import use_fast_dropout
+from .memory import keep_freed_memory
 from .optim import EMA, Lookahead, build_optimizer, build_scheduler, loss_fn
 from .provenance import command, commit, machine, now
 from .rundir import RunDir, load_checkpoint, save_checkpoint, write_json
@@ -399,6 +400,7 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, built: Built, *, resume: bool = F
     returns True the run stops there (metrics.json: stopped_by "callback"); an exception it
     raises leaves the epoch's files written and propagates.
     """
+    keep_freed_memory()  # no page faults on every step's large tensors (memory.py)
     team = par.Team()
     if not team.main:
         log, progress, on_epoch, on_end, epoch_callback = (lambda s: None), False, None, None, None
