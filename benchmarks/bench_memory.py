@@ -84,6 +84,7 @@ def main() -> None:
               f"CPU {s['system_seconds']:.1f} s -> {k['system_seconds']:.1f} s; CPU time x"
               f"{row['cpu_seconds_ratio']:.2f}", flush=True)
     print(write_result("memory.json", {**prov, "load_average_at_start": load,
+                                       "repeats": a.repeats,
                                        "threads": 1, "rows": rows}))
 
 

@@ -168,6 +168,24 @@ def speed_section() -> list[str]:
                 "with `benchmarks/bench_precision.py`)")
         out += ["", f"Training step of the seed 001 network, batch {r['batch_size']}, "
                 f"{step}, on {r['machine']}; from `benchmarks/results/precision.json`."]
+    p = RESULTS / "memory.json"
+    if p.exists():
+        r = json.loads(p.read_text())
+        out += ["", "| recipe (1 thread, one epoch of " f"{r['rows'][0]['images']:,} images) | "
+                "page faults: glibc defaults → kept memory | kernel CPU | all CPU time |",
+                "|---|---|---|---|"]
+        for row in r["rows"]:
+            sy, k = row["system"], row["keep"]
+            out.append(f"| `{row['recipe']}` | {sy['minor_faults']:,.0f} → "
+                       f"{k['minor_faults']:,.0f} | {sy['system_seconds']:.1f} s → "
+                       f"{k['system_seconds']:.1f} s | ×{row['cpu_seconds_ratio']:.2f} |")
+        out += ["", "`cifarlab.memory` keeps freed memory in the process (glibc `mallopt`); "
+                "counted by `benchmarks/bench_memory.py` in fresh processes (medians "
+                + (f"of {r['repeats']}" if "repeats" in r else "of the repeats")
+                + f"), on {r['machine']}, {r['date']}, load "
+                f"average {r['load_average_at_start']:.1f} at the start (CPU seconds and page "
+                "faults are counts; wall time was not compared). From "
+                "`benchmarks/results/memory.json`."]
     return out or ["No speed benchmark recorded yet."]
 
 
