@@ -117,11 +117,11 @@ def _num(d: dict | None, key: str) -> float | None:
     return float(v)
 
 
-def _pct(x: float | None) -> str:
+def pct(x: float | None) -> str:
     return MISSING if x is None else f"{100 * x:.2f}%"
 
 
-def _count(x: float | None) -> str:
+def count(x: float | None) -> str:
     if x is None:
         return MISSING
     x = float(x)
@@ -131,7 +131,7 @@ def _count(x: float | None) -> str:
     return f"{x:.0f}"
 
 
-def _duration(s: float | None) -> str:
+def duration(s: float | None) -> str:
     if s is None:
         return MISSING
     if s < 60:
@@ -190,16 +190,16 @@ def summarize(info: RunInfo, target: float | None = None) -> dict[str, str]:
     best, best_ep = _num(m, "best_test_acc"), m.get("best_epoch")
     if best is None and tests:
         best_ep, best = max(tests, key=lambda t: t[1])
-    best_s = _pct(best) + (f" (epoch {best_ep})" if best is not None
+    best_s = pct(best) + (f" (epoch {best_ep})" if best is not None
                            and isinstance(best_ep, int) else "")
     if has_val:  # chosen on validation: the test set has no best epoch to show
         best_v = _num(m, "best_val_acc")
         best_s = ("–" if best_v is None else
-                  f"{_pct(best_v)} validation (epoch {m.get('best_epoch')})")
+                  f"{pct(best_v)} validation (epoch {m.get('best_epoch')})")
     final = _num(m, "test_acc")
-    final_s = _pct(final)
+    final_s = pct(final)
     if final is None and tests:
-        final_s = f"{_pct(tests[-1][1])} (latest)"
+        final_s = f"{pct(tests[-1][1])} (latest)"
     epochs = m.get("epochs") if isinstance(m.get("epochs"), int) else (
         rows[-1]["epoch"] if rows else None)
     planned = rec.get("train", {}).get("epochs") if rec else None
@@ -214,7 +214,7 @@ def summarize(info: RunInfo, target: float | None = None) -> dict[str, str]:
         "recipe": recipe if isinstance(recipe, str) else MISSING,
         "model": model if isinstance(model, str) else MISSING,
         "params": MISSING if params is None else f"{int(params):,}",
-        "MACs": _count(macs_),
+        "MACs": count(macs_),
         "RF": MISSING if rf is None else str(int(rf)),
         "epochs": epochs_s,
         "best test acc": best_s,
@@ -229,7 +229,7 @@ def summarize(info: RunInfo, target: float | None = None) -> dict[str, str]:
                        f"{epochs} (final test)" if final is not None and final >= target
                        else "not reached")
         row[f"epoch reaching {100 * target:g}%"] = reached
-    row["train time"] = _duration(secs)
+    row["train time"] = duration(secs)
     ips = _num(m, "images_per_second")
     row["images/s"] = MISSING if ips is None else f"{ips:,.0f}"
     row["notes"] = "; ".join(info.problems)
@@ -262,7 +262,7 @@ def _md_cell(s: str) -> str:
     return s.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
-_CSS = """
+CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto;
        max-width: 1500px; padding: 0 1em; color: #222; }
 h1 { margin-bottom: 0.2em; } .meta { color: #666; margin-top: 0; }
@@ -280,7 +280,7 @@ _NUMERIC = {"params", "MACs", "RF", "epochs", "best test acc", "final test acc",
             "images/s"}
 
 
-def _png_uri(path: Path) -> str:
+def png_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
@@ -347,7 +347,7 @@ def make_report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike,
     e = html.escape
     h = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
          '<meta name="viewport" content="width=device-width, initial-scale=1">',
-         f"<title>{e(title)}</title>", f"<style>{_CSS}</style>", "</head>", "<body>",
+         f"<title>{e(title)}</title>", f"<style>{CSS}</style>", "</head>", "<body>",
          f"<h1>{e(title)}</h1>", f'<p class="meta">{e(sub)}</p>',
          '<table id="runs">', "<thead><tr><th></th>"
          + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr></thead>", "<tbody>"]
@@ -370,13 +370,13 @@ def make_report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike,
         h.append("<p>No run has a readable history or final metrics yet: nothing to plot.</p>")
     for png, ftitle, caption in figures:
         h += [f"<h2>{e(ftitle)}</h2>", "<figure>",
-              f'<img src="{_png_uri(png)}" alt="{e(ftitle)}">',
+              f'<img src="{png_uri(png)}" alt="{e(ftitle)}">',
               f"<figcaption>{e(caption)}</figcaption>", "</figure>"]
     if confusions:
         h.append("<h2>Confusion matrices</h2>")
         for name, png in confusions:
             h += ["<details>", f"<summary>{e(name)}</summary>", "<figure>",
-                  f'<img src="{_png_uri(png)}" alt="{e(name + " confusion matrix")}">',
+                  f'<img src="{png_uri(png)}" alt="{e(name + " confusion matrix")}">',
                   "</figure>", "</details>"]
     h += ["</body>", "</html>", ""]
     index = out / "index.html"

@@ -26,7 +26,7 @@ from matplotlib.ticker import PercentFormatter
 from optuna.trial import FrozenTrial, TrialState
 
 from . import plots
-from .report import _CSS, _count, _duration, _pct, _png_uri
+from .report import CSS, count, duration, pct, png_uri
 from .rundir import atomic_write_text
 from .search import (
     best_trials,
@@ -221,13 +221,13 @@ def _cell(v, kind: str = "") -> str:
     if v is None:
         return "-"
     if kind == "pct":
-        return _pct(v)
+        return pct(v)
     if kind == "count":
-        return _count(v)
+        return count(v)
     if kind == "int":
         return f"{int(v):,}"
     if kind == "dur":
-        return _duration(v)
+        return duration(v)
     return str(v)
 
 
@@ -323,7 +323,7 @@ def make_search_report(study: str, storage: str | None = None,
     ]
     h = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
          '<meta name="viewport" content="width=device-width, initial-scale=1">',
-         f"<title>{e(title)}</title>", f"<style>{_CSS}</style>", "</head>", "<body>",
+         f"<title>{e(title)}</title>", f"<style>{CSS}</style>", "</head>", "<body>",
          f"<h1>{e(title)}</h1>", f'<p class="meta">generated {e(when)}</p>',
          '<table id="facts"><tbody>']
     h += [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in facts]
@@ -338,8 +338,8 @@ def make_search_report(study: str, storage: str | None = None,
         for t in best:
             r = next(x for x in rows if x["number"] == t.number)
             h.append(f"<tr><td class=\"num\">{t.number}</td><td class=\"num\">"
-                     f"{e(_pct(t.values[0]))}</td>"
-                     + (f"<td class=\"num\">{e(_count(t.values[1]))}</td>" if multi else "")
+                     f"{e(pct(t.values[0]))}</td>"
+                     + (f"<td class=\"num\">{e(count(t.values[1]))}</td>" if multi else "")
                      + f"<td>{e(r['design'] or '-')}</td><td>{e(_train_text(r['train']))}</td>"
                      f"<td class=\"num\">{e(_cell(r['params'], 'int'))}</td>"
                      f"<td class=\"num\">{e(_cell(r['macs'], 'count'))}</td>"
@@ -352,7 +352,7 @@ def make_search_report(study: str, storage: str | None = None,
                  "(full training set, test set read once).</p>")
     for png, ftitle, caption in figures:
         h += [f"<h2>{e(ftitle)}</h2>", "<figure>",
-              f'<img src="{_png_uri(png)}" alt="{e(ftitle)}">',
+              f'<img src="{png_uri(png)}" alt="{e(ftitle)}">',
               f"<figcaption>{e(caption)}</figcaption>", "</figure>"]
     cols = ["#", "state", "design", "training", "params", "MACs", "RF", "val acc", "epochs",
             "time", "why (rejected / pruned / failed)", "run dir"]
@@ -369,7 +369,7 @@ def make_search_report(study: str, storage: str | None = None,
                  (_train_text(r["train"]), ""), (_cell(r["params"], "int"), "num"),
                  (_cell(r["macs"], "count"), "num"), (_cell(r["receptive_field"]), "num"),
                  (_cell(r["val_acc"], "pct"), "num"), (ep, "num"),
-                 (_duration(r["seconds"]) if r["seconds"] else "-", "num"),
+                 (duration(r["seconds"]) if r["seconds"] else "-", "num"),
                  (r["why"] or "", "notes"), (r["run_dir"] or "-", "")]
         if multi:
             cells.insert(8, (_cell(r["cost"], "count"), "num"))
