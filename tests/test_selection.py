@@ -71,10 +71,19 @@ def test_val_split_selects_on_validation_and_reads_test_once(shared_cifar_dir, t
     assert cfg["recipe"]["data"]["val_seed"] == 0 and cfg["val_images"] == 200
 
 
-def test_target_on_validation(shared_cifar_dir, tmp_path):
+def test_target_on_validation(shared_cifar_dir, tmp_path, monkeypatch):
+    from cifarlab import engine
+
+    writes = []
+    real = engine.save_checkpoint
+    monkeypatch.setattr(engine, "save_checkpoint",
+                        lambda path, state: (writes.append((path.name, state["stopped_by"])),
+                                             real(path, state)))
     m = quick(shared_cifar_dir, tmp_path, val_split=200,
                        target=0.05)
     assert m["stopped_by"] == "target" and m["target_epoch"] == 1 and m["epochs"] == 1
+    # last.pt written once, saying why the run ended
+    assert [w for w in writes if w[0] == "last.pt"] == [("last.pt", "target")]
     assert "validation" in m["figures"]["target_epoch"]
     assert m["test_acc"] is not None  # a finished run reads the test set once
 

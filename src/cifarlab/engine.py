@@ -477,6 +477,7 @@ def run_epochs(s: Setup, st: TrainState, run: RunDir, model: torch.nn.Module, le
             if tb is not None:  # before the checkpoint: a resumed run purges what follows it
                 tb.log_epoch(row | {"images_per_second": seen / train_time})
             run.write_history(st.history)
+            st.stopped_by = stop  # target or patience: the checkpoint says why the run ended
             state = st.to_checkpoint(s.meta, s.dev)
             if improved:
                 save_checkpoint(run.best, state)
@@ -488,9 +489,10 @@ def run_epochs(s: Setup, st: TrainState, run: RunDir, model: torch.nn.Module, le
             if epoch_callback is not None and epoch_callback(dict(row)) and stop is None:
                 stop = "callback"
         if team.agree(stop is not None):
-            st.stopped_by = stop or "agreed"
-            if team.main:  # the last checkpoint says why the run ended
+            if team.main and stop == "callback":  # decided after the checkpoint was written
+                st.stopped_by = stop
                 save_checkpoint(run.last, st.to_checkpoint(s.meta, s.dev))
+            st.stopped_by = stop or "agreed"
             return False
         if out_of_time:
             if epoch < t["epochs"]:
