@@ -18,11 +18,11 @@ invocation.
 The file is rewritten after the anchor and after every run. If the invocation is interrupted,
 `--resume` (same `--out`) continues it: the finished runs are kept and the run that was cut
 short is started again (a timing cannot be resumed). A resumed leg keeps the last anchor only
-on the same machine within ANCHOR_HOURS of it; otherwise (another session, another CPU: these
-machines drift 2x between days) it runs the anchor again first. Every run records which anchor
-(`anchors[i]`) its ratio is taken against, so an invocation can span sessions and each ratio
-is still measured side by side. Without `--resume` a new invocation replaces the file (an
-unfinished one is only discarded with `--restart`).
+on the same machine, not rebooted since (`boot_id`), within ANCHOR_HOURS of it; otherwise
+(another session, another CPU: these machines drift 2x between days) it runs the anchor again
+first. Every run records which anchor (`anchors[i]`) its ratio is taken against, so an
+invocation can span sessions and each ratio is still measured side by side. Without `--resume`
+a new invocation replaces the file (an unfinished one is only discarded with `--restart`).
 
 Each run's `seconds` is the wall time of the whole `cifarlab.train` call with the data already
 in memory: model build, every epoch, evaluation with TTA and checkpoint writes included (per-epoch
@@ -202,9 +202,20 @@ def begin(a, path: Path, prov: dict) -> dict:
             "throughput": load_throughput(old)}
 
 
+def boot_id() -> str | None:
+    """This boot of this machine (Linux): two sessions on the same CPU model differ in it."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
 def anchor_still_valid(anchor: dict | None, prov: dict) -> bool:
-    """May the runs of this leg be compared with `anchor`? Same machine, within ANCHOR_HOURS."""
+    """May the runs of this leg be compared with `anchor`? The same machine, booted once (not
+    another session's machine of the same model), within ANCHOR_HOURS."""
     if not anchor or anchor["machine"] != prov["machine"]:
+        return False
+    if anchor.get("boot_id") != boot_id():
         return False
     age = datetime.fromisoformat(prov["date"]) - datetime.fromisoformat(anchor["date"])
     return age.total_seconds() <= ANCHOR_HOURS * 3600
@@ -264,7 +275,8 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(str(e)) from None
         anchor_prov = provenance()
         state["anchor"] = {**res, "machine": anchor_prov["machine"],
-                           "date": anchor_prov["date"], "commit": anchor_prov["commit"]}
+                           "date": anchor_prov["date"], "commit": anchor_prov["commit"],
+                           "boot_id": boot_id()}
         state["anchors"].append(state["anchor"])
         state["roof"] = None  # measured again beside the new anchor
         save(path, state)
