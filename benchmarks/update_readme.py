@@ -313,8 +313,9 @@ def search_section() -> list[str]:
                 f"{s['hand_seconds']:.0f} s | {'yes' if s['rules_met'] else '**no**'} | "
                 f"{s['search_minutes']:.0f} min, {s['search_workers']} | "
                 f"{s['trials_complete']} / {s['trials_pruned']} / {s['trials_rejected']} |")
-        out += ["", "Designs chosen on a 5,000-image validation split held out of the training "
-                "set; the test set is read once, by the two final trainings (winner and hand "
+        out += ["", "Designs chosen on a validation split held out of the training set (the "
+                "search file's `val_split`); the test set is read once, by the two final "
+                "trainings (winner and hand "
                 "recipe, full training set, same time budget, same machine: `trained_on`)."]
     for name, s in r.get("in_progress", {}).items():
         summ = s.get("search") or {}
