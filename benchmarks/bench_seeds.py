@@ -74,7 +74,11 @@ def main() -> None:
 
 def run(a) -> None:
     prov = provenance()
-    data = cifarlab.load_data(a.data_dir)
+    data_dir = a.data_dir
+    config = Path(a.resume or "") / "config.json"
+    if a.resume and data_dir is None and config.is_file():  # the data the run started with
+        data_dir = json.loads(config.read_text()).get("data")
+    data = cifarlab.load_data(data_dir)
     limit = a.max_minutes * 60 if a.max_minutes else None
     if a.resume:
         save(record(cifarlab.train(resume=a.resume, data=data, progress=False,
