@@ -3,7 +3,8 @@
 glibc serves blocks above a threshold (at most 32 MiB) with a fresh `mmap` and gives them back
 with `munmap` when freed. A training step allocates and frees the same large activation and
 gradient tensors every time, so each step faulted in their pages anew: on fast-top (batch
-1,000) one process spent about a sixth of its CPU time in the kernel on page faults.
+1,000) one process spent about a tenth of its CPU time in the kernel, mostly on page faults
+(benchmarks/results/memory.json).
 `keep_freed_memory` asks glibc (`mallopt`) to serve every block from its heap and not to trim
 it, so the pages are reused from step to step. It applies to the whole process, from then on;
 `fit` calls it. Set `CIFARLAB_MALLOC=system` to leave the C library's defaults alone (to
