@@ -509,7 +509,7 @@ def _fmt_count(x: float | None) -> str:
 def _train_words(train: dict) -> str:
     short = {"optim.lr": "lr", "optim.weight_decay": "wd", "train.batch_size": "bs",
              "train.epochs": "ep", "loss.label_smoothing": "ls", "augment.crop_pad": "pad",
-             "augment.cutout": "cutout"}
+             "augment.cutout": "cutout", "optim.name": "opt", "optim.muon_lr": "muon_lr"}
     out = []
     for k, v in train.items():
         if k == "augment.backend":

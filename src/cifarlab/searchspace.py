@@ -44,7 +44,8 @@ PER_STAGE = tuple(k for k, (_, ps) in ARCH_DIMS.items() if ps)
 # training dimensions: short name -> recipe key ("augment" is a strength level, see AUGMENT)
 TRAIN_DIMS = {"lr": "optim.lr", "weight_decay": "optim.weight_decay",
               "batch_size": "train.batch_size", "epochs": "train.epochs",
-              "label_smoothing": "loss.label_smoothing", "augment": None}
+              "label_smoothing": "loss.label_smoothing", "augment": None,
+              "optimizer": "optim.name", "muon_lr": "optim.muon_lr"}
 # augmentation strength levels (tensor backend): crop padding and cutout size
 AUGMENT = {0: {"crop_pad": 0, "cutout": 0}, 1: {"crop_pad": 2, "cutout": 0},
            2: {"crop_pad": 4, "cutout": 0}, 3: {"crop_pad": 4, "cutout": 8},
