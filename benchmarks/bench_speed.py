@@ -45,7 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from anchor import DEFAULT_ANCHOR, AnchorError, display, run_anchor  # noqa: E402
-from common import RESULTS, matmul_gflops, provenance  # noqa: E402
+from common import RESULTS, matmul_gflops, model_gflops, provenance  # noqa: E402
 
 import cifarlab  # noqa: E402
 from cifarlab.data import load_data  # noqa: E402
@@ -306,8 +306,8 @@ def main(argv: list[str] | None = None) -> None:
                    **{k: m.get(k) for k in ("train_seconds", "macs", "receptive_field",
                                             "images_per_second")},
                    **provenance()}
-            if run["macs"] and run["images_per_second"]:  # forward + backward ~ 3x forward
-                run["gflops"] = run["macs"] * 2 * 3 * run["images_per_second"] / 1e9
+            if run["macs"] and run["images_per_second"]:
+                run["gflops"] = model_gflops(run["macs"], run["images_per_second"])
             if overrides:
                 run["overrides"] = overrides
             state["runs"].append(run)

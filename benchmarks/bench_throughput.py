@@ -56,7 +56,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import matmul_gflops, merge_speed, provenance, write_result  # noqa: E402
+from common import (  # noqa: E402
+    matmul_gflops,
+    merge_speed,
+    model_gflops,
+    provenance,
+    write_result,
+)
 
 import cifarlab  # noqa: E402
 from cifarlab.analysis import describe  # noqa: E402
@@ -180,8 +186,8 @@ def main() -> None:
     print(f"engine (fit, seed001-fast recipe as shipped): {eng_default:.0f} img/s", flush=True)
 
     macs = describe(create_model("seed001"))["macs"]
-    gflops = macs * 2 * 3 * eng / 1e9
-    gflops_default = macs * 2 * 3 * eng_default / 1e9
+    gflops = model_gflops(macs, eng)
+    gflops_default = model_gflops(macs, eng_default)
 
     rows = [
         (f"baseline: per-image DataLoader, fp32, NCHW, dropout 0.1, batch {bs}", base),

@@ -42,3 +42,9 @@ def matmul_gflops(dtype, n: int = 2048, reps: int = 5, warmup: int = 2) -> float
         if i >= warmup:
             best = min(best, t)
     return 2 * n ** 3 / best / 1e9
+
+
+def model_gflops(macs: float, images_per_second: float) -> float:
+    """Model compute of training in GFLOP/s: MACs per image x 2 FLOPs per MAC x 3 (forward and
+    backward ~ 3x forward) x images per second."""
+    return macs * 2 * 3 * images_per_second / 1e9

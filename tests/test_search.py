@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 import cifarlab.models.family  # noqa: F401  (registers "family")
 from cifarlab import search as S
-from cifarlab import searchspace as SP  # noqa: E402
+from cifarlab import searchspace as SP
 from cifarlab.errors import CifarlabError
 from cifarlab.recipe import resolve
 from cifarlab.search_cli import build_parser, run_search_command
