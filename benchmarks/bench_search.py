@@ -367,4 +367,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the study and the state file are saved
+        raise SystemExit("bench_search: stopped; run the same command to resume") from None
