@@ -73,6 +73,8 @@ def test_every_recorded_row_names_its_provenance():
             rows += [(p.name, r) for r in data]
         elif "rows" in data:  # inference.json: one row per model, backend, batch size
             rows += [(p.name, r) for r in data["rows"]]
+        elif isinstance(data.get("variants"), list):  # levers.json
+            rows += [(p.name, r) for r in data["variants"]]
         elif isinstance(data.get("runs"), list):  # speed.json
             rows += [(p.name, r) for r in data["runs"]]
             if data.get("anchor"):

@@ -493,3 +493,40 @@ def test_compile_trains_the_same_weights_it_checkpoints(shared_cifar_dir, tmp_pa
     assert cfg["recipe"]["train"]["compile"] is True
     ev = api.evaluate(m["run_dir"], data_dir=shared_cifar_dir)
     assert ev["acc"] == pytest.approx(m["test_acc"], abs=0.01)
+
+
+def test_low_res_epochs_train_on_smaller_images(shared_cifar_dir, tmp_path, monkeypatch):
+    sizes = []
+    real = engine.resize
+
+    def spy(x, size):
+        out = real(x, size)
+        sizes.append(tuple(out.shape[-2:]))
+        return out
+
+    monkeypatch.setattr(engine, "resize", spy)
+    m = cifarlab.train("default", data_dir=shared_cifar_dir, runs_dir=tmp_path, progress=False,
+                       log=lambda s: None, plots=False, epochs=3, batch_size=50, lr=0.05,
+                       low_res=16, low_res_epochs=2)
+    steps = 1000 // 50
+    assert sizes == [(16, 16)] * (2 * steps)  # epochs 1-2 only; epoch 3 at 32 x 32
+    assert m["epochs"] == 3 and 0.0 <= m["test_acc"] <= 1.0
+    # resumed after the low-res epochs: nothing is resized any more
+    sizes.clear()
+    m2 = cifarlab.train("default", data_dir=shared_cifar_dir, runs_dir=tmp_path, progress=False,
+                        log=lambda s: None, plots=False, epochs=3, batch_size=50, lr=0.05,
+                        low_res=16, low_res_epochs=2, max_seconds=0.0)
+    assert m2["epochs"] == 1 and sizes == [(16, 16)] * steps
+    sizes.clear()
+    cifarlab.train(resume=m2["run_dir"], data_dir=shared_cifar_dir, progress=False,
+                   log=lambda s: None, plots=False)
+    assert sizes == [(16, 16)] * steps  # epoch 2 low-res, epoch 3 not
+
+
+def test_low_res_refused_for_a_fixed_size_head(shared_cifar_dir, tmp_path):
+    # seed003-net1 flattens 16 x 5 x 5 features into its first Linear: 32 x 32 inputs only
+    with pytest.raises(CifarlabError, match=r"train.low_res 16: this model does not take "
+                       r"16x16 images"):
+        cifarlab.train("seed003-net1", data_dir=shared_cifar_dir, runs_dir=tmp_path,
+                       progress=False, log=lambda s: None, plots=False, epochs=2,
+                       batch_size=50, low_res=16, low_res_epochs=1)

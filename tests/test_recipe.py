@@ -31,6 +31,11 @@ def test_every_builtin_recipe_resolves():
     ({"train.tta": 1}, r"train.tta: expected true or false"),
     ({"loss.label_smoothing": 1.0}, r"loss.label_smoothing"),
     ({"schedule.name": "cyclic"}, r"schedule.name"),
+    ({"train.low_res": 24}, r"train.low_res and train.low_res_epochs go together"),
+    ({"train.low_res_epochs": 2}, r"train.low_res and train.low_res_epochs go together"),
+    ({"train.low_res": 24, "train.low_res_epochs": 30},
+     r"train.low_res_epochs 30 leaves no epoch at full resolution"),
+    ({"train.low_res": 32, "train.low_res_epochs": 2}, r"train.low_res: 32 is outside"),
 ])
 def test_invalid_values_named(override, match):
     with pytest.raises(RecipeError, match=match):

@@ -335,6 +335,7 @@ def train_epoch(s: Setup, st: TrainState, model: torch.nn.Module, epoch: int,
     criterion = loss_fn(s.cfg)
     clip = (torch.nn.utils.clip_grad_norm_ if t["grad_clip_mode"] == "norm"
             else torch.nn.utils.clip_grad_value_)
+    size = t["low_res"] if epoch <= t["low_res_epochs"] else 0  # progressive resizing
     t0 = time.perf_counter()
     model.train()
     perm = torch.randperm(len(s.train), generator=st.gen)  # the same on every rank
@@ -345,6 +346,8 @@ def train_epoch(s: Setup, st: TrainState, model: torch.nn.Module, epoch: int,
         idx = s.team.share(perm[step * bs:(step + 1) * bs])
         flip = None if s.flip_bits is None else s.flip_bits[idx] ^ bool(epoch % 2)
         x = s.pipeline(s.train.images[idx], aug_gen, flip).to(dev, non_blocking=True)
+        if size:
+            x = resize(x, size)
         y = s.train.labels[idx].to(dev, non_blocking=True)
         if cl:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -368,6 +371,29 @@ def train_epoch(s: Setup, st: TrainState, model: torch.nn.Module, epoch: int,
     progress.close()
     loss_sum, correct, seen = s.team.sum(loss_acc.item(), int(correct_acc.item()), seen)
     return loss_sum, int(correct), int(seen), time.perf_counter() - t0
+
+
+def resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """A batch resized to size x size (bilinear, antialiased: the whole image, smaller)."""
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear",
+                                           antialias=True, align_corners=False)
+
+
+def check_low_res(model: torch.nn.Module, size: int, dev: torch.device) -> None:
+    """The model takes size x size images (a head sized for 32 x 32 does not): one eval-mode
+    forward of two blank images, which changes no weight, statistic or random state."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(2, 3, size, size, device=dev))
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CifarlabError(f"train.low_res {size}: this model does not take {size}x{size} "
+                            f"images ({first}); use a model with global pooling or "
+                            "train.low_res = 0") from None
+    finally:
+        model.train(was_training)
 
 
 def score(s: Setup, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -414,6 +440,8 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, built: Built, *, resume: bool = F
                             "only; on a GPU use one process (--device cpu for processes)")
     s = prepare(cfg, data, dev, team, built.facts)
     st = TrainState.start(s, built, load_checkpoint(run.last) if resume else None)
+    if t["low_res"] and st.epoch < t["low_res_epochs"]:
+        check_low_res(st.model, t["low_res"], dev)
     model = team.wrap(st.model)
     if t["compile"]:  # the training forward only: evaluation and checkpoints use st.model
         model = torch.compile(model)
@@ -522,9 +550,11 @@ def evaluate_epoch(s: Setup, st: TrainState, epoch: int,
 def describe_run(s: Setup, run: RunDir) -> str:
     t = s.cfg["train"]
     val = f"{len(s.val):,} validation / " if s.val is not None else ""
+    low = (f" (the first {t['low_res_epochs']} at {t['low_res']}x{t['low_res']} px)"
+           if t["low_res"] else "")
     return (f"run {run.path}: model {s.cfg['model']} ({s.facts['params']:,} params, "
             f"RF {s.facts['receptive_field']}), {len(s.train):,} train / {val}"
-            f"{len(s.test):,} test images, {t['epochs']} epochs x {s.steps} steps, "
+            f"{len(s.test):,} test images, {t['epochs']} epochs x {s.steps} steps{low}, "
             f"{t['precision']}{', channels_last' if t['channels_last'] else ''}, "
             f"on {device_name(s.dev)}")
 

@@ -167,6 +167,11 @@ SETTINGS: tuple[Setting, ...] = (
        range=(0, 1, True, False)),
     _s("train.lookahead_every", 5, "optimizer steps between lookahead pulls",
        range=(1, None, True, True)),
+    _s("train.low_res", 0, "progressive resizing: the first train.low_res_epochs epochs "
+       "train on images resized to this many pixels a side (0 = off)",
+       range=(0, 31, True, True), short="low_res"),
+    _s("train.low_res_epochs", 0, "how many first epochs train at train.low_res",
+       range=NONNEG, short="low_res_epochs"),
     _s("train.tta", False, "test-time horizontal flip", short="tta"),
     _s("train.tta_shift", 0, "also test on copies moved by this many pixels (0 = off)",
        range=(0, 8, True, True)),
@@ -379,6 +384,12 @@ def validate(cfg: dict) -> None:
         raise RecipeError(f"train.target needs accuracy every epoch: a validation split "
                           f"(data.val_split) or train.test_eval = 'every', not "
                           f"'{t['test_eval']}'")
+    if bool(t["low_res"]) != bool(t["low_res_epochs"]):
+        raise RecipeError("train.low_res and train.low_res_epochs go together: a size and "
+                          "how many first epochs use it (or both 0)")
+    if t["low_res_epochs"] >= t["epochs"] > 0:
+        raise RecipeError(f"train.low_res_epochs {t['low_res_epochs']} leaves no epoch at full "
+                          f"resolution (train.epochs {t['epochs']})")
     if t["patience"] and not cfg["data"]["val_split"]:
         raise RecipeError("train.patience needs a validation split (data.val_split > 0): "
                           "early stopping on the test set would choose on it")

@@ -1,0 +1,173 @@
+"""Speed levers (issue 17): one recipe with and without each lever, back to back, one invocation.
+
+    .venv/bin/python benchmarks/bench_levers.py fast-50k --data-dir ../shared/data \\
+        --lever "muon-10ep:optim.name=muon,optim.muon_lr=0.1,train.epochs=10"
+    -> benchmarks/results/levers.json (`--out` elsewhere)
+
+Every variant trains the recipe on 45,000 training images and is scored on the 5,000 held out
+(`data.val_split`, `train.test_eval = never`): a lever is kept or dropped on validation
+accuracy, and the test set is not read. Each variant is a fresh process (so an environment
+setting such as `CIFARLAB_MALLOC` or a compiled graph cannot leak into the next), timed from
+just before `cifarlab.train` to its return with the data already in memory; the baseline
+("recipe", no change) runs first and every variant's seconds are also a ratio to it. The
+built-in levers are in `LEVERS`; `--lever NAME:KEY=VALUE,...` adds one (or replaces one of
+that name), `--only NAME ...` picks some. Run it on an otherwise idle machine: the seconds of
+two jobs sharing the cores mean nothing. `--resume` continues an interrupted invocation in
+`--out` when it is on the same machine and boot (`/proc/sys/kernel/random/boot_id`);
+otherwise it starts again, baseline included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, provenance, write_result  # noqa: E402
+
+from cifarlab.recipe import parse_override  # noqa: E402
+
+# name -> (recipe overrides, environment); "recipe" is the baseline every ratio is taken to.
+# Recipe-specific levers (epochs, learning rates) are given with --lever.
+LEVERS: dict[str, tuple[dict, dict]] = {
+    "recipe": ({}, {}),
+    "compile": ({"train.compile": True}, {}),
+    "glibc-malloc": ({}, {"CIFARLAB_MALLOC": "system"}),  # cifarlab.memory off
+    "muon": ({"optim.name": "muon", "optim.muon_lr": 0.1}, {}),
+}
+
+CHILD = r"""
+import json, sys, time
+import cifarlab
+data = cifarlab.load_data(sys.argv[1])
+over = json.loads(sys.argv[5])
+t0 = time.perf_counter()
+m = cifarlab.train(sys.argv[2], data=data, runs_dir=sys.argv[3], name=sys.argv[4],
+                   progress=False, plots=False, log=lambda s: None, **over)
+print(json.dumps({**m, "seconds": time.perf_counter() - t0}, default=str))
+"""
+
+
+def parse_lever(text: str) -> tuple[str, dict]:
+    """NAME:KEY=VALUE,KEY=VALUE -> (name, overrides)."""
+    name, sep, body = text.partition(":")
+    if not sep or not name.strip():
+        raise SystemExit(f"--lever {text!r}: expected NAME:KEY=VALUE[,KEY=VALUE...]")
+    over: dict = {}
+    for item in filter(None, (s.strip() for s in body.split(","))):
+        try:
+            k, v = parse_override(item)
+        except Exception as e:
+            raise SystemExit(f"--lever {name}: {e}") from None
+        over[k] = v
+    return name.strip(), over
+
+
+def boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def run_variant(recipe: str, name: str, over: dict, env: dict, data_dir: str,
+                runs_dir: Path, val_split: int) -> dict:
+    over = {"data.val_split": val_split, "train.test_eval": "never", **over}
+    child_env = {k: v for k, v in os.environ.items() if k != "CIFARLAB_MALLOC"} | env
+    out = subprocess.run([sys.executable, "-c", CHILD, data_dir, recipe, str(runs_dir),
+                          f"{recipe}-{name}", json.dumps(over)],
+                         env=child_env, capture_output=True, text=True)
+    if out.returncode:
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"{recipe} / {name}: training failed: {last}")
+    m = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"lever": name, "overrides": over, "env": env, "val_acc": m["val_acc"],
+            "seconds": m["seconds"], "train_seconds": m["train_seconds"],
+            "images_per_second": m["images_per_second"], "epochs": m["epochs"],
+            "run_dir": m["run_dir"], **provenance()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("recipe", help="e.g. fast-50k")
+    ap.add_argument("--data-dir", default="../shared/data")
+    ap.add_argument("--runs-dir", default="runs/bench-levers")
+    ap.add_argument("--lever", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                    help="a lever of this recipe (repeatable)")
+    ap.add_argument("--only", nargs="+", metavar="NAME", help="these levers (and the baseline)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="recipe override for every variant, baseline included")
+    ap.add_argument("--val-split", type=int, default=5000,
+                    help="training images held out for validation (default 5000)")
+    ap.add_argument("--out", type=Path, default=RESULTS / "levers.json")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the variants already measured in --out (same machine and boot)")
+    a = ap.parse_args(argv)
+    common = dict(parse_lever("--set:" + ",".join(a.set))[1])
+    levers = dict(LEVERS)
+    for text in a.lever:
+        name, over = parse_lever(text)
+        levers[name] = (over, {})
+    if a.only:
+        unknown = [n for n in a.only if n not in levers]
+        if unknown:
+            raise SystemExit(f"--only: unknown lever(s) {', '.join(unknown)} "
+                             f"(known: {', '.join(levers)})")
+        levers = {n: v for n, v in levers.items() if n == "recipe" or n in a.only}
+    if not Path(a.data_dir).exists():
+        raise SystemExit(f"--data-dir {a.data_dir}: no such folder")
+
+    prov = provenance()
+    old = json.loads(a.out.read_text()) if a.resume and a.out.exists() else {}
+    same = (old.get("recipe") == a.recipe and old.get("boot_id") == boot_id()
+            and old.get("machine") == prov["machine"] and old.get("overrides") == common
+            and old.get("val_split") == a.val_split)
+    if a.resume and old and not same:
+        print("--resume: recorded for another recipe, settings, machine or boot; measuring "
+              "afresh", flush=True)
+    state = old if same else {**prov, "recipe": a.recipe, "boot_id": boot_id(),
+                              "val_split": a.val_split, "overrides": common,
+                              "load_average_at_start":
+                              os.getloadavg()[0], "variants": []}
+    state.setdefault("legs", []).append(prov)
+    done = {v["lever"] for v in state["variants"]}
+    runs_dir = Path(a.runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        base = next((v for v in state["variants"] if v["lever"] == "recipe"), None)
+        for v in state["variants"]:
+            if base is not None:
+                v["seconds_ratio"] = v["seconds"] / base["seconds"]
+                v["val_acc_delta"] = v["val_acc"] - base["val_acc"]
+        if a.out.parent == RESULTS:
+            write_result(a.out.name, state)
+        else:
+            a.out.parent.mkdir(parents=True, exist_ok=True)
+            a.out.write_text(json.dumps(state, indent=2) + "\n")
+
+    save()  # this leg is recorded even if it measures nothing new
+    for name, (over, env) in levers.items():
+        if name in done:
+            print(f"{name}: recorded already", flush=True)
+            continue
+        print(f"{a.recipe} / {name} ...", flush=True)
+        v = run_variant(a.recipe, name, {**common, **over}, env, a.data_dir, runs_dir,
+                        a.val_split)
+        state["variants"].append(v)
+        save()
+        print(f"{a.recipe} / {name}: val acc {v['val_acc']:.4f}, {v['seconds']:.1f} s "
+              f"(x{v.get('seconds_ratio', 1):.2f} of the recipe), {v['epochs']} epochs",
+              flush=True)
+    print(a.out)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        raise SystemExit("bench_levers: stopped; run it again with --resume") from None
