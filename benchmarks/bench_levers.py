@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_levers.py fast-50k --data-dir ../shared/data \\
         --lever "muon-10ep:optim.name=muon,optim.muon_lr=0.1,train.epochs=10"
-    -> benchmarks/results/levers.json (`--out` elsewhere)
+    -> benchmarks/results/levers-fast-50k.json (`--out` elsewhere)
 
 Every variant trains the recipe on 45,000 training images and is scored on the 5,000 held out
 (`data.val_split`, `train.test_eval = never`): a lever is kept or dropped on validation
@@ -103,10 +103,11 @@ def main(argv: list[str] | None = None) -> None:
                     help="recipe override for every variant, baseline included")
     ap.add_argument("--val-split", type=int, default=5000,
                     help="training images held out for validation (default 5000)")
-    ap.add_argument("--out", type=Path, default=RESULTS / "levers.json")
+    ap.add_argument("--out", type=Path, help="default benchmarks/results/levers-RECIPE.json")
     ap.add_argument("--resume", action="store_true",
                     help="keep the variants already measured in --out (same machine and boot)")
     a = ap.parse_args(argv)
+    a.out = a.out or RESULTS / f"levers-{Path(a.recipe).stem}.json"
     common = dict(parse_lever("--set:" + ",".join(a.set))[1])
     levers = dict(LEVERS)
     for text in a.lever:

@@ -189,6 +189,36 @@ def speed_section() -> list[str]:
     return out or ["No speed benchmark recorded yet."]
 
 
+def levers_section() -> list[str]:
+    """One table per benchmarks/results/levers-RECIPE.json (bench_levers.py)."""
+    out: list[str] = []
+    for p in sorted(RESULTS.glob("levers-*.json")):
+        r = json.loads(p.read_text())
+        base = r["variants"][0] if r["variants"] else None
+        out += [f"`{r['recipe']}`, each variant a fresh process, back to back on {r['machine']}, "
+                f"{r['date'][:10]}; scored on {r['val_split']:,} held-out training images "
+                "(the test set is not read)"
+                + (f"; for every variant {fmt_overrides(r['overrides'])}" if r.get("overrides")
+                   else "") + ":", "",
+                "| lever | change | val acc | Δ val | seconds | × recipe's time |",
+                "|---|---|---|---|---|---|"]
+        for v in r["variants"]:
+            change = {k: x for k, x in v["overrides"].items()
+                      if k not in ("data.val_split", "train.test_eval")
+                      and r.get("overrides", {}).get(k) != x}
+            what = ", ".join([fmt_overrides(change)] * bool(change)
+                             + [f"`{k}={x}`" for k, x in v["env"].items()]) or "—"
+            out.append(f"| {v['lever']} | {what} | {pct(v['val_acc'])} | "
+                       f"{100 * (v['val_acc'] - base['val_acc']):+.2f} | {v['seconds']:.0f} | "
+                       f"×{v['seconds'] / base['seconds']:.2f} |")
+        out += ["", f"From `benchmarks/results/{p.name}` (`benchmarks/bench_levers.py`).", ""]
+    return out
+
+
+def fmt_overrides(over: dict) -> str:
+    return ", ".join(f"`{k}={json.dumps(v)}`" for k, v in over.items())
+
+
 def time_to_accuracy_section() -> list[str]:
     """speed.json (benchmarks/bench_speed.py): the anchor of the invocation, then one row per
     recipe with its median time as a ratio to the anchor and the verdicts, which use ratios."""
@@ -313,6 +343,15 @@ def search_section() -> list[str]:
                 f"{s['hand_seconds']:.0f} s | {'yes' if s['rules_met'] else '**no**'} | "
                 f"{s['search_minutes']:.0f} min, {s['search_workers']} | "
                 f"{s['trials_complete']} / {s['trials_pruned']} / {s['trials_rejected']} |")
+        out.append("")
+        for name, s in r["rule_sets"].items():
+            w, h = s["winner"], s["hand"]
+            out.append(f"- `{name}` winner, trial {w['trial']} (validation {pct(w['val_acc'])} "
+                       f"in the search): {w['design']}; {w['params']:,} params, "
+                       f"{w['macs'] / 1e6:.1f}M MACs, RF {w['receptive_field']}, "
+                       f"{w['epochs']} epochs trained (stopped by: {w['stopped_by'] or 'none'})"
+                       f". Hand recipe: {h['params']:,} params, {h['macs'] / 1e6:.1f}M MACs, "
+                       f"RF {h['receptive_field']}, {h['epochs']} epochs.")
         out += ["", "Designs chosen on a validation split held out of the training set (the "
                 "search file's `val_split`); the test set is read once, by the two final "
                 "trainings (winner and hand "
@@ -333,12 +372,14 @@ def search_section() -> list[str]:
     out += ["", "Measured on " + "; ".join(sorted({g["machine"] for g in legs})) + ", commits "
             + ", ".join(f"`{g['commit'][:12]}`" for g in legs) + f" (`{r['command']}`). From "
             "`benchmarks/results/search.json`."]
-    return out
+    return out[1:] if out[0] == "" else out
 
 
 def readme_results() -> str:
     body = ["### Default recipe", "", *default_section(), "", "### Time to accuracy", "",
-            *time_to_accuracy_section(), "", "### Throughput", "", *speed_section(), "",
+            *time_to_accuracy_section(), "", *(["### Speed levers", "", *levers_section()]
+                                              if levers_section() else []),
+            "### Throughput", "", *speed_section(), "",
             "### Design search", "", *search_section(), "",
             "### Inference: PyTorch and ONNX (fp32, int8)", "", *inference_section(), "",
             "### Seed recipes", "", *seeds_section()]

@@ -10,7 +10,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import bench_levers  # noqa: E402
 
 
-def test_levers_on_validation_with_ratios_and_resume(shared_cifar_dir, tmp_path, capsys):
+def test_levers_on_validation_with_ratios_and_resume(shared_cifar_dir, tmp_path, capsys,
+                                                     monkeypatch):
     out = tmp_path / "levers.json"
     args = ["default", "--data-dir", str(shared_cifar_dir), "--runs-dir", str(tmp_path / "runs"),
             "--out", str(out), "--val-split", "200", "--set", "train.epochs=1",
@@ -38,6 +39,19 @@ def test_levers_on_validation_with_ratios_and_resume(shared_cifar_dir, tmp_path,
     again = json.loads(out.read_text())
     assert [v["run_dir"] for v in again["variants"]] == [v["run_dir"] for v in rec["variants"]]
     assert len(again["legs"]) == 2
+    # the README table: one row per variant, the change named, the time as a ratio
+    import update_readme
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "levers-default.json").write_text(out.read_text())
+    monkeypatch.setattr(update_readme, "RESULTS", tmp_path / "results")
+    table = update_readme.levers_section()
+    rows = [r for r in table if r.startswith("| ") and not r.startswith("| lever")]
+    assert [r.split(" | ")[0] for r in rows] == ["| recipe", "| glibc-malloc", "| tiny-lr"]
+    assert rows[0].endswith("| +0.00 | " + f"{base['seconds']:.0f} | ×1.00 |")
+    assert "`CIFARLAB_MALLOC=system`" in rows[1] and "`optim.lr=0.001`" in rows[2]
+    assert "`train.epochs=1`" not in rows[2]  # common to every variant: said once above
+    assert any("`train.epochs=1`" in r for r in table if not r.startswith("|"))
 
 
 @pytest.mark.parametrize("argv, match", [

@@ -73,7 +73,7 @@ def test_every_recorded_row_names_its_provenance():
             rows += [(p.name, r) for r in data]
         elif "rows" in data:  # inference.json: one row per model, backend, batch size
             rows += [(p.name, r) for r in data["rows"]]
-        elif isinstance(data.get("variants"), list):  # levers.json
+        elif isinstance(data.get("variants"), list):  # levers-RECIPE.json
             rows += [(p.name, r) for r in data["variants"]]
         elif isinstance(data.get("runs"), list):  # speed.json
             rows += [(p.name, r) for r in data["runs"]]
@@ -88,3 +88,33 @@ def test_every_recorded_row_names_its_provenance():
     for r in json.loads((results / "seeds.json").read_text()):
         assert r["legs"] and all("commit" in g and "first_epoch" in g for g in r["legs"])
         assert "verifiable" in r or r["legs"][0].get("cifarlab")
+
+
+def test_search_section_from_a_finished_and_a_running_search(tmp_path, monkeypatch):
+    import update_readme
+
+    prov = {"commit": "a" * 40, "date": "2026-11-28T15:00:00+00:00", "machine": "M",
+            "command": "python benchmarks/bench_search.py"}
+    done = {"hand_recipe": "fast-50k", "searched_test_acc": 0.8123, "hand_test_acc": 0.81,
+            "searched_seconds": 200.0, "hand_seconds": 205.0, "rules_met": True,
+            "search_minutes": 60.2, "search_workers": "2 x 1 thread(s)",
+            "trials_complete": 30, "trials_pruned": 50, "trials_rejected": 7,
+            "winner": {"trial": 12, "val_acc": 0.8, "design": "stem 24 | 3x plain 48",
+                       "params": 45000, "macs": 30e6, "receptive_field": 50, "epochs": 12,
+                       "stopped_by": None},
+            "hand": {"params": 49658, "macs": 25e6, "receptive_field": 60, "epochs": 14}}
+    rec = {**prov, "legs": [prov], "rule_sets": {"under-50k": done},
+           "in_progress": {"seed001-rules": {"search": {"minutes_used": 12.0, "complete": 3,
+                                                        "pruned": 4, "rejected": 5}}},
+           "workers": None}
+    (tmp_path / "search.json").write_text(json.dumps(rec))
+    monkeypatch.setattr(update_readme, "RESULTS", tmp_path)
+    out = update_readme.search_section()
+    assert out[0].startswith("| rule set |")
+    assert out[2] == ("| `under-50k` | `fast-50k` | **81.23%** | 200 s | 81.00% | 205 s | yes | "
+                      "60 min, 2 x 1 thread(s) | 30 / 50 / 7 |")
+    assert any(line.startswith("- `under-50k` winner, trial 12 (validation 80.00% in the "
+                               "search): stem 24 | 3x plain 48; 45,000 params, 30.0M MACs, "
+                               "RF 50, 12 epochs") for line in out)
+    assert "- `seed001-rules`: search under way (12 min used, 3 complete, 4 pruned, 5 rejected)" \
+        "; no test accuracy yet." in out

@@ -438,8 +438,9 @@ def test_torchrun_ranks_share_one_run(shared_cifar_dir, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():
         pytest.skip("torchrun not installed beside this Python")
-    r = subprocess.run([str(torchrun), "--nproc-per-node", "2", "-m", "cifarlab.cli", "train",
-                        "--recipe", "fast-50k", "--data-dir", str(shared_cifar_dir),
+    r = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m",
+                        "cifarlab.cli", "train", "--recipe", "fast-50k",
+                        "--data-dir", str(shared_cifar_dir),
                         "--runs-dir", str(tmp_path), "--epochs", "2", "--batch-size", "100",
                         "--no-progress", "--no-plots"], capture_output=True, text=True,
                        timeout=300)
