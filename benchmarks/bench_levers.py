@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, provenance, write_result  # noqa: E402
+from common import RESULTS, boot_id, provenance, write_result  # noqa: E402
 
 from cifarlab.recipe import parse_override  # noqa: E402
 
@@ -65,13 +65,6 @@ def parse_lever(text: str) -> tuple[str, dict]:
             raise SystemExit(f"--lever {name}: {e}") from None
         over[k] = v
     return name.strip(), over
-
-
-def boot_id() -> str | None:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return None
 
 
 def run_variant(recipe: str, name: str, over: dict, env: dict, data_dir: str,

@@ -45,7 +45,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from anchor import DEFAULT_ANCHOR, AnchorError, display, run_anchor  # noqa: E402
-from common import RESULTS, matmul_gflops, model_gflops, provenance  # noqa: E402
+from common import (  # noqa: E402
+    RESULTS,
+    boot_id,
+    matmul_gflops,
+    model_gflops,
+    provenance,
+)
 
 import cifarlab  # noqa: E402
 from cifarlab.data import load_data  # noqa: E402
@@ -200,14 +206,6 @@ def begin(a, path: Path, prov: dict) -> dict:
                            **prov},
             "anchor": None, "anchors": [], "runs": [], "summary": {},
             "throughput": load_throughput(old)}
-
-
-def boot_id() -> str | None:
-    """This boot of this machine (Linux): two sessions on the same CPU model differ in it."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return None
 
 
 def anchor_still_valid(anchor: dict | None, prov: dict) -> bool:

@@ -11,6 +11,14 @@ from cifarlab.provenance import commit, machine, provenance  # noqa: F401  (re-e
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def boot_id() -> str | None:
+    """This boot of this machine (Linux): two sessions on the same CPU model differ in it."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
 def write_result(name: str, obj) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / name
