@@ -351,7 +351,12 @@ def search_section() -> list[str]:
                        f"{w['macs'] / 1e6:.1f}M MACs, RF {w['receptive_field']}, "
                        f"{w['epochs']} epochs trained (stopped by: {w['stopped_by'] or 'none'})"
                        f". Hand recipe: {h['params']:,} params, {h['macs'] / 1e6:.1f}M MACs, "
-                       f"RF {h['receptive_field']}, {h['epochs']} epochs.")
+                       f"RF {h['receptive_field']}, {h['epochs']} epochs."
+                       + (" Trial 0 is the hand-written design itself (queued first): no "
+                          "searched design beat it on validation within the budget, so the "
+                          "two final trainings differ only in how the network is built "
+                          "(`family` vs the hand-written model class) and in run-to-run noise."
+                          if w["trial"] == 0 else ""))
         out += ["", "Designs chosen on a validation split held out of the training set (the "
                 "search file's `val_split`); the test set is read once, by the two final "
                 "trainings (winner and hand "

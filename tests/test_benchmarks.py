@@ -116,5 +116,10 @@ def test_search_section_from_a_finished_and_a_running_search(tmp_path, monkeypat
     assert any(line.startswith("- `under-50k` winner, trial 12 (validation 80.00% in the "
                                "search): stem 24 | 3x plain 48; 45,000 params, 30.0M MACs, "
                                "RF 50, 12 epochs") for line in out)
+    assert not any("Trial 0 is the hand-written design" in line for line in out)
+    done["winner"]["trial"] = 0
+    (tmp_path / "search.json").write_text(json.dumps(rec))
+    assert any("Trial 0 is the hand-written design itself" in line
+               for line in update_readme.search_section())
     assert "- `seed001-rules`: search under way (12 min used, 3 complete, 4 pruned, 5 rejected)" \
         "; no test accuracy yet." in out
