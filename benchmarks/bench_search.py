@@ -304,17 +304,27 @@ def rule_set(name: str, hand: str, args, data, state: dict, save) -> dict:
     }
 
 
-def main() -> None:
+def stop_on_sigterm() -> None:
+    """SIGTERM stops this process as Ctrl-C does (the study and state file are saved); a
+    training process it forked (train.processes) just exits, and its parent reports."""
     import signal
 
+    main_pid = os.getpid()
+
+    def stop(signum, frame):
+        if os.getpid() != main_pid:
+            os._exit(128 + signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def main() -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
+    stop_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-dir")
     ap.add_argument("--runs-dir", default="runs/bench-search")

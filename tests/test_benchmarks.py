@@ -123,3 +123,33 @@ def test_search_section_from_a_finished_and_a_running_search(tmp_path, monkeypat
                for line in update_readme.search_section())
     assert "- `seed001-rules`: search under way (12 min used, 3 complete, 4 pruned, 5 rejected)" \
         "; no test accuracy yet." in out
+
+
+def test_bench_search_sigterm_stops_the_parent_and_quietly_ends_forked_children():
+    code = r"""
+import os, signal, sys, time
+sys.path.insert(0, "benchmarks")
+import bench_search
+bench_search.stop_on_sigterm()
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:  # ready only once the fork is done (a signal during it is dropped by Python)
+    os.write(w, b"x")
+    time.sleep(30)
+    os._exit(0)
+os.read(r, 1)
+os.kill(pid, signal.SIGTERM)
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status), flush=True)
+try:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)
+except KeyboardInterrupt:
+    print("parent stopped")
+"""
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:2] == ["child 143", "parent stopped"]
+    assert "Traceback" not in r.stderr
