@@ -101,7 +101,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="keep the variants already measured in --out (same machine and boot)")
     a = ap.parse_args(argv)
     a.out = a.out or RESULTS / f"levers-{Path(a.recipe).stem}.json"
-    common = dict(parse_lever("--set:" + ",".join(a.set))[1])
+    try:
+        common = dict(parse_override(item) for item in a.set)
+    except Exception as e:
+        raise SystemExit(str(e)) from None
     levers = dict(LEVERS)
     for text in a.lever:
         name, over = parse_lever(text)
