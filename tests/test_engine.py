@@ -452,10 +452,9 @@ def test_torchrun_ranks_share_one_run(shared_cifar_dir, tmp_path):
 
 
 def test_model_initialised_from_training_data(shared_cifar_dir, tmp_path):
-    m = cifarlab.train("fast-50k", data_dir=shared_cifar_dir, runs_dir=tmp_path, progress=False,
+    m = cifarlab.train("fast-top", data_dir=shared_cifar_dir, runs_dir=tmp_path, progress=False,
                        log=lambda s: None, plots=False, epochs=1, batch_size=100, procs=1,
-                       **{"model": "fast-top", "constraints.max_params": 0,
-                          "data.train_subset": 300, "data.test_subset": 100})
+                       **{"data.train_subset": 300, "data.test_subset": 100})
     w = load_checkpoint(Path(m["run_dir"]) / "last.pt")["model"]["whiten.weight"]
     assert torch.equal(w[12:], -w[:12])  # whitening filters, and frozen through training
 

@@ -101,7 +101,7 @@ def test_metadata(exported, run_dir, data):
     assert json.loads(md["std"]) == pytest.approx(meta["std"])
     assert md["output"] == "logits"
     assert md["tta"].startswith("not included")
-    assert md["recipe"] == "fast-50k" and md["model"] == "fast-50k"
+    assert md["recipe"] == "fast-50k" and md["model"] == "family"
     assert md["precision"] == "fp32" and md["cifarlab_commit"]
     md8 = {p.key: p.value for p in onnx.load(exported["int8"]).metadata_props}
     assert md8["precision"].startswith("int8") and "training images" in md8["precision"]
