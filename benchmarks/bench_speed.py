@@ -39,7 +39,6 @@ import statistics
 import sys
 import tempfile
 import time
-import tomllib
 from datetime import datetime
 from pathlib import Path
 
@@ -56,6 +55,7 @@ from common import (  # noqa: E402
 import cifarlab  # noqa: E402
 from cifarlab.data import load_data  # noqa: E402
 from cifarlab.errors import CifarlabError  # noqa: E402
+from cifarlab.recipe import RecipeError, parse_override  # noqa: E402
 
 # Issue 17's targets. Accuracy: the worst of the seeds ("anchor": the anchor's own accuracy in
 # this invocation); time: the median of the seeds as a multiple of the anchor's seconds.
@@ -70,20 +70,6 @@ ANCHOR_HOURS = 6  # a resumed leg runs the anchor again when the last one is old
 # images/s of the engine over the conventional Dataset + DataLoader pipeline, same network
 # (benchmarks/bench_throughput.py)
 THROUGHPUT_REQUIRED_RATIO = 2.5
-
-
-def parse_set(items: list[str]) -> dict:
-    """['train.epochs=1', ...] -> {'train.epochs': 1, ...}, each value read as TOML."""
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise SystemExit(f"--set {item}: expected KEY=VALUE, e.g. --set train.epochs=1")
-        key, raw = item.split("=", 1)
-        try:
-            out[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key.strip()] = raw
-    return out
 
 
 def train_run(recipe: str, seed: int, data, runs_dir: str, overrides: dict,
@@ -245,7 +231,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="where cifarlab trains (default cpu: the anchor runs on the CPU)")
     a = ap.parse_args(argv)
     a.seeds_given, a.seeds = a.seeds, a.seeds if a.seeds is not None else [0, 1, 2]
-    a.overrides = parse_set(a.set)
+    try:
+        a.overrides = dict(parse_override(item) for item in a.set)
+    except RecipeError as e:
+        raise SystemExit(str(e)) from None
     path = Path(a.out)
     prov = provenance()
     state = begin(a, path, prov)

@@ -143,15 +143,21 @@ def speed_section() -> list[str]:
             "|---|---|",
             f"| conventional: per-image Dataset + DataLoader(num_workers=2), fp32, NCHW | "
             f"{r['baseline_img_s']:.0f} |",
-            f"| cifarlab engine, same network (dropout 0.1) | {r['engine_img_s']:.0f} "
-            f"(**{r['ratio']:.2f}×**) |",
+            f"| cifarlab engine, same network (dropout 0.1), one process, 2 threads | "
+            f"{r['engine_img_s']:.0f} (×{r['engine_img_s'] / r['baseline_img_s']:.2f}) |",
+            *([f"| cifarlab engine, the same, 2 single-threaded processes (`train.processes = "
+               f"2`), same batch | {r['engine_processes_img_s']:.0f} "
+               f"(×{r['ratio_processes']:.2f}) |"] if "engine_processes_img_s" in r else []),
             f"| cifarlab engine, the seed 001 network as `seed001-fast` trains it (dropout 0, "
             f"batch {r.get('engine_default_recipe_batch_size', '?')}; then the default recipe) "
             f"| {r['engine_default_recipe_img_s']:.0f} |",
             "",
-            f"Machine roof: {r['roof_gflops']:.0f} GFLOP/s bf16 matmul "
-            f"({r['roof_gflops_fp32']:.0f} fp32); the engine reaches {r['engine_gflops']:.0f} "
-            f"GFLOP/s of model compute ({100 * r['engine_roof_fraction']:.0f}% of the bf16 roof). "
+            f"Engine over the conventional pipeline: **{r['ratio']:.2f}×**"
+            + (f" ({r['engine_mode']}, the faster engine row)" if "engine_mode" in r else "")
+            + f". Measured on {r['machine']}, {r['date'][:10]}; machine roof "
+            f"{r['roof_gflops']:.0f} GFLOP/s bf16 matmul ({r['roof_gflops_fp32']:.0f} fp32); "
+            f"the engine reaches {r['engine_gflops']:.0f} GFLOP/s of model compute "
+            f"({100 * r['engine_roof_fraction']:.0f}% of the bf16 roof). "
             "From `benchmarks/results/throughput.json`.",
             "",
         ]
@@ -314,7 +320,7 @@ def inference_section() -> list[str]:
         out.append(f"| `{model}` | {backend} | {b1} | {b256} | "
                    f"{pct(any_row['test_acc'])} | {any_row['file_bytes'] / 1024:,.0f} KiB |")
     trained = [f"`{m}` (" + (f"trained here for {v['epochs']} epochs only" if v["trained_here"]
-                             else "its recipe, fully trained") + ")"
+                             else f"its recipe as of {r['commit'][:7]}, fully trained") + ")"
                for m, v in r["runs"].items()]
     out += ["", f"Measured on {r['machine']}, {r['date']} "
             f"(`{r['command']}`); test accuracy on {r['test_images']:,} test images without "

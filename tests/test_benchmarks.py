@@ -153,3 +153,24 @@ except KeyboardInterrupt:
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[:2] == ["child 143", "parent stopped"]
     assert "Traceback" not in r.stderr
+
+
+def test_bench_throughput_records_both_engine_modes(shared_cifar_dir, tmp_path):
+    """A tiny real run: baseline, the engine in one process and in two, the faster one as the
+    headline ratio, and the roof fraction of it."""
+    out = tmp_path / "tp.json"
+    r = subprocess.run([sys.executable, "benchmarks/bench_throughput.py", "--data-dir",
+                        str(shared_cifar_dir), "--steps", "4", "--warmup", "1",
+                        "--batch-size", "16", "--reps", "1", "--out-name", str(out)],
+                       cwd=Path(__file__).resolve().parent.parent, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    t = json.loads(out.read_text())
+    assert t["ratio_single_process"] == t["engine_img_s"] / t["baseline_img_s"]
+    assert t["ratio_processes"] == t["engine_processes_img_s"] / t["baseline_img_s"]
+    assert t["ratio"] == max(t["ratio_single_process"], t["ratio_processes"])
+    assert t["engine_mode"] == ("2 processes, 1 thread each"
+                                if t["ratio_processes"] > t["ratio_single_process"]
+                                else "1 process, 2 threads")
+    assert 0 < t["engine_roof_fraction"] == t["engine_gflops"] / t["roof_gflops"]
+    assert t["commit"] and t["machine"] and "bench_throughput.py" in t["command"]

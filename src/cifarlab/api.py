@@ -145,12 +145,21 @@ def predict(path: str | os.PathLike, images: list[str | os.PathLike], top_k: int
                           log_probs=meta["loss"] == "nll", top_k=top_k)
 
 
-def model_from_args(name: str, args: list[str] | None = None) -> torch.nn.Module:
-    """A registered model built from `KEY=VALUE` strings (the CLI's --arg)."""
-    return create_model(name, **dict(parse_override(s) for s in args or []))
+def model_from_args(name: str | None, args: list[str] | None = None, *,
+                    recipe: str | None = None) -> torch.nn.Module:
+    """A registered model built from `KEY=VALUE` strings (the CLI's --arg); without a name,
+    the recipe's network (its `model` and `model_args`, the --arg strings on top)."""
+    kwargs = {}
+    if name is None:
+        if not recipe:
+            raise CifarlabError("name a model, or a recipe whose network to use (--recipe)")
+        cfg = resolve(recipe)
+        name, kwargs = cfg["model"], dict(cfg["model_args"])
+    return create_model(name, **{**kwargs, **dict(parse_override(s) for s in args or [])})
 
 
-def check_model(model: str, args: list[str] | None = None, *, recipe: str | None = None,
+def check_model(model: str | None, args: list[str] | None = None, *,
+                recipe: str | None = None,
                 max_params: int | None = None, max_macs: int | None = None,
                 min_receptive_field: int | None = None, require=(), forbid=(),
                 ) -> tuple[dict, list[str]]:
@@ -162,8 +171,9 @@ def check_model(model: str, args: list[str] | None = None, *, recipe: str | None
         max_macs = max_macs or c["max_macs"] or None
         min_receptive_field = min_receptive_field or c["min_receptive_field"] or None
         require, forbid = require + c["require"], forbid + c["forbid"]
-    return assess(model_from_args(model, args), max_params=max_params, max_macs=max_macs,
-                  min_receptive_field=min_receptive_field, require=require, forbid=forbid)
+    return assess(model_from_args(model, args, recipe=recipe), max_params=max_params,
+                  max_macs=max_macs, min_receptive_field=min_receptive_field, require=require,
+                  forbid=forbid)
 
 
 def model_table() -> list[dict]:

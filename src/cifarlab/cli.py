@@ -121,14 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list the registered models (params, MACs, RF)")
 
     sm = sub.add_parser("summary", help="layer table, totals, MACs and receptive-field table")
-    sm.add_argument("model")
+    sm.add_argument("model", nargs="?", help="a registered model (default: --recipe's network)")
+    sm.add_argument("--recipe", help="the network this recipe trains (model + model_args)")
     sm.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
                     help="model argument, e.g. --arg dropout=0 (repeatable)")
 
     ck = sub.add_parser("check", help="check a model against architecture rules")
-    ck.add_argument("model")
+    ck.add_argument("model", nargs="?", help="a registered model (default: --recipe's network)")
     ck.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE")
-    ck.add_argument("--recipe", help="also apply this recipe's [constraints]")
+    ck.add_argument("--recipe", help="also apply this recipe's [constraints]; without MODEL, "
+                    "check the network it trains")
     ck.add_argument("--max-params", type=int)
     ck.add_argument("--max-macs", type=int)
     ck.add_argument("--min-rf", type=int, help="smallest receptive field allowed")
@@ -312,7 +314,7 @@ def cmd_summary(a: argparse.Namespace) -> int:
     from .analysis import format_rf_table, format_summary
     from .api import model_from_args
 
-    model = model_from_args(a.model, a.arg)
+    model = model_from_args(a.model, a.arg, recipe=a.recipe)
     print(format_summary(model))
     print()
     print("Receptive field per layer (32x32 input):")
@@ -326,7 +328,7 @@ def cmd_check(a: argparse.Namespace) -> int:
     f, broken = check_model(a.model, a.arg, recipe=a.recipe, max_params=a.max_params,
                             max_macs=a.max_macs, min_receptive_field=a.min_rf,
                             require=a.require, forbid=a.forbid)
-    print(f"{a.model}: {f['params']:,} params, {f['macs']:,} MACs, "
+    print(f"{a.model or a.recipe}: {f['params']:,} params, {f['macs']:,} MACs, "
           f"receptive field {f['receptive_field']}")
     for msg in broken:
         print(f"FAIL {msg}")
