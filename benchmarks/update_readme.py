@@ -200,7 +200,8 @@ def levers_section() -> list[str]:
     out: list[str] = []
     for p in sorted(RESULTS.glob("levers-*.json")):
         r = json.loads(p.read_text())
-        out += [f"`{r['recipe']}`, each variant a fresh process, back to back on {r['machine']}, "
+        out += [f"`{r['recipe']}`, one run per variant, each a fresh process, back to back on "
+                f"{r['machine']}, "
                 f"{r['date'][:10]}; scored on {r['val_split']:,} held-out training images "
                 "(the test set is not read)"
                 + (f"; for every variant {fmt_overrides(r['overrides'])}" if r.get("overrides")
