@@ -6,11 +6,15 @@ from cifarlab.recipe import DEFAULTS, RecipeError, list_recipes, parse_override,
 def test_default_resolves():
     cfg = resolve("default")
     assert cfg["name"] == "default" and set(cfg) == set(DEFAULTS)
-    # the default is the fast-seed001 recipe with a shorter schedule (issue 19)
+    # the default is fast-seed001's network and rules with issue 5's training, shorter: SGD at
+    # full size throughout (fast-seed001 itself moved to Muon + progressive resizing, issue 17)
     base = resolve("fast-seed001")
     assert cfg["model"] == base["model"] == "fast-seed001"
-    assert cfg["constraints"] == base["constraints"] and cfg["optim"] == base["optim"]
-    assert cfg["train"]["epochs"] == 8
+    assert cfg["constraints"] == base["constraints"]
+    assert base["optim"]["name"] == "muon" and cfg["optim"]["name"] == "sgd"
+    assert {k: cfg["optim"][k] for k in ("lr", "weight_decay", "momentum", "nesterov")} == {
+        k: base["optim"][k] for k in ("lr", "weight_decay", "momentum", "nesterov")}
+    assert cfg["train"]["epochs"] == 8 and cfg["train"]["low_res"] == 0
 
 
 def test_every_builtin_recipe_resolves():
