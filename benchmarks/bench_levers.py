@@ -29,7 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, boot_id, provenance, write_result  # noqa: E402
 
-from cifarlab.recipe import parse_override  # noqa: E402
+from cifarlab.errors import CifarlabError  # noqa: E402
+from cifarlab.recipe import parse_override, resolve  # noqa: E402
 
 # name -> (recipe overrides, environment); "recipe" is the baseline every ratio is taken to.
 # Recipe-specific levers (epochs, learning rates) are given with --lever.
@@ -119,17 +120,24 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--data-dir {a.data_dir}: no such folder")
 
     prov = provenance()
+    try:  # the recipe as resolved now: a resumed baseline must have trained the same one
+        config = json.loads(json.dumps(resolve(a.recipe, common), default=str))
+    except CifarlabError as e:
+        raise SystemExit(str(e)) from None
     old = json.loads(a.out.read_text()) if a.resume and a.out.exists() else {}
     same = (old.get("recipe") == a.recipe and old.get("boot_id") == boot_id()
             and old.get("machine") == prov["machine"] and old.get("overrides") == common
-            and old.get("val_split") == a.val_split)
+            and old.get("val_split") == a.val_split
+            and old.get("recipe_config", config) == config)  # (files before it: trusted)
     if a.resume and old and not same:
-        print("--resume: recorded for another recipe, settings, machine or boot; measuring "
-              "afresh", flush=True)
+        print("--resume: recorded for another recipe, recipe version, settings, machine or "
+              "boot; measuring afresh", flush=True)
     state = old if same else {**prov, "recipe": a.recipe, "boot_id": boot_id(),
+                              "recipe_config": config,
                               "val_split": a.val_split, "overrides": common,
                               "load_average_at_start":
                               os.getloadavg()[0], "variants": []}
+    state.setdefault("recipe_config", config)
     state.setdefault("legs", []).append(prov)
     done = {v["lever"] for v in state["variants"]}
     runs_dir = Path(a.runs_dir)

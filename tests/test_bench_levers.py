@@ -54,6 +54,28 @@ def test_levers_on_validation_with_ratios_and_resume(shared_cifar_dir, tmp_path,
     assert any("`train.epochs=1`" in r for r in table if not r.startswith("|"))
 
 
+def test_resume_measures_afresh_when_the_recipe_changed(shared_cifar_dir, tmp_path, capsys):
+    """A baseline trained on an earlier version of the recipe is not a baseline for it now."""
+    recipe = tmp_path / "mine.toml"
+    recipe.write_text('base = "default"\nname = "mine"\n')
+    out = tmp_path / "levers.json"
+    args = [str(recipe), "--data-dir", str(shared_cifar_dir), "--runs-dir",
+            str(tmp_path / "runs"), "--out", str(out), "--val-split", "200",
+            "--set", "train.epochs=1", "--set", "train.batch_size=50",
+            "--only", "tiny-lr", "--lever", "tiny-lr:optim.lr=0.001"]
+    bench_levers.main(args)
+    first = json.loads(out.read_text())
+    assert first["recipe_config"]["optim"]["lr"] == 0.2
+    recipe.write_text('base = "default"\nname = "mine"\n[optim]\nlr = 0.05\n')
+    capsys.readouterr()
+    bench_levers.main(args + ["--resume"])
+    assert "measuring afresh" in capsys.readouterr().out
+    again = json.loads(out.read_text())
+    assert again["recipe_config"]["optim"]["lr"] == 0.05 and len(again["legs"]) == 1
+    assert {v["run_dir"] for v in again["variants"]}.isdisjoint(
+        v["run_dir"] for v in first["variants"])
+
+
 @pytest.mark.parametrize("argv, match", [
     (["--lever", "nocolon"], "expected NAME:KEY=VALUE"),
     (["--lever", "x:optim.lr"], "--lever x: --set optim.lr: expected KEY=VALUE"),
