@@ -37,8 +37,6 @@ def test_every_builtin_recipe_resolves():
     ({"schedule.name": "cyclic"}, r"schedule.name"),
     ({"train.low_res": 24}, r"train.low_res and train.low_res_epochs go together"),
     ({"train.low_res_epochs": 2}, r"train.low_res and train.low_res_epochs go together"),
-    ({"train.low_res": 24, "train.low_res_epochs": 30},
-     r"train.low_res_epochs 30 leaves no epoch at full resolution"),
     ({"train.low_res": 32, "train.low_res_epochs": 2}, r"train.low_res: 32 is outside"),
 ])
 def test_invalid_values_named(override, match):
@@ -107,3 +105,14 @@ def test_train_refuses_broken_constraints(shared_cifar_dir, tmp_path):
         cifarlab.train("seed001-fast", data_dir=shared_cifar_dir, runs_dir=tmp_path,
                        **{"constraints.max_params": 50000})
     assert not list(tmp_path.iterdir())  # refused before a run directory was made
+
+
+def test_low_res_epochs_leave_the_last_epoch_at_full_size():
+    """A schedule shortened with --epochs keeps working: the low-res phase is cut, not refused."""
+    from cifarlab.recipe import low_res_epochs
+
+    t = resolve("fast-50k")["train"]
+    assert (t["low_res"], t["low_res_epochs"], low_res_epochs(t)) == (24, 4, 4)
+    assert [low_res_epochs(resolve("fast-50k", {"train.epochs": e})["train"])
+            for e in (1, 2, 4, 5)] == [0, 1, 3, 4]
+    assert low_res_epochs(resolve("fast-top")["train"]) == 0

@@ -38,6 +38,7 @@ from .layers import use_fast_dropout
 from .memory import keep_freed_memory
 from .optim import EMA, Lookahead, build_optimizer, build_scheduler, loss_fn
 from .provenance import command, commit, machine, now
+from .recipe import low_res_epochs
 from .rundir import RunDir, load_checkpoint, save_checkpoint, write_json
 from .version import __version__
 
@@ -335,7 +336,7 @@ def train_epoch(s: Setup, st: TrainState, model: torch.nn.Module, epoch: int,
     criterion = loss_fn(s.cfg)
     clip = (torch.nn.utils.clip_grad_norm_ if t["grad_clip_mode"] == "norm"
             else torch.nn.utils.clip_grad_value_)
-    size = t["low_res"] if epoch <= t["low_res_epochs"] else 0  # progressive resizing
+    size = t["low_res"] if epoch <= low_res_epochs(t) else 0  # progressive resizing
     t0 = time.perf_counter()
     model.train()
     perm = torch.randperm(len(s.train), generator=st.gen)  # the same on every rank
@@ -440,7 +441,7 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, built: Built, *, resume: bool = F
                             "only; on a GPU use one process (--device cpu for processes)")
     s = prepare(cfg, data, dev, team, built.facts)
     st = TrainState.start(s, built, load_checkpoint(run.last) if resume else None)
-    if t["low_res"] and st.epoch < t["low_res_epochs"]:
+    if st.epoch < low_res_epochs(t):
         check_low_res(st.model, t["low_res"], dev)
     model = team.wrap(st.model)
     if t["compile"]:  # the training forward only: evaluation and checkpoints use st.model
@@ -550,8 +551,8 @@ def evaluate_epoch(s: Setup, st: TrainState, epoch: int,
 def describe_run(s: Setup, run: RunDir) -> str:
     t = s.cfg["train"]
     val = f"{len(s.val):,} validation / " if s.val is not None else ""
-    low = (f" (the first {t['low_res_epochs']} at {t['low_res']}x{t['low_res']} px)"
-           if t["low_res"] else "")
+    low = (f" (the first {low_res_epochs(t)} at {t['low_res']}x{t['low_res']} px)"
+           if low_res_epochs(t) else "")
     return (f"run {run.path}: model {s.cfg['model']} ({s.facts['params']:,} params, "
             f"RF {s.facts['receptive_field']}), {len(s.train):,} train / {val}"
             f"{len(s.test):,} test images, {t['epochs']} epochs x {s.steps} steps{low}, "

@@ -170,7 +170,8 @@ SETTINGS: tuple[Setting, ...] = (
     _s("train.low_res", 0, "progressive resizing: the first train.low_res_epochs epochs "
        "train on images resized to this many pixels a side (0 = off)",
        range=(0, 31, True, True), short="low_res"),
-    _s("train.low_res_epochs", 0, "how many first epochs train at train.low_res",
+    _s("train.low_res_epochs", 0, "how many first epochs train at train.low_res (the last "
+       "epoch always at full size)",
        range=NONNEG, short="low_res_epochs"),
     _s("train.tta", False, "test-time horizontal flip", short="tta"),
     _s("train.tta_shift", 0, "also test on copies moved by this many pixels (0 = off)",
@@ -348,6 +349,13 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def low_res_epochs(train: dict) -> int:
+    """How many first epochs train at train.low_res: train.low_res_epochs, but always leaving
+    the last epoch at full size (a schedule shortened with --epochs keeps working)."""
+    n = train["low_res_epochs"] if train["low_res"] else 0
+    return min(n, train["epochs"] - 1) if train["epochs"] > 0 else n
+
+
 def nest(dotted: dict[str, Any]) -> dict:
     """{'optim.lr': 0.1} -> {'optim': {'lr': 0.1}}."""
     out: dict = {}
@@ -387,9 +395,6 @@ def validate(cfg: dict) -> None:
     if bool(t["low_res"]) != bool(t["low_res_epochs"]):
         raise RecipeError("train.low_res and train.low_res_epochs go together: a size and "
                           "how many first epochs use it (or both 0)")
-    if t["low_res_epochs"] >= t["epochs"] > 0:
-        raise RecipeError(f"train.low_res_epochs {t['low_res_epochs']} leaves no epoch at full "
-                          f"resolution (train.epochs {t['epochs']})")
     if t["patience"] and not cfg["data"]["val_split"]:
         raise RecipeError("train.patience needs a validation split (data.val_split > 0): "
                           "early stopping on the test set would choose on it")
