@@ -277,10 +277,17 @@ def time_to_accuracy_section() -> list[str]:
         target += " (anchor)" if s.get("target_is_anchor") else ""
         secs = f"{s['median_seconds']:.0f} s" if len(s.get("machines", [])) <= 1 else "–"
         out.append(f"| {target} | `{name}` | {s['params']:,} | {secs} | "
-                   + (f"**{ratio:.2f}×**" if ratio is not None else "–")
+                   + (f"**{ratio:.3f}×**" if ratio is not None else "–")
                    + f" | {pct(s['mean_acc'])} | {pct(s['worst_acc'])} | {s['n_runs']} | "
                    + (f"{s['gflops']:.0f} ({100 * s['roof_fraction']:.1f}%)"
                       if "roof_fraction" in s else "–") + f" | {req} | {goal} |")
+    from bench_speed import TARGETS  # the one place the targets are declared
+
+    untimed = [f"`{name}`" for name in TARGETS if name not in runs]
+    if untimed and anchors:
+        out += ["", "Not timed in this invocation: " + ", ".join(untimed) + " (`bench_speed.py "
+                "--resume NAME` adds a recipe, with a new anchor run if the machine or boot "
+                "changed)."]
     out += ["", "Worst seed for accuracy, median for time. A recipe's time is the wall time of "
             "the whole `train` call, data in memory, final evaluation with test-time "
             "augmentation included; the anchor's is its own clock, network creation to the end "

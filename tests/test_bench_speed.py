@@ -106,11 +106,12 @@ def test_readme_speed_table_from_ratios(env, monkeypatch):
     assert "`fake_anchor.py`" in text and "**90.00%** in **12 s**" in text
     assert an["machine"] in text  # where the figures were measured
     assert "| × anchor |" in text
-    assert "| ≥ 90.00% (anchor) | `fast-top` | 1,234 | 8 s | **0.65×** |" in text
+    assert "| ≥ 90.00% (anchor) | `fast-top` | 1,234 | 8 s | **0.650×** |" in text
     assert "| 1 (0.2%) | met" in text  # GFLOP/s and the share of the bf16 roof
     assert "met (≥ 90.00%, ≤ 0.75×) | not met (≥ 90.00%, ≤ 0.5×) |" in text
     assert "**not met** (≥ 80.00%, ≤ 0.16×)" in text
     assert "**2.60×**, measured on m1; required ≥ 2.5×: met" in text
+    assert "Not timed in this invocation: `fast-seed001`, `best-seed001`" in text
 
 
 def test_missing_anchor_is_one_line_error(env):
