@@ -73,7 +73,7 @@ def run_variant(recipe: str, name: str, over: dict, env: dict, data_dir: str,
     over = {"data.val_split": val_split, "train.test_eval": "never", **over}
     child_env = {k: v for k, v in os.environ.items() if k != "CIFARLAB_MALLOC"} | env
     out = subprocess.run([sys.executable, "-c", CHILD, data_dir, recipe, str(runs_dir),
-                          f"{recipe}-{name}", json.dumps(over)],
+                          f"{Path(recipe).stem}-{name}", json.dumps(over)],
                          env=child_env, capture_output=True, text=True)
     if out.returncode:
         last = (out.stderr.strip().splitlines() or ["no output"])[-1]
