@@ -105,11 +105,14 @@ def test_base_recipe_inheritance():
     d, f = resolve("default"), resolve("fast-seed001")
     assert d["name"] == "default" and d["model"] == f["model"]
     assert d["train"]["epochs"] < f["train"]["epochs"]  # the first run is the short one
-    d["train"]["epochs"] = f["train"]["epochs"]
+    # what the default sets itself (issue 5's SGD at full size); the rest is inherited
+    d["train"].update({k: f["train"][k] for k in ("epochs", "low_res", "low_res_epochs")})
+    d["optim"]["name"] = f["optim"]["name"]
     assert {k: v for k, v in d.items() if k not in ("name", "description")} == \
         {k: v for k, v in f.items() if k not in ("name", "description")}
     child = resolve({"base": "fast-50k", "name": "mine", "train": {"epochs": 3}})
-    assert child["model"] == "fast-50k" and child["train"]["epochs"] == 3
+    assert child["model"] == "family" and child["train"]["epochs"] == 3
+    assert child["model_args"] == resolve("fast-50k")["model_args"]
     assert child["train"]["batch_size"] == resolve("fast-50k")["train"]["batch_size"]
 
 
@@ -136,7 +139,7 @@ def test_model_built_and_traced_once(shared_cifar_dir, tmp_path, monkeypatch):
 
 
 def _run_with_model(shared_cifar_dir, tmp_path):
-    return cifarlab.train("fast-50k", data_dir=shared_cifar_dir, runs_dir=tmp_path, epochs=1,
+    return cifarlab.train("fast-seed001", data_dir=shared_cifar_dir, runs_dir=tmp_path, epochs=1,
                           batch_size=100, procs=1, progress=False, plots=False,
                           log=lambda s: None)["run_dir"]
 
@@ -145,8 +148,8 @@ def test_checkpoint_of_a_changed_network_refused_in_one_line(shared_cifar_dir, t
     from cifarlab.rundir import load_checkpoint, save_checkpoint
 
     run = _run_with_model(shared_cifar_dir, tmp_path)
-    st = load_checkpoint(tmp_path / "fast-50k" / "last.pt")
-    assert st["meta"]["model"] == "fast-50k" and st["meta"]["params"] == 49_658
+    st = load_checkpoint(tmp_path / "fast-seed001" / "last.pt")
+    assert st["meta"]["model"] == "fast-seed001" and st["meta"]["params"] == 185_898
     # the same name with other weights: what an old seed001-dilated checkpoint looks like
     st["meta"]["model"] = "seed001-dilated"
     st["meta"]["params"] = 92_682

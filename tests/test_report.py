@@ -401,7 +401,7 @@ def test_report_on_runs_the_engine_wrote(engine_runs, engine_report):
         assert row["final test acc"] == f"{100 * m['test_acc']:.2f}%"  # as metrics.json has it
         assert row["final test acc"] in md
         assert row["params"] == f"{m['params']:,}" and row["epochs"] == str(m["epochs"]) == "2"
-        assert row["recipe"] == row["model"] == "fast-50k"
+        assert row["recipe"] == "fast-50k" and row["model"] == "family"
         assert row["MACs"] != "?" and row["RF"] == str(m["receptive_field"])
         assert row["notes"] == "", row["notes"]  # a finished run has nothing to note
     m = json.loads((engine_runs["plain"] / "metrics.json").read_text())

@@ -105,10 +105,10 @@ def test_builtin_search_files_start_from_the_hand_written_designs():
         assert describe(model) == describe(create_model(ref))
         broken, _ = S.check_rules(model, describe(model), spec.constraints)
         assert broken == []
-        base = resolve(ref)
-        assert train["optim.lr"] == base["optim"]["lr"]
-        assert train["train.epochs"] == base["train"]["epochs"]
-        assert train["augment.crop_pad"] == base["augment"]["crop_pad"]
+        # their training is issue 5's (the recipes have since moved on: fast-50k is the
+        # under-50k search's winner, fast-seed001 trains with Muon; issue 17)
+        assert train["optim.lr"] == 0.2 and train["augment.crop_pad"] == 2
+        assert train["train.epochs"] == {"fast-seed001": 13, "fast-50k": 14}[ref]
     assert SP.load_search("seed001-rules").constraints["forbid"] == ["maxpool"]
 
 
