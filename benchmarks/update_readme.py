@@ -201,7 +201,7 @@ def levers_section() -> list[str]:
     for p in sorted(RESULTS.glob("levers-*.json")):
         r = json.loads(p.read_text())
         out += [f"`{r['recipe']}`, one run per variant, each a fresh process, back to back on "
-                f"{r['machine']}, "
+                f"{r['machine']}, the recipe as of commit `{r['commit'][:7]}`, "
                 f"{r['date'][:10]}; scored on {r['val_split']:,} held-out training images "
                 "(the test set is not read)"
                 + (f"; for every variant {fmt_overrides(r['overrides'])}" if r.get("overrides")
