@@ -133,11 +133,10 @@ def main(argv: list[str] | None = None) -> None:
         print("--resume: recorded for another recipe, recipe version, settings, machine or "
               "boot; measuring afresh", flush=True)
     state = old if same else {**prov, "recipe": a.recipe, "boot_id": boot_id(),
-                              "recipe_config": config,
                               "val_split": a.val_split, "overrides": common,
                               "load_average_at_start":
                               os.getloadavg()[0], "variants": []}
-    state.setdefault("recipe_config", config)
+    state.setdefault("recipe_config", config)  # new files, and files written before it
     state.setdefault("legs", []).append(prov)
     done = {v["lever"] for v in state["variants"]}
     runs_dir = Path(a.runs_dir)
