@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import shutil
 import sys
 import tempfile
@@ -49,7 +48,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import provenance, write_result  # noqa: E402
+from common import RESULTS, provenance, write_json  # noqa: E402
 
 import cifarlab  # noqa: E402
 from cifarlab.api import load_model  # noqa: E402
@@ -203,15 +202,7 @@ def main() -> None:
            "timing": {"warmup": a.warmup, "iters_batch_1": a.iters_1,
                       "iters_batch_256": a.iters_256, "rounds": a.rounds, "kept": "best round"},
            "runs": trained, "rows": rows}
-    if a.out:
-        path = Path(a.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(out, indent=2) + "\n")
-        tmp.replace(path)
-    else:
-        path = write_result("inference.json", out)
-    print(path)
+    print(write_json(Path(a.out) if a.out else RESULTS / "inference.json", out))
 
 
 if __name__ == "__main__":

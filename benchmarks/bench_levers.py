@@ -27,10 +27,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, boot_id, provenance, write_result  # noqa: E402
+from common import RESULTS, boot_id, parse_sets, provenance, write_json  # noqa: E402
 
 from cifarlab.errors import CifarlabError  # noqa: E402
-from cifarlab.recipe import parse_override, resolve  # noqa: E402
+from cifarlab.recipe import resolve  # noqa: E402
 
 # name -> (recipe overrides, environment); "recipe" is the baseline every ratio is taken to.
 # Recipe-specific levers (epochs, learning rates) are given with --lever.
@@ -58,14 +58,8 @@ def parse_lever(text: str) -> tuple[str, dict]:
     name, sep, body = text.partition(":")
     if not sep or not name.strip():
         raise SystemExit(f"--lever {text!r}: expected NAME:KEY=VALUE[,KEY=VALUE...]")
-    over: dict = {}
-    for item in filter(None, (s.strip() for s in body.split(","))):
-        try:
-            k, v = parse_override(item)
-        except Exception as e:
-            raise SystemExit(f"--lever {name}: {e}") from None
-        over[k] = v
-    return name.strip(), over
+    items = [s.strip() for s in body.split(",") if s.strip()]
+    return name.strip(), parse_sets(items, f"--lever {name.strip()}")
 
 
 def run_variant(recipe: str, name: str, over: dict, env: dict, data_dir: str,
@@ -102,10 +96,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="keep the variants already measured in --out (same machine and boot)")
     a = ap.parse_args(argv)
     a.out = a.out or RESULTS / f"levers-{Path(a.recipe).stem}.json"
-    try:
-        common = dict(parse_override(item) for item in a.set)
-    except Exception as e:
-        raise SystemExit(str(e)) from None
+    common = parse_sets(a.set)
     levers = dict(LEVERS)
     for text in a.lever:
         name, over = parse_lever(text)
@@ -148,11 +139,7 @@ def main(argv: list[str] | None = None) -> None:
             if base is not None:
                 v["seconds_ratio"] = v["seconds"] / base["seconds"]
                 v["val_acc_delta"] = v["val_acc"] - base["val_acc"]
-        if a.out.parent == RESULTS:
-            write_result(a.out.name, state)
-        else:
-            a.out.parent.mkdir(parents=True, exist_ok=True)
-            a.out.write_text(json.dumps(state, indent=2) + "\n")
+        write_json(a.out, state)
 
     save()  # this leg is recorded even if it measures nothing new
     for name, (over, env) in levers.items():

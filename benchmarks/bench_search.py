@@ -40,7 +40,7 @@ import tomllib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import provenance, write_result  # noqa: E402
+from common import RESULTS, provenance, write_json  # noqa: E402
 
 import cifarlab  # noqa: E402
 import cifarlab.models.family  # noqa: E402, F401  (registers "family")
@@ -82,17 +82,11 @@ def load_state(path: Path) -> dict:
 
 
 def save_state(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=1, default=str) + "\n")
-    tmp.replace(path)
+    write_json(path, state, indent=1)
 
 
 def write_out(out: Path | None, result: dict) -> Path:
-    if out is None:
-        return write_result("search.json", result)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    return out
+    return write_json(out or RESULTS / "search.json", result)
 
 
 def run_workers(spec_file: Path, study: str, runs_dir: Path, workers: int, threads: int,

@@ -17,7 +17,9 @@ invocation.
 
 The file is rewritten after the anchor and after every run. If the invocation is interrupted,
 `--resume` (same `--out`) continues it: the finished runs are kept and the run that was cut
-short is started again (a timing cannot be resumed). A resumed leg keeps the last anchor only
+short is started again (a timing cannot be resumed). A run is kept only while its recipe
+resolves the same (`recipe_sha`); one whose recipe has changed since moves to
+`superseded_runs` and is timed again. A resumed leg keeps the last anchor only
 on the same machine, not rebooted since (`boot_id`), within ANCHOR_HOURS of it; otherwise
 (another session, another CPU: these machines drift 2x between days) it runs the anchor again
 first. Every run records which anchor (`anchors[i]`) its ratio is taken against, so an
@@ -34,6 +36,7 @@ on the same cores inflates the seconds.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import sys
@@ -49,13 +52,15 @@ from common import (  # noqa: E402
     boot_id,
     matmul_gflops,
     model_gflops,
+    parse_sets,
     provenance,
+    write_json,
 )
 
 import cifarlab  # noqa: E402
 from cifarlab.data import load_data  # noqa: E402
 from cifarlab.errors import CifarlabError  # noqa: E402
-from cifarlab.recipe import RecipeError, parse_override  # noqa: E402
+from cifarlab.recipe import resolve  # noqa: E402
 
 # Issue 17's targets. Accuracy: the worst of the seeds ("anchor": the anchor's own accuracy in
 # this invocation); time: the median of the seeds as a multiple of the anchor's seconds.
@@ -80,6 +85,27 @@ def train_run(recipe: str, seed: int, data, runs_dir: str, overrides: dict,
                        seed=seed, progress=False, plots=False, log=lambda s: None,
                        device=device, **overrides)
     return m, time.perf_counter() - t0
+
+
+def recipe_sha(recipe: str, overrides: dict) -> str:
+    """A fingerprint of the recipe as it resolves now (with the invocation's overrides)."""
+    text = json.dumps(resolve(recipe, overrides), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def drop_changed(state: dict, shas: dict[str, str]) -> None:
+    """A resumed invocation keeps a run only if its recipe still resolves the same (runs
+    recorded without a fingerprint cannot show it): the others move to `superseded_runs`
+    and are timed again."""
+    keep = []
+    for r in state["runs"]:
+        if r.get("recipe_sha") == shas.get(r["recipe"]):
+            keep.append(r)
+        else:
+            print(f"{r['recipe']} seed {r['seed']}: the recipe has changed since it was "
+                  "timed (or is not recorded); timing it again", flush=True)
+            state.setdefault("superseded_runs", []).append(r)
+    state["runs"] = keep
 
 
 def summarize(runs: list[dict], anchors: list[dict], roof: dict | None = None) -> dict:
@@ -146,10 +172,7 @@ def save(path: Path, state: dict) -> None:
     if state.get("anchors"):
         state["summary"] = summarize(state["runs"], state["anchors"], state.get("roof"))
     state["throughput_verdict"] = throughput_verdict(state.get("throughput"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2) + "\n")
-    tmp.replace(path)
+    write_json(path, state)
 
 
 def read_state(path: Path) -> dict:
@@ -231,10 +254,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="where cifarlab trains (default cpu: the anchor runs on the CPU)")
     a = ap.parse_args(argv)
     a.seeds_given, a.seeds = a.seeds, a.seeds if a.seeds is not None else [0, 1, 2]
-    try:
-        a.overrides = dict(parse_override(item) for item in a.set)
-    except RecipeError as e:
-        raise SystemExit(str(e)) from None
+    a.overrides = parse_sets(a.set)
     path = Path(a.out)
     prov = provenance()
     state = begin(a, path, prov)
@@ -250,6 +270,12 @@ def main(argv: list[str] | None = None) -> None:
     except CifarlabError as e:
         raise SystemExit(str(e)) from None
     inv["data_dir"] = str(data.root)
+    overrides = inv.get("overrides", {})
+    try:  # every recipe resolves before the anchor's minutes are spent
+        shas = {name: recipe_sha(name, overrides) for name in inv["recipes"]}
+    except CifarlabError as e:
+        raise SystemExit(str(e)) from None
+    drop_changed(state, shas)
     save(path, state)
 
     if need_anchor:
@@ -278,7 +304,6 @@ def main(argv: list[str] | None = None) -> None:
         save(path, state)
 
     runs_dir = a.runs_dir or tempfile.mkdtemp(prefix="cifarlab-speed-")
-    overrides = inv.get("overrides", {})
     done = {(r["recipe"], r["seed"]) for r in state["runs"]}
     for name in inv["recipes"]:
         for seed in inv["seeds"]:
@@ -288,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
             m, seconds = train_run(name, seed, data, runs_dir, overrides, inv["device"])
             run = {"recipe": name, "seed": seed, "test_acc": m["test_acc"],
                    "seconds": seconds, "ratio_to_anchor": seconds / anchor_s,
-                   "anchor": anchor_i,
+                   "anchor": anchor_i, "recipe_sha": shas[name],
                    "epochs": m["epochs"], "params": m["params"],
                    **{k: m.get(k) for k in ("train_seconds", "macs", "receptive_field",
                                             "images_per_second")},

@@ -19,13 +19,28 @@ def boot_id() -> str | None:
         return None
 
 
-def write_result(name: str, obj) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / name
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+def write_json(path: Path, obj, indent: int = 2) -> Path:
+    """Write a results file atomically (a reader never sees half of one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=indent, default=str) + "\n")
     tmp.replace(path)
     return path
+
+
+def write_result(name: str, obj) -> Path:
+    return write_json(RESULTS / name, obj)
+
+
+def parse_sets(items: list[str], what: str = "") -> dict:
+    """KEY=VALUE recipe overrides (`--set`), or exit with the one-line reason (after `what`)."""
+    from cifarlab.errors import CifarlabError
+    from cifarlab.recipe import parse_override
+
+    try:
+        return dict(parse_override(item) for item in items)
+    except CifarlabError as e:
+        raise SystemExit(f"{what}: {e}" if what else str(e)) from None
 
 
 def merge_speed(throughput: dict) -> Path:

@@ -288,6 +288,12 @@ def time_to_accuracy_section() -> list[str]:
         out += ["", "Not timed in this invocation: " + ", ".join(untimed) + " (`bench_speed.py "
                 "--resume NAME` adds a recipe, with a new anchor run if the machine or boot "
                 "changed)."]
+    gone = data.get("superseded_runs", [])
+    if gone:
+        names = ", ".join(f"`{n}`" for n in sorted({r["recipe"] for r in gone}))
+        out += ["", f"{len(gone)} earlier run{'s' * (len(gone) > 1)} of {names}, timed before "
+                "its recipe last changed, are kept in speed.json as `superseded_runs` and "
+                "counted nowhere."]
     out += ["", "Worst seed for accuracy, median for time. A recipe's time is the wall time of "
             "the whole `train` call, data in memory, final evaluation with test-time "
             "augmentation included; the anchor's is its own clock, network creation to the end "

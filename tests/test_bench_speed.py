@@ -190,6 +190,41 @@ def test_interrupted_invocation_resumes_with_its_anchor(env, monkeypatch, capsys
     assert out["summary"]["fast-top"]["n_runs"] == 4 and len(anchor_calls(env)) == 1
 
 
+def test_resume_times_a_changed_recipe_again(env, monkeypatch):
+    """A resumed invocation keeps a run only while its recipe resolves the same."""
+    assert bench_speed.recipe_sha("fast-50k", {}) == bench_speed.recipe_sha("fast-50k", {})
+    assert (bench_speed.recipe_sha("fast-50k", {})
+            != bench_speed.recipe_sha("fast-50k", {"train.epochs": 3}))
+    bench_speed.main(["fast-top", "fast-50k", *env["args"]])
+    first = json.loads(env["out"].read_text())
+    del first["runs"][0]["recipe_sha"]  # as recorded before fingerprints: cannot be trusted
+    env["out"].write_text(json.dumps(first))
+    env["calls"].clear()
+    real = bench_speed.recipe_sha
+    monkeypatch.setattr(bench_speed, "recipe_sha",
+                        lambda r, o: real(r, o) + ("-edited" if r == "fast-50k" else ""))
+    bench_speed.main(["--resume", *env["args"]])
+    out = json.loads(env["out"].read_text())
+    assert env["calls"] == [("fast-top", 0), ("fast-50k", 0), ("fast-50k", 1), ("fast-50k", 2)]
+    assert len(anchor_calls(env)) == 1  # the anchor still holds
+    assert [(r["recipe"], r["seed"]) for r in out["superseded_runs"]] == [
+        ("fast-top", 0), ("fast-50k", 0), ("fast-50k", 1), ("fast-50k", 2)]
+    assert len(out["runs"]) == 6 and out["summary"]["fast-50k"]["n_runs"] == 3
+    assert {r["recipe_sha"] for r in out["runs"] if r["recipe"] == "fast-50k"} == {
+        real("fast-50k", {}) + "-edited"}
+    import update_readme
+
+    monkeypatch.setattr(update_readme, "RESULTS", env["out"].parent)
+    text = "\n".join(update_readme.time_to_accuracy_section())
+    assert "4 earlier runs of `fast-50k`, `fast-top`, timed before" in text
+
+
+def test_unknown_recipe_refused_before_the_anchor(env):
+    with pytest.raises(SystemExit, match="no-such-recipe"):
+        bench_speed.main(["no-such-recipe", *env["args"]])
+    assert anchor_calls(env) == []
+
+
 def test_resume_elsewhere_or_later_runs_the_anchor_again(env, monkeypatch):
     """A leg on another machine (or a day later) gets its own anchor; each run's ratio is to
     the anchor of its own leg, and the summary takes the median of those ratios."""
