@@ -460,7 +460,7 @@ def test_model_initialised_from_training_data(shared_cifar_dir, tmp_path):
 
 
 def test_norm_bias_lr_scale_and_fixed_momentum():
-    cfg = resolve("fast-top")
+    cfg = resolve("fast-top", {"optim.name": "sgd"})  # airbench94's SGD (the recipe: Muon)
     model = create_model("fast-top")
     opt = build_optimizer(cfg, model)
     weights, biases = opt.param_groups
@@ -477,7 +477,8 @@ def test_norm_bias_lr_scale_and_fixed_momentum():
         assert weights["momentum"] == biases["momentum"] == 0.85  # not cycled
         opt.step()
         sched.step()
-    plain = build_optimizer(resolve("fast-top", {"optim.norm_bias_lr_scale": 1.0}), model)
+    plain = build_optimizer(resolve("fast-top", {"optim.name": "sgd",
+                                                 "optim.norm_bias_lr_scale": 1.0}), model)
     assert len(plain.param_groups) == 1
 
 
@@ -530,3 +531,12 @@ def test_low_res_refused_for_a_fixed_size_head(shared_cifar_dir, tmp_path):
         cifarlab.train("seed003-net1", data_dir=shared_cifar_dir, runs_dir=tmp_path,
                        progress=False, log=lambda s: None, plots=False, epochs=2,
                        batch_size=50, low_res=16, low_res_epochs=1)
+
+
+def test_fast_top_takes_26_px_but_not_24():
+    """fast-top's low_res is 26: its 3x3 max-pool head needs a 3x3 map (a 24 px image gives
+    2x2, refused before training)."""
+    model, cpu = create_model("fast-top"), torch.device("cpu")
+    engine.check_low_res(model, resolve("fast-top")["train"]["low_res"], cpu)
+    with pytest.raises(CifarlabError, match="does not take 24x24 images"):
+        engine.check_low_res(model, 24, cpu)

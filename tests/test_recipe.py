@@ -115,4 +115,5 @@ def test_low_res_epochs_leave_the_last_epoch_at_full_size():
     assert (t["low_res"], t["low_res_epochs"], low_res_epochs(t)) == (24, 4, 4)
     assert [low_res_epochs(resolve("fast-50k", {"train.epochs": e})["train"])
             for e in (1, 2, 4, 5)] == [0, 1, 3, 4]
-    assert low_res_epochs(resolve("fast-top")["train"]) == 0
+    assert low_res_epochs(resolve("default")["train"]) == 0
+    assert low_res_epochs(resolve("fast-top")["train"]) == 4  # 26 px: its max-pool head's least
