@@ -8,9 +8,10 @@ reference adapted to the CPU) as a subprocess on the same machine, then every re
 seed, and records all of it in one results file (`--out`, default
 benchmarks/results/speed.json): `anchor` (its accuracy and seconds, machine, date, command),
 `roof` (the machine's bf16 and fp32 matmul GFLOP/s), `runs`, a per-recipe `summary` whose
-times are also ratios to the anchor's seconds (`ratio_to_anchor`) and whose `gflops` (model
-MACs x 2 x 3 for forward + backward, times training images/s) is also a fraction of the bf16
-roof (`roof_fraction`), the verdicts against `TARGETS` (below, as ratios), and `throughput` (kept
+times are also ratios to the anchor's seconds (`ratio_to_anchor`) and whose `gflops` (mean
+MACs per training image, progressive-resizing epochs at their size, x 2 x 3 for forward +
+backward, times training images/s) is also a fraction of the bf16
+roof (`roof_fraction`), the verdicts against `targets.TARGETS` (as ratios), and `throughput` (kept
 from benchmarks/results/throughput.json). Absolute seconds differ between machines; a ratio
 measured side by side does not, so a time is only ever compared with the anchor of its own
 invocation.
@@ -56,25 +57,16 @@ from common import (  # noqa: E402
     provenance,
     write_json,
 )
+from targets import MIN_SEEDS, TARGETS, THROUGHPUT_REQUIRED_RATIO  # noqa: E402
 
 import cifarlab  # noqa: E402
+from cifarlab.api import build  # noqa: E402
 from cifarlab.data import load_data  # noqa: E402
+from cifarlab.engine import train_macs  # noqa: E402
 from cifarlab.errors import CifarlabError  # noqa: E402
 from cifarlab.recipe import resolve  # noqa: E402
 
-# Issue 17's targets. Accuracy: the worst of the seeds ("anchor": the anchor's own accuracy in
-# this invocation); time: the median of the seeds as a multiple of the anchor's seconds.
-TARGETS = {
-    "fast-top": {"acc": "anchor", "required_ratio": 0.75, "goal_ratio": 0.5},
-    "fast-50k": {"acc": 0.80, "required_ratio": 0.16, "goal_ratio": 0.12},
-    "fast-seed001": {"acc": 0.85, "required_ratio": 0.25, "goal_ratio": 0.16},
-    "best-seed001": {"acc": 0.89, "goal_acc": 0.90, "required_ratio": 2.4, "goal_ratio": 2.4},
-}
-MIN_SEEDS = 3  # a verdict needs this many runs
 ANCHOR_HOURS = 6  # a resumed leg runs the anchor again when the last one is older (or elsewhere)
-# images/s of the engine over the conventional Dataset + DataLoader pipeline, same network
-# (benchmarks/bench_throughput.py)
-THROUGHPUT_REQUIRED_RATIO = 2.5
 
 
 def train_run(recipe: str, seed: int, data, runs_dir: str, overrides: dict,
@@ -106,6 +98,17 @@ def drop_changed(state: dict, shas: dict[str, str]) -> None:
                   "timed (or is not recorded); timing it again", flush=True)
             state.setdefault("superseded_runs", []).append(r)
     state["runs"] = keep
+
+
+def fill_train_macs(runs: list[dict], overrides: dict) -> None:
+    """Runs recorded before `train_macs` existed counted every epoch at 32 x 32: their mean
+    MACs per training image (progressive-resizing epochs at their size) and GFLOP/s, derived
+    from the recipe each was timed with (its recipe_sha still matches)."""
+    for r in runs:
+        if r.get("train_macs") is None and r.get("images_per_second"):
+            cfg = resolve(r["recipe"], overrides)
+            r["train_macs"] = train_macs(build(cfg).facts, cfg["train"], r["epochs"])
+            r["gflops"] = model_gflops(r["train_macs"], r["images_per_second"])
 
 
 def summarize(runs: list[dict], anchors: list[dict], roof: dict | None = None) -> dict:
@@ -276,6 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     except CifarlabError as e:
         raise SystemExit(str(e)) from None
     drop_changed(state, shas)
+    fill_train_macs(state["runs"], overrides)
     save(path, state)
 
     if need_anchor:
@@ -315,11 +319,11 @@ def main(argv: list[str] | None = None) -> None:
                    "seconds": seconds, "ratio_to_anchor": seconds / anchor_s,
                    "anchor": anchor_i, "recipe_sha": shas[name],
                    "epochs": m["epochs"], "params": m["params"],
-                   **{k: m.get(k) for k in ("train_seconds", "macs", "receptive_field",
-                                            "images_per_second")},
+                   **{k: m.get(k) for k in ("train_seconds", "macs", "train_macs",
+                                            "receptive_field", "images_per_second")},
                    **provenance()}
-            if run["macs"] and run["images_per_second"]:
-                run["gflops"] = model_gflops(run["macs"], run["images_per_second"])
+            if run["train_macs"] and run["images_per_second"]:
+                run["gflops"] = model_gflops(run["train_macs"], run["images_per_second"])
             if overrides:
                 run["overrides"] = overrides
             state["runs"].append(run)

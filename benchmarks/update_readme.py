@@ -281,7 +281,7 @@ def time_to_accuracy_section() -> list[str]:
                    + f" | {pct(s['mean_acc'])} | {pct(s['worst_acc'])} | {s['n_runs']} | "
                    + (f"{s['gflops']:.0f} ({100 * s['roof_fraction']:.1f}%)"
                       if "roof_fraction" in s else "–") + f" | {req} | {goal} |")
-    from bench_speed import TARGETS  # the one place the targets are declared
+    from targets import TARGETS  # the one place the targets are declared
 
     untimed = [f"`{name}`" for name in TARGETS if name not in runs]
     if untimed and anchors:
@@ -297,8 +297,9 @@ def time_to_accuracy_section() -> list[str]:
     out += ["", "Worst seed for accuracy, median for time. A recipe's time is the wall time of "
             "the whole `train` call, data in memory, final evaluation with test-time "
             "augmentation included; the anchor's is its own clock, network creation to the end "
-            "of its test-time augmentation. GFLOP/s: the network's MACs × 2 × 3 (forward and "
-            "backward) × training images/s, as a share of the bf16 2048² matmul roof measured in "
+            "of its test-time augmentation. GFLOP/s: the network's mean MACs per training image "
+            "(progressive-resizing epochs at their size) × 2 × 3 (forward and backward) × "
+            "training images/s, as a share of the bf16 2048² matmul roof measured in "
             "the same invocation" + (f" ({data['roof']['bf16_gflops']:.0f} GFLOP/s)"
                                      if data.get("roof") else "") + ". Each run's seed, commit, "
             "command and machine are in `benchmarks/results/speed.json`."]

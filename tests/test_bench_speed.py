@@ -14,6 +14,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import anchor as anchor_mod  # noqa: E402
 import bench_speed  # noqa: E402
 
+import cifarlab.api  # noqa: E402
+from cifarlab.analysis import macs_at  # noqa: E402
+from cifarlab.models import create_model  # noqa: E402
+from cifarlab.recipe import resolve  # noqa: E402
+
 REAL_TRAIN_RUN = bench_speed.train_run
 
 FAKE_ANCHOR = """\
@@ -48,7 +53,8 @@ def env(tmp_path, monkeypatch, cifar_dir):
         calls.append((recipe, seed))
         acc, seconds = RESULTS[recipe, seed]
         return {"test_acc": acc, "epochs": 3, "params": 1234, "train_seconds": seconds - 0.5,
-                "macs": 1_000_000, "receptive_field": 5, "images_per_second": 100.0}, seconds
+                "macs": 1_000_000, "train_macs": 1_000_000, "receptive_field": 5,
+                "images_per_second": 100.0}, seconds
 
     monkeypatch.setattr(bench_speed, "train_run", fake_train)
     monkeypatch.setattr(bench_speed, "matmul_gflops", lambda dtype: 300.0)
@@ -281,3 +287,17 @@ def test_tiny_real_runs_through_overrides(env, monkeypatch, tmp_path):
     assert run["ratio_to_anchor"] == pytest.approx(run["seconds"] / 12.3)
     s = out["summary"]["fast-50k"]
     assert s["required_met"] is None and s["overrides"]
+
+
+def test_runs_recorded_before_train_macs_get_them_from_their_recipe():
+    """GFLOP/s counts progressive-resizing epochs at their size (fast-top: 4 of 8 at 26 px)."""
+    runs = [{"recipe": "fast-top", "epochs": 8, "macs": 1, "images_per_second": 500.0,
+             "gflops": 999.0}, {"recipe": "fast-top", "epochs": 8, "train_macs": 7.0,
+                                "images_per_second": 500.0, "gflops": 1.0}]
+    bench_speed.fill_train_macs(runs, {})
+    full = cifarlab.api.build(resolve("fast-top")).facts["macs"]
+    low = macs_at(create_model("fast-top"), 26)
+    assert 0 < low < full
+    assert runs[0]["train_macs"] == pytest.approx((4 * low + 4 * full) / 8)
+    assert runs[0]["gflops"] == pytest.approx(runs[0]["train_macs"] * 6 * 500 / 1e9)
+    assert runs[1]["gflops"] == 1.0  # measured with train_macs: left alone

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 import cifarlab
 from cifarlab import api, engine
+from cifarlab.analysis import macs_at
 from cifarlab.errors import CifarlabError
 from cifarlab.models import create_model
 from cifarlab.optim import Lookahead, build_optimizer, build_scheduler, loss_fn
@@ -512,6 +513,8 @@ def test_low_res_epochs_train_on_smaller_images(shared_cifar_dir, tmp_path, monk
     steps = 1000 // 50
     assert sizes == [(16, 16)] * (2 * steps)  # epochs 1-2 only; epoch 3 at 32 x 32
     assert m["epochs"] == 3 and 0.0 <= m["test_acc"] <= 1.0
+    low = macs_at(cifarlab.api.build(resolve("default")).model, 16)
+    assert m["train_macs"] == pytest.approx((2 * low + m["macs"]) / 3)  # compute as trained
     # resumed after the low-res epochs: nothing is resized any more
     sizes.clear()
     m2 = cifarlab.train("default", data_dir=shared_cifar_dir, runs_dir=tmp_path, progress=False,

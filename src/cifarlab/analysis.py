@@ -509,6 +509,14 @@ def describe(model: nn.Module) -> dict:
     return _facts(trace(model))
 
 
+def macs_at(model: nn.Module, size: int) -> int | None:
+    """MACs of one size x size image (None if the network does not take that size)."""
+    try:
+        return sum(e.macs for e in trace(model, (3, size, size)).events)
+    except RuntimeError:
+        return None
+
+
 def _facts(t: Trace) -> dict:
     return {"params": t.total_params, "trainable_params": t.trainable_params,
             "macs": sum(e.macs for e in t.events), "receptive_field": t.rf}

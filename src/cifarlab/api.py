@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from . import parallel as par
-from .analysis import assess
+from .analysis import assess, macs_at
 from .data import CIFAR10, channel_stats, load_data
 from .engine import Built, check_sizes, fit, fixed_test_inputs, resolve_device
 from .errors import CifarlabError
@@ -41,6 +41,8 @@ def build(cfg: dict) -> Built:
     if broken:
         raise CifarlabError(f"model '{cfg['model']}' breaks recipe '{cfg['name']}': "
                             + "; ".join(broken))
+    if cfg["train"]["low_res"]:  # progressive resizing: the smaller epochs' compute
+        facts["low_res_macs"] = macs_at(model, cfg["train"]["low_res"])
     return Built(model, facts, rng)
 
 

@@ -380,6 +380,15 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
                                            antialias=True, align_corners=False)
 
 
+def train_macs(facts: dict, train: dict, epochs: int) -> float:
+    """Mean MACs per training image over `epochs` epochs of this schedule: the progressive-
+    resizing epochs at their size (facts["low_res_macs"], api.build), the rest at 32 x 32."""
+    n = min(low_res_epochs(train), epochs)
+    if not n or not facts.get("low_res_macs") or not epochs:
+        return float(facts["macs"])
+    return (n * facts["low_res_macs"] + (epochs - n) * facts["macs"]) / epochs
+
+
 def check_low_res(model: torch.nn.Module, size: int, dev: torch.device) -> None:
     """The model takes size x size images (a head sized for 32 x 32 does not): one eval-mode
     forward of two blank images, which changes no weight, statistic or random state."""
@@ -666,6 +675,7 @@ def finish(s: Setup, st: TrainState, run: RunDir, time_stop: bool, legs: Legs,
         "confusion": shown["confusion"] if shown else None,
         "classes": list(s.meta["classes"]), "params": s.facts["params"],
         "macs": s.facts["macs"], "receptive_field": s.facts["receptive_field"],
+        "train_macs": train_macs(s.facts, t, len(st.history)),
         "train_seconds": st.train_seconds,
         "images_per_second": st.images_seen / st.img_seconds if st.img_seconds else 0.0,
         "epochs": len(st.history), "epochs_planned": t["epochs"],
