@@ -291,8 +291,9 @@ def time_to_accuracy_section() -> list[str]:
     gone = data.get("superseded_runs", [])
     if gone:
         names = ", ".join(f"`{n}`" for n in sorted({r["recipe"] for r in gone}))
-        out += ["", f"{len(gone)} earlier run{'s' * (len(gone) > 1)} of {names}, timed before "
-                "its recipe last changed, are kept in speed.json as `superseded_runs` and "
+        out += ["", f"{len(gone)} earlier run{'s' * (len(gone) > 1)} of {names}, not shown to "
+                "have trained the recipe as shipped now (it changed since, or they were recorded "
+                "without its fingerprint), are kept in speed.json as `superseded_runs` and "
                 "counted nowhere."]
     out += ["", "Worst seed for accuracy, median for time. A recipe's time is the wall time of "
             "the whole `train` call, data in memory, final evaluation with test-time "

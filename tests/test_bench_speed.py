@@ -222,7 +222,7 @@ def test_resume_times_a_changed_recipe_again(env, monkeypatch):
 
     monkeypatch.setattr(update_readme, "RESULTS", env["out"].parent)
     text = "\n".join(update_readme.time_to_accuracy_section())
-    assert "4 earlier runs of `fast-50k`, `fast-top`, timed before" in text
+    assert "4 earlier runs of `fast-50k`, `fast-top`, not shown to have trained" in text
 
 
 def test_unknown_recipe_refused_before_the_anchor(env):
