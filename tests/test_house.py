@@ -104,7 +104,7 @@ def test_cross_field_checks_before_any_run_dir(shared_cifar_dir, tmp_path):
 def test_base_recipe_inheritance():
     d, f = resolve("default"), resolve("fast-seed001")
     assert d["name"] == "default" and d["model"] == f["model"]
-    assert d["train"]["epochs"] < f["train"]["epochs"]  # the first run is the short one
+    assert d["train"]["epochs"] <= f["train"]["epochs"]  # the first run is a short one
     # what the default sets itself (issue 5's SGD at full size); the rest is inherited
     d["train"].update({k: f["train"][k] for k in ("epochs", "low_res", "low_res_epochs")})
     d["optim"]["name"] = f["optim"]["name"]
@@ -136,6 +136,12 @@ def test_model_built_and_traced_once(shared_cifar_dir, tmp_path, monkeypatch):
     cifarlab.train("fast-50k", data_dir=shared_cifar_dir, runs_dir=tmp_path, epochs=1,
                    batch_size=100, procs=1, progress=False, plots=False, log=lambda s: None)
     assert counts == {"trace": 1, "create": 1}
+    # a schedule with progressive-resizing epochs adds one trace at that size (train_macs)
+    counts.update(trace=0, create=0)
+    cifarlab.train("fast-50k", data_dir=shared_cifar_dir, runs_dir=tmp_path, epochs=2,
+                   batch_size=100, procs=1, progress=False, plots=False, log=lambda s: None,
+                   **{"data.train_subset": 200, "data.test_subset": 100})
+    assert counts == {"trace": 2, "create": 1}
 
 
 def _run_with_model(shared_cifar_dir, tmp_path):

@@ -20,7 +20,7 @@ from .errors import CifarlabError
 from .images import classify_files
 from .inference import checkpoint_path, infer, load_model, summarize  # noqa: F401
 from .models import REGISTRY, create_model
-from .recipe import expand_shortcuts, parse_override, resolve
+from .recipe import expand_shortcuts, low_res_epochs, parse_override, resolve
 from .rundir import RunDir, read_json
 
 __all__ = ["train", "evaluate", "predict", "load_data", "load_model", "build", "check_model",
@@ -41,7 +41,7 @@ def build(cfg: dict) -> Built:
     if broken:
         raise CifarlabError(f"model '{cfg['model']}' breaks recipe '{cfg['name']}': "
                             + "; ".join(broken))
-    if cfg["train"]["low_res"]:  # progressive resizing: the smaller epochs' compute
+    if low_res_epochs(cfg["train"]):  # progressive resizing: the smaller epochs' compute
         facts["low_res_macs"] = macs_at(model, cfg["train"]["low_res"])
     return Built(model, facts, rng)
 
