@@ -290,14 +290,14 @@ def test_tiny_real_runs_through_overrides(env, monkeypatch, tmp_path):
 
 
 def test_runs_recorded_before_train_macs_get_them_from_their_recipe():
-    """GFLOP/s counts progressive-resizing epochs at their size (fast-top: 4 of 8 at 26 px)."""
-    runs = [{"recipe": "fast-top", "epochs": 8, "macs": 1, "images_per_second": 500.0,
-             "gflops": 999.0}, {"recipe": "fast-top", "epochs": 8, "train_macs": 7.0,
+    """GFLOP/s counts progressive-resizing epochs at their size (fast-top: 6 of 9 at 26 px)."""
+    runs = [{"recipe": "fast-top", "epochs": 9, "macs": 1, "images_per_second": 500.0,
+             "gflops": 999.0}, {"recipe": "fast-top", "epochs": 9, "train_macs": 7.0,
                                 "images_per_second": 500.0, "gflops": 1.0}]
     bench_speed.fill_train_macs(runs, {})
     full = cifarlab.api.build(resolve("fast-top")).facts["macs"]
     low = macs_at(create_model("fast-top"), 26)
     assert 0 < low < full
-    assert runs[0]["train_macs"] == pytest.approx((4 * low + 4 * full) / 8)
+    assert runs[0]["train_macs"] == pytest.approx((6 * low + 3 * full) / 9)
     assert runs[0]["gflops"] == pytest.approx(runs[0]["train_macs"] * 6 * 500 / 1e9)
     assert runs[1]["gflops"] == 1.0  # measured with train_macs: left alone

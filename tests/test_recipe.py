@@ -116,4 +116,4 @@ def test_low_res_epochs_leave_the_last_epoch_at_full_size():
     assert [low_res_epochs(resolve("fast-50k", {"train.epochs": e})["train"])
             for e in (1, 2, 4, 5)] == [0, 1, 3, 4]
     assert low_res_epochs(resolve("default")["train"]) == 0
-    assert low_res_epochs(resolve("fast-top")["train"]) == 4  # 26 px: its max-pool head's least
+    assert low_res_epochs(resolve("fast-top")["train"]) == 6  # 26 px: its max-pool head's least
