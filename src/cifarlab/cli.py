@@ -350,6 +350,14 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "data"
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = run_command(argv)
+    par = sys.modules.get("cifarlab.parallel")  # imported only by commands that train
+    if par is not None:
+        par.exit_torchrun_rank(code)  # a torchrun rank ends here, without gloo's teardown
+    return code
+
+
+def run_command(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.command is None:  # `cifarlab` alone: how to begin
         print(GETTING_STARTED, end="")

@@ -15,6 +15,7 @@ import inspect
 import multiprocessing as mp
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ from .errors import CifarlabError
 
 TIMEOUT = datetime.timedelta(minutes=30)  # longest a rank waits for the others (rank 0 tests)
 _eval_threads: int | None = None  # threads rank 0 may use while the other ranks wait
+_joined = False  # this process joined torchrun's process group
 
 
 def rank_world() -> tuple[int, int]:
@@ -36,10 +38,26 @@ def rank_world() -> tuple[int, int]:
 
 def from_environment() -> bool:
     """Join the process group torchrun describes (WORLD_SIZE > 1 in the environment)."""
+    global _joined
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return False
     dist.init_process_group("gloo", timeout=TIMEOUT)
+    _joined = True
     return True
+
+
+def exit_torchrun_rank(code: int) -> None:
+    """End a process that joined torchrun's group, once its command is done. Left to the
+    interpreter's teardown, gloo's threads abort about one exit in six ("terminate called
+    without an active exception"), which torchrun reports as a failed run: leave the group,
+    flush and exit at once. Does nothing in any other process."""
+    if not _joined:
+        return
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def all_sum(*values: float) -> list[float]:
