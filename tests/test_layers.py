@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from cifarlab.layers import FastDropout, use_fast_dropout
+from cifarlab.layers import FastDropout, Fp32DepthwiseConv2d, use_fast_dropout, use_fp32_depthwise
 from cifarlab.models import create_model
 
 
@@ -68,3 +68,31 @@ def test_swap_in_model():
     ps = {mod.p for mod in m.modules() if isinstance(mod, FastDropout)}
     assert ps == {0.1}
     assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_fp32_depthwise_swap_keeps_weights_and_computes_in_fp32():
+    torch.manual_seed(0)
+    m = create_model("seed001", dropout=0.0).to(memory_format=torch.channels_last)
+    keys = {k: v.clone() for k, v in m.state_dict().items()}
+    use_fp32_depthwise(m)
+    dw = [mod for mod in m.modules() if isinstance(mod, Fp32DepthwiseConv2d)]
+    assert len(dw) == 1 and dw[0].groups == dw[0].in_channels == 32  # seed 001's depthwise
+    assert sum(type(mod) is nn.Conv2d for mod in m.modules()) == 11  # the others stay as they are
+    assert m.state_dict().keys() == keys.keys()
+    assert all(torch.equal(m.state_dict()[k], v) for k, v in keys.items())
+
+    conv = dw[0]
+    x = torch.randn(4, 32, 16, 16).contiguous(memory_format=torch.channels_last)
+    xb = x.bfloat16()
+    plain = nn.functional.conv2d
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(xb)
+    assert y.dtype == torch.bfloat16  # the layers after it see the autocast dtype
+    exact = plain(xb.float(), conv.weight, None, conv.stride, conv.padding, conv.dilation,
+                  conv.groups)
+    assert torch.equal(y, exact.bfloat16())  # computed in fp32 with the fp32 weights
+    assert torch.equal(conv(x), plain(x, conv.weight, None, conv.stride, conv.padding,
+                                      conv.dilation, conv.groups))  # no autocast: plain conv
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        conv(xb.requires_grad_()).float().sum().backward()
+    assert conv.weight.grad.dtype == torch.float32 and xb.grad.dtype == torch.bfloat16

@@ -34,7 +34,7 @@ from .augment import Pipeline, normalize
 from .data import CIFAR10, Split, channel_stats
 from .errors import CifarlabError
 from .inference import autocast, infer, summarize
-from .layers import use_fast_dropout
+from .layers import use_fast_dropout, use_fp32_depthwise
 from .memory import keep_freed_memory
 from .optim import EMA, Lookahead, build_optimizer, build_scheduler, loss_fn
 from .provenance import command, commit, machine, now
@@ -221,6 +221,7 @@ class TrainState:
             init(normalize(s.train.images[:5000], torch.tensor(s.mean), torch.tensor(s.std)))
         if t["fast_dropout"]:
             use_fast_dropout(model)
+        use_fp32_depthwise(model)  # oneDNN's bf16 depthwise backward is slow on CPU
         model = model.to(s.dev)
         if t["channels_last"]:
             model = model.to(memory_format=torch.channels_last)
