@@ -2,7 +2,13 @@ import pytest
 import torch
 from torch import nn
 
-from cifarlab.layers import FastDropout, Fp32DepthwiseConv2d, use_fast_dropout, use_fp32_depthwise
+from cifarlab.layers import (
+    FastDropout,
+    Fp32DepthwiseConv2d,
+    keep_mask,
+    use_fast_dropout,
+    use_fp32_depthwise,
+)
 from cifarlab.models import create_model
 
 
@@ -15,6 +21,20 @@ def test_drop_rate_and_scale(p):
     assert abs(dropped - p) < 0.01
     assert torch.allclose(y[y != 0], torch.tensor(1 / (1 - p)))
     assert abs(y.mean().item() - 1) < 0.02  # unbiased like nn.Dropout
+
+
+@pytest.mark.parametrize("p", [1 / 65536, 0.1, 0.3, 0.5, 0.7, 0.95])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_keep_mask_is_the_16_bit_comparison(p, dtype):
+    """The bit trick keeps exactly the 16-bit draws r >= thr, as 1.0 and 0.0 of `dtype`."""
+    n = 100_003  # not a multiple of four draws
+    torch.manual_seed(3)
+    m = keep_mask(n, p, dtype, torch.device("cpu"))
+    torch.manual_seed(3)
+    r = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
+    want = r.view(torch.int16)[:n] >= -32768 + round(p * 65536)
+    assert m.dtype == dtype and m.shape == (n,)
+    assert torch.equal(m, want.to(dtype))
 
 
 def test_eval_and_p0_are_identity():

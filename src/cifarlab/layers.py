@@ -8,6 +8,41 @@ from torch import nn
 _INT16_MIN, _INT16_SPAN = -32768, 65536
 
 
+def keep_mask(n: int, p: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """n values of `dtype` in memory order: 1 with probability 1 - p, else 0 (p to 1/65536).
+
+    Each 64-bit draw gives four 16-bit numbers r, kept where r >= thr. The test runs on the
+    bits, not through a bool tensor (whose conversion to bf16 cost more than the draw): the
+    sign bit of r & (r - thr) (thr < 0) or r | (r - thr) (thr >= 0) is set exactly where
+    r < thr (r - thr may wrap around only where the other operand decides the sign), and
+    for a 16-bit float the kept positions get the bit pattern of 1.0.
+    """
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device)
+    r = bits.random_(-(2**63), 2**63 - 1).view(torch.int16)[:n]
+    thr = _INT16_MIN + round(p * _INT16_SPAN)
+    d = r - thr
+    dropped = ((r & d) if thr < 0 else (r | d)).bitwise_right_shift_(15)  # -1 or 0
+    if dtype in (torch.bfloat16, torch.float16):
+        one = torch.tensor(1.0, dtype=dtype).view(torch.int16).item()
+        return dropped.bitwise_not_().bitwise_and_(one).view(dtype)
+    return dropped.add_(1).to(dtype)
+
+
+class _Masked(torch.autograd.Function):
+    """x * mask * scale with one rounding, its gradient likewise (mask holds 0 and 1)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.save_for_backward(mask)
+        ctx.scale = scale
+        return torch.addcmul(x.new_zeros(()), x, mask, value=scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (mask,) = ctx.saved_tensors
+        return torch.addcmul(grad.new_zeros(()), grad, mask, value=ctx.scale), None, None
+
+
 class FastDropout(nn.Module):
     """Element-wise dropout like `nn.Dropout`, with a cheaper random mask on CPU.
 
@@ -28,17 +63,13 @@ class FastDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
-        n = x.numel()
-        bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device)
-        bits.random_(-(2**63), 2**63 - 1)
-        r = bits.view(torch.int16)[:n]
-        keep = r >= _INT16_MIN + round(self.p * _INT16_SPAN)
+        keep = keep_mask(x.numel(), self.p, x.dtype, x.device)
         if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
             b, c, h, w = x.shape
             keep = keep.view(b, h, w, c).permute(0, 3, 1, 2)
         else:
             keep = keep.view(x.shape)
-        return (x * keep.to(x.dtype)).mul_(1 / (1 - self.p))  # cheaper than where()
+        return _Masked.apply(x, keep, 1 / (1 - self.p))
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
