@@ -6,6 +6,7 @@ from cifarlab.layers import (
     FastDropout,
     Fp32DepthwiseConv2d,
     keep_mask,
+    random_int16,
     use_fast_dropout,
     use_fp32_depthwise,
 )
@@ -31,10 +32,22 @@ def test_keep_mask_is_the_16_bit_comparison(p, dtype):
     torch.manual_seed(3)
     m = keep_mask(n, p, dtype, torch.device("cpu"))
     torch.manual_seed(3)
-    r = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
-    want = r.view(torch.int16)[:n] >= -32768 + round(p * 65536)
+    want = random_int16(n, torch.device("cpu")) >= -32768 + round(p * 65536)
     assert m.dtype == dtype and m.shape == (n,)
     assert torch.equal(m, want.to(dtype))
+
+
+def test_random_int16_uniform_and_seeded_by_torch():
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    a = random_int16(400_001, cpu)
+    assert a.dtype == torch.int16 and a.shape == (400_001,)
+    assert torch.equal(torch.manual_seed(0) and random_int16(400_001, cpu), a)
+    assert not torch.equal(random_int16(400_001, cpu), a)  # the next call draws anew
+    counts = torch.bincount((a.int() + 32768) >> 12, minlength=16).float()  # 16 bins
+    assert (counts / counts.mean() - 1).abs().max() < 0.03
+    for bit in range(16):  # every bit of the 16 is a fair coin
+        assert abs(((a.int() >> bit) & 1).float().mean().item() - 0.5) < 0.005
 
 
 def test_eval_and_p0_are_identity():
