@@ -45,6 +45,11 @@ builds it (dropout 0.1, the seed's rate), B images a step (default 128), `--step
    number of images (B * steps), warmed up the same way. This is what `cifarlab train` runs;
    it is not a like-for-like comparison with the baseline (different network dropout, batch).
 
+Rows 1-3 are measured `--rounds` times (default 3), one after another in each round, so that
+a drift of the machine's speed during the invocation reaches all three; each row's figure is
+its median over the rounds (every round is kept in `rounds`), and the ratios are taken between
+those medians. Row 4 is measured once.
+
 Machine roof: best-of-`--reps` time of a 2048x2048 matmul (2 n^3 / t) in bf16 and, for
 reference, fp32, after warm-up. The engine's achieved model GFLOP/s is MACs x 2 (FLOPs per MAC)
 x 3 (forward + backward ~ 3x forward) x images/s, with MACs per image from
@@ -54,6 +59,7 @@ x 3 (forward + backward ~ 3x forward) x images/s, with MACs per image from
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -164,12 +170,15 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=10, help="untimed steps first (default 10)")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--reps", type=int, default=5, help="timed matmuls for the roof")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="times each of the first three rows is measured, in turn; the "
+                         "median counts (default 3)")
     ap.add_argument("--out-name", default="throughput.json",
                     help="file under benchmarks/results/ (or an absolute path)")
     a = ap.parse_args()
     bs, steps, warmup = a.batch_size, a.steps, a.warmup
-    if bs < 1 or steps < 1 or warmup < 0:
-        ap.error("--batch-size and --steps must be >= 1, --warmup >= 0")
+    if bs < 1 or steps < 1 or warmup < 0 or a.rounds < 1:
+        ap.error("--batch-size, --steps and --rounds must be >= 1, --warmup >= 0")
 
     prov = provenance()  # before anything runs: the commit actually measured
     data = cifarlab.load_data(a.data_dir)
@@ -183,13 +192,22 @@ def main() -> None:
     roof32 = matmul_gflops(torch.float32, reps=a.reps)
     print(f"matmul 2048: bf16 {roof:.0f} GFLOP/s, fp32 {roof32:.0f} GFLOP/s", flush=True)
 
-    base = baseline_throughput(data, bs, steps, warmup)
-    print(f"baseline (per-image DataLoader, fp32, NCHW): {base:.0f} img/s", flush=True)
-    eng = engine_throughput(data, {"model_args.dropout": 0.1}, bs, images, warmup)
-    print(f"engine (fit, seed001-fast recipe, dropout 0.1): {eng:.0f} img/s", flush=True)
-    eng2 = engine_throughput(data, {"model_args.dropout": 0.1, "train.processes": 2}, bs,
-                             images, warmup)
-    print(f"engine, 2 single-threaded processes, same batch: {eng2:.0f} img/s", flush=True)
+    rounds = []
+    for k in range(1, a.rounds + 1):  # interleaved: a drift of the machine's speed hits all rows
+        base = baseline_throughput(data, bs, steps, warmup)
+        print(f"round {k}: baseline (per-image DataLoader, fp32, NCHW): {base:.0f} img/s",
+              flush=True)
+        eng = engine_throughput(data, {"model_args.dropout": 0.1}, bs, images, warmup)
+        print(f"round {k}: engine (fit, seed001-fast recipe, dropout 0.1): {eng:.0f} img/s",
+              flush=True)
+        eng2 = engine_throughput(data, {"model_args.dropout": 0.1, "train.processes": 2}, bs,
+                                 images, warmup)
+        print(f"round {k}: engine, 2 single-threaded processes, same batch: {eng2:.0f} img/s",
+              flush=True)
+        rounds.append({"baseline_img_s": base, "engine_img_s": eng,
+                       "engine_processes_img_s": eng2})
+    base, eng, eng2 = (statistics.median(r[key] for r in rounds) for key in
+                       ("baseline_img_s", "engine_img_s", "engine_processes_img_s"))
     best, mode = max((eng, "1 process, 2 threads"), (eng2, "2 processes, 1 thread each"))
     default_bs = resolve("seed001-fast")["train"]["batch_size"]
     default_warmup = -(-warmup * bs // default_bs) if warmup else 0  # as many images, rounded up
@@ -222,6 +240,7 @@ def main() -> None:
         "batch_size": bs,
         "steps": steps,
         "warmup": warmup,
+        "rounds": rounds,
         "baseline_img_s": base,
         "engine_img_s": eng,
         "ratio_single_process": eng / base,

@@ -154,6 +154,8 @@ def speed_section() -> list[str]:
             "",
             f"Engine over the conventional pipeline: **{r['ratio']:.2f}×**"
             + (f" ({r['engine_mode']}, the faster engine row)" if "engine_mode" in r else "")
+            + (f"; each figure of the first three rows is the median of {len(r['rounds'])} "
+               "rounds, measured in turn" if r.get("rounds") else "")
             + f". Measured on {r['machine']}, {r['date'][:10]}; machine roof "
             f"{r['roof_gflops']:.0f} GFLOP/s bf16 matmul ({r['roof_gflops_fp32']:.0f} fp32); "
             f"the engine reaches {r['engine_gflops']:.0f} GFLOP/s of model compute "

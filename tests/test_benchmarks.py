@@ -161,11 +161,15 @@ def test_bench_throughput_records_both_engine_modes(shared_cifar_dir, tmp_path):
     out = tmp_path / "tp.json"
     r = subprocess.run([sys.executable, "benchmarks/bench_throughput.py", "--data-dir",
                         str(shared_cifar_dir), "--steps", "4", "--warmup", "1",
-                        "--batch-size", "16", "--reps", "1", "--out-name", str(out)],
+                        "--batch-size", "16", "--reps", "1", "--rounds", "2",
+                        "--out-name", str(out)],
                        cwd=Path(__file__).resolve().parent.parent, capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     t = json.loads(out.read_text())
+    assert len(t["rounds"]) == 2  # each row: the median of its rounds
+    for key in ("baseline_img_s", "engine_img_s", "engine_processes_img_s"):
+        assert t[key] == sum(r[key] for r in t["rounds"]) / 2
     assert t["ratio_single_process"] == t["engine_img_s"] / t["baseline_img_s"]
     assert t["ratio_processes"] == t["engine_processes_img_s"] / t["baseline_img_s"]
     assert t["ratio"] == max(t["ratio_single_process"], t["ratio_processes"])
