@@ -20,12 +20,14 @@ The file is rewritten after the anchor and after every run. If the invocation is
 `--resume` (same `--out`) continues it: the finished runs are kept and the run that was cut
 short is started again (a timing cannot be resumed). A run is kept only while its recipe
 resolves the same (`recipe_sha`); one whose recipe has changed since moves to
-`superseded_runs` and is timed again. A resumed leg keeps the last anchor only
-on the same machine, not rebooted since (`boot_id`), within ANCHOR_HOURS of it; otherwise
-(another session, another CPU: these machines drift 2x between days) it runs the anchor again
-first. Every run records which anchor (`anchors[i]`) its ratio is taken against, so an
-invocation can span sessions and each ratio is still measured side by side. Without `--resume`
-a new invocation replaces the file (an unfinished one is only discarded with `--restart`).
+`superseded_runs` and is timed again; so do, with `--retime NAME`, the runs of a recipe
+that resolves the same but should be timed with the code as it is now. A resumed leg keeps
+the last anchor only on the same machine, not rebooted since (`boot_id`), within ANCHOR_HOURS
+of it; otherwise (another session, another CPU: these machines drift 2x between days) it runs
+the anchor again first. Every run records which anchor (`anchors[i]`) its ratio is taken
+against, so an invocation can span sessions and each ratio is still measured side by side.
+Without `--resume` a new invocation replaces the file (an unfinished one is only discarded
+with `--restart`).
 
 Each run's `seconds` is the wall time of the whole `cifarlab.train` call with the data already
 in memory: model build, every epoch, evaluation with TTA and checkpoint writes included (per-epoch
@@ -98,6 +100,15 @@ def drop_changed(state: dict, shas: dict[str, str]) -> None:
                   "timed (or is not recorded); timing it again", flush=True)
             state.setdefault("superseded_runs", []).append(r)
     state["runs"] = keep
+
+
+def retime(state: dict, names: list[str], commit: str) -> None:
+    """--retime: the runs of these recipes move to `superseded_runs`, marked with the commit
+    that times them again, and are timed again."""
+    for r in state["runs"]:
+        if r["recipe"] in names:
+            state.setdefault("superseded_runs", []).append({**r, "retimed_at": commit})
+    state["runs"] = [r for r in state["runs"] if r["recipe"] not in names]
 
 
 def fill_train_macs(runs: list[dict], overrides: dict) -> None:
@@ -251,6 +262,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="continue the interrupted invocation recorded in --out (same anchor)")
     g.add_argument("--restart", action="store_true",
                    help="discard an unfinished invocation in --out and start a new one")
+    ap.add_argument("--retime", nargs="+", default=[], metavar="RECIPE",
+                    help="with --resume: time these recipes again although they resolve the "
+                    "same (after a change to the engine, say); their runs move to "
+                    "superseded_runs. Give it once: a later --resume without it continues")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="recipe override for every run (smoke tests; such runs get no verdict)")
     ap.add_argument("--device", default="cpu",
@@ -279,6 +294,14 @@ def main(argv: list[str] | None = None) -> None:
     except CifarlabError as e:
         raise SystemExit(str(e)) from None
     drop_changed(state, shas)
+    if a.retime:
+        if not a.resume:
+            raise SystemExit("--retime goes with --resume (a new invocation times everything)")
+        unknown = [r for r in a.retime if r not in inv["recipes"]]
+        if unknown:
+            raise SystemExit(f"--retime: {', '.join(unknown)} not in this invocation "
+                             f"({', '.join(inv['recipes'])})")
+        retime(state, a.retime, prov["commit"])
     fill_train_macs(state["runs"], overrides)
     save(path, state)
 

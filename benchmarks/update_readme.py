@@ -290,7 +290,13 @@ def time_to_accuracy_section() -> list[str]:
         out += ["", "Not timed in this invocation: " + ", ".join(untimed) + " (`bench_speed.py "
                 "--resume NAME` adds a recipe, with a new anchor run if the machine or boot "
                 "changed)."]
-    gone = data.get("superseded_runs", [])
+    retimed = [r for r in data.get("superseded_runs", []) if "retimed_at" in r]
+    if retimed:
+        names = ", ".join(f"`{n}`" for n in sorted({r["recipe"] for r in retimed}))
+        out += ["", f"{len(retimed)} earlier run{'s' * (len(retimed) > 1)} of {names}, timed "
+                "again with the code of a later commit (`--retime`: the recipe did not change), "
+                "are kept in speed.json as `superseded_runs` and counted nowhere."]
+    gone = [r for r in data.get("superseded_runs", []) if "retimed_at" not in r]
     if gone:
         names = ", ".join(f"`{n}`" for n in sorted({r["recipe"] for r in gone}))
         out += ["", f"{len(gone)} earlier run{'s' * (len(gone) > 1)} of {names}, not shown to "

@@ -225,6 +225,31 @@ def test_resume_times_a_changed_recipe_again(env, monkeypatch):
     assert "4 earlier runs of `fast-50k`, `fast-top`, not shown to have trained" in text
 
 
+def test_retime_times_an_unchanged_recipe_again(env, monkeypatch):
+    bench_speed.main(["fast-top", "fast-50k", *env["args"]])
+    env["calls"].clear()
+    with pytest.raises(SystemExit, match="--retime goes with --resume"):
+        bench_speed.main(["fast-top", "--retime", "fast-50k", *env["args"], "--restart"])
+    with pytest.raises(SystemExit, match="--retime: fast-seed001 not in this invocation"):
+        bench_speed.main(["--resume", "--retime", "fast-seed001", *env["args"]])
+    bench_speed.main(["--resume", "--retime", "fast-50k", *env["args"]])
+    out = json.loads(env["out"].read_text())
+    assert env["calls"] == [("fast-50k", 0), ("fast-50k", 1), ("fast-50k", 2)]
+    assert [(r["recipe"], r["seed"]) for r in out["superseded_runs"]] == [
+        ("fast-50k", 0), ("fast-50k", 1), ("fast-50k", 2)]
+    assert all(r["retimed_at"] == out["runs"][-1]["commit"] for r in out["superseded_runs"])
+    assert len(out["runs"]) == 6 and out["summary"]["fast-50k"]["n_runs"] == 3
+    env["calls"].clear()
+    bench_speed.main(["--resume", *env["args"]])  # without --retime: nothing left to time
+    assert env["calls"] == [] and len(json.loads(env["out"].read_text())["runs"]) == 6
+    import update_readme
+
+    monkeypatch.setattr(update_readme, "RESULTS", env["out"].parent)
+    text = "\n".join(update_readme.time_to_accuracy_section())
+    assert "3 earlier runs of `fast-50k`, timed again with the code of a later commit" in text
+    assert "not shown to have trained" not in text
+
+
 def test_unknown_recipe_refused_before_the_anchor(env):
     with pytest.raises(SystemExit, match="no-such-recipe"):
         bench_speed.main(["no-such-recipe", *env["args"]])
