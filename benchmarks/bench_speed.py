@@ -273,10 +273,16 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     a.seeds_given, a.seeds = a.seeds, a.seeds if a.seeds is not None else [0, 1, 2]
     a.overrides = parse_sets(a.set)
+    if a.retime and not a.resume:
+        raise SystemExit("--retime goes with --resume (a new invocation times everything)")
     path = Path(a.out)
     prov = provenance()
     state = begin(a, path, prov)
     inv = state["invocation"]
+    unknown = [r for r in a.retime if r not in inv["recipes"]]
+    if unknown:
+        raise SystemExit(f"--retime: {', '.join(unknown)} not in this invocation "
+                         f"({', '.join(inv['recipes'])})")
     if a.resume and a.overrides and a.overrides != inv.get("overrides", {}):
         raise SystemExit("--resume continues the invocation with its own --set overrides "
                          f"({inv.get('overrides') or 'none'})")
@@ -294,14 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     except CifarlabError as e:
         raise SystemExit(str(e)) from None
     drop_changed(state, shas)
-    if a.retime:
-        if not a.resume:
-            raise SystemExit("--retime goes with --resume (a new invocation times everything)")
-        unknown = [r for r in a.retime if r not in inv["recipes"]]
-        if unknown:
-            raise SystemExit(f"--retime: {', '.join(unknown)} not in this invocation "
-                             f"({', '.join(inv['recipes'])})")
-        retime(state, a.retime, prov["commit"])
+    retime(state, a.retime, prov["commit"])
     fill_train_macs(state["runs"], overrides)
     save(path, state)
 

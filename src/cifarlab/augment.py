@@ -30,7 +30,7 @@ def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator, mode: str = "re
     """Pad each image by `pad` and take a random 32×32 window from it (per-image offsets)."""
     if pad <= 0:
         return x
-    n, c, h, w = x.shape
+    n, _, h, w = x.shape
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode=mode)
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)

@@ -34,7 +34,7 @@ from .augment import Pipeline, normalize
 from .data import CIFAR10, Split, channel_stats
 from .errors import CifarlabError
 from .inference import autocast, infer, summarize
-from .layers import use_fast_dropout, use_fp32_depthwise
+from .layers import for_cpu_training
 from .memory import keep_freed_memory
 from .optim import EMA, Lookahead, build_optimizer, build_scheduler, loss_fn
 from .provenance import command, commit, machine, now
@@ -219,9 +219,7 @@ class TrainState:
         init = getattr(model, "init_from_data", None)  # e.g. whitening filters (models/fast.py)
         if init is not None and resume_from is None:
             init(normalize(s.train.images[:5000], torch.tensor(s.mean), torch.tensor(s.std)))
-        if t["fast_dropout"]:
-            use_fast_dropout(model)
-        use_fp32_depthwise(model)  # oneDNN's bf16 depthwise backward is slow on CPU
+        for_cpu_training(model, t["fast_dropout"])
         model = model.to(s.dev)
         if t["channels_last"]:
             model = model.to(memory_format=torch.channels_last)

@@ -7,6 +7,8 @@ import torch
 from torch import nn
 
 _INT16_MIN, _INT16_SPAN = -32768, 65536
+_ONE_BITS = {dt: int(torch.tensor(1.0, dtype=dt).view(torch.int16)) for dt in
+             (torch.bfloat16, torch.float16)}  # 1.0 of each 16-bit float, as an int16
 
 
 def random_int16(n: int, device: torch.device) -> torch.Tensor:
@@ -34,9 +36,8 @@ def keep_mask(n: int, p: float, dtype: torch.dtype, device: torch.device) -> tor
     thr = _INT16_MIN + round(p * _INT16_SPAN)
     d = r - thr
     dropped = ((r & d) if thr < 0 else (r | d)).bitwise_right_shift_(15)  # -1 or 0
-    if dtype in (torch.bfloat16, torch.float16):
-        one = torch.tensor(1.0, dtype=dtype).view(torch.int16).item()
-        return dropped.bitwise_not_().bitwise_and_(one).view(dtype)
+    if dtype in _ONE_BITS:
+        return dropped.bitwise_not_().bitwise_and_(_ONE_BITS[dtype]).view(dtype)
     return dropped.add_(1).to(dtype)
 
 
@@ -122,3 +123,11 @@ def use_fp32_depthwise(model: nn.Module) -> nn.Module:
         if type(m) is nn.Conv2d and m.groups > 1 and m.groups == m.in_channels:
             m.__class__ = Fp32DepthwiseConv2d
     return model
+
+
+def for_cpu_training(model: nn.Module, fast_dropout: bool = True) -> nn.Module:
+    """The layer swaps `fit` trains with (in place): FastDropout unless told not to, fp32
+    depthwise convolutions. The search's step timer uses the same, so it times what trains."""
+    if fast_dropout:
+        use_fast_dropout(model)
+    return use_fp32_depthwise(model)

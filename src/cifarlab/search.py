@@ -110,9 +110,9 @@ def _step_timer(model: torch.nn.Module, batch_size: int, precision: str,
                 channels_last: bool) -> Callable[[], float]:
     """A function timing one training step (forward, backward, SGD step) on random data."""
     from .inference import autocast
-    from .layers import use_fast_dropout, use_fp32_depthwise
+    from .layers import for_cpu_training
 
-    net = use_fp32_depthwise(use_fast_dropout(copy.deepcopy(model))).train()  # as fit trains
+    net = for_cpu_training(copy.deepcopy(model)).train()
     x = torch.randn(batch_size, 3, 32, 32)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
