@@ -105,14 +105,20 @@ def test_base_recipe_inheritance():
     d, f = resolve("default"), resolve("fast-seed001")
     assert d["name"] == "default" and d["model"] == f["model"]
     assert d["train"]["epochs"] <= f["train"]["epochs"]  # the first run is a short one
-    # what the default sets itself (issue 5's SGD at full size); the rest is inherited
+    # what the default sets itself (SGD at full size, no rules); the rest is inherited
     d["train"].update({k: f["train"][k] for k in ("epochs", "low_res", "low_res_epochs")})
     d["optim"]["name"] = f["optim"]["name"]
+    assert not any(d["constraints"].values()) and f["constraints"]["require"]
+    d["constraints"] = f["constraints"]
     assert {k: v for k, v in d.items() if k not in ("name", "description")} == \
         {k: v for k, v in f.items() if k not in ("name", "description")}
     child = resolve({"base": "fast-50k", "name": "mine", "train": {"epochs": 3}})
     assert child["model"] == "family" and child["train"]["epochs"] == 3
     assert child["model_args"] == resolve("fast-50k")["model_args"]
+    # another network: the base's model_args were its own and are dropped
+    other = resolve({"base": "fast-50k", "model": "seed001"})
+    assert other["model_args"] == {} and other["optim"] == resolve("fast-50k")["optim"]
+    assert resolve("fast-50k", {"model": "seed001"})["model_args"] == {}
     assert child["train"]["batch_size"] == resolve("fast-50k")["train"]["batch_size"]
 
 
@@ -169,7 +175,7 @@ def test_checkpoint_of_a_changed_network_refused_in_one_line(shared_cifar_dir, t
         cifarlab.predict(tmp_path / "older.pt", [])
     st["meta"]["model"] = "gone-net"
     save_checkpoint(tmp_path / "gone.pt", st)
-    with pytest.raises(CifarlabError, match="'gone-net' is not a registered network"):
+    with pytest.raises(CifarlabError, match="unknown model 'gone-net'"):
         cifarlab.evaluate(tmp_path / "gone.pt", data_dir=shared_cifar_dir)
     r = subprocess.run([sys.executable, "-m", "cifarlab.cli", "eval", str(tmp_path / "old.pt"),
                         "--data-dir", str(shared_cifar_dir)], capture_output=True, text=True)

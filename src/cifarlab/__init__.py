@@ -4,11 +4,12 @@
 
 from .version import __version__
 
-__all__ = ["train", "evaluate", "predict", "load_data", "__version__"]
+_API = ("train", "evaluate", "predict", "load_data", "load_model", "check", "summary")
+__all__ = [*_API, "__version__"]
 
 
 def __getattr__(name: str):
-    if name in ("train", "evaluate", "predict", "load_data"):
+    if name in _API:
         from . import api
 
         return getattr(api, name)

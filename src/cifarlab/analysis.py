@@ -79,6 +79,7 @@ class Trace:
     total_params: int
     trainable_params: int
     param_bytes: int
+    outputs: int = 0  # values per image the network returns (10 logits for CIFAR-10)
 
 
 def _shape(t: Any) -> Any:
@@ -276,8 +277,17 @@ def trace(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 32)) -> T
         gen = torch.Generator(device=dev).manual_seed(0)
         x = torch.randn((1, *input_size), device=dev, dtype=dtype, generator=gen)
         tr.set(x, 1, 1)
-        with torch.no_grad(), tr:
-            out = model(x)
+        try:
+            with torch.no_grad(), tr:
+                out = model(x)
+        except Exception as e:  # a user's network that does not run: one line, not a trace
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            raise CifarlabError(f"the network fails on a 1x{'x'.join(map(str, input_size))} "
+                                f"input: {type(e).__name__}: {first}") from None
+        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 1:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise CifarlabError(f"the network returns {got} for one image; expected "
+                                "(1, classes) logits")
         rf = tr.get(out)[0] if any(id(t) in tr.rf for t in _tensors(out)) else \
             max((e.rf for e in tr.events), default=1)
     finally:
@@ -287,7 +297,7 @@ def trace(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 32)) -> T
     total = sum(p.numel() for p in params)
     trainable = sum(p.numel() for p in params if p.requires_grad)
     nbytes = sum(p.numel() * p.element_size() for p in params)
-    return Trace(tr.events, rf, total, trainable, nbytes)
+    return Trace(tr.events, rf, total, trainable, nbytes, int(out.shape[1]))
 
 
 # --- public API -----------------------------------------------------------------------------
@@ -519,4 +529,5 @@ def macs_at(model: nn.Module, size: int) -> int | None:
 
 def _facts(t: Trace) -> dict:
     return {"params": t.total_params, "trainable_params": t.trainable_params,
-            "macs": sum(e.macs for e in t.events), "receptive_field": t.rf}
+            "macs": sum(e.macs for e in t.events), "receptive_field": t.rf,
+            "outputs": t.outputs}

@@ -7,10 +7,13 @@ and hands it to `engine.fit`.
 
 from __future__ import annotations
 
+import copy
+import inspect
 import os
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from . import parallel as par
 from .analysis import assess, macs_at
@@ -20,33 +23,64 @@ from .errors import CifarlabError
 from .images import classify_files
 from .inference import checkpoint_path, infer, load_model, summarize  # noqa: F401
 from .models import REGISTRY, create_model
-from .recipe import expand_shortcuts, low_res_epochs, parse_override, resolve
+from .models.registry import load_entry_points, model_source
+from .recipe import expand_shortcuts, low_res_epochs, resolve
 from .rundir import RunDir, read_json
 
-__all__ = ["train", "evaluate", "predict", "load_data", "load_model", "build", "check_model",
-           "model_table", "augment_figure"]
+__all__ = ["train", "evaluate", "predict", "load_data", "load_model", "build", "check",
+           "summary", "network", "model_table", "augment_figure"]
 
 
-def build(cfg: dict) -> Built:
-    """The recipe's model with its seed's initial weights, its facts from one trace, refused
-    (one line per broken rule) if it breaks the recipe's [constraints]."""
+def instance_name(model: nn.Module) -> str:
+    """What a run records for a model instance: its registered name, else `FILE.py:CLASS`
+    when its class lives at the top of a Python file, else `instance:CLASS` (such a run's
+    checkpoints load only into a network the caller passes)."""
+    cls = type(model)
+    for name, info in REGISTRY.items():
+        if info.builder is cls:
+            return name
+    try:
+        file = inspect.getsourcefile(cls)
+    except TypeError:  # defined in an interactive session
+        file = None
+    if file and file.endswith(".py") and Path(file).is_file() and "<" not in cls.__qualname__:
+        return f"{Path(file).resolve()}:{cls.__qualname__}"
+    return f"instance:{cls.__qualname__}"
+
+
+def build(cfg: dict, model: nn.Module | None = None) -> Built:
+    """The recipe's model with its seed's initial weights (or a copy of `model`, a network
+    instance, with its own weights), its facts from one trace, refused (one line per broken
+    rule) if it breaks the recipe's [constraints]."""
     torch.manual_seed(cfg["train"]["seed"])
-    model = create_model(cfg["model"], **cfg["model_args"])
+    if model is None:
+        source = model_source(cfg["model"])
+        model = create_model(cfg["model"], **cfg["model_args"])
+    else:
+        spec = cfg["model"]
+        source = model_source(spec) if not spec.startswith("instance:") else None
+        source = {**(source or {}), "instance": True}
+        model = copy.deepcopy(model)
     rng = torch.get_rng_state()
     c = cfg["constraints"]
     facts, broken = assess(model, max_params=c["max_params"] or None,
                            max_macs=c["max_macs"] or None,
                            min_receptive_field=c["min_receptive_field"] or None,
                            require=c["require"], forbid=c["forbid"])
+    if facts["outputs"] != 10:
+        raise CifarlabError(f"model '{cfg['model']}' returns {facts['outputs']} values per "
+                            "image; CIFAR-10 needs 10 logits")
     if broken:
         raise CifarlabError(f"model '{cfg['model']}' breaks recipe '{cfg['name']}': "
                             + "; ".join(broken))
     if low_res_epochs(cfg["train"]):  # progressive resizing: the smaller epochs' compute
         facts["low_res_macs"] = macs_at(model, cfg["train"]["low_res"])
+    facts["model_source"] = source
     return Built(model, facts, rng)
 
 
-def train(recipe: str | os.PathLike | dict = "default", *, data: CIFAR10 | None = None,
+def train(recipe: str | os.PathLike | dict = "default", *,
+          model: str | nn.Module | None = None, data: CIFAR10 | None = None,
           data_dir: str | os.PathLike | None = None, download: bool = False,
           runs_dir: str | os.PathLike = "runs", name: str | None = None,
           resume: str | os.PathLike | None = None, progress: bool = True, log=print,
@@ -54,7 +88,9 @@ def train(recipe: str | os.PathLike | dict = "default", *, data: CIFAR10 | None 
           epoch_callback=None, **overrides) -> dict:
     """Train a recipe (built-in name, TOML path or dict) and return its metrics + `run_dir`.
 
-    Overrides are keyword arguments: shortcuts (`epochs=3`, `lr=0.01`, `val_split=5000`; see
+    `model` replaces the recipe's network: a name (built-in or `FILE.py:NAME`) or an
+    `nn.Module` instance, trained from its own weights (the instance itself is not changed:
+    `load_model(run_dir, model=net)` loads the trained weights into it). Overrides are keyword arguments: shortcuts (`epochs=3`, `lr=0.01`, `val_split=5000`; see
     recipe.SETTINGS) or dotted keys passed as a dict (`**{"augment.cutout": 8}`). With
     `resume=RUN_DIR` the run continues from its `last.pt`, exactly as configured (no
     overrides). `plots` redraws runs/NAME/plots/ after every epoch (curves, per-class accuracy,
@@ -71,8 +107,11 @@ def train(recipe: str | os.PathLike | dict = "default", *, data: CIFAR10 | None 
                                 "no other options are allowed")
         cfg = resolve(read_json(run.config)["recipe"])
     else:
+        if model is not None:
+            overrides["model"] = model if isinstance(model, str) else instance_name(model)
         cfg = resolve(recipe, overrides)
-    built = build(cfg)  # unknown model, bad model_args, broken constraints: fail before data
+    instance = model if isinstance(model, nn.Module) else None
+    built = build(cfg, instance)  # unknown model, bad args, broken rules: fail before data
     processes = cfg["train"]["processes"]  # under torchrun, torchrun decides the processes
     dev = resolve_device(device)
     if dev.type == "cuda" and processes > 1:
@@ -116,17 +155,19 @@ def train(recipe: str | os.PathLike | dict = "default", *, data: CIFAR10 | None 
 
 
 def evaluate(path: str | os.PathLike, *, data: CIFAR10 | None = None,
-             data_dir: str | os.PathLike | None = None, tta: bool | None = None) -> dict:
+             data_dir: str | os.PathLike | None = None, tta: bool | None = None,
+             model: nn.Module | None = None) -> dict:
     """Test accuracy, per-class accuracy and confusion matrix of a checkpoint or run dir
     (scored on the same input as the run: with augment.test, the test set augmented once),
-    or of an exported .onnx file (run by onnxruntime)."""
+    or of an exported .onnx file (run by onnxruntime). `model`: the network to load the
+    weights into (see `load_model`)."""
     if Path(path).suffix == ".onnx":
         from .export import onnx_evaluate
 
         if tta is not None:
             raise CifarlabError("--tta: an exported .onnx file has no test-time augmentation")
         return onnx_evaluate(path, data=data, data_dir=data_dir)
-    model, meta = load_model(path)
+    model, meta = load_model(path, model)
     if data is None:
         data = load_data(data_dir)
     images = fixed_test_inputs(data.test.images, meta)
@@ -135,37 +176,45 @@ def evaluate(path: str | os.PathLike, *, data: CIFAR10 | None = None,
     return out
 
 
-def predict(path: str | os.PathLike, images: list[str | os.PathLike], top_k: int = 1) -> list:
+def predict(path: str | os.PathLike, images: list[str | os.PathLike], top_k: int = 1, *,
+            model: nn.Module | None = None) -> list:
     """Per file: {'path', 'top': [(class, probability), ...]} or {'path', 'error'}; `path` a
     checkpoint, a run directory or an exported .onnx file."""
     if Path(path).suffix == ".onnx":
         from .export import onnx_predict
 
         return onnx_predict(path, images, top_k=top_k)
-    model, meta = load_model(path)
+    model, meta = load_model(path, model)
     return classify_files(images, meta["classes"], lambda x: infer(model, x, meta),
                           log_probs=meta["loss"] == "nll", top_k=top_k)
 
 
-def model_from_args(name: str | None, args: list[str] | None = None, *,
-                    recipe: str | None = None) -> torch.nn.Module:
-    """A registered model built from `KEY=VALUE` strings (the CLI's --arg); without a name,
-    the recipe's network (its `model` and `model_args`, the --arg strings on top)."""
+def network(model: str | nn.Module | None = None, model_args: dict | None = None, *,
+            recipe: str | None = None) -> nn.Module:
+    """A network: an instance as it is; a name (built-in or `FILE.py:NAME`) built with
+    `model_args`; without a model, the recipe's network (its `model_args` under yours)."""
+    if isinstance(model, nn.Module):
+        if model_args:
+            raise CifarlabError("model arguments go with a model name, not an instance")
+        return model
     kwargs = {}
-    if name is None:
+    if model is None:
         if not recipe:
             raise CifarlabError("name a model, or a recipe whose network to use (--recipe)")
         cfg = resolve(recipe)
-        name, kwargs = cfg["model"], dict(cfg["model_args"])
-    return create_model(name, **{**kwargs, **dict(parse_override(s) for s in args or [])})
+        model, kwargs = cfg["model"], dict(cfg["model_args"])
+    return create_model(model, **{**kwargs, **(model_args or {})})
 
 
-def check_model(model: str | None, args: list[str] | None = None, *,
-                recipe: str | None = None,
-                max_params: int | None = None, max_macs: int | None = None,
-                min_receptive_field: int | None = None, require=(), forbid=(),
-                ) -> tuple[dict, list[str]]:
-    """(facts, broken rules) of a model against the given rules plus a recipe's."""
+def check(model: str | nn.Module | None = None, *, model_args: dict | None = None,
+          recipe: str | None = None, max_params: int | None = None,
+          max_macs: int | None = None, min_receptive_field: int | None = None,
+          require=(), forbid=()) -> dict:
+    """A network against rules (these plus a recipe's [constraints]): its facts (`params`,
+    `macs`, `receptive_field`, `layers`, ...), `broken` (one line per broken rule) and `ok`.
+
+        cifarlab.check(Net(), max_params=50_000, require=["gap"], forbid=["maxpool"])
+    """
     require, forbid = list(require), list(forbid)
     if recipe:
         c = resolve(recipe)["constraints"]
@@ -173,15 +222,29 @@ def check_model(model: str | None, args: list[str] | None = None, *,
         max_macs = max_macs or c["max_macs"] or None
         min_receptive_field = min_receptive_field or c["min_receptive_field"] or None
         require, forbid = require + c["require"], forbid + c["forbid"]
-    return assess(model_from_args(model, args, recipe=recipe), max_params=max_params,
-                  max_macs=max_macs, min_receptive_field=min_receptive_field, require=require,
-                  forbid=forbid)
+    facts, broken = assess(network(model, model_args, recipe=recipe), max_params=max_params,
+                           max_macs=max_macs, min_receptive_field=min_receptive_field,
+                           require=require, forbid=forbid)
+    return {**facts, "broken": broken, "ok": not broken}
+
+
+def summary(model: str | nn.Module | None = None, *, model_args: dict | None = None,
+            recipe: str | None = None) -> str:
+    """The layer table (output shapes, params, MACs, receptive field), totals and the
+    receptive-field table of a network, as `cifarlab summary` prints it."""
+    from .analysis import format_rf_table, format_summary
+
+    net = network(model, model_args, recipe=recipe)
+    return (format_summary(net) + "\n\nReceptive field per layer (32x32 input):\n"
+            + format_rf_table(net))
 
 
 def model_table() -> list[dict]:
-    """Every registered model: name, params, MACs, RF, provenance."""
+    """Every registered model (built-in and from packages' entry points): name, params,
+    MACs, RF, provenance."""
     from .analysis import describe
 
+    load_entry_points()
     return [{"name": name, **describe(create_model(name)), "provenance": info.provenance}
             for name, info in sorted(REGISTRY.items())]
 

@@ -121,13 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list the registered models (params, MACs, RF)")
 
     sm = sub.add_parser("summary", help="layer table, totals, MACs and receptive-field table")
-    sm.add_argument("model", nargs="?", help="a registered model (default: --recipe's network)")
+    sm.add_argument("model", nargs="?", help="a built-in model or FILE.py:NAME (a class or "
+                    "function in your own file); default: --recipe's network")
     sm.add_argument("--recipe", help="the network this recipe trains (model + model_args)")
     sm.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
                     help="model argument, e.g. --arg dropout=0 (repeatable)")
 
     ck = sub.add_parser("check", help="check a model against architecture rules")
-    ck.add_argument("model", nargs="?", help="a registered model (default: --recipe's network)")
+    ck.add_argument("model", nargs="?", help="a built-in model or FILE.py:NAME (a class or "
+                    "function in your own file); default: --recipe's network")
     ck.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE")
     ck.add_argument("--recipe", help="also apply this recipe's [constraints]; without MODEL, "
                     "check the network it trains")
@@ -310,31 +312,32 @@ def cmd_models(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_summary(a: argparse.Namespace) -> int:
-    from .analysis import format_rf_table, format_summary
-    from .api import model_from_args
+def _model_args(strings: list[str]) -> dict:
+    from .recipe import parse_override
 
-    model = model_from_args(a.model, a.arg, recipe=a.recipe)
-    print(format_summary(model))
-    print()
-    print("Receptive field per layer (32x32 input):")
-    print(format_rf_table(model))
+    return dict(parse_override(s) for s in strings)
+
+
+def cmd_summary(a: argparse.Namespace) -> int:
+    from .api import summary
+
+    print(summary(a.model, model_args=_model_args(a.arg), recipe=a.recipe))
     return 0
 
 
 def cmd_check(a: argparse.Namespace) -> int:
-    from .api import check_model
+    from .api import check
 
-    f, broken = check_model(a.model, a.arg, recipe=a.recipe, max_params=a.max_params,
-                            max_macs=a.max_macs, min_receptive_field=a.min_rf,
-                            require=a.require, forbid=a.forbid)
+    f = check(a.model, model_args=_model_args(a.arg), recipe=a.recipe,
+              max_params=a.max_params, max_macs=a.max_macs, min_receptive_field=a.min_rf,
+              require=a.require, forbid=a.forbid)
     print(f"{a.model or a.recipe}: {f['params']:,} params, {f['macs']:,} MACs, "
           f"receptive field {f['receptive_field']}")
-    for msg in broken:
+    for msg in f["broken"]:
         print(f"FAIL {msg}")
-    if not broken:
+    if f["ok"]:
         print("OK: all constraints hold")
-    return 1 if broken else 0
+    return 0 if f["ok"] else 1
 
 
 def cmd_search(a: argparse.Namespace) -> int:

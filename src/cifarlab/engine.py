@@ -122,10 +122,12 @@ def test_mode(cfg: dict) -> str:
     return mode
 
 
-def model_meta(cfg: dict, classes, mean, std, params: int) -> dict:
-    """What inference needs, stored in every checkpoint (plain types: weights_only-safe)."""
+def model_meta(cfg: dict, classes, mean, std, facts: dict) -> dict:
+    """What inference needs, stored in every checkpoint (plain types: weights_only-safe);
+    `model_source`: the user's file and its sha256 for a FILE.py:NAME network, else None."""
     return {
-        "model": cfg["model"], "model_args": dict(cfg["model_args"]), "params": params,
+        "model": cfg["model"], "model_args": dict(cfg["model_args"]),
+        "params": facts["params"], "model_source": facts.get("model_source"),
         "classes": list(classes), "mean": list(mean), "std": list(std),
         "loss": cfg["loss"]["name"], "precision": cfg["train"]["precision"],
         "channels_last": cfg["train"]["channels_last"], "tta": cfg["train"]["tta"],
@@ -177,7 +179,7 @@ def prepare(cfg: dict, data: CIFAR10, dev: torch.device, team: par.Team, facts: 
     train, val, test = splits(cfg, data)
     mean, std = channel_stats(train.images)
     pipeline = Pipeline(cfg["augment"], mean, std)
-    meta = model_meta(cfg, data.classes, mean, std, facts["params"])
+    meta = model_meta(cfg, data.classes, mean, std, facts)
     flip_bits = None
     if cfg["augment"]["flip_mode"] == "alternate":
         flip_bits = torch.rand(len(train), generator=torch.Generator().manual_seed(
@@ -219,7 +221,9 @@ class TrainState:
         init = getattr(model, "init_from_data", None)  # e.g. whitening filters (models/fast.py)
         if init is not None and resume_from is None:
             init(normalize(s.train.images[:5000], torch.tensor(s.mean), torch.tensor(s.std)))
-        for_cpu_training(model, t["fast_dropout"])
+        bf16_cpu = t["precision"] == "bf16" and s.dev.type == "cpu"
+        sizes = (32, t["low_res"]) if low_res_epochs(t) else (32,)
+        for_cpu_training(model, t["fast_dropout"], bf16_sizes=sizes if bf16_cpu else ())
         model = model.to(s.dev)
         if t["channels_last"]:
             model = model.to(memory_format=torch.channels_last)
@@ -458,7 +462,8 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, built: Built, *, resume: bool = F
     if resume:
         log(f"resuming {run.path} after epoch {st.epoch}/{t['epochs']}")
     elif team.main:
-        write_json(run.config, {"recipe": cfg, "environment": environment(dev),
+        write_json(run.config, {"recipe": cfg, "model_source": s.meta["model_source"],
+                                "environment": environment(dev),
                                 "data": str(data.root), "mean": s.mean, "std": s.std,
                                 "val_images": len(s.val) if s.val else 0})
     log(describe_run(s, run))

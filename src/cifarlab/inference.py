@@ -4,6 +4,7 @@ accuracy, per-class accuracy, confusion."""
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import torch.nn.functional as F
 
 from .augment import normalize
 from .errors import CifarlabError
-from .models import REGISTRY, create_model
+from .models import create_model
+from .models.registry import file_sha256
 from .rundir import load_checkpoint
 
 
@@ -105,30 +107,58 @@ def checkpoint_path(path: str | os.PathLike) -> Path:
     return p
 
 
-def load_model(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
+def _rebuild(ckpt: Path, meta: dict) -> torch.nn.Module:
+    """The checkpoint's network built anew from its recorded name (and, for a network from
+    the user's own file, that file: refused in one line when it is missing, noted when it has
+    changed since the run)."""
+    name, source = meta.get("model"), meta.get("model_source") or {}
+    hint = "or pass the network: cifarlab.load_model(RUN, model=Net(...))"
+    if isinstance(name, str) and name.startswith("instance:"):
+        raise CifarlabError(f"{ckpt}: trained from a model instance ({name[9:]}) whose class "
+                            f"cifarlab cannot import; {hint}")
+    if source.get("file"):
+        f = Path(source["file"])
+        if not f.is_file():
+            raise CifarlabError(f"{ckpt}: trained with the network in {f}, which is missing "
+                                f"(eval, predict and export need it: restore it, {hint})")
+        if file_sha256(f) != source.get("sha256"):
+            print(f"cifarlab: warning: {f} has changed since this run trained it "
+                  f"(sha256 {source.get('sha256', '?')[:12]} then, {file_sha256(f)[:12]} now)",
+                  file=sys.stderr)
+    try:
+        return create_model(name, **meta.get("model_args", {}))
+    except CifarlabError as e:
+        raise CifarlabError(f"{ckpt}: {e}") from None
+
+
+def load_model(path: str | os.PathLike, model: torch.nn.Module | None = None
+               ) -> tuple[torch.nn.Module, dict]:
     """A model ready for inference from a checkpoint or run directory, and its metadata.
-    A checkpoint whose weights do not fit the network registered under its name today is
-    refused in one line naming the mismatch."""
+    `model`: the network to load the weights into (its architecture must match); by default
+    the network is built from the name the run recorded. Weights that do not fit are refused
+    in one line naming the mismatch."""
     ckpt = checkpoint_path(path)
     st = load_checkpoint(ckpt)
     meta = st["meta"]
     name = meta.get("model")
-    if name not in REGISTRY:
-        raise CifarlabError(f"{ckpt}: model '{name}' is not a registered network "
-                            "(`cifarlab models` lists them)")
-    model = create_model(name, **meta.get("model_args", {}))
+    if model is None:
+        model = _rebuild(ckpt, meta)
     weights = st["ema"] if st.get("ema") else st["model"]
     have = sum(p.numel() for p in model.parameters())
     if meta.get("params") is not None and meta["params"] != have:
+        why = ("it trained a model instance built with arguments cifarlab cannot know: pass "
+               "it, load_model(RUN, model=Net(...))"
+               if (meta.get("model_source") or {}).get("instance")
+               else "the network or its arguments changed since")
         raise CifarlabError(f"{ckpt}: trained as '{name}' with {meta['params']:,} parameters; "
-                            f"'{name}' has {have:,} today (the network changed since)")
+                            f"'{name}' has {have:,} today ({why})")
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:
         first = str(e).strip().splitlines()
         why = first[1].strip() if len(first) > 1 else first[0]
-        raise CifarlabError(f"{ckpt}: weights do not fit today's '{name}' network (the "
-                            f"network changed since it was trained): {why}") from None
+        raise CifarlabError(f"{ckpt}: weights do not fit today's '{name}' network (it "
+                            f"changed since it was trained): {why}") from None
     if meta.get("channels_last"):
         model = model.to(memory_format=torch.channels_last)
     return model.eval(), meta

@@ -98,12 +98,9 @@ def use_fast_dropout(model: nn.Module) -> nn.Module:
     return model
 
 
-class Fp32DepthwiseConv2d(nn.Conv2d):
-    """A depthwise convolution that runs in fp32 inside a CPU bf16 autocast region.
+class Fp32Conv2d(nn.Conv2d):
+    """A convolution that runs in fp32 inside a CPU bf16 autocast region.
 
-    oneDNN's bf16 depthwise backward is about 20x slower than its fp32 one on CPU (profiled
-    on seed 001's 3x3 stride-2 depthwise layer, where it took more than a sixth of the whole
-    training step), while the forward costs about the same either way.
     Same weights and state_dict as the `nn.Conv2d` it replaces; the output is cast back to
     the autocast dtype, so the layers after it see what they saw before. Anywhere else (no
     autocast, GPU) it is a plain `nn.Conv2d`.
@@ -117,6 +114,13 @@ class Fp32DepthwiseConv2d(nn.Conv2d):
         return y.to(torch.get_autocast_dtype("cpu"))
 
 
+class Fp32DepthwiseConv2d(Fp32Conv2d):
+    """A depthwise convolution in fp32 under CPU bf16 autocast: oneDNN's bf16 depthwise
+    backward is much slower than its fp32 one on CPU (profiled on seed 001's 3x3 stride-2
+    depthwise layer, where it took more than a sixth of the whole training step), while the
+    forward costs about the same either way."""
+
+
 def use_fp32_depthwise(model: nn.Module) -> nn.Module:
     """Make every depthwise `nn.Conv2d` of `model` an `Fp32DepthwiseConv2d` (in place)."""
     for m in model.modules():
@@ -125,9 +129,89 @@ def use_fp32_depthwise(model: nn.Module) -> nn.Module:
     return model
 
 
-def for_cpu_training(model: nn.Module, fast_dropout: bool = True) -> nn.Module:
+# ---------------------------------------------------------------------------------------------
+# Convolutions whose bf16 weight gradient is wrong on this CPU
+#
+# oneDNN (torch 2.13, AMD EPYC with avx512_bf16) computes a garbage bf16 weight gradient for
+# some channels_last convolutions: e.g. 3x3 dilation-2 convs on 32x32 maps whose channel
+# counts are not multiples of 16 (24 -> 24, 40 -> 24: relative error ~1, sometimes 1e7),
+# while 16 or 32 channels, or the same conv on 16x16 maps, are right. Such a network trains
+# to NaN or to nothing. Which shapes are hit depends on the CPU and the library, so each
+# distinct convolution of a network is probed once: its bf16 weight gradient against fp32 on
+# random data; one that disagrees runs in fp32.
+
+_BF16_OK: dict[tuple, bool] = {}
+PROBE_BATCHES = (8, 32)
+PROBE_TOLERANCE = 0.1  # max |bf16 - fp32| / max |fp32| of the weight gradient (right: ~0.005)
+
+
+def _bf16_weight_grad_ok(conv: nn.Conv2d, hw: tuple[int, int]) -> bool:
+    key = (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+           conv.dilation, conv.groups, conv.padding_mode, hw)
+    if key not in _BF16_OK:
+        gen = torch.Generator().manual_seed(0)  # never moves the training run's stream
+        probe = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                          conv.padding, conv.dilation, conv.groups, bias=False,
+                          padding_mode=conv.padding_mode)
+        with torch.no_grad():
+            probe.weight.copy_(torch.randn(probe.weight.shape, generator=gen) * 0.1)
+        probe = probe.to(memory_format=torch.channels_last)
+        ok = True
+        for n in PROBE_BATCHES:
+            x = torch.randn((n, conv.in_channels, *hw), generator=gen)
+            x = x.contiguous(memory_format=torch.channels_last)
+            grads = []
+            for bf16 in (True, False):
+                probe.weight.grad = None
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    y = probe(x)
+                y.float().square().mean().backward()
+                grads.append(probe.weight.grad.float())
+            scale = grads[1].abs().max().clamp(min=1e-12)
+            err = float((grads[0] - grads[1]).abs().max() / scale)
+            ok = ok and err <= PROBE_TOLERANCE  # NaN fails too
+        _BF16_OK[key] = ok
+    return _BF16_OK[key]
+
+
+def use_fp32_where_bf16_fails(model: nn.Module, sizes: tuple[int, ...] = (32,)) -> list[str]:
+    """Make each plain `nn.Conv2d` whose bf16 weight gradient is wrong on this CPU, at the
+    feature-map sizes it sees for `sizes`-pixel images, an `Fp32Conv2d` (in place); the names
+    of those convs."""
+    convs = {m: n for n, m in model.named_modules() if type(m) is nn.Conv2d}
+    seen: dict[nn.Conv2d, set] = {m: set() for m in convs}
+    hooks = [m.register_forward_pre_hook(
+        lambda m, args: seen[m].add(tuple(args[0].shape[-2:]))) for m in convs]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for size in sizes:
+                try:
+                    model(torch.zeros(1, 3, size, size))
+                except Exception:  # a size this network does not take: checked elsewhere
+                    continue
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    fixed = []
+    for m, name in convs.items():
+        if any(not _bf16_weight_grad_ok(m, hw) for hw in sorted(seen[m])):
+            m.__class__ = Fp32Conv2d
+            fixed.append(name)
+    return fixed
+
+
+def for_cpu_training(model: nn.Module, fast_dropout: bool = True, *,
+                     bf16_sizes: tuple[int, ...] = ()) -> nn.Module:
     """The layer swaps `fit` trains with (in place): FastDropout unless told not to, fp32
-    depthwise convolutions. The search's step timer uses the same, so it times what trains."""
+    depthwise convolutions, and (`bf16_sizes`: the image sizes a bf16 run trains at) fp32
+    for any convolution whose bf16 weight gradient is wrong on this CPU. The search's step
+    timer uses the same, so it times what trains."""
     if fast_dropout:
         use_fast_dropout(model)
-    return use_fp32_depthwise(model)
+    use_fp32_depthwise(model)
+    if bf16_sizes:
+        use_fp32_where_bf16_fails(model, bf16_sizes)
+    return model

@@ -53,7 +53,8 @@ UNIT = (0, 1, True, True)  # [0, 1]
 SETTINGS: tuple[Setting, ...] = (
     _s("name", "", "recipe name (default: the file name)"),
     _s("description", "", "one line shown by `cifarlab recipes`"),
-    _s("model", "seed001", "registered model name (`cifarlab models`)"),
+    _s("model", "seed001", "the network: a built-in name (`cifarlab models`) or FILE.py:NAME "
+       "(a class or function in your own file)", flag="--model"),
     _s("model_args", {}, "keyword arguments of the model's builder, checked against it"),
     # data
     _s("data.train_subset", 0, "use N training images (0 = all)", range=NONNEG,
@@ -247,8 +248,30 @@ def _parse(text: str, source: str) -> dict:
         raise RecipeError(f"{source}: invalid TOML ({e})") from None
 
 
+def split_model_file(name: str) -> tuple[str, str] | None:
+    """'nets/mine.py:Net' -> ('nets/mine.py', 'Net'); None for a built-in or entry-point
+    name."""
+    if not isinstance(name, str) or ":" not in name:
+        return None
+    path, attr = name.rsplit(":", 1)
+    return (path, attr) if path.endswith(".py") else None
+
+
+def absolute_model_file(name: str, folder: Path | None = None) -> str:
+    """A `FILE.py:NAME` model with its file made absolute (relative to `folder`, a recipe
+    file's folder, when the file is there; else to the current directory)."""
+    spec = split_model_file(name)
+    if spec is None or Path(spec[0]).is_absolute():
+        return name
+    path = Path(spec[0])
+    if folder is not None and (folder / path).is_file():
+        path = folder / path
+    return f"{path.resolve()}:{spec[1]}"
+
+
 def load_recipe_file(name_or_path: str | Path) -> dict:
-    """A built-in recipe by name, or a TOML file by path."""
+    """A built-in recipe by name, or a TOML file by path (a `FILE.py:NAME` model in it is
+    relative to the recipe file's folder)."""
     p = Path(name_or_path)
     if p.suffix == ".toml" or p.exists():
         try:
@@ -259,6 +282,8 @@ def load_recipe_file(name_or_path: str | Path) -> dict:
             raise RecipeError(f"recipe file {p}: not a text (TOML) file") from None
         raw = _parse(text, str(p))
         raw.setdefault("name", p.stem)
+        if isinstance(raw.get("model"), str):
+            raw["model"] = absolute_model_file(raw["model"], p.parent)
         return raw
     f = recipes_dir() / f"{name_or_path}.toml"
     if not f.is_file():
@@ -423,6 +448,8 @@ def inherit(raw: dict, depth: int = 0) -> dict:
     if not isinstance(base_name, str):
         raise RecipeError(f"base: expected a recipe name or path, got {base_name!r}")
     base = inherit(load_recipe_file(base_name), depth + 1)
+    if "model" in raw and raw["model"] != base.get("model") and "model_args" not in raw:
+        base.pop("model_args", None)  # another network: the base's arguments were its own
     return _deep_update(base, raw)
 
 
@@ -436,9 +463,12 @@ def resolve(recipe: str | Path | dict = "default", overrides: dict | None = None
         overrides = expand_shortcuts(overrides)
         dotted = {k: v for k, v in overrides.items() if "." in k}
         plain = {k: v for k, v in overrides.items() if "." not in k}
+        if "model" in plain and plain["model"] != out["model"]:
+            out["model_args"] = {}  # another network: the recipe's arguments were its own
         _merge(out, plain, DEFAULTS)
         _merge(out, nest(dotted), DEFAULTS)
     if not out["name"]:
         out["name"] = "custom"
+    out["model"] = absolute_model_file(out["model"])  # run records work from any folder
     validate(out)
     return out

@@ -112,7 +112,8 @@ def _step_timer(model: torch.nn.Module, batch_size: int, precision: str,
     from .inference import autocast
     from .layers import for_cpu_training
 
-    net = for_cpu_training(copy.deepcopy(model)).train()
+    net = for_cpu_training(copy.deepcopy(model),
+                           bf16_sizes=(32,) if precision == "bf16" else ()).train()
     x = torch.randn(batch_size, 3, 32, 32)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
