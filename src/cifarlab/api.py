@@ -90,13 +90,15 @@ def train(recipe: str | os.PathLike | dict = "default", *,
 
     `model` replaces the recipe's network: a name (built-in or `FILE.py:NAME`) or an
     `nn.Module` instance, trained from its own weights (the instance itself is not changed:
-    `load_model(run_dir, model=net)` loads the trained weights into it). Overrides are keyword arguments: shortcuts (`epochs=3`, `lr=0.01`, `val_split=5000`; see
-    recipe.SETTINGS) or dotted keys passed as a dict (`**{"augment.cutout": 8}`). With
-    `resume=RUN_DIR` the run continues from its `last.pt`, exactly as configured (no
-    overrides). `plots` redraws runs/NAME/plots/ after every epoch (curves, per-class accuracy,
-    confusion matrix, misclassified images). `device`: auto (a CUDA GPU if there is one), cpu,
-    cuda or cuda:N; on a GPU, a recipe's `train.processes` (a CPU speed-up) is ignored: one
-    process trains the same batches. `epoch_callback(row)`: see `engine.fit`.
+    `load_model(run_dir, model=net)` loads the trained weights into it); with `resume`, pass
+    the instance again. Overrides are keyword arguments: shortcuts (`epochs=3`, `lr=0.01`,
+    `val_split=5000`; see recipe.SETTINGS) or dotted keys passed as a dict
+    (`**{"augment.cutout": 8}`). With `resume=RUN_DIR` the run continues from its `last.pt`,
+    exactly as configured (no overrides). `plots` redraws runs/NAME/plots/ after every epoch
+    (curves, per-class accuracy, confusion matrix, misclassified images). `device`: auto (a
+    CUDA GPU if there is one), cpu, cuda or cuda:N; on a GPU, a recipe's `train.processes` (a
+    CPU speed-up) is ignored: one process trains the same batches. `epoch_callback(row)`: see
+    `engine.fit`.
     """
     if resume is not None:
         run = RunDir(resume)
