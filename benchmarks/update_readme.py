@@ -1,4 +1,6 @@
-"""Rewrite the README's results section from benchmarks/results/*.json (never by hand).
+"""Write the generated parts of the docs (never by hand): docs/results.md's tables and the
+README's results summary from benchmarks/results/*.json, and the README's command-line
+synopsis from the CLI's own parser.
 
     .venv/bin/python benchmarks/update_readme.py
 """
@@ -12,6 +14,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+MARKS = {"results": (START, END), "summary": ("<!-- summary:start -->", "<!-- summary:end -->"),
+         "cli": ("<!-- cli:start -->", "<!-- cli:end -->")}
 
 # What each seed write-up claims (test accuracy, fraction); None where it gives no number.
 SEED_CLAIMS = {
@@ -425,16 +429,95 @@ def history_block() -> str:
     return f"{START}\n" + "\n".join(seed_history_section()) + f"\n{END}"
 
 
-def replace_block(text: str, block: str, where: str) -> str:
-    text, n = re.subn(re.escape(START) + ".*?" + re.escape(END), lambda m: block, text,
-                      flags=re.S)
+def summary_block() -> str:
+    """The README's first table: each timed recipe's worst seed and median time against the
+    anchor, per CPU model measured (speed.json)."""
+    start, end = MARKS["summary"]
+    p = RESULTS / "speed.json"
+    data = json.loads(p.read_text()) if p.exists() else {}
+    runs = data.get("summary", {})
+    if not runs:
+        return f"{start}\nNo timed runs recorded yet (`benchmarks/bench_speed.py`).\n{end}"
+    from cifarlab.recipe import resolve
+
+    anchors = data.get("anchors") or [data["anchor"]]
+    machines = sorted({m for s in runs.values() for m in s.get("machines", [])})
+    out = ["| recipe | what it is for | params | test accuracy (worst of 3 seeds) | "
+           "training time × anchor (median) |", "|---|---|---|---|---|"]
+    for name, s in runs.items():
+        out.append(f"| `{name}` | {resolve(name)['description']} | {s['params']:,} | "
+                   f"{pct(s['worst_acc'])} | {s['ratio_to_anchor']:.2f}× |")
+    accs = ", ".join(pct(a["test_acc"]) for a in anchors)
+    out += ["", f"Anchor: airbench94's CPU port (`../shared/anchors/airbench94_cpu.py`, "
+            f"{accs}; times measured beside each recipe in the same invocation). Measured on "
+            + "; ".join(machines) + ". The shared CIFAR-10 copy went through JPEG (about 3.5 "
+            "points below published figures). Every table, its commands and commits: "
+            "[docs/results.md](docs/results.md)."]
+    return f"{start}\n" + "\n".join(out) + f"\n{end}"
+
+
+def _wrap(command: str, width: int = 100) -> str:
+    """A synopsis wrapped between options, never inside `[--opt VALUE]`."""
+    lines = [""]
+    for token in re.findall(r"\[[^\]]*\]|\S+", command):
+        if lines[-1] and len(lines[-1]) + 1 + len(token) > width:
+            lines.append("   ")
+        lines[-1] += (" " if lines[-1] else "") + token
+    return "\n".join(lines)
+
+
+def _usages(parser) -> list[str]:
+    """One synopsis per (sub)command, from its usage as `--help` prints it, without `-h`."""
+    import argparse
+
+    out = []
+    for action in parser._actions:  # argparse has no public walk of its subcommands
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for sub in action.choices.values():
+            nested = _usages(sub)
+            if nested:
+                out += nested
+                continue
+            commands: list[str] = []  # a usage may list several commands (`search`)
+            for line in sub.format_usage().removeprefix("usage: ").splitlines():
+                line = line.strip().replace(" [-h]", "")
+                if line.startswith(sub.prog.split()[0] + " ") or not commands:
+                    commands.append(line)
+                else:
+                    commands[-1] += " " + line
+            out += [_wrap(c) for c in commands]
+    return out
+
+
+def cli_block() -> str:
+    """The README's command-line synopsis, from the parser `cifarlab` itself uses."""
+    import os
+
+    os.environ["COLUMNS"] = "100"  # argparse wraps usage lines at the terminal width
+    from cifarlab.cli import build_parser
+
+    start, end = MARKS["cli"]
+    return f"{start}\n```text\n" + "\n".join(_usages(build_parser())) + f"\n```\n{end}"
+
+
+def replace_block(text: str, block: str, where: str, marks: tuple[str, str] = (START, END)
+                  ) -> str:
+    a, b = marks
+    text, n = re.subn(re.escape(a) + ".*?" + re.escape(b), lambda m: block, text, flags=re.S)
     if n != 1:
-        raise SystemExit(f"{where}: expected one {START} ... {END} section")
+        raise SystemExit(f"{where}: expected one {a} ... {b} section")
     return text
 
 
 def main() -> None:
-    for path, block in ((ROOT / "README.md", readme_results()),
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    text = replace_block(text, summary_block(), readme.name, MARKS["summary"])
+    text = replace_block(text, cli_block(), readme.name, MARKS["cli"])
+    readme.write_text(text)
+    print("README.md: results summary and command-line synopsis updated")
+    for path, block in ((ROOT / "docs" / "results.md", readme_results()),
                         (ROOT / "docs" / "seed-history.md", history_block())):
         path.write_text(replace_block(path.read_text(), block, path.name))
         print(f"{path.relative_to(ROOT)}: results section updated")
