@@ -51,7 +51,7 @@ def test_cuda_trains_and_resumes_on_cpu(shared_cifar_dir, tmp_path):
     kw = dict(data_dir=shared_cifar_dir, runs_dir=tmp_path, **QUIET)
     m = cifarlab.train("default", epochs=2, batch_size=50, max_seconds=0.001, device="cuda",
                        **{"train.ema": 0.5, "train.lookahead": 0.9}, **kw)
-    assert m["epochs"] == 1 and 0 <= m["test_acc"] <= 1
+    assert m["epochs"] == 1 and m["stopped_by"] == "time"
     run = Path(m["run_dir"])
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["environment"]["device"] == torch.cuda.get_device_name()

@@ -195,11 +195,18 @@ def test_plot_misclassified(tmp_path):
         plots.plot_misclassified(run, _images(10), labels, preds, CLASSES)
 
 
-def test_plot_samples_and_distribution(tmp_path):
+def test_plot_samples_and_distribution(tmp_path, monkeypatch):
     labels = torch.arange(300) % 10
     labels[labels == 9] = 8  # class 9 absent: an empty row, no crash
     split = Split(_images(300), labels)
+    drawn = []
+    save = plots.save_figure
+    monkeypatch.setattr(plots, "save_figure", lambda fig, out: drawn.append(fig) or save(fig, out))
     png_size(plots.plot_samples(split, CLASSES, tmp_path / "s.png", per_class=6))
+    axes = drawn[0].axes
+    rows = [axes[c * 6:(c + 1) * 6] for c in range(10)]
+    assert [sum(len(ax.images) for ax in row) for row in rows] == [6] * 9 + [0]  # empty row
+    assert rows[9][0].get_ylabel() == "truck\n(0)" and rows[8][0].get_ylabel() == "ship\n(60)"
     out = plots.plot_class_distribution(labels, torch.arange(50) % 10, CLASSES,
                                         tmp_path / "d.png")
     png_size(out)

@@ -75,6 +75,7 @@ def test_parse_override():
 
 def test_seed_recipes_build_and_pass_their_constraints():
     from cifarlab.api import build
+    from cifarlab.errors import CifarlabError
     from cifarlab.models import create_model
 
     for name, _ in list_recipes():
@@ -82,9 +83,13 @@ def test_seed_recipes_build_and_pass_their_constraints():
         built = build(cfg)  # raises when the model breaks the recipe's [constraints]
         assert type(built.model) is type(create_model(cfg["model"], **cfg["model_args"])), name
         assert built.facts["params"] == sum(p.numel() for p in built.model.parameters()), name
-        c = cfg["constraints"]
-        assert built.facts["params"] <= (c["max_params"] or float("inf")), name
-        assert built.facts["receptive_field"] >= c["min_receptive_field"], name
+        # one parameter fewer allowed, or a receptive field one larger required: refused
+        with pytest.raises(CifarlabError, match="max_params"):
+            build(resolve(name, {"constraints.max_params": built.facts["params"] - 1}))
+        rf = built.facts["receptive_field"]
+        with pytest.raises(CifarlabError, match=f"min_receptive_field {rf + 1}: receptive "
+                                              f"field is {rf}"):
+            build(resolve(name, {"constraints.min_receptive_field": rf + 1}))
 
 
 def test_constraint_values_validated():

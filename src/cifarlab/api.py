@@ -18,7 +18,7 @@ from torch import nn
 from . import parallel as par
 from .analysis import assess, macs_at
 from .data import CIFAR10, channel_stats, load_data
-from .engine import Built, check_sizes, fit, fixed_test_inputs, resolve_device
+from .engine import Built, check_low_res, check_sizes, fit, fixed_test_inputs, resolve_device
 from .errors import CifarlabError
 from .images import classify_files
 from .inference import checkpoint_path, infer, load_model, summarize  # noqa: F401
@@ -73,7 +73,8 @@ def build(cfg: dict, model: nn.Module | None = None) -> Built:
     if broken:
         raise CifarlabError(f"model '{cfg['model']}' breaks recipe '{cfg['name']}': "
                             + "; ".join(broken))
-    if low_res_epochs(cfg["train"]):  # progressive resizing: the smaller epochs' compute
+    if low_res_epochs(cfg["train"]):  # progressive resizing: takes the size? its compute
+        check_low_res(model, cfg["train"]["low_res"], torch.device("cpu"))
         facts["low_res_macs"] = macs_at(model, cfg["train"]["low_res"])
     facts["model_source"] = source
     return Built(model, facts, rng)
