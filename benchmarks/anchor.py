@@ -53,15 +53,23 @@ def display(path: Path) -> str:
     return str(path)
 
 
+SEEDED = Path(__file__).resolve().parent / "anchor_seeded.py"
+
+
 def run_anchor(anchor: str | Path, data_dir: str | Path, threads: int | None = None,
-               echo: Callable[[str], None] = print) -> dict:
-    """Run the anchor to completion, echoing its output; return its name, `test_acc`,
-    `seconds` (the anchor's own timing), `wall_seconds` (the whole subprocess) and `command`."""
+               echo: Callable[[str], None] = print, seed: int = 0) -> dict:
+    """Run the anchor to completion, echoing its output; return its name, `seed`,
+    `test_acc`, `seconds` (the anchor's own timing), `wall_seconds` (the whole subprocess),
+    `threads` and `command`. Seed 0 is the script as published; another seed runs it
+    through anchor_seeded.py."""
     anchor = Path(anchor)
     if not anchor.is_file():
         raise AnchorError(f"anchor not found: {anchor} (pass --anchor PATH)")
     args = [str(anchor), str(data_dir)] + ([str(threads)] if threads else [])
     shown = ["python", display(anchor), display(Path(data_dir))] + args[2:]
+    if seed:
+        args = [str(SEEDED), str(seed), *args]
+        shown = ["python", display(SEEDED), str(seed), *shown[1:]]
     lines: list[str] = []
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE,
@@ -81,5 +89,5 @@ def run_anchor(anchor: str | Path, data_dir: str | Path, threads: int | None = N
         last = next((s.strip() for s in reversed(lines) if s.strip()), "(no output)")
         raise AnchorError(f"anchor {anchor} failed (exit {rc}): {last}")
     acc, seconds = parse_result(lines)
-    return {"name": anchor.name, "test_acc": acc, "seconds": seconds, "wall_seconds": wall,
-            "command": shlex.join(shown)}
+    return {"name": anchor.name, "seed": seed, "test_acc": acc, "seconds": seconds,
+            "wall_seconds": wall, "threads": threads, "command": shlex.join(shown)}

@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -66,6 +67,7 @@ from cifarlab.api import build  # noqa: E402
 from cifarlab.data import load_data  # noqa: E402
 from cifarlab.engine import train_macs  # noqa: E402
 from cifarlab.errors import CifarlabError  # noqa: E402
+from cifarlab.provenance import cpu as provenance_cpu  # noqa: E402
 from cifarlab.recipe import resolve  # noqa: E402
 
 ANCHOR_HOURS = 6  # a resumed leg runs the anchor again when the last one is older (or elsewhere)
@@ -122,15 +124,79 @@ def fill_train_macs(runs: list[dict], overrides: dict) -> None:
             r["gflops"] = model_gflops(r["train_macs"], r["images_per_second"])
 
 
+ANCHOR_SEEDS = 3  # a CPU model's anchor accuracy: the mean of this many seeds
+
+
+def cpu_of(record: dict) -> str:
+    """The CPU model a record was measured on (older records: from the machine string)."""
+    return (record.get("cpu") or {}).get("model") or record["machine"].split(",")[0]
+
+
+def anchor_seed_accs(anchors: list[dict], cpu: str) -> dict[int, float]:
+    """Seed -> the anchor's accuracy on this CPU model (deterministic for a seed and CPU
+    model: the first recorded run of each seed counts)."""
+    out: dict[int, float] = {}
+    for an in anchors:
+        if cpu_of(an) == cpu:
+            for r in an.get("runs") or [{"seed": 0, "test_acc": an["test_acc"]}]:
+                out.setdefault(r["seed"], r["test_acc"])
+    return out
+
+
+def by_cpu(runs: list[dict], anchors: list[dict]) -> dict:
+    """Per CPU model measured: the anchor's mean accuracy over ANCHOR_SEEDS seeds (None until
+    there are as many), and per recipe the median ratio to the anchors of its own legs, the
+    worst accuracy and the verdicts on that CPU model."""
+    out = {}
+    for cpu in sorted({cpu_of(a) for a in anchors}):
+        accs = anchor_seed_accs(anchors, cpu)
+        mean = statistics.fmean(accs.values()) if len(accs) >= ANCHOR_SEEDS else None
+        recipes = {}
+        for name in sorted({r["recipe"] for r in runs}):
+            rs = [r for r in runs if r["recipe"] == name and cpu_of(anchors[r.get("anchor", 0)])
+                  == cpu]
+            if not rs:
+                continue
+            s = {"ratio_to_anchor": statistics.median(r["ratio_to_anchor"] for r in rs),
+                 "worst_acc": min(r["test_acc"] for r in rs), "n_runs": len(rs)}
+            t = TARGETS.get(name)
+            if t:
+                acc = mean if t["acc"] == "anchor" else t["acc"]
+                goal_acc = acc if t["acc"] == "anchor" else t.get("goal_acc", acc)
+                decided = (len(rs) >= MIN_SEEDS and acc is not None
+                           and not any(r.get("overrides") for r in rs))
+                s["target_acc"] = acc
+                s["required_met"] = (s["worst_acc"] >= acc and s["ratio_to_anchor"]
+                                     <= t["required_ratio"]) if decided else None
+                s["goal_met"] = (s["worst_acc"] >= goal_acc and s["ratio_to_anchor"]
+                                 <= t["goal_ratio"]) if decided else None
+            recipes[name] = s
+        out[cpu] = {"anchor_mean_acc": mean, "anchor_seed_accs": accs,
+                    "anchor_threads": sorted({a.get("threads") for a in anchors
+                                              if cpu_of(a) == cpu and a.get("threads")}),
+                    "recipes": recipes}
+    return out
+
+
+def all_cpus(per_cpu: dict, name: str, key: str) -> bool | None:
+    """A verdict over every CPU model measured: met only where met on each; None while any
+    is undecided (or the recipe was not timed on one of them)."""
+    verdicts = [c["recipes"].get(name, {}).get(key) for c in per_cpu.values()]
+    if any(v is False for v in verdicts):
+        return False
+    return None if any(v is None for v in verdicts) else True
+
+
 def summarize(runs: list[dict], anchors: list[dict], roof: dict | None = None) -> dict:
     """Per recipe: accuracy (mean, worst), median seconds, the median of its runs' ratios to
     their anchors, verdicts, and the model compute of its training loop in GFLOP/s and as a
     fraction of the bf16 roof.
 
-    A verdict (`required_met`, `goal_met`) is true or false once a recipe has MIN_SEEDS runs
-    of the recipe as shipped, and null before that or when runs changed it (`overrides`).
-    Where the target is the anchor's accuracy, the highest of the anchors its runs used counts.
+    A verdict (`required_met`, `goal_met`) holds for every CPU model measured (`by_cpu`): on
+    each, MIN_SEEDS runs of the recipe as shipped, the anchor's accuracy the mean of its
+    ANCHOR_SEEDS seeds there; null until then or when runs changed the recipe (`overrides`).
     """
+    per_cpu = by_cpu(runs, anchors)
     out = {}
     for name in sorted({r["recipe"] for r in runs}):
         rs = [r for r in runs if r["recipe"] == name]
@@ -152,15 +218,16 @@ def summarize(runs: list[dict], anchors: list[dict], roof: dict | None = None) -
             s["overrides"] = overrides
         t = TARGETS.get(name)
         if t:
-            acc = anchor["test_acc"] if t["acc"] == "anchor" else t["acc"]
-            goal_acc = t.get("goal_acc", acc)
+            means = [c["anchor_mean_acc"] for c in per_cpu.values()]
+            acc = (max(means) if None not in means else None) if t["acc"] == "anchor" \
+                else t["acc"]
+            goal_acc = acc if t["acc"] == "anchor" else t.get("goal_acc", acc)
             s.update(target_acc=acc, goal_acc=goal_acc, target_is_anchor=t["acc"] == "anchor",
                      required_ratio=t["required_ratio"], goal_ratio=t["goal_ratio"],
                      required_seconds=t["required_ratio"] * anchor["seconds"],
-                     goal_seconds=t["goal_ratio"] * anchor["seconds"])
-            decided = len(rs) >= MIN_SEEDS and not overrides
-            s["required_met"] = (worst >= acc and ratio <= t["required_ratio"]) if decided else None
-            s["goal_met"] = (worst >= goal_acc and ratio <= t["goal_ratio"]) if decided else None
+                     goal_seconds=t["goal_ratio"] * anchor["seconds"],
+                     required_met=all_cpus(per_cpu, name, "required_met"),
+                     goal_met=all_cpus(per_cpu, name, "goal_met"))
         out[name] = s
     return out
 
@@ -185,6 +252,7 @@ def save(path: Path, state: dict) -> None:
     """Recompute the summary and write the results file atomically."""
     if state.get("anchors"):
         state["summary"] = summarize(state["runs"], state["anchors"], state.get("roof"))
+        state["by_cpu"] = by_cpu(state["runs"], state["anchors"])
     state["throughput_verdict"] = throughput_verdict(state.get("throughput"))
     write_json(path, state)
 
@@ -242,6 +310,44 @@ def anchor_still_valid(anchor: dict | None, prov: dict) -> bool:
     return age.total_seconds() <= ANCHOR_HOURS * 3600
 
 
+def anchor_seeds(have: dict[int, float], runs: int, fill: bool = True) -> list[int]:
+    """The seeds this leg runs the anchor with: at least `runs` (its time is their median),
+    and (`fill`) as many more as this CPU model needs for ANCHOR_SEEDS seeds of accuracy."""
+    missing = [s for s in range(ANCHOR_SEEDS) if s not in have] if fill else []
+    return missing if len(missing) >= runs else (missing + [s for s in range(runs * 2)
+                                                            if s not in missing])[:runs]
+
+
+def anchor_leg(a, data_dir: Path, anchors: list[dict]) -> dict:
+    """Run the anchor for this leg: its seconds the median of its runs, its threads given."""
+    cpu = provenance_cpu()
+    seeds = anchor_seeds(anchor_seed_accs(anchors, cpu["model"]), a.anchor_runs,
+                         fill=not a.quick)
+    runs = []
+    for seed in seeds:
+        print(f"anchor {display(Path(a.anchor))} seed {seed} on {display(data_dir)}, "
+              f"{a.anchor_threads} threads ...", flush=True)
+        try:
+            runs.append(run_anchor(a.anchor, data_dir, a.anchor_threads,
+                                   echo=lambda s: print(s, flush=True), seed=seed))
+        except AnchorError as e:
+            raise SystemExit(str(e)) from None
+        print(f"anchor seed {seed}: test acc {runs[-1]['test_acc']:.4f} in "
+              f"{runs[-1]['seconds']:.0f} s", flush=True)
+    prov = provenance()
+    return {"name": runs[0]["name"], "test_acc": statistics.fmean(r["test_acc"] for r in runs),
+            "seconds": statistics.median(r["seconds"] for r in runs),
+            "wall_seconds": statistics.median(r["wall_seconds"] for r in runs),
+            "command": runs[0]["command"], "threads": a.anchor_threads, "cpu": cpu,
+            "runs": [{k: r[k] for k in ("seed", "test_acc", "seconds", "wall_seconds",
+                                        "command")} for r in runs],
+            "machine": prov["machine"], "date": prov["date"], "commit": prov["commit"],
+            "boot_id": boot_id()}
+
+
+QUICK = ["fast-50k", "fast-seed001", "fast-top"]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("recipes", nargs="*", help=f"e.g. {' '.join(TARGETS)} (with --resume: "
@@ -253,8 +359,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--anchor", default=str(DEFAULT_ANCHOR),
                     help="the reference script, run as `python ANCHOR DATA_DIR [THREADS]`; "
                     f"default {display(DEFAULT_ANCHOR)}")
-    ap.add_argument("--anchor-threads", type=int, default=None,
-                    help="THREADS argument for the anchor (default: the anchor's own choice)")
+    ap.add_argument("--anchor-threads", type=int, default=os.cpu_count(),
+                    help="THREADS argument for the anchor, recorded (default: every core, "
+                    f"{os.cpu_count()} here)")
+    ap.add_argument("--anchor-runs", type=int, default=2,
+                    help="anchor runs per leg, its time their median (default 2); a CPU model "
+                    f"with fewer than {ANCHOR_SEEDS} anchor seeds recorded gets more")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"check the claims on your CPU: the anchor once, then {', '.join(QUICK)}"
+                    " once each (seed 0), side by side (about 35 min on 2 cores); prints the "
+                    "ratios with the CPU model, writes ./speed-quick.json unless --out")
     ap.add_argument("--out", default=str(RESULTS / "speed.json"),
                     help="results file of this invocation (default benchmarks/results/speed.json)")
     g = ap.add_mutually_exclusive_group()
@@ -262,6 +376,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="continue the interrupted invocation recorded in --out (same anchor)")
     g.add_argument("--restart", action="store_true",
                    help="discard an unfinished invocation in --out and start a new one")
+    g.add_argument("--summarize", action="store_true",
+                   help="only recompute the summary and by_cpu of --out from its recorded "
+                   "runs and anchors (after a change to how they are summarised); runs nothing")
     ap.add_argument("--retime", nargs="+", default=[], metavar="RECIPE",
                     help="with --resume: time these recipes again although they resolve the "
                     "same (after a change to the engine, say); their runs move to "
@@ -271,8 +388,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cpu",
                     help="where cifarlab trains (default cpu: the anchor runs on the CPU)")
     a = ap.parse_args(argv)
+    if a.quick:
+        if a.resume or a.retime:
+            raise SystemExit("--quick is one short invocation of its own (no --resume)")
+        a.recipes, a.seeds, a.anchor_runs, a.restart = a.recipes or QUICK, a.seeds or [0], 1, True
+        if a.out == str(RESULTS / "speed.json"):
+            a.out = "speed-quick.json"
+    if a.anchor_runs < 1:
+        raise SystemExit("--anchor-runs must be at least 1")
     a.seeds_given, a.seeds = a.seeds, a.seeds if a.seeds is not None else [0, 1, 2]
     a.overrides = parse_sets(a.set)
+    if a.summarize:
+        state = read_state(Path(a.out))
+        if not state.get("anchors"):
+            raise SystemExit(f"--summarize: {a.out} holds no anchored runs")
+        save(Path(a.out), state)
+        print(report(state))
+        return
     if a.retime and not a.resume:
         raise SystemExit("--retime goes with --resume (a new invocation times everything)")
     path = Path(a.out)
@@ -306,21 +438,10 @@ def main(argv: list[str] | None = None) -> None:
 
     if need_anchor:
         data_dir = data.root.parent if data.root.name == "cifar-10-batches-py" else data.root
-        print(f"anchor {display(Path(a.anchor))} on {display(data_dir)} ...", flush=True)
-        try:
-            res = run_anchor(a.anchor, data_dir, a.anchor_threads,
-                             echo=lambda s: print(s, flush=True))
-        except AnchorError as e:
-            raise SystemExit(str(e)) from None
-        anchor_prov = provenance()
-        state["anchor"] = {**res, "machine": anchor_prov["machine"],
-                           "date": anchor_prov["date"], "commit": anchor_prov["commit"],
-                           "boot_id": boot_id()}
+        state["anchor"] = anchor_leg(a, data_dir, state["anchors"])
         state["anchors"].append(state["anchor"])
         state["roof"] = None  # measured again beside the new anchor
         save(path, state)
-        print(f"anchor {res['name']}: test acc {res['test_acc']:.4f} in {res['seconds']:.0f} s",
-              flush=True)
     anchor_s, anchor_i = state["anchor"]["seconds"], len(state["anchors"]) - 1
     if state.get("roof") is None:  # the machine's bf16 / fp32 matmul roof, same invocation
         import torch
@@ -361,7 +482,8 @@ def main(argv: list[str] | None = None) -> None:
 def report(state: dict) -> str:
     """The summary as lines of text."""
     lines = [f"anchor {an['name']}: {100 * an['test_acc']:.2f}% in {an['seconds']:.0f} s "
-             f"on {an['machine']}, {an['date']}" for an in state["anchors"]]
+             f"on {an['machine']} ({cpu_words(an.get('cpu'))}), {an['date']}"
+             for an in state["anchors"]]
     for name, s in state["summary"].items():
         line = (f"{name}: worst {100 * s['worst_acc']:.2f}%, median {s['median_seconds']:.0f} s"
                 f", {s['ratio_to_anchor']:.3f}x the anchor ({s['n_runs']} runs)")
@@ -369,8 +491,11 @@ def report(state: dict) -> str:
             line += f"; {s['gflops']:.0f} GFLOP/s = {s['roof_fraction']:.1%} of the bf16 roof"
         if "required_met" in s:
             verdict = {True: "met", False: "NOT met", None: "undecided"}
-            line += (f"; required (>= {100 * s['target_acc']:.2f}%, <= {s['required_ratio']}x):"
-                     f" {verdict[s['required_met']]}; goal (>= {100 * s['goal_acc']:.2f}%, <= "
+            def pc(x):
+                return "the anchor (pending)" if x is None else f"{100 * x:.2f}%"
+
+            line += (f"; required (>= {pc(s['target_acc'])}, <= {s['required_ratio']}x):"
+                     f" {verdict[s['required_met']]}; goal (>= {pc(s['goal_acc'])}, <= "
                      f"{s['goal_ratio']}x): {verdict[s['goal_met']]}")
         lines.append(line)
     tv = state.get("throughput_verdict")
@@ -378,6 +503,13 @@ def report(state: dict) -> str:
         lines.append(f"throughput: {tv['ratio']:.2f}x the conventional pipeline (required >= "
                      f"{tv['required_ratio']}x: {'met' if tv['required_met'] else 'NOT met'})")
     return "\n".join(lines)
+
+
+def cpu_words(cpu: dict | None) -> str:
+    if not cpu:
+        return "CPU flags not recorded"
+    return ", ".join([cpu["model"], "AMX" if cpu.get("amx_bf16") else "no AMX",
+                      "avx512_bf16" if cpu.get("avx512_bf16") else "no avx512_bf16"])
 
 
 if __name__ == "__main__":

@@ -263,8 +263,17 @@ def time_to_accuracy_section() -> list[str]:
         word = {True: "met", False: "**not met**" if required else "not met", None: "pending"}
         return f"{word[met]} ({what})"
 
+    per_cpu = data.get("by_cpu") or {}
+    cpus = list(per_cpu)
+    out += ["Anchor accuracy per CPU model (the mean of 3 seeds; a recipe's target where it "
+            "is the anchor's): " + "; ".join(
+                f"{c}: " + (pct(v["anchor_mean_acc"]) if v["anchor_mean_acc"] is not None else
+                            f"pending ({len(v['anchor_seed_accs'])} of 3 seeds)")
+                for c, v in per_cpu.items()) + ".", ""] if per_cpu else []
     out += ["| target | recipe | params | median time | × anchor | mean acc | worst acc | runs |"
-            " GFLOP/s (bf16 roof) | required | goal |", "|---" * 11 + "|"]
+            + "".join(f" {c}: × anchor, worst |" for c in cpus)
+            + " GFLOP/s (bf16 roof) | required (every CPU model) | goal |",
+            "|---" * (11 + len(cpus)) + "|"]
     for name, s in runs.items():
         ratio = s.get("ratio_to_anchor")
         req = goal = "–"
@@ -282,9 +291,14 @@ def time_to_accuracy_section() -> list[str]:
         target = "–" if s.get("target_acc") is None else f"≥ {pct(s['target_acc'])}"
         target += " (anchor)" if s.get("target_is_anchor") else ""
         secs = f"{s['median_seconds']:.0f} s" if len(s.get("machines", [])) <= 1 else "–"
+        cells = []
+        for c in cpus:
+            r = per_cpu[c]["recipes"].get(name)
+            cells.append(f" {r['ratio_to_anchor']:.3f}×, {pct(r['worst_acc'])} |" if r else " – |")
         out.append(f"| {target} | `{name}` | {s['params']:,} | {secs} | "
                    + (f"**{ratio:.3f}×**" if ratio is not None else "–")
-                   + f" | {pct(s['mean_acc'])} | {pct(s['worst_acc'])} | {s['n_runs']} | "
+                   + f" | {pct(s['mean_acc'])} | {pct(s['worst_acc'])} | {s['n_runs']} |"
+                   + "".join(cells) + " "
                    + (f"{s['gflops']:.0f} ({100 * s['roof_fraction']:.1f}%)"
                       if "roof_fraction" in s else "–") + f" | {req} | {goal} |")
     from targets import TARGETS  # the one place the targets are declared
@@ -440,19 +454,23 @@ def summary_block() -> str:
         return f"{start}\nNo timed runs recorded yet (`benchmarks/bench_speed.py`).\n{end}"
     from cifarlab.recipe import resolve
 
-    anchors = data.get("anchors") or [data["anchor"]]
-    machines = sorted({m for s in runs.values() for m in s.get("machines", [])})
-    out = ["| recipe | what it is for | params | test accuracy (worst of 3 seeds) | "
-           "training time × anchor (median) |", "|---|---|---|---|---|"]
+    per_cpu = data.get("by_cpu") or {}
+    out = ["| recipe | what it is for | params |"
+           + "".join(f" {c}: worst of 3 seeds, time × anchor |" for c in per_cpu),
+           "|---|---|---|" + "---|" * len(per_cpu)]
     for name, s in runs.items():
-        out.append(f"| `{name}` | {resolve(name)['description']} | {s['params']:,} | "
-                   f"{pct(s['worst_acc'])} | {s['ratio_to_anchor']:.2f}× |")
-    accs = ", ".join(pct(a["test_acc"]) for a in anchors)
-    out += ["", f"Anchor: airbench94's CPU port (`../shared/anchors/airbench94_cpu.py`, "
-            f"{accs}; times measured beside each recipe in the same invocation). Measured on "
-            + "; ".join(machines) + ". The shared CIFAR-10 copy went through JPEG (about 3.5 "
-            "points below published figures). Every table, its commands and commits: "
-            "[docs/results.md](docs/results.md)."]
+        cells = [(c["recipes"].get(name)) for c in per_cpu.values()]
+        out.append(f"| `{name}` | {resolve(name)['description']} | {s['params']:,} |"
+                   + "".join(f" {pct(r['worst_acc'])}, {r['ratio_to_anchor']:.2f}× |" if r
+                             else " – |" for r in cells))
+    anchor = "; ".join(f"{c}: " + (pct(v["anchor_mean_acc"]) if v["anchor_mean_acc"]
+                                   is not None else "accuracy of 3 seeds pending")
+                       for c, v in per_cpu.items())
+    out += ["", f"Anchor: airbench94's CPU port (`../shared/anchors/airbench94_cpu.py`; {anchor}"
+            "); a recipe's time is divided by the anchor's, measured beside it in the same "
+            "invocation on the same machine. The shared CIFAR-10 copy went through JPEG "
+            "(about 3.5 points below published figures). Every table, its commands and "
+            "commits: [docs/results.md](docs/results.md)."]
     return f"{start}\n" + "\n".join(out) + f"\n{end}"
 
 

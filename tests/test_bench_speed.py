@@ -59,7 +59,8 @@ def env(tmp_path, monkeypatch, cifar_dir):
     monkeypatch.setattr(bench_speed, "train_run", fake_train)
     monkeypatch.setattr(bench_speed, "matmul_gflops", lambda dtype: 300.0)
     out = tmp_path / "speed.json"
-    args = ["--data-dir", str(cifar_dir), "--anchor", str(script), "--out", str(out)]
+    args = ["--data-dir", str(cifar_dir), "--anchor", str(script), "--out", str(out),
+            "--anchor-runs", "1"]  # a CPU model's first leg still runs its 3 seeds
     return {"out": out, "args": args, "calls": calls, "script": script, "data": cifar_dir}
 
 
@@ -75,8 +76,16 @@ def test_anchor_ratios_and_verdicts(env, capsys):
     assert {"name", "test_acc", "seconds", "machine", "date", "command"} <= set(an)
     assert an["name"] == "fake_anchor.py" and an["test_acc"] == 0.9 and an["seconds"] == 12.3
     assert an["machine"] == out["invocation"]["machine"]
-    # the anchor was given the folder that holds cifar-10-batches-py
-    assert anchor_calls(env) == [str(env["data"].parent)]
+    # the anchor was given the folder that holds cifar-10-batches-py and every core; a new
+    # CPU model: three seeds (accuracy their mean), time their median, threads recorded
+    cores = __import__("os").cpu_count()
+    assert anchor_calls(env) == [f"{env['data'].parent} {cores}"] * 3
+    assert [r["seed"] for r in an["runs"]] == [0, 1, 2] and an["threads"] == cores
+    assert "anchor_seeded.py 1" in an["runs"][1]["command"]
+    assert an["cpu"]["model"] in an["machine"] and "amx_bf16" in an["cpu"]
+    cpu = out["by_cpu"][an["cpu"]["model"]]
+    assert cpu["anchor_mean_acc"] == 0.9 and cpu["anchor_threads"] == [cores]
+    assert cpu["recipes"]["fast-top"]["required_met"] is True
     assert env["calls"] == [("fast-top", 0), ("fast-top", 1), ("fast-top", 2),
                             ("fast-50k", 0), ("fast-50k", 1), ("fast-50k", 2)]
     assert len(out["runs"]) == 6
@@ -177,7 +186,7 @@ def test_interrupted_invocation_resumes_with_its_anchor(env, monkeypatch, capsys
     no_data = [a for a in env["args"] if a not in ("--data-dir", str(env["data"]))]
     bench_speed.main(["--resume", *no_data])  # recipes, seeds and data from the file
     out = json.loads(env["out"].read_text())
-    assert len(anchor_calls(env)) == 1  # the anchor of the first session is kept
+    assert len(anchor_calls(env)) == 3  # the anchor of the first session is kept
     assert out["anchor"] == first["anchor"]
     assert env["calls"] == [("fast-top", 2), ("fast-50k", 0), ("fast-50k", 1), ("fast-50k", 2)]
     assert [(r["recipe"], r["seed"]) for r in out["runs"]][:2] == [("fast-top", 0),
@@ -193,7 +202,7 @@ def test_interrupted_invocation_resumes_with_its_anchor(env, monkeypatch, capsys
     bench_speed.main(["--resume", "--seeds", "3", *env["args"]])
     out = json.loads(env["out"].read_text())
     assert env["calls"] == [("fast-top", 3), ("fast-50k", 3)]
-    assert out["summary"]["fast-top"]["n_runs"] == 4 and len(anchor_calls(env)) == 1
+    assert out["summary"]["fast-top"]["n_runs"] == 4 and len(anchor_calls(env)) == 3
 
 
 def test_resume_times_a_changed_recipe_again(env, monkeypatch):
@@ -212,7 +221,7 @@ def test_resume_times_a_changed_recipe_again(env, monkeypatch):
     bench_speed.main(["--resume", *env["args"]])
     out = json.loads(env["out"].read_text())
     assert env["calls"] == [("fast-top", 0), ("fast-50k", 0), ("fast-50k", 1), ("fast-50k", 2)]
-    assert len(anchor_calls(env)) == 1  # the anchor still holds
+    assert len(anchor_calls(env)) == 3  # the anchor still holds
     assert [(r["recipe"], r["seed"]) for r in out["superseded_runs"]] == [
         ("fast-top", 0), ("fast-50k", 0), ("fast-50k", 1), ("fast-50k", 2)]
     assert len(out["runs"]) == 6 and out["summary"]["fast-50k"]["n_runs"] == 3
@@ -260,14 +269,14 @@ def test_resume_elsewhere_or_later_runs_the_anchor_again(env, monkeypatch):
     """A leg on another machine (or a day later) gets its own anchor; each run's ratio is to
     the anchor of its own leg, and the summary takes the median of those ratios."""
     bench_speed.main(["fast-top", "--seeds", "0", *env["args"]])
-    assert len(anchor_calls(env)) == 1
+    assert len(anchor_calls(env)) == 3
     prov = bench_speed.provenance()
     monkeypatch.setattr(bench_speed, "provenance", lambda: {**prov, "machine": "other CPU"})
     env["script"].write_text(FAKE_ANCHOR.replace("0.9000 12.3", "0.9000 24.6"))  # 2x slower
     monkeypatch.setitem(RESULTS, ("fast-top", 1), (0.91, 18.0))
     bench_speed.main(["--resume", "--seeds", "1", *env["args"]])
     out = json.loads(env["out"].read_text())
-    assert len(anchor_calls(env)) == 2 and len(out["anchors"]) == 2
+    assert len(anchor_calls(env)) == 4 and len(out["anchors"]) == 2  # seeds known: one run
     assert out["anchors"][1]["machine"] == "other CPU" and out["anchor"]["seconds"] == 24.6
     r0, r1 = out["runs"]
     assert (r0["anchor"], r1["anchor"]) == (0, 1)
@@ -285,17 +294,17 @@ def test_resume_elsewhere_or_later_runs_the_anchor_again(env, monkeypatch):
     monkeypatch.setattr(bench_speed, "boot_id", lambda: "another boot")
     monkeypatch.setitem(RESULTS, ("fast-top", 4), (0.91, 18.0))
     bench_speed.main(["--resume", "--seeds", "4", *env["args"]])
-    assert len(anchor_calls(env)) == 3
+    assert len(anchor_calls(env)) == 5
     # the same machine and boot within ANCHOR_HOURS keeps the anchor; older runs it again
     monkeypatch.setitem(RESULTS, ("fast-top", 2), (0.91, 18.0))
     bench_speed.main(["--resume", "--seeds", "2", *env["args"]])
-    assert len(anchor_calls(env)) == 3
+    assert len(anchor_calls(env)) == 5
     later = datetime.fromisoformat(prov["date"]) + timedelta(hours=bench_speed.ANCHOR_HOURS + 1)
     monkeypatch.setattr(bench_speed, "provenance",
                         lambda: {**prov, "machine": "other CPU", "date": later.isoformat()})
     monkeypatch.setitem(RESULTS, ("fast-top", 3), (0.91, 18.0))
     bench_speed.main(["--resume", "--seeds", "3", *env["args"]])
-    assert len(anchor_calls(env)) == 4
+    assert len(anchor_calls(env)) == 6
 
 
 def test_tiny_real_runs_through_overrides(env, monkeypatch, tmp_path):
@@ -326,3 +335,39 @@ def test_runs_recorded_before_train_macs_get_them_from_their_recipe():
     assert runs[0]["train_macs"] == pytest.approx((6 * low + 3 * full) / 9)
     assert runs[0]["gflops"] == pytest.approx(runs[0]["train_macs"] * 6 * 500 / 1e9)
     assert runs[1]["gflops"] == 1.0  # measured with train_macs: left alone
+
+
+def test_quick_mode_runs_the_anchor_once_and_each_fast_recipe_once(env, monkeypatch, capsys):
+    monkeypatch.setitem(RESULTS, ("fast-seed001", 0), (0.86, 3.0))
+    out = env["out"].parent / "quick.json"
+    args = [a if a != str(env["out"]) else str(out) for a in env["args"]]
+    bench_speed.main(["--quick", *args])
+    q = json.loads(out.read_text())
+    assert len(anchor_calls(env)) == 1 and [r["seed"] for r in q["anchor"]["runs"]] == [0]
+    assert env["calls"] == [("fast-50k", 0), ("fast-seed001", 0), ("fast-top", 0)]
+    printed = capsys.readouterr().out
+    assert "no AMX" in printed or "AMX" in printed
+    assert "fast-seed001: worst 86.00%" in printed and "0.244x the anchor" in printed
+
+
+def test_a_verdict_holds_on_every_cpu_model():
+    """Met on one CPU model and missed on another is not met; the anchor's accuracy is the
+    mean of its 3 seeds on each CPU model, undecided before that."""
+    amd = {"model": "AMD EPYC"}
+    xeon = {"model": "Intel Xeon"}
+    anchors = [{"cpu": amd, "machine": "AMD EPYC, 2 cores", "test_acc": 0.9, "seconds": 100,
+                "runs": [{"seed": s, "test_acc": a} for s, a in enumerate((0.90, 0.91, 0.92))]},
+               {"cpu": xeon, "machine": "Intel Xeon, 2 cores", "test_acc": 0.9, "seconds": 80,
+                "runs": [{"seed": 0, "test_acc": 0.905}]}]
+    runs = [{"recipe": "fast-50k", "seed": s, "test_acc": 0.81, "ratio_to_anchor": r,
+             "anchor": i, "params": 1, "seconds": 1.0}
+            for i, r in ((0, 0.13), (1, 0.21)) for s in range(3)]
+    per = bench_speed.by_cpu(runs, anchors)
+    assert per["AMD EPYC"]["anchor_mean_acc"] == pytest.approx(0.91)
+    assert per["Intel Xeon"]["anchor_mean_acc"] is None  # 1 of 3 seeds
+    assert per["AMD EPYC"]["recipes"]["fast-50k"]["required_met"] is True
+    assert per["Intel Xeon"]["recipes"]["fast-50k"]["required_met"] is False  # 0.21x > 0.16x
+    s = bench_speed.summarize(runs, anchors)["fast-50k"]
+    assert s["required_met"] is False
+    fast = [{**r, "ratio_to_anchor": 0.1} for r in runs]
+    assert bench_speed.summarize(fast, anchors)["fast-50k"]["required_met"] is True

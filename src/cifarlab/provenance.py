@@ -30,18 +30,30 @@ def commit() -> str:
         return "unknown"
 
 
+def _cpuinfo(field: str) -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(field):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def cpu() -> dict:
+    """The CPU model and the flags that decide which bf16 kernels oneDNN runs: AMX tiles
+    (Intel Sapphire Rapids and later) and AVX-512 bf16."""
+    flags = set((_cpuinfo("flags") or "").split())
+    return {"model": _cpuinfo("model name") or platform.processor() or platform.machine(),
+            "amx_bf16": "amx_bf16" in flags, "amx_tile": "amx_tile" in flags,
+            "avx512_bf16": "avx512_bf16" in flags}
+
+
 def machine() -> str:
     """CPU model, cores, GPU if any, torch version and threads."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = _cpuinfo("model name") or platform.processor() or platform.machine()
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return (f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads")
