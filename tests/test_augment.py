@@ -153,3 +153,40 @@ def test_shift_scale_rotate_border(border):
     edge_is_mean = [torch.isclose(out[i, :, :, 0], fill.view(3, 1), atol=1e-3).all().item()
                     for i in range(16)]
     assert any(edge_is_mean) == (border == "constant")
+
+
+def test_augmix_batched():
+    """AugMix: deterministic for a generator, images stay in [0, 1], each one a blend of the
+    original and its chains (so changed, but correlated with the original)."""
+    from cifarlab.augment import AUGMIX_OPS, _equalize, _posterize, _solarize, augmix
+
+    x = torch.rand(64, 3, 32, 32) * 0.5 + 0.25
+    a = augmix(x, torch.Generator().manual_seed(1))
+    b = augmix(x, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and a.shape == x.shape
+    assert a.min() >= 0 and a.max() <= 1 and torch.isfinite(a).all()
+    assert not torch.equal(a, augmix(x, torch.Generator().manual_seed(2)))
+    diff = (a - x).abs().flatten(1).mean(1)
+    assert (diff > 0).float().mean() > 0.9  # almost every image changed
+    corr = torch.nn.functional.cosine_similarity((a - a.mean()).flatten(1),
+                                                 (x - x.mean()).flatten(1))
+    assert corr.mean() > 0.3
+    assert len(AUGMIX_OPS) == 9 and "contrast" not in AUGMIX_OPS  # none overlaps CIFAR-10-C
+    # the operations themselves
+    eq = _equalize(x, torch.zeros(64))
+    assert eq.min() == 0 and eq.max() == 1  # stretched to the full range
+    levels = _posterize(x, torch.zeros(64)).mul(255).round().unique()
+    assert len(levels) <= 16  # 4 bits kept
+    s = _solarize(x, torch.full((64,), 0.5))
+    assert torch.allclose(s, torch.where(x >= 0.5, 1 - x, x))
+
+
+def test_augmix_in_the_pipeline():
+    from cifarlab.recipe import resolve
+
+    cfg = resolve("fast-seed001", {"augment.augmix": 3})["augment"]
+    u = (torch.rand(8, 3, 32, 32) * 255).to(torch.uint8)
+    with_mix = Pipeline(cfg, [0.5] * 3, [0.25] * 3)(u, torch.Generator().manual_seed(0))
+    cfg["augmix"] = 0
+    without = Pipeline(cfg, [0.5] * 3, [0.25] * 3)(u, torch.Generator().manual_seed(0))
+    assert with_mix.shape == without.shape and not torch.allclose(with_mix, without)

@@ -114,6 +114,105 @@ def color_jitter(x: torch.Tensor, gen: torch.Generator, brightness: float = 0.0,
     return x
 
 
+# ---------------------------------------------------------------------------------------------
+# AugMix (Hendrycks et al., "AugMix: A Simple Data Processing Method to Improve Robustness and
+# Uncertainty", ICLR 2020), batched. Each image becomes a convex mix of `width` chains of 1-3
+# operations drawn from those that do not overlap the CIFAR-10-C corruptions (autocontrast,
+# equalize, posterize, solarize, rotate, shear, translate; no contrast, colour, brightness,
+# sharpness, blur or noise), mixed with Dirichlet(1) weights and blended with the original by a
+# Beta(1, 1) factor (alpha = 1, the paper's setting: both are then sums of exponential or
+# uniform draws, which torch draws from our generator). The Jensen-Shannon consistency loss is
+# not used: it triples the forward passes. Images are [0, 1] floats; per step every image gets
+# one operation, each operation running once on the images that drew it.
+
+AUGMIX_OPS = ("autocontrast", "equalize", "posterize", "solarize", "rotate", "shear_x",
+              "shear_y", "translate_x", "translate_y")
+
+
+def _autocontrast(x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+    lo = x.amin((2, 3), keepdim=True)
+    hi = x.amax((2, 3), keepdim=True)
+    return torch.where(hi > lo, (x - lo) / (hi - lo).clamp(min=1e-6), x)
+
+
+def _equalize(x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+    """Histogram equalisation per image and channel on 256 levels (PIL's ImageOps.equalize
+    up to rounding)."""
+    n, c, h, w = x.shape
+    q = (x * 255).round().long().clamp_(0, 255).view(n * c, h * w)
+    hist = torch.zeros(n * c, 256).scatter_add_(1, q, torch.ones(n * c, h * w))
+    cdf = hist.cumsum(1)
+    first = cdf.gather(1, (hist > 0).float().argmax(1, keepdim=True))  # cdf at the lowest level
+    lut = ((cdf - first) / (h * w - first).clamp(min=1)).clamp_(0, 1)
+    return lut.gather(1, q).view(n, c, h, w)
+
+
+def _posterize(x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+    bits = (4 - (level * 4).long()).clamp(1, 8).view(-1, 1, 1, 1)  # keep 4..1 bits
+    step = (2 ** (8 - bits)).float()
+    return torch.div((x * 255).round(), step, rounding_mode="floor") * step / 255
+
+
+def _solarize(x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+    t = (1 - level).view(-1, 1, 1, 1)  # threshold 1 .. 0 of the [0, 1] range
+    return torch.where(x >= t, 1 - x, x)
+
+
+def _affine(x: torch.Tensor, mats: torch.Tensor) -> torch.Tensor:
+    grid = torch.nn.functional.affine_grid(mats, list(x.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
+
+
+def _geometric(op: str, x: torch.Tensor, level: torch.Tensor, sign: torch.Tensor):
+    n = x.shape[0]
+    m = torch.eye(2, 3).repeat(n, 1, 1)
+    v = level * sign
+    if op == "rotate":  # up to 30 degrees
+        a = v * torch.pi / 6
+        m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1] = a.cos(), -a.sin(), a.sin(), a.cos()
+    elif op == "shear_x":  # up to 0.3
+        m[:, 0, 1] = v * 0.3
+    elif op == "shear_y":
+        m[:, 1, 0] = v * 0.3
+    elif op == "translate_x":  # up to a third of the image (grid units: 2 = the width)
+        m[:, 0, 2] = v * 2 / 3
+    else:
+        m[:, 1, 2] = v * 2 / 3
+    return _affine(x, m)
+
+
+_PIXEL_OPS = {"autocontrast": _autocontrast, "equalize": _equalize, "posterize": _posterize,
+              "solarize": _solarize}
+
+
+def augmix(x: torch.Tensor, gen: torch.Generator, width: int = 3, severity: int = 3,
+           depth: int = 3) -> torch.Tensor:
+    """AugMix on a batch of [0, 1] images (see above): per image, `width` chains of 1-`depth`
+    operations of strength up to severity/10, Dirichlet(1)-mixed, Beta(1, 1)-blended."""
+    n = x.shape[0]
+    weights = -torch.rand(n, width, generator=gen).clamp_(min=1e-12).log_()  # Exp(1) draws
+    weights /= weights.sum(1, keepdim=True)  # -> Dirichlet(1, ..., 1)
+    mixed = torch.zeros_like(x)
+    for i in range(width):
+        chain = x.clone()
+        steps = torch.randint(1, depth + 1, (n,), generator=gen)
+        for step in range(depth):
+            ops = torch.randint(0, len(AUGMIX_OPS), (n,), generator=gen)
+            level = torch.rand(n, generator=gen) * (severity - 0.1) / 10 + 0.01
+            sign = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
+            for k, op in enumerate(AUGMIX_OPS):
+                idx = torch.nonzero((ops == k) & (steps > step)).flatten()
+                if len(idx) == 0:
+                    continue
+                sub = chain[idx]
+                out = (_PIXEL_OPS[op](sub, level[idx]) if op in _PIXEL_OPS
+                       else _geometric(op, sub, level[idx], sign[idx]))
+                chain[idx] = out
+        mixed += weights[:, i].view(-1, 1, 1, 1) * chain
+    m = torch.rand(n, generator=gen).view(-1, 1, 1, 1)  # Beta(1, 1)
+    return m * x + (1 - m) * mixed
+
+
 class Pipeline:
     """Callable: (uint8 batch, generator) -> normalised float32 batch."""
 
@@ -148,6 +247,8 @@ class Pipeline:
             x = random_flip(x, gen, c.flip_p)
         if c.vflip_p > 0:
             x = random_flip(x, gen, c.vflip_p, dim=2)
+        if c.augmix:
+            x = augmix(x, gen, width=c.augmix, severity=c.augmix_severity)
         x = normalize(x, self.mean, self.std)  # from here on, 0 = the dataset mean
         x = random_rotate(x, c.rotate, gen)
         return cutout(x, c.cutout, gen, torch.zeros(3))

@@ -95,6 +95,11 @@ SETTINGS: tuple[Setting, ...] = (
        "mean) | reflect (albumentations 1.x's default)", choices=("constant", "reflect")),
     _s("augment.coarse_dropout", 16, "albumentations CoarseDropout hole side, px; 0 = off",
        range=(0, 32, True, True)),
+    _s("augment.augmix", 0, "AugMix (Hendrycks et al., ICLR 2020) for robustness to "
+       "corruptions: mix this many chains of 1-3 random operations into each image "
+       "(0 = off; the paper's width is 3)", range=(0, 8, True, True)),
+    _s("augment.augmix_severity", 3, "AugMix: strength of each operation (the paper's 3)",
+       range=(1, 10, True, True)),
     _s("augment.test", False, "also augment the test set once, with a fixed seed (only to "
        "reproduce seed 003's tutorial)"),
     # optimizer
