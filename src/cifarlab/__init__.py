@@ -4,11 +4,11 @@
 
 from .version import __version__
 
-__all__ = ["train", "evaluate", "predict", "load_data", "__version__"]
+__all__ = ["train", "evaluate", "predict", "load_data", "robustness", "__version__"]
 
 
 def __getattr__(name: str):
-    if name in ("train", "evaluate", "predict", "load_data"):
+    if name in ("train", "evaluate", "predict", "load_data", "robustness"):
         from . import api
 
         return getattr(api, name)
