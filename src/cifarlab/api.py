@@ -153,10 +153,10 @@ def robustness(path: str | os.PathLike, *, data: CIFAR10 | None = None,
     """Accuracy of a checkpoint, run directory or exported .onnx file on the clean test images
     and on the 15 CIFAR-10-C-style corruptions x 5 severities (regenerated, streamed):
     clean_acc, mca, relative, by_severity, by_corruption, worst_corruption, ... (see
-    `robustness.py`). `images`: a stratified subset of the test set (default: all 10,000);
+    `robust.py`). `images`: a stratified subset of the test set (default: all 10,000);
     `seed`: the corruptions' random draws. A run directory (or a file in one) gets
     robustness.json (robustness-<stem>.json for an .onnx file) and a heatmap in plots/."""
-    from .robustness import evaluate_robustness
+    from .robust import evaluate_robustness
 
     return evaluate_robustness(path, data=data, data_dir=data_dir, images=images, seed=seed,
                                progress=progress, log=log)
