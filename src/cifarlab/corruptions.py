@@ -10,14 +10,21 @@ no ImageMagick, no frost photographs). Where it departs:
   a random angle, taps at rounded pixel offsets, edges repeated;
 - frost blends with a procedural frost texture (see `_frost_layer`), not with photographs;
 - glass blur swaps each pixel with a random up-left neighbour as the original does, but in
-  parallel phases of pixels that cannot collide instead of one pixel at a time;
+  parallel phases of pixels that cannot collide instead of one pixel at a time (as many pixels
+  moved, as far on average: 81%, 1.26 px per pass vs 81%, 1.23 px; shorter tails);
 - results are truncated to uint8 like the original's `np.uint8(...)`.
 
 `corrupt(images, name, severity, seed)` takes uint8 images, N×32×32×3 numpy (HWC, as the
 original) or N×3×32×32 torch (cifarlab's layout), and returns the same layout and type. It is
 vectorised over the batch (no per-pixel Python loops) and deterministic: image i's randomness
-comes from its own generator seeded by (seed, corruption, severity, index[i]), so a corrupted
-image does not depend on which batch or subset it is generated in.
+comes from its own generator seeded by (seed, corruption, index[i]), so a corrupted image does
+not depend on which batch or subset it is generated in, and every severity uses the same draws
+(severity 5 is severity 1 made stronger).
+
+Kept from the original although not monotone: motion blur severities 3 and 4 give the same
+image to within rounding (radius 6 vs 8 at sigma 2); glass blur severities 3 and 5 are closer
+to the clean image than 2 and 4 (the second blur averages out the shuffle); elastic severity 1
+moves pixels most (its affine jitter shrinks as the elastic field grows). See the tests.
 """
 
 from __future__ import annotations
@@ -387,7 +394,7 @@ _FUNCTIONS = {name: globals()[name] for name in CORRUPTIONS}
 def corrupt(images, name: str, severity: int, seed: int = 0, index=None):
     """`images` (uint8: numpy N×32×32×3 or torch N×3×32×32) corrupted by `name` at `severity`
     (1-5), in the same layout and type. `index`: each image's index in its data set (default
-    0..N-1): image i's random numbers depend on (seed, name, severity, index[i]) only."""
+    0..N-1): image i's random numbers depend on (seed, name, index[i]) only."""
     if name not in _FUNCTIONS:
         raise ValueError(f"unknown corruption {name!r}; one of {', '.join(CORRUPTIONS)}")
     if severity not in SEVERITIES:

@@ -6,7 +6,7 @@ runs/<name>/
   metrics.json   final numbers, each saying which split it comes from
   legs.json      every command that trained it: commit, machine, dates, epochs covered
   best.pt, last.pt   checkpoints (weights_only-loadable), written atomically
-  robustness.json    `cifarlab robustness`: accuracy under corruptions (robustness.py)
+  robustness.json    `cifarlab robustness`: accuracy under corruptions (robust.py)
   plots/         figures
 """
 
