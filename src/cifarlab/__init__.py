@@ -4,7 +4,8 @@
 
 from .version import __version__
 
-_API = ("train", "evaluate", "predict", "load_data", "load_model", "check", "summary")
+_API = ("train", "evaluate", "predict", "load_data", "load_model", "check", "summary",
+        "robustness")
 __all__ = [*_API, "__version__"]
 
 

@@ -28,7 +28,7 @@ from .recipe import expand_shortcuts, low_res_epochs, resolve
 from .rundir import RunDir, read_json
 
 __all__ = ["train", "evaluate", "predict", "load_data", "load_model", "build", "check",
-           "summary", "network", "model_table", "augment_figure"]
+           "summary", "network", "model_table", "augment_figure", "robustness"]
 
 
 def instance_name(model: nn.Module) -> str:
@@ -190,6 +190,21 @@ def predict(path: str | os.PathLike, images: list[str | os.PathLike], top_k: int
     model, meta = load_model(path, model)
     return classify_files(images, meta["classes"], lambda x: infer(model, x, meta),
                           log_probs=meta["loss"] == "nll", top_k=top_k)
+
+
+def robustness(path: str | os.PathLike, *, data: CIFAR10 | None = None,
+               data_dir: str | os.PathLike | None = None, images: int | None = None,
+               seed: int = 0, progress: bool = True, log=print) -> dict:
+    """Accuracy of a checkpoint, run directory or exported .onnx file on the clean test images
+    and on the 15 CIFAR-10-C-style corruptions x 5 severities (regenerated, streamed):
+    clean_acc, mca, relative, by_severity, by_corruption, worst_corruption, ... (see
+    `robust.py`). `images`: a stratified subset of the test set (default: all 10,000);
+    `seed`: the corruptions' random draws. A run directory (or a file in one) gets
+    robustness.json (robustness-<stem>.json for an .onnx file) and a heatmap in plots/."""
+    from .robust import evaluate_robustness
+
+    return evaluate_robustness(path, data=data, data_dir=data_dir, images=images, seed=seed,
+                               progress=progress, log=log)
 
 
 def network(model: str | nn.Module | None = None, model_args: dict | None = None, *,

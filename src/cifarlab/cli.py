@@ -96,6 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test images the parity gate compares on (default 2000)")
     x.add_argument("--data-dir")
 
+    rb = sub.add_parser("robustness", help="accuracy under the 15 CIFAR-10-C-style corruptions "
+                        "x 5 severities (regenerated); writes RUN_DIR/robustness.json")
+    rb.add_argument("path", metavar="RUN_DIR_CHECKPOINT_OR_ONNX")
+    rb.add_argument("--images", type=int, help="a stratified subset of this many test images "
+                    "(the same every time; default all 10,000)")
+    rb.add_argument("--seed", type=int, default=0, help="the corruptions' random draws (0)")
+    rb.add_argument("--data-dir")
+    rb.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
+
     d = sub.add_parser("data", help="data set tools")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
     ds = dsub.add_parser("stats", help="per-channel mean/std and class distribution")
@@ -241,6 +250,25 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_robustness(a: argparse.Namespace) -> int:
+    from .api import robustness
+
+    r = robustness(a.path, data_dir=a.data_dir, images=a.images, seed=a.seed,
+                   progress=not a.no_progress)
+    print(f"clean {r['clean_acc']:.4f}  mCA {r['mca']:.4f}  relative {r['relative']:.3f}  "
+          f"({r['images']:,} test images, seed {r['seed']})")
+    print("by severity   " + "  ".join(f"{s}: {v:.4f}" for s, v in
+                                       enumerate(r["by_severity"], start=1)))
+    w = max(len(k) for k in r["by_corruption"])
+    for k, accs in r["by_corruption"].items():
+        print(f"  {k:<{w}}  " + " ".join(f"{v:.4f}" for v in accs))
+    worst = r["worst_corruption"]
+    print(f"worst corruption: {worst} (mean {sum(r['by_corruption'][worst]) / 5:.4f})")
+    if r["json"]:
+        print(f"-> {r['json']}")
+    return 0
+
+
 def cmd_data(a: argparse.Namespace) -> int:
     if a.data_command == "show":
         from pathlib import Path
@@ -349,7 +377,7 @@ def cmd_search(a: argparse.Namespace) -> int:
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "data": cmd_data,
             "recipes": cmd_recipes, "models": cmd_models, "summary": cmd_summary,
             "check": cmd_check, "plot": cmd_plot, "report": cmd_report, "export": cmd_export,
-            "search": cmd_search}
+            "search": cmd_search, "robustness": cmd_robustness}
 
 
 def main(argv: list[str] | None = None) -> int:

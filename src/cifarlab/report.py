@@ -8,7 +8,10 @@ what is wrong, and the rest of the report renders as usual.
 
   out_dir/index.html   one file: table + figures as base64 data: URIs (mail it, open it offline)
   out_dir/report.md    the same table, linking the PNGs written beside it
-  out_dir/*.png        curves.png, per_class.png, confusion-<run>.png
+  out_dir/*.png        curves.png, per_class.png, robustness.png, confusion-<run>.png
+
+A run with robustness.json (`cifarlab robustness`) adds the column "mCA (relative)" and a line
+to the figure of accuracy by corruption severity.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class RunInfo:
     rows: list[dict] = field(default_factory=list)
     config: dict | None = None
     metrics: dict | None = None
+    robustness: dict | None = None
     problems: list[str] = field(default_factory=list)
     is_run: bool = True
 
@@ -88,6 +92,12 @@ def load_run(path: str | os.PathLike) -> RunInfo:
     except (OSError, UnicodeDecodeError) as e:
         info.rows, problems = [], [f"history.csv unreadable ({type(e).__name__})"]
     info.problems += problems
+    if run.robustness.exists():
+        r = _read_json_file(run.robustness, info.problems)
+        if r is not None and not all(_num(r, k) is not None for k in ("clean_acc", "mca")):
+            info.problems.append("robustness.json lacks clean_acc or mca")
+            r = None
+        info.robustness = r
     if run.metrics.exists():
         info.metrics = _read_json_file(run.metrics, info.problems)
         if info.metrics is None:
@@ -236,6 +246,26 @@ def summarize(info: RunInfo, target: float | None = None) -> dict[str, str]:
     return row
 
 
+def robustness_cell(r: dict | None) -> str:
+    """'71.23% (0.812)': mean corruption accuracy and mCA / clean, with the subset size when
+    it is not the whole test set."""
+    if r is None:
+        return MISSING
+    rel = _num(r, "relative")
+    images = r.get("images")
+    subset = f", {images:,} images" if isinstance(images, int) and images < 10_000 else ""
+    return pct(_num(r, "mca")) + (f" ({rel:.3f}{subset})" if rel is not None else "")
+
+
+def _with_column(row: dict[str, str], after: str, key: str, value: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in row.items():
+        out[k] = v
+        if k == after:
+            out[key] = value
+    return out
+
+
 # --------------------------------------------------------------------------- output
 
 def _unique_names(infos: list[RunInfo]) -> None:
@@ -276,8 +306,9 @@ figcaption { color: #555; font-size: 0.9em; }
 details { margin: 0.5em 0; } summary { cursor: pointer; }
 """
 
+ROBUSTNESS_COLUMN = "mCA (relative)"
 _NUMERIC = {"params", "MACs", "RF", "epochs", "best test acc", "final test acc", "train time",
-            "images/s"}
+            "images/s", ROBUSTNESS_COLUMN}
 
 
 def png_uri(path: Path) -> str:
@@ -295,6 +326,10 @@ def make_report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike,
     infos = [load_run(p) for p in run_dirs]
     _unique_names(infos)
     table = [summarize(i, target) for i in infos]
+    if any(i.robustness for i in infos):
+        table = [_with_column(row, "final test acc", ROBUSTNESS_COLUMN,
+                              robustness_cell(i.robustness)) for row, i in zip(table, infos,
+                                                                                strict=True)]
     colors = {id(i): plots.run_color(k) for k, i in enumerate(infos)}
 
     figures: list[tuple[Path, str, str]] = []  # (png, title, caption)
@@ -321,6 +356,14 @@ def make_report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike,
         fig = plots.draw_compare_per_class(per_class, classes)
         figures.append((plots.save_figure(fig, out / "per_class.png"), "Per-class accuracy",
                         "Final test accuracy per class; one bar per finished run."))
+    robust = [(i.name, k, i.robustness) for k, i in enumerate(infos)
+              if i.robustness and isinstance(i.robustness.get("by_severity"), list)]
+    if robust:
+        fig = plots.draw_compare_robustness(robust)
+        figures.append((plots.save_figure(fig, out / "robustness.png"), "Robustness",
+                        "Mean accuracy over the 15 CIFAR-10-C-style corruptions (regenerated) "
+                        "by severity, clean accuracy at the left; one line per run with "
+                        "robustness.json (cifarlab robustness)."))
     confusions: list[tuple[str, Path]] = []
     for i in infos:
         m = i.metrics or {}

@@ -6,6 +6,7 @@ runs/<name>/
   metrics.json   final numbers, each saying which split it comes from
   legs.json      every command that trained it: commit, machine, dates, epochs covered
   best.pt, last.pt   checkpoints (weights_only-loadable), written atomically
+  robustness.json    `cifarlab robustness`: accuracy under corruptions (robust.py)
   plots/         figures
 """
 
@@ -130,6 +131,7 @@ class RunDir:
     best = property(lambda self: self.path / "best.pt")
     last = property(lambda self: self.path / "last.pt")
     plots = property(lambda self: self.path / "plots")
+    robustness = property(lambda self: self.path / "robustness.json")
 
     @staticmethod
     def create(root: str | os.PathLike, name: str) -> RunDir:
