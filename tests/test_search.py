@@ -93,22 +93,54 @@ def _trials(study_dir: Path, name: str = "t") -> list:
 
 # --------------------------------------------------------------------------- search files
 
-def test_builtin_search_files_start_from_the_hand_written_designs():
-    from cifarlab.analysis import describe
+# what a trial sets by design, whatever its base recipe: its name, the search's rules, the
+# validation protocol (a split, no test set, one process, every epoch evaluated)
+BY_DESIGN = {"name", "description", "model", "model_args", "constraints.max_params",
+             "constraints.max_macs", "constraints.min_receptive_field", "constraints.require",
+             "constraints.forbid", "data.val_split", "data.train_subset", "train.test_eval",
+             "train.eval_every", "train.processes", "train.target", "train.seed"}
+
+
+def _flat(cfg: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in cfg.items():
+        if isinstance(v, dict) and k != "model_args":
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+@pytest.mark.parametrize("name, ref", [("seed001-rules", "fast-seed001"),
+                                       ("under-50k", "fast-50k")])
+def test_builtin_search_files_start_from_the_shipped_recipes(name, ref):
+    from cifarlab.analysis import layer_table
     from cifarlab.models import create_model
 
-    for name, ref in (("seed001-rules", "fast-seed001"), ("under-50k", "fast-50k")):
-        spec = SP.load_search(name)
-        assert spec.enqueue[0]["label"] == ref
-        args, train = SP.sample(spec.space, optuna.trial.FixedTrial(spec.enqueue[0]["params"]))
-        model = create_model("family", **args)
-        assert describe(model) == describe(create_model(ref))
-        broken, _ = S.check_rules(model, describe(model), spec.constraints)
-        assert broken == []
-        # their training is issue 5's (the recipes have since moved on: fast-50k is the
-        # under-50k search's winner, fast-seed001 trains with Muon; issue 17)
-        assert train["optim.lr"] == 0.2 and train["augment.crop_pad"] == 2
-        assert train["train.epochs"] == {"fast-seed001": 13, "fast-50k": 14}[ref]
+    spec = SP.load_search(name)
+    assert spec.enqueue[0]["label"] == ref
+    args, train = SP.sample(spec.space, optuna.trial.FixedTrial(spec.enqueue[0]["params"]))
+    raw, over = S.trial_recipe(spec, name, 0, args, train)
+    trial0, recipe = resolve(raw, over), resolve(ref)
+    # the same network (layer by layer), within the rules
+    model = create_model("family", **args)
+    shipped = create_model(recipe["model"], **recipe["model_args"])
+
+    def layers(net) -> list[dict]:  # the family's dilated convs compute in fp32 under bf16
+        return [{**{k: v for k, v in row.items() if k != "name"},
+                 "type": row["type"].replace("DilatedConv2d", "Conv2d")}
+                for row in layer_table(net)]
+
+    assert layers(model) == layers(shipped)
+    _, broken, _ = S.check_rules(model, spec.constraints)
+    assert broken == [] and S.untrainable(model, trial0) == []
+    # and every other key of the recipe: the searched ones drawn at its values, the rest
+    # from the base recipe (Muon, the epochs, low_res, pct_start, flips, test-time flip)
+    a, b = _flat(trial0), _flat(recipe)
+    assert {k: a[k] for k in a if k not in BY_DESIGN} == {k: b[k] for k in b
+                                                          if k not in BY_DESIGN}
+    assert trial0["optim"]["name"] == "muon" and trial0["train"]["low_res"] == 24
+    assert trial0["train"]["epochs"] == {"fast-seed001": 8, "fast-50k": 9}[ref]
     assert SP.load_search("seed001-rules").constraints["forbid"] == ["maxpool"]
 
 
@@ -201,7 +233,8 @@ def test_time_prediction_orders_models():
 
     small = create_model("family", stem=4, widths=[4], depths=[1], downsample="stride")
     big = create_model("family", stem=32, widths=[64, 64], depths=[2, 2], downsample="none")
-    ts, tb = S.time_steps([(small, 32), (big, 32)], rounds=2)
+    cfg = resolve("fast-50k", {"train.batch_size": 32})
+    ts, tb = S.time_steps([(small, cfg), (big, cfg)], rounds=2)
     assert 0 < ts < tb
     p = S.predict_seconds(tb, 1000, 32, 3, 100, True)
     assert p > 3 * (1000 // 32) * tb
@@ -322,6 +355,128 @@ def test_multi_objective_front_and_dominance_rule(tmp_path, train_only_dir, monk
                           for t in pruned)
     m = json.loads((Path(pruned[0].user_attrs["run_dir"]) / "metrics.json").read_text())
     assert m["stopped_by"] == "callback" and m["epochs"] == 1
+
+
+RULES_SEARCH = """
+name = "r"
+base = "fast-50k"
+[constraints]
+{constraints}
+[search]
+minutes = 10
+min_epochs = 1
+val_split = 100
+startup_trials = 2
+[space]
+stages = {{ low = 1, high = 2 }}
+stem = {{ choices = [4, 8] }}
+width = {{ low = 4, high = 16, step = 4 }}
+depth = 1
+block = {{ choices = ["plain", "dwsep"] }}
+downsample = {{ choices = ["none", "stride", "maxpool", "avgpool"] }}
+dilation = {{ choices = [1, 2] }}
+head = {{ choices = ["gap", "fc"] }}
+lr = {{ low = 0.05, high = 0.2, log = true }}
+epochs = {epochs}
+batch_size = 64
+"train.precision" = "fp32"
+"train.channels_last" = false
+{extra}
+"""
+
+
+def _design(stem=8, width=(8, 8), block="plain", down=("stride", "stride"), dil=(1, 2),
+            head="gap") -> str:
+    def toml(v):
+        return json.dumps(list(v) if isinstance(v, tuple) else v)
+
+    return (f"\n[[enqueue]]\nstages = {len(width)}\nstem = {stem}\nwidth = {toml(width)}\n"
+            f"block = {toml(block)}\ndownsample = {toml(down)}\ndilation = {toml(dil)}\n"
+            f"head = {toml(head)}\nlr = 0.1\n")
+
+
+def test_a_candidate_the_base_recipe_cannot_train_is_rejected_with_its_reason(
+        tmp_path, train_only_dir):
+    """The user's rule set of issue 29: base fast-50k (its first epochs at 24 px) and an FC
+    head that meets every rule: rejected before training, not a crash of the worker."""
+    f = tmp_path / "r.toml"
+    f.write_text(RULES_SEARCH.format(
+        constraints='max_params = 20000\nmax_macs = 2000000\nmin_receptive_field = 9\n'
+                    'require = ["dilated", "strided_conv"]\n'
+                    'forbid = ["maxpool", "depthwise_separable"]',
+        extra=_design(head="fc") + _design(head="gap"), epochs=2))  # epoch 1 at 24 px
+    lines: list[str] = []
+    s = S.run_search(f, trials=1, runs_dir=tmp_path / "runs", data_dir=train_only_dir,
+                     log=lines.append)
+    assert s["complete"] == 1 and s["rejected_by_rule"] == {"untrainable": 1}
+    fc, gap = _trials(tmp_path / "runs" / "r", "r")[:2]
+    assert S.outcome(fc) == "rejected" and fc.user_attrs["rejected_rules"] == ["untrainable"]
+    why = fc.user_attrs["rejected"]
+    assert why.startswith("untrainable: train.low_res 24: this model does not take 24x24")
+    assert "run_dir" not in fc.user_attrs and fc.constraints["trainable"] > 0
+    assert gap.state == TrialState.COMPLETE and gap.constraints["trainable"] <= 0
+    assert any(x.startswith("trial 0 rejected: untrainable: train.low_res 24") for x in lines)
+
+
+def test_every_rule_of_the_vocabulary_rejects_with_its_reason(tmp_path, train_only_dir):
+    from cifarlab.rules import RULES
+
+    require, forbid = ["dilated", "strided_conv", "gap"], ["maxpool", "avgpool",
+                                                             "depthwise_separable"]
+    assert sorted(require + forbid) == sorted(RULES)  # the whole vocabulary
+    breaking = {  # one enqueued design per rule (the last one meets them all)
+        "forbid maxpool": _design(down=("stride", "maxpool")),
+        "forbid avgpool": _design(down=("stride", "avgpool")),
+        "forbid depthwise_separable": _design(block="dwsep"),
+        "require dilated": _design(dil=(1, 1)),
+        "require strided_conv": _design(down=("none", "none")),
+        "require gap": _design(head="fc"),
+        "max_params": _design(width=(16, 16)),
+        "max_macs": _design(width=(16, 16), down=("none", "stride")),
+        "min_receptive_field": _design(stem=4, width=(4,), down=("stride",), dil=(2,)),
+    }
+    f = tmp_path / "r.toml"
+    f.write_text(RULES_SEARCH.format(
+        constraints=f"max_params = 3000\nmax_macs = 1000000\nmin_receptive_field = 11\n"
+                    f"require = {json.dumps(require)}\nforbid = {json.dumps(forbid)}",
+        extra='"train.low_res" = 0\n"train.low_res_epochs" = 0\n'
+              + "".join(breaking.values()) + _design(), epochs=1))
+    s = S.run_search(f, trials=1, runs_dir=tmp_path / "runs", data_dir=train_only_dir,
+                     log=_silent)
+    assert s["complete"] == 1 and s["failed"] == 0 and s["rejected"] == len(breaking)
+    assert set(s["rejected_by_rule"]) == set(breaking)
+    trials = _trials(tmp_path / "runs" / "r", "r")
+    for t, rule in zip(trials, breaking, strict=False):
+        assert S.outcome(t) == "rejected" and rule in t.user_attrs["rejected_rules"], rule
+        assert rule in t.user_attrs["rejected"] and t.user_attrs["params"] > 0
+    assert trials[len(breaking)].state == TrialState.COMPLETE
+
+
+@pytest.mark.parametrize("error", [RuntimeError("boom"),
+                                   CifarlabError("train.low_res 24: does not take it")])
+def test_a_trial_whose_training_raises_fails_alone(tmp_path, train_only_dir, monkeypatch,
+                                                   error):
+    import cifarlab.api
+
+    real, calls = cifarlab.api.train, []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            raise error
+        return real(*a, **k)
+
+    monkeypatch.setattr(cifarlab.api, "train", flaky)
+    f = write_search(tmp_path, epochs="1")
+    lines: list[str] = []
+    s = S.run_search(f, trials=1, runs_dir=tmp_path / "runs", data_dir=train_only_dir,
+                     log=lines.append)
+    assert s["failed"] == 1 and s["complete"] == 1  # the worker went on
+    first, second = _trials(tmp_path / "runs" / "t")[:2]
+    assert first.state == TrialState.FAIL and str(error).split(":")[-1].strip() in \
+        first.user_attrs["error"]
+    assert second.state == TrialState.COMPLETE
+    assert any(x.startswith("trial 0 failed") for x in lines)
 
 
 KILLER = """

@@ -45,10 +45,9 @@ from typing import Any
 
 import optuna
 import torch
-import torch.nn.functional as F
 from optuna.trial import FrozenTrial, TrialState
 
-from .analysis import check_constraints, describe
+from .analysis import assess
 from .errors import CifarlabError
 from .models import create_model
 from .models import family as fam
@@ -69,27 +68,26 @@ STUDY_FILE = "study.db"
 
 # ------------------------------------------------------------------------------ rules
 
-def check_rules(model: torch.nn.Module, facts: dict, cons: dict) -> tuple[list[str], dict]:
-    """(broken rules as messages, constraint values for the sampler: > 0 = broken by that
-    relative amount, <= 0 = met)."""
-    broken = check_constraints(model, max_params=cons["max_params"] or None,
-                               min_receptive_field=cons["min_receptive_field"] or None,
-                               require=cons["require"], forbid=cons["forbid"])
+def check_rules(model: torch.nn.Module, cons: dict) -> tuple[dict, list[str], dict]:
+    """(facts, broken rules as messages, constraint values for the sampler: > 0 = broken by
+    that relative amount, <= 0 = met), from one trace (`analysis.assess`, which words every
+    rule's message)."""
+    facts, broken = assess(model, max_params=cons["max_params"] or None,
+                           max_macs=cons["max_macs"] or None,
+                           min_receptive_field=cons["min_receptive_field"] or None,
+                           require=cons["require"], forbid=cons["forbid"])
     values: dict[str, float] = {}
-    if cons["max_params"]:
-        values["max_params"] = (facts["params"] - cons["max_params"]) / cons["max_params"]
-    if cons["max_macs"]:
-        values["max_macs"] = (facts["macs"] - cons["max_macs"]) / cons["max_macs"]
-        if facts["macs"] > cons["max_macs"]:
-            broken.append(f"max_macs {cons['max_macs']}: model has {facts['macs']:,} MACs")
+    for key, fact in (("max_params", "params"), ("max_macs", "macs")):
+        if cons[key]:
+            values[key] = (facts[fact] - cons[key]) / cons[key]
     if cons["min_receptive_field"]:
         mrf = cons["min_receptive_field"]
         values["min_receptive_field"] = (mrf - facts["receptive_field"]) / mrf
     for kind in ("require", "forbid"):
         for rule in cons[kind]:
-            hit = any(m.startswith(f"{kind} {rule}") for m in broken)
+            hit = any(m.startswith(f"{kind} {rule}:") for m in broken)
             values[f"{kind}_{rule}"] = 1.0 if hit else 0.0
-    return broken, values
+    return facts, broken, values
 
 
 def rule_key(message: str) -> str:
@@ -99,46 +97,48 @@ def rule_key(message: str) -> str:
     words = head.split()
     if words and words[0] in ("require", "forbid") and len(words) > 1:
         return f"{words[0]} {words[1]}"
-    if head.startswith("time budget"):
-        return "time budget"
-    if head.startswith("invalid design"):
-        return "invalid design"
+    for key in ("time budget", "invalid design", "untrainable"):
+        if head.startswith(key):
+            return key
     return words[0] if words else head
 
 
-def _step_timer(model: torch.nn.Module, batch_size: int, precision: str,
-                channels_last: bool) -> Callable[[], float]:
-    """A function timing one training step (forward, backward, SGD step) on random data."""
-    from .inference import autocast
+def step_timer(model: torch.nn.Module, cfg: dict, batch_size: int | None = None,
+               size: int = 32) -> Callable[[], float]:
+    """A function running one training step of a copy of `model` as `fit` would train it
+    under the resolved recipe `cfg` (its layer swaps, optimizer, loss, precision, memory
+    format and gradient clip, through `engine.train_step`) on random images of `size` px;
+    it returns the step's seconds."""
+    from .engine import grad_clipper, train_step
     from .layers import for_cpu_training
+    from .optim import build_optimizer, loss_fn
+    from .recipe import low_res_epochs
 
-    net = for_cpu_training(copy.deepcopy(model),
-                           bf16_sizes=(32,) if precision == "bf16" else ()).train()
-    x = torch.randn(batch_size, 3, 32, 32)
-    if channels_last:
+    t = cfg["train"]
+    bs = batch_size or t["batch_size"]
+    sizes = (32, t["low_res"]) if low_res_epochs(t) else (32,)
+    net = for_cpu_training(copy.deepcopy(model), t["fast_dropout"],
+                           bf16_sizes=sizes if t["precision"] == "bf16" else ()).train()
+    x = torch.randn(bs, 3, size, size)
+    if t["channels_last"]:
         net = net.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch_size,))
-    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+    y = torch.randint(0, 10, (bs,))
+    opt, criterion, clip = build_optimizer(cfg, net), loss_fn(cfg), grad_clipper(t, net)
 
     def step() -> float:
-        t = time.perf_counter()
-        with autocast(precision, "cpu"):
-            loss = F.cross_entropy(net(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return time.perf_counter() - t
+        t0 = time.perf_counter()
+        train_step(net, opt, criterion, x, y, t["precision"], "cpu", clip=clip)
+        return time.perf_counter() - t0
 
     return step
 
 
-def time_steps(models: list[tuple[torch.nn.Module, int]], precision: str = "bf16",
-               channels_last: bool = True, rounds: int = 3) -> list[float]:
-    """Seconds per training step of each (model, batch size), measured interleaved (one step
-    of each per round, after a warm-up step) and taking each one's fastest round, so that a
-    busy machine slows them alike."""
-    timers = [_step_timer(m, b, precision, channels_last) for m, b in models]
+def time_steps(models: list[tuple[torch.nn.Module, dict]], rounds: int = 3) -> list[float]:
+    """Seconds per training step of each (model, resolved recipe), measured interleaved (one
+    step of each per round, after a warm-up step) and taking each one's fastest round, so
+    that a busy machine slows them alike."""
+    timers = [step_timer(m, cfg) for m, cfg in models]
     for t in timers:
         t()
     best = [math.inf] * len(timers)
@@ -146,6 +146,34 @@ def time_steps(models: list[tuple[torch.nn.Module, int]], precision: str = "bf16
         for i, t in enumerate(timers):
             best[i] = min(best[i], t())
     return best
+
+
+def untrainable(model: torch.nn.Module, cfg: dict) -> list[str]:
+    """Why a candidate that meets the rules still could not train under its recipe `cfg`
+    (empty: it can), found before training: a batch the processes cannot share, an image size
+    of progressive resizing (`train.low_res`) the network does not take, a training step that
+    raises (a shape error, a loss the outputs do not fit). One step of two random images at
+    each size it trains at, on a copy (`step_timer`)."""
+    from .engine import batch_split_error, check_low_res
+    from .recipe import low_res_epochs
+
+    t = cfg["train"]
+    split = batch_split_error(t["batch_size"], t["processes"])
+    if split:
+        return [f"untrainable: {split}"]
+    sizes = [32] + ([t["low_res"]] if low_res_epochs(t) else [])
+    for size in sizes:
+        try:
+            if size != 32:
+                check_low_res(copy.deepcopy(model), size, torch.device("cpu"))
+            step_timer(model, cfg, batch_size=2, size=size)()
+        except CifarlabError as e:
+            return [f"untrainable: {e}"]
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            return [f"untrainable: a training step on {size}x{size} images fails "
+                    f"({type(e).__name__}: {first[:200]})"]
+    return []
 
 
 def predict_seconds(step_s: float, n_train: int, batch_size: int, epochs: int, n_val: int,
@@ -520,6 +548,34 @@ def _train_words(train: dict) -> str:
     return " ".join(out)
 
 
+def rules_table(cons: dict) -> dict:
+    """The search's network rules as a recipe's [constraints] table."""
+    return {"max_params": cons["max_params"], "max_macs": cons["max_macs"],
+            "min_receptive_field": cons["min_receptive_field"],
+            "require": list(cons["require"]), "forbid": list(cons["forbid"])}
+
+
+def trial_recipe(spec: SearchSpec, study: str, number: int, args: dict,
+                 train: dict) -> tuple[dict, dict]:
+    """(raw recipe, dotted overrides) of a trial: the base recipe with the family network,
+    its searched settings, a validation split and no test evaluation. Every training key the
+    space does not search comes from the base recipe."""
+    raw = copy.deepcopy(spec.base_recipe)
+    raw["name"] = f"{study}-trial-{number:04d}"
+    raw["description"] = f"cifarlab search {study}, trial {number}"
+    raw["model"] = "family"
+    raw["model_args"] = copy.deepcopy(args)
+    raw["constraints"] = rules_table(spec.constraints)
+    s = spec.search
+    over = dict(train)
+    over.update({"data.val_split": s["val_split"], "train.test_eval": "never",
+                 "train.eval_every": 1, "train.processes": 1, "train.target": 0.0,
+                 "train.seed": s["seed"]})
+    if s["train_subset"]:
+        over["data.train_subset"] = s["train_subset"]
+    return raw, over
+
+
 class _TrialError(RuntimeError):
     """A trial failed for a reason of its own (it is recorded; the search goes on)."""
 
@@ -545,29 +601,11 @@ class Worker:
             self.n_train = min(self.n_train, s["train_subset"])
         self.rejected_in_row = 0
         self.current: int | None = None  # storage id of the trial this worker runs
-        self.base_steps: dict[tuple, float] = {}  # fastest step of the base model measured
+        self.base_step = math.inf  # fastest step of the base model measured so far
+        self.last_error = ""  # of the last failed trial
 
-    # -- a trial's recipe -----------------------------------------------------------------
     def recipe(self, number: int, args: dict, train: dict) -> tuple[dict, dict]:
-        """(raw recipe, dotted overrides) of a trial: the base recipe with the family network,
-        its searched settings, a validation split and no test evaluation."""
-        raw = copy.deepcopy(self.spec.base_recipe)
-        raw["name"] = f"{self.study.study_name}-trial-{number:04d}"
-        raw["description"] = f"cifarlab search {self.study.study_name}, trial {number}"
-        raw["model"] = "family"
-        raw["model_args"] = copy.deepcopy(args)
-        c = self.cons
-        raw["constraints"] = {"max_params": c["max_params"], "max_macs": c["max_macs"],
-                              "min_receptive_field": c["min_receptive_field"],
-                              "require": list(c["require"]), "forbid": list(c["forbid"])}
-        s = self.spec.search
-        over = dict(train)
-        over.update({"data.val_split": s["val_split"], "train.test_eval": "never",
-                     "train.eval_every": 1, "train.processes": 1, "train.target": 0.0,
-                     "train.seed": s["seed"]})
-        if s["train_subset"]:
-            over["data.train_subset"] = s["train_subset"]
-        return raw, over
+        return trial_recipe(self.spec, self.study.study_name, number, args, train)
 
     # -- time -----------------------------------------------------------------------------
     def _base(self) -> torch.nn.Module:
@@ -579,12 +617,10 @@ class Worker:
     def predict(self, model: torch.nn.Module, cfg: dict) -> tuple[float, float]:
         """(predicted training seconds of this trial, of the base recipe), timed together."""
         b, t = self.base_cfg["train"], cfg["train"]
-        sc, sb = time_steps([(model, t["batch_size"]), (self._base(), b["batch_size"])],
-                            t["precision"], t["channels_last"])
+        sc, sb = time_steps([(model, cfg), (self._base(), self.base_cfg)])
         # other work can only slow a measurement down: the base's fastest one so far is the
         # truest (a busy moment must not make a slow candidate look cheap)
-        key = (t["precision"], t["channels_last"])
-        sb = self.base_steps[key] = min(self.base_steps.get(key, math.inf), sb)
+        sb = self.base_step = min(self.base_step, sb)
         pc = predict_seconds(sc, self.n_train, t["batch_size"], t["epochs"], self.n_val,
                              t["tta"])
         pb = predict_seconds(sb, self.n_train, b["batch_size"], b["epochs"], self.n_val,
@@ -603,23 +639,26 @@ class Worker:
 
     # -- the objective ----------------------------------------------------------------------
     def objective(self, trial: optuna.Trial):
-        """Reject, prune or train one trial. A CifarlabError (bad data, a recipe the engine
-        refuses) stops the search; any other exception fails only this trial."""
+        """Reject, prune or train one trial. Whatever goes wrong inside a trial (its network,
+        its training, a CifarlabError the engine raises for it) fails this trial only: it is
+        recorded (user attribute `error`) and the worker goes on. A database error or an
+        interrupt stops the worker (the trial is re-queued)."""
+        import sqlalchemy.exc
+
         try:
             return self._objective(trial)
         except KeyboardInterrupt:
             with contextlib.suppress(Exception):
                 trial.set_user_attr("failed", "interrupted")
             raise
-        except CifarlabError as e:
-            with contextlib.suppress(Exception):
-                trial.set_user_attr("failed", f"stopped by an error: {e}"[:500])
-            raise
-        except optuna.TrialPruned:
+        except (optuna.TrialPruned, sqlalchemy.exc.SQLAlchemyError):
             raise
         except Exception as e:
-            trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:500])
-            raise _TrialError(f"{type(e).__name__}: {e}") from e
+            what = str(e) if isinstance(e, CifarlabError) else f"{type(e).__name__}: {e}"
+            what = (what.strip().splitlines() or [type(e).__name__])[0][:500]
+            self.last_error = what
+            trial.set_user_attr("error", what)
+            raise _TrialError(what) from e
 
     def _objective(self, trial: optuna.Trial):
         t_start = time.time()
@@ -654,12 +693,18 @@ class Worker:
 
         try:
             model = create_model("family", **args)
+            facts, broken, values = check_rules(model, self.cons)
         except CifarlabError as e:
             reject([f"invalid design: {e}"], {"design": 1.0})
-        facts = describe(model)
+        except Exception as e:  # the trace (one forward pass) fails: a shape error
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            reject([f"untrainable: a forward pass fails ({type(e).__name__}: {first[:200]})"],
+                   {"trainable": 1.0})
         for k in ("params", "macs", "receptive_field"):
             trial.set_user_attr(k, facts[k])
-        broken, values = check_rules(model, facts, self.cons)
+        if not broken:
+            broken = untrainable(model, cfg)
+            values["trainable"] = 1.0 if broken else 0.0
         c = self.cons
         cap = None
         need_time = (c["max_train_seconds"] or c["max_train_time_vs_base"]
@@ -798,8 +843,7 @@ class Worker:
             trial.set_user_attr("pruned", why)
             raise optuna.TrialPruned(why)
         if val is None or not math.isfinite(val):
-            raise SearchError(f"trial {trial.number}: training returned no validation "
-                              "accuracy (is data.val_split supported?)")
+            raise RuntimeError("training returned no validation accuracy")
         if not self.spec.multi:
             return float(val)
         cost_name = self.spec.objectives[1]
@@ -1015,8 +1059,9 @@ def run_search(search: str | os.PathLike | SearchSpec, *, study: str | None = No
                 if line:
                     log(f"{tag}{line}")
             if failures >= 3:
-                raise SearchError("three trials in a row failed; stopping (the study is kept; "
-                                  "fix the cause and run the same command to resume)")
+                raise SearchError(f"three trials in a row failed (the last: {w.last_error}); "
+                                  "stopping (the study is kept; fix the cause and run the "
+                                  "same command to resume)")
     finally:
         if old is not None:
             with contextlib.suppress(ValueError):
@@ -1072,10 +1117,7 @@ def winner_recipe(study: optuna.Study, t: FrozenTrial, name: str = "searched") -
                           + (f"val acc {val:.4f}" if val is not None else "not complete") + ")")
     raw["model"] = "family"
     raw["model_args"] = copy.deepcopy(t.user_attrs["model_args"])
-    c = spec.constraints
-    raw["constraints"] = {"max_params": c["max_params"], "max_macs": c["max_macs"],
-                          "min_receptive_field": c["min_receptive_field"],
-                          "require": list(c["require"]), "forbid": list(c["forbid"])}
+    raw["constraints"] = rules_table(spec.constraints)
     train = nest(t.user_attrs.get("train") or {})
     for section, vals in train.items():
         raw.setdefault(section, {})
