@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from cifarlab import search as S
+from cifarlab.search import storage
+from cifarlab.search.trials import outcome
 
 PG_BIN = Path(os.environ.get("CIFARLAB_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
@@ -110,7 +111,7 @@ def test_two_workers_share_a_postgres_study(postgres, tmp_path, cifar_dir):
     f = tmp_path / "pg.toml"
     f.write_text(SEARCH)
     runs = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "cifarlab.search_cli", str(f), "--study", "pg", "--storage",
+    cmd = [sys.executable, "-m", "cifarlab.search.cli", str(f), "--study", "pg", "--storage",
            postgres, "--trials", "4", "--runs-dir", str(runs), "--data-dir", str(cifar_dir),
            "--threads", "1"]
     env = dict(os.environ, PYTHONWARNINGS="ignore")
@@ -122,9 +123,9 @@ def test_two_workers_share_a_postgres_study(postgres, tmp_path, cifar_dir):
     for w, (_out, err) in zip(workers, outs, strict=True):
         assert w.returncode == 0, err[-3000:]
         assert "Traceback" not in err
-    study = S.load_study("pg", postgres)
+    study = storage.load_study("pg", postgres)
     trials = study.get_trials(deepcopy=False)
-    trained = [t for t in trials if S.outcome(t) in ("complete", "pruned")]
+    trained = [t for t in trials if outcome(t) in ("complete", "pruned")]
     assert len(trained) >= 4
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.FAIL)]
     run_dirs = [t.user_attrs["run_dir"] for t in trained]
@@ -138,7 +139,7 @@ def test_two_workers_share_a_postgres_study(postgres, tmp_path, cifar_dir):
     assert len(list((runs / "pg" / "trials").iterdir())) == len(trained)
     assert time.time() - t0 < 180
     # the report reads the study from the server
-    from cifarlab.search_report import make_search_report
+    from cifarlab.search.report import make_search_report
 
     index = make_search_report("pg", storage=postgres, runs_dir=runs)
     assert "postgresql://cifarlab:***@" in index.read_text()
@@ -148,7 +149,7 @@ def test_database_down_is_one_line(tmp_path, cifar_dir):
     f = tmp_path / "pg.toml"
     f.write_text(SEARCH)
     url = f"postgresql://cifarlab:secret@127.0.0.1:{_free_port()}/postgres"
-    r = subprocess.run([sys.executable, "-m", "cifarlab.search_cli", str(f), "--storage", url,
+    r = subprocess.run([sys.executable, "-m", "cifarlab.search.cli", str(f), "--storage", url,
                         "--runs-dir", str(tmp_path / "runs"), "--data-dir", str(cifar_dir)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2

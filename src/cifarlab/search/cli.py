@@ -1,5 +1,5 @@
 """`cifarlab search` on the command line: argument parsing only (importing this module imports
-neither torch nor optuna; the work is in search.py and search_report.py).
+neither torch nor optuna; the work is in the other modules of this package).
 
     cifarlab search FILE [--study NAME] [--storage URL] [--minutes M] [--trials N]
                          [--runs-dir DIR] [--data-dir D] [--workers N] [--threads N]
@@ -7,7 +7,7 @@ neither torch nor optuna; the work is in search.py and search_report.py).
     cifarlab search best STUDY [--storage URL] [--runs-dir DIR] --out FILE.toml [--trial N]
 
 FILE is a search file (TOML) or a built-in one by name (seed001-rules, under-50k); STUDY a
-study directory (runs/NAME, holding study.db) or a study name. `python -m cifarlab.search_cli`
+study directory (runs/NAME, holding study.db) or a study name. `python -m cifarlab.search.cli`
 takes the same arguments (what `--workers` starts).
 """
 
@@ -18,7 +18,7 @@ import os
 import subprocess
 import sys
 
-from .errors import CifarlabError
+from ..errors import CifarlabError
 
 USAGE = """cifarlab search FILE [--study NAME] [--storage URL] [--minutes M] [--trials N]
                        [--runs-dir DIR] [--data-dir D] [--workers N] [--threads N]
@@ -120,7 +120,7 @@ def run_search_command(a: argparse.Namespace) -> int:
 
 
 def _report(a: argparse.Namespace) -> int:
-    from .search_report import make_search_report
+    from .report import make_search_report
 
     index = make_search_report(a.study_arg, storage=a.storage, runs_dir=a.runs_dir, out=a.out)
     print(f"wrote {index}")
@@ -128,7 +128,8 @@ def _report(a: argparse.Namespace) -> int:
 
 
 def _best(a: argparse.Namespace) -> int:
-    from .search import load_study, resolve_study, write_best
+    from .storage import load_study, resolve_study
+    from .winner import write_best
 
     if not a.out:
         raise CifarlabError("search best: --out FILE.toml is required (the recipe to write)")
@@ -156,8 +157,8 @@ def _summary_lines(s: dict) -> list[str]:
 
 
 def _run(a: argparse.Namespace) -> int:
-    from .search import run_search
-    from .searchspace import load_search
+    from .run import run_search
+    from .space import load_search
 
     spec = load_search(a.target)
     name = a.study or spec.name
@@ -182,14 +183,15 @@ def _run(a: argparse.Namespace) -> int:
 
 def _run_workers(a: argparse.Namespace, spec, name: str) -> int:
     """Create (or check) the study here, then run `--workers` processes on it."""
-    from .search import create_or_load, default_storage, mask_url, study_dir_for, summary
+    from .storage import create_or_load, default_storage, mask_url, study_dir_for
+    from .trials import summary
 
     sdir = study_dir_for(a.runs_dir, name)
     sdir.mkdir(parents=True, exist_ok=True)
     url = a.storage or default_storage(sdir)
-    study = create_or_load(spec, name, url, a.minutes, print)
+    study, _ = create_or_load(spec, name, url, a.minutes, print)
     threads = a.threads or max(1, (os.cpu_count() or 1) // a.workers)
-    cmd = [sys.executable, "-m", "cifarlab.search_cli", a.target, "--study", name,
+    cmd = [sys.executable, "-m", "cifarlab.search.cli", a.target, "--study", name,
            "--storage", url, "--runs-dir", str(a.runs_dir), "--threads", str(threads)]
     if a.trials:
         cmd += ["--trials", str(a.trials)]
@@ -218,7 +220,7 @@ def _run_workers(a: argparse.Namespace, spec, name: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m cifarlab.search_cli ...` (a worker process; also usable by hand)."""
+    """`python -m cifarlab.search.cli ...` (a worker process; also usable by hand)."""
     a = build_parser().parse_args(argv)
     try:
         return run_search_command(a)

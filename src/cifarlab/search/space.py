@@ -21,9 +21,9 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import CifarlabError
-from .models import family as fam
-from .recipe import BY_KEY, check_value, list_builtin, load_recipe_file, resolve
+from ..errors import CifarlabError
+from ..models import family as fam
+from ..recipe import BY_KEY, check_value, list_builtin, load_recipe_file, resolve
 
 if TYPE_CHECKING:
     import optuna
