@@ -516,6 +516,55 @@ def test_killed_search_resumes_the_running_trial(tmp_path, train_only_dir):
     assert sum(1 for t in trials if t.state == TrialState.COMPLETE) >= 2
 
 
+def test_a_killed_worker_is_replaced_and_its_trial_resumes(tmp_path, train_only_dir):
+    f = write_search(tmp_path, epochs="3")
+    runs = tmp_path / "runs"
+    env = dict(os.environ, PYTHONWARNINGS="ignore", PYTHONUNBUFFERED="1")
+    p = subprocess.Popen([sys.executable, "-m", "cifarlab.search.cli", str(f), "--workers", "2",
+                          "--trials", "3", "--runs-dir", str(runs), "--data-dir",
+                          str(train_only_dir), "--threads", "1"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines, pid, killed = [], None, False
+    try:
+        for line in p.stdout:
+            lines.append(line)
+            if line.startswith("[w1] worker pid ") and line.split()[-1].isdigit():
+                pid = int(line.split()[-1])
+            if not killed and line.startswith("[w1]") and "epoch 1/3" in line:
+                os.kill(pid, 9)  # mid-trial, like the out-of-memory killer
+                killed = True
+        assert p.wait(timeout=240) == 0, "".join(lines)[-3000:]
+    finally:
+        if p.poll() is None:
+            p.kill()
+    out = "".join(lines)
+    assert killed and f"[w1] worker pid {pid} was killed (SIGKILL): replaced by pid" in out
+    assert "Traceback" not in out
+    trials = _trials(runs / "t")
+    assert sum(1 for t in trials if outcome(t) in ("complete", "pruned")) >= 3
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    dead = [t for t in trials if t.state == TrialState.FAIL]
+    for t in dead:  # the killed trial went on in a retry, from its run directory
+        (retry,) = [u for u in trials if u.system_attrs.get("failed_trial") == t.number]
+        assert retry.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        assert retry.user_attrs["run_dir"] == t.user_attrs["run_dir"]
+
+
+def test_the_study_is_an_ordinary_optuna_study(finished):
+    """What optuna-dashboard (or any Optuna tool) reads: optuna.load_study on the storage
+    URL, readable study and trial attributes."""
+    url = f"sqlite:///{finished / 't' / 'study.db'}"
+    study = optuna.load_study(study_name="t", storage=url)
+    assert study.metric_names == ["val_acc"] and study.user_attrs["budget_minutes"] == 10
+    assert study.user_attrs["spec"]["base"] == "fast-50k"
+    best = study.best_trial
+    assert best.user_attrs["design"].startswith("stem ") and best.user_attrs["params"] > 0
+    assert Path(best.user_attrs["run_dir"]).is_dir() and best.user_attrs["curve"]
+    rejected = [t for t in study.trials if t.user_attrs.get("rejected")]
+    assert rejected and rejected[0].user_attrs["rejected_rules"] == ["max_params"]
+    json.dumps([t.user_attrs for t in study.trials])  # plain JSON, nothing pickled
+
+
 # --------------------------------------------------------------------------- results
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from ..provenance import mask_secrets
 from . import pruning
 from .space import SearchError, SearchSpec, parse_search
 
@@ -30,9 +31,7 @@ STUDY_FILE = "study.db"
 
 def mask_url(url: str) -> str:
     """The storage URL with any password hidden."""
-    import re
-
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+    return mask_secrets(url)
 
 
 def default_storage(study_dir: Path) -> str:
@@ -72,8 +71,7 @@ def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.RDBS
                 time.sleep(0.5 + attempt)
                 continue
             err: Exception = e
-        msg = str(getattr(err, "orig", None) or err).strip().splitlines()
-        why = msg[0] if msg else type(err).__name__
+        why = db_reason(err)
         raise SearchError(f"storage {mask_url(shown)}: cannot open ({why})") from None
     raise AssertionError("unreachable")
 
@@ -97,18 +95,75 @@ def retry_callback():
             max_retry=3, inherit_intermediate_values=True)
 
 
-@contextlib.contextmanager
-def storage_errors(url: str):
-    """Turn a database failure in the middle of a search into a one-line SearchError."""
+def db_reason(e: BaseException) -> str:
+    """A database error's first line (the driver's own words), any credential masked."""
+    msg = str(getattr(e, "orig", None) or e).strip().splitlines()
+    return mask_secrets(msg[0] if msg else type(e).__name__)
+
+
+def database_cause(e: BaseException) -> str | None:
+    """The reason of the database error behind `e` (`db_reason`), or None when `e` has none:
+    Optuna wraps SQLAlchemy's errors (StorageInternalError), and its `optimize`, when the
+    database goes away while it records a trial's end, raises an UnboundLocalError of its own
+    (Optuna 5.1) whose context is the database error."""
     import sqlalchemy.exc
 
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, sqlalchemy.exc.SQLAlchemyError):
+            return db_reason(seen)
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+class StorageDown(SearchError):
+    """The database stopped answering in the middle of a search (`wait_for_storage`)."""
+
+    def __init__(self, message: str, why: str = ""):
+        super().__init__(message)
+        self.why = why
+
+
+@contextlib.contextmanager
+def storage_errors(url: str):
+    """Turn a database failure in the middle of a search into a one-line StorageDown."""
     try:
         yield
-    except sqlalchemy.exc.SQLAlchemyError as e:
-        msg = str(getattr(e, "orig", None) or e).strip().splitlines()
-        why = msg[0] if msg else type(e).__name__
-        raise SearchError(f"storage {mask_url(url)}: {why} (what was recorded is kept; run "
-                          "the same command again to resume)") from None
+    except StorageDown:
+        raise
+    except Exception as e:
+        why = database_cause(e)
+        if why is None:
+            raise
+        raise StorageDown(f"storage {mask_url(url)}: {why} (what was recorded is kept; run "
+                          "the same command again to resume)", why) from None
+
+
+def wait_for_storage(storage: optuna.storages.BaseStorage, url: str, study: str, why: str,
+                     minutes: float, log: Callable[[str], None]) -> None:
+    """The database stopped answering: try it again every few seconds, one log line per
+    attempt, for `minutes`; return once it answers, else a one-line SearchError."""
+    interval = min(10.0, max(1.0, 60 * minutes / 20))
+    start, attempt = time.monotonic(), 0
+    while True:
+        left = 60 * minutes - (time.monotonic() - start)
+        if left <= 0:
+            raise SearchError(f"storage {mask_url(url)}: unreachable for {minutes:g} min "
+                              f"({why}); giving up (what was recorded is kept; run the same "
+                              "command again to resume)")
+        attempt += 1
+        log(f"storage {mask_url(url)} unreachable ({why}): attempt {attempt}, next in "
+            f"{interval:.0f} s, giving up in {left / 60:.1f} min")
+        time.sleep(min(interval, left))
+        try:
+            storage.get_study_id_from_name(study)
+        except Exception as e:
+            if database_cause(e) is None:
+                raise
+            why = database_cause(e) or why
+            continue
+        log(f"storage {mask_url(url)} answers again: carrying on")
+        return
 
 
 def study_dir_for(runs_dir: str | os.PathLike, name: str) -> Path:
@@ -214,12 +269,14 @@ def create_or_load(spec: SearchSpec, name: str, url: str, minutes: float | None,
 
 
 def _comparable(text: str) -> str:
-    """A search file's content without the budget (which a resume may change)."""
+    """A search file's content without the budget and the database patience (which a resume
+    may change)."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError:
         return text
     raw.get("search", {}).pop("minutes", None)
+    raw.get("search", {}).pop("storage_wait_minutes", None)
     raw.pop("description", None)
     return json.dumps(raw, sort_keys=True, default=str)
 

@@ -82,3 +82,16 @@ def best_trials(study: optuna.Study, trials: list[FrozenTrial] | None = None
         u.values[0] >= t.values[0] and u.values[1] <= t.values[1]
         and (u.values[0] > t.values[0] or u.values[1] < t.values[1]) for u in done)]
     return sorted(front, key=lambda t: (-t.values[0], t.values[1]))
+
+
+def budget_left(study: optuna.Study, spec, trials_cap: int | None = None) -> bool:
+    """Whether the study has search time (and trials, under a cap) left; True when the
+    storage cannot tell (the workers find out for themselves)."""
+    try:
+        trials = study.get_trials(deepcopy=False)
+        minutes = study.user_attrs.get("budget_minutes") or spec.search["minutes"]
+    except Exception:
+        return True
+    trained = sum(1 for t in trials if outcome(t) in ("complete", "pruned"))
+    return (search_seconds(trials) < 60 * float(minutes)
+            and (trials_cap is None or trained < trials_cap))

@@ -26,7 +26,7 @@ from ..recipe import resolve
 from . import pruning
 from .rules import check_rules, rule_key, rules_table, untrainable
 from .space import ARCH_DIMS, TRAIN_DIMS, SearchSpec, max_epochs, sample
-from .storage import get_trial
+from .storage import database_cause, get_trial
 from .timing import predict_seconds, time_steps
 from .workers import proc_start
 
@@ -153,17 +153,17 @@ class Worker:
         its training, a CifarlabError the engine raises for it) fails this trial only: it is
         recorded (user attribute `error`) and the worker goes on. A database error or an
         interrupt stops the worker (the trial is re-queued)."""
-        import sqlalchemy.exc
-
         try:
             return self._objective(trial)
         except KeyboardInterrupt:
             with contextlib.suppress(Exception):
                 trial.set_user_attr("failed", "interrupted")
             raise
-        except (optuna.TrialPruned, sqlalchemy.exc.SQLAlchemyError):
+        except optuna.TrialPruned:
             raise
         except Exception as e:
+            if database_cause(e) is not None:
+                raise
             what = str(e) if isinstance(e, CifarlabError) else f"{type(e).__name__}: {e}"
             what = (what.strip().splitlines() or [type(e).__name__])[0][:500]
             self.last_error = what
