@@ -44,9 +44,11 @@ from common import RESULTS, provenance, write_json  # noqa: E402
 
 import cifarlab  # noqa: E402
 import cifarlab.models.family  # noqa: E402, F401  (registers "family")
-from cifarlab import search as S  # noqa: E402
-from cifarlab import searchspace as SP  # noqa: E402
 from cifarlab.data import load_data  # noqa: E402
+from cifarlab.search import rules, storage, winner  # noqa: E402
+from cifarlab.search import space as SP  # noqa: E402
+from cifarlab.search.run import run_search  # noqa: E402
+from cifarlab.search.trials import outcome, summary  # noqa: E402
 
 RULE_SETS = {"seed001-rules": "fast-seed001", "under-50k": "fast-50k"}
 
@@ -93,7 +95,7 @@ def run_workers(spec_file: Path, study: str, runs_dir: Path, workers: int, threa
                 data_dir: str | None, minutes: float | None = None,
                 trials: int | None = None, queued_only: bool = False) -> None:
     """`workers` search processes on one study (SQLite in the study directory)."""
-    cmd = [sys.executable, "-m", "cifarlab.search_cli", str(spec_file), "--study", study,
+    cmd = [sys.executable, "-m", "cifarlab.search.cli", str(spec_file), "--study", study,
            "--runs-dir", str(runs_dir), "--threads", str(threads)]
     if minutes:
         cmd += ["--minutes", str(minutes)]
@@ -139,7 +141,6 @@ def compare_workers(runs_dir: Path, data_dir: str | None, quick: bool) -> dict:
     sampler = optuna.samplers.RandomSampler(seed=7)
     probe = optuna.create_study(sampler=sampler)
     designs = []
-    from cifarlab.analysis import describe
     from cifarlab.models import create_model
 
     while len(designs) < k:
@@ -150,7 +151,7 @@ def compare_workers(runs_dir: Path, data_dir: str | None, quick: bool) -> dict:
         except Exception:
             probe.tell(t, 0.0)
             continue
-        broken, _ = S.check_rules(m, describe(m), spec.constraints)
+        _, broken, _ = rules.check_rules(m, spec.constraints)
         probe.tell(t, 0.0)
         if not broken:
             designs.append({name: v for name, v in t.params.items()})
@@ -170,14 +171,14 @@ def compare_workers(runs_dir: Path, data_dir: str | None, quick: bool) -> dict:
 
             shutil.rmtree(sdir)
         sdir.mkdir(parents=True)
-        S.create_or_load(SP.parse_search(text, str(f)), name, S.default_storage(sdir), None,
-                         print)
+        storage.create_or_load(SP.parse_search(text, str(f)), name,
+                               storage.default_storage(sdir), None, print)
         t0 = time.perf_counter()
         run_workers(f, name, runs_dir, workers, threads, data_dir, queued_only=True)
         wall = time.perf_counter() - t0
-        st = S.load_study(name, S.default_storage(sdir))
+        st = storage.load_study(name, storage.default_storage(sdir))
         done = sum(1 for t in st.get_trials(deepcopy=False)
-                   if S.outcome(t) in ("complete", "pruned")
+                   if outcome(t) in ("complete", "pruned")
                    and "fixed_params" in t.system_attrs)  # the queued ones
         out[f"{workers}x{threads}"] = {"workers": workers, "threads_per_worker": threads,
                                        "trials": done, "wall_seconds": wall,
@@ -225,18 +226,18 @@ def rule_set(name: str, hand: str, args, data, state: dict, save) -> dict:
     print(f"== {name}: search (study {study}, {workers} worker(s) x {threads} thread(s))")
     minutes = args.minutes if not args.quick else 1.5
     if workers == 1:
-        S.run_search(spec, study=study, minutes=minutes, runs_dir=runs, data=data,
+        run_search(spec, study=study, minutes=minutes, runs_dir=runs, data=data,
                      trials=3 if args.quick else None)
     else:
         f = runs / f"{study}.toml"
         f.write_text(spec.text)
         sdir = runs / study
         sdir.mkdir(parents=True, exist_ok=True)
-        S.create_or_load(spec, study, S.default_storage(sdir), minutes, print)
+        storage.create_or_load(spec, study, storage.default_storage(sdir), minutes, print)
         run_workers(f, study, runs, workers, threads, args.data_dir, minutes=minutes,
                     trials=3 if args.quick else None)
-    st = S.load_study(study, S.default_storage(runs / study))
-    summ = S.summary(st)
+    st = storage.load_study(study, storage.default_storage(runs / study))
+    summ = summary(st)
     st_state["search"] = summ
     save()
 
@@ -255,7 +256,7 @@ def rule_set(name: str, hand: str, args, data, state: dict, save) -> dict:
     hand_s = st_state["hand"]["seconds"]
     recipe = runs / f"{name}-winner.toml"
     if "searched" not in st_state:
-        win = S.write_best(st, recipe)
+        win = winner.write_best(st, recipe)
         print(f"== {name}: training the winner (trial {win['trial']}: {win['design']}) with "
               f"a {hand_s:.0f} s budget")
         m, secs = timed_train(recipe, data, runs, f"{name}-searched", over, max_seconds=hand_s)

@@ -15,11 +15,13 @@ import pytest
 from optuna.trial import TrialState
 
 import cifarlab.models.family  # noqa: F401  (registers "family")
-from cifarlab import search as S
-from cifarlab import searchspace as SP
 from cifarlab.errors import CifarlabError
 from cifarlab.recipe import resolve
-from cifarlab.search_cli import build_parser, run_search_command
+from cifarlab.search import pruning, rules, storage, timing, worker
+from cifarlab.search import space as SP
+from cifarlab.search.cli import build_parser, run_search_command
+from cifarlab.search.run import run_search, status_line
+from cifarlab.search.trials import best_trials, outcome, search_seconds, summary
 
 TINY = """
 name = "{name}"
@@ -87,28 +89,60 @@ def _silent(_: str) -> None:
 
 
 def _trials(study_dir: Path, name: str = "t") -> list:
-    st = S.load_study(name, S.default_storage(study_dir))
+    st = storage.load_study(name, storage.default_storage(study_dir))
     return st.get_trials(deepcopy=False)
 
 
 # --------------------------------------------------------------------------- search files
 
-def test_builtin_search_files_start_from_the_hand_written_designs():
-    from cifarlab.analysis import describe
+# what a trial sets by design, whatever its base recipe: its name, the search's rules, the
+# validation protocol (a split, no test set, one process, every epoch evaluated)
+BY_DESIGN = {"name", "description", "model", "model_args", "constraints.max_params",
+             "constraints.max_macs", "constraints.min_receptive_field", "constraints.require",
+             "constraints.forbid", "data.val_split", "data.train_subset", "train.test_eval",
+             "train.eval_every", "train.processes", "train.target", "train.seed"}
+
+
+def _flat(cfg: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in cfg.items():
+        if isinstance(v, dict) and k != "model_args":
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+@pytest.mark.parametrize("name, ref", [("seed001-rules", "fast-seed001"),
+                                       ("under-50k", "fast-50k")])
+def test_builtin_search_files_start_from_the_shipped_recipes(name, ref):
+    from cifarlab.analysis import layer_table
     from cifarlab.models import create_model
 
-    for name, ref in (("seed001-rules", "fast-seed001"), ("under-50k", "fast-50k")):
-        spec = SP.load_search(name)
-        assert spec.enqueue[0]["label"] == ref
-        args, train = SP.sample(spec.space, optuna.trial.FixedTrial(spec.enqueue[0]["params"]))
-        model = create_model("family", **args)
-        assert describe(model) == describe(create_model(ref))
-        broken, _ = S.check_rules(model, describe(model), spec.constraints)
-        assert broken == []
-        # their training is issue 5's (the recipes have since moved on: fast-50k is the
-        # under-50k search's winner, fast-seed001 trains with Muon; issue 17)
-        assert train["optim.lr"] == 0.2 and train["augment.crop_pad"] == 2
-        assert train["train.epochs"] == {"fast-seed001": 13, "fast-50k": 14}[ref]
+    spec = SP.load_search(name)
+    assert spec.enqueue[0]["label"] == ref
+    args, train = SP.sample(spec.space, optuna.trial.FixedTrial(spec.enqueue[0]["params"]))
+    raw, over = worker.trial_recipe(spec, name, 0, args, train)
+    trial0, recipe = resolve(raw, over), resolve(ref)
+    # the same network (layer by layer), within the rules
+    model = create_model("family", **args)
+    shipped = create_model(recipe["model"], **recipe["model_args"])
+
+    def layers(net) -> list[dict]:  # the family's dilated convs compute in fp32 under bf16
+        return [{**{k: v for k, v in row.items() if k != "name"},
+                 "type": row["type"].replace("DilatedConv2d", "Conv2d")}
+                for row in layer_table(net)]
+
+    assert layers(model) == layers(shipped)
+    _, broken, _ = rules.check_rules(model, spec.constraints)
+    assert broken == [] and rules.untrainable(model, trial0) == []
+    # and every other key of the recipe: the searched ones drawn at its values, the rest
+    # from the base recipe (Muon, the epochs, low_res, pct_start, flips, test-time flip)
+    a, b = _flat(trial0), _flat(recipe)
+    assert {k: a[k] for k in a if k not in BY_DESIGN} == {k: b[k] for k in b
+                                                          if k not in BY_DESIGN}
+    assert trial0["optim"]["name"] == "muon" and trial0["train"]["low_res"] == 24
+    assert trial0["train"]["epochs"] == {"fast-seed001": 8, "fast-50k": 9}[ref]
     assert SP.load_search("seed001-rules").constraints["forbid"] == ["maxpool"]
 
 
@@ -156,24 +190,24 @@ def test_missing_search_file_and_unknown_builtin(tmp_path):
 
 def test_dominance_prune_keeps_the_cheap_end_and_stops_dominated_trials():
     # no cheaper peers: never stopped, however bad
-    assert S.dominance_prune([(10.0, 0.9), (20.0, 0.95)], acc=0.1, cost=1.0) is None
+    assert pruning.dominance_prune([(10.0, 0.9), (20.0, 0.95)], acc=0.1, cost=1.0) is None
     # too few cheaper-or-equal peers to decide
-    assert S.dominance_prune([(1.0, 0.9), (2.0, 0.9)], acc=0.1, cost=5.0) is None
+    assert pruning.dominance_prune([(1.0, 0.9), (2.0, 0.9)], acc=0.1, cost=5.0) is None
     # 3 cheaper peers + itself: keeps the top ceil(4/3) = 2; 2 beat it -> stopped
-    why = S.dominance_prune([(1.0, 0.9), (2.0, 0.8), (3.0, 0.1)], acc=0.5, cost=5.0)
+    why = pruning.dominance_prune([(1.0, 0.9), (2.0, 0.8), (3.0, 0.1)], acc=0.5, cost=5.0)
     assert why and "2 of 3 trials that cost no more" in why
     # only one beats it: it stays in the top 2
-    assert S.dominance_prune([(1.0, 0.9), (2.0, 0.2), (3.0, 0.1)], acc=0.5, cost=5.0) is None
+    assert pruning.dominance_prune([(1.0, 0.9), (2.0, 0.2), (3.0, 0.1)], acc=0.5, cost=5.0) is None
     # costlier peers do not count against it
-    assert S.dominance_prune([(9.0, 0.9), (9.0, 0.9), (9.0, 0.9)], acc=0.5, cost=5.0) is None
-    assert S.rungs(1, 3, 20) == [1, 3, 9] and S.rungs(2, 2, 9) == [2, 4, 8]
+    assert pruning.dominance_prune([(9.0, 0.9), (9.0, 0.9), (9.0, 0.9)], acc=0.5, cost=5.0) is None
+    assert pruning.rungs(1, 3, 20) == [1, 3, 9] and pruning.rungs(2, 2, 9) == [2, 4, 8]
 
 
 def test_rule_keys_and_url_masking():
-    assert S.rule_key("max_params 49999: model has 60,000 parameters") == "max_params"
-    assert S.rule_key("require dilated: no conv with dilation > 1") == "require dilated"
-    assert S.rule_key("time budget: predicted 2.0x") == "time budget"
-    assert S.mask_url("postgresql://me:s3cret@db:5432/x") == "postgresql://me:***@db:5432/x"
+    assert rules.rule_key("max_params 49999: model has 60,000 parameters") == "max_params"
+    assert rules.rule_key("require dilated: no conv with dilation > 1") == "require dilated"
+    assert rules.rule_key("time budget: predicted 2.0x") == "time budget"
+    assert storage.mask_url("postgresql://me:s3cret@db:5432/x") == "postgresql://me:***@db:5432/x"
 
 
 def test_search_time_is_the_union_of_trial_spans():
@@ -192,8 +226,8 @@ def test_search_time_is_the_union_of_trial_spans():
     # failure was only recorded an hour later (its own seconds_used counts, not the hour)
     killed = trial(1000, 3600, TrialState.FAIL)
     killed.user_attrs["seconds_used"] = 30.0
-    assert S.search_seconds([trial(0, 100), trial(50, 100), killed]) == pytest.approx(180)
-    assert S.search_seconds([]) == 0
+    assert search_seconds([trial(0, 100), trial(50, 100), killed]) == pytest.approx(180)
+    assert search_seconds([]) == 0
 
 
 def test_time_prediction_orders_models():
@@ -201,9 +235,10 @@ def test_time_prediction_orders_models():
 
     small = create_model("family", stem=4, widths=[4], depths=[1], downsample="stride")
     big = create_model("family", stem=32, widths=[64, 64], depths=[2, 2], downsample="none")
-    ts, tb = S.time_steps([(small, 32), (big, 32)], rounds=2)
+    cfg = resolve("fast-50k", {"train.batch_size": 32})
+    ts, tb = timing.time_steps([(small, cfg), (big, cfg)], rounds=2)
     assert 0 < ts < tb
-    p = S.predict_seconds(tb, 1000, 32, 3, 100, True)
+    p = timing.predict_seconds(tb, 1000, 32, 3, 100, True)
     assert p > 3 * (1000 // 32) * tb
 
 
@@ -222,7 +257,7 @@ def test_search_trains_on_a_validation_split_without_the_test_set(tmp_path, trai
     f = write_search(tmp_path)
     runs = tmp_path / "runs"
     lines: list[str] = []
-    s = S.run_search(f, trials=2, runs_dir=runs, data_dir=train_only_dir, log=lines.append)
+    s = run_search(f, trials=2, runs_dir=runs, data_dir=train_only_dir, log=lines.append)
     assert s["complete"] + s["pruned"] >= 2 and s["failed"] == 0
     sdir = runs / "t"
     assert (sdir / "study.db").is_file() and (sdir / "search.toml").read_text() == f.read_text()
@@ -230,7 +265,7 @@ def test_search_trains_on_a_validation_split_without_the_test_set(tmp_path, trai
     ref = trials[0]
     assert ref.user_attrs["label"] == "ref" and ref.state == TrialState.COMPLETE
     for t in trials:
-        if t.state not in (TrialState.COMPLETE, TrialState.PRUNED) or S.outcome(t) == "rejected":
+        if t.state not in (TrialState.COMPLETE, TrialState.PRUNED) or outcome(t) == "rejected":
             continue
         run = Path(t.user_attrs["run_dir"])
         assert {"config.json", "history.csv", "metrics.json"} <= {p.name for p in run.iterdir()}
@@ -247,7 +282,7 @@ def test_search_trains_on_a_validation_split_without_the_test_set(tmp_path, trai
     assert any("trial 0 complete: val acc" in x and "budget" in x and "min left" in x
                for x in lines)
     # running it again resumes the same study: one more trial, nothing lost
-    s2 = S.run_search(f, trials=3, runs_dir=runs, data_dir=train_only_dir, log=_silent)
+    s2 = run_search(f, trials=3, runs_dir=runs, data_dir=train_only_dir, log=_silent)
     assert s2["complete"] + s2["pruned"] >= 3
     assert [t.number for t in _trials(sdir)][:len(trials)] == [t.number for t in trials]
 
@@ -256,15 +291,15 @@ def test_rules_reject_before_training_and_teach_the_sampler(tmp_path, train_only
     big = REF.replace('label = "ref"\n', "").replace("[8, 16]", "[16, 16]")  # 3,842 params
     f = write_search(tmp_path, max_params=900, extra=big)  # many designs are too big
     runs = tmp_path / "runs"
-    s = S.run_search(f, trials=2, runs_dir=runs, data_dir=train_only_dir, log=_silent)
+    s = run_search(f, trials=2, runs_dir=runs, data_dir=train_only_dir, log=_silent)
     assert s["rejected"] >= 1 and s["rejected_by_rule"].get("max_params", 0) == s["rejected"]
     for t in _trials(runs / "t"):
-        if S.outcome(t) == "rejected":
+        if outcome(t) == "rejected":
             assert t.state == TrialState.PRUNED
             assert t.user_attrs["rejected"].startswith("max_params 900: model has")
             assert t.user_attrs["params"] > 900 and "run_dir" not in t.user_attrs
             assert t.constraints["max_params"] > 0  # what TPE uses to learn the region
-        elif S.outcome(t) == "complete":
+        elif outcome(t) == "complete":
             assert t.user_attrs["params"] <= 900 and t.constraints["max_params"] <= 0
     assert not [d for d in (runs / "t" / "trials").iterdir()
                 if d.name not in {Path(t.user_attrs.get("run_dir", "")).name
@@ -277,7 +312,7 @@ def test_time_budget_rule_rejects_slow_candidates(tmp_path, train_only_dir):
     f.write_text(f.read_text().replace("startup_trials = 2", "startup_trials = 2\n"
                                        "max_rejected_in_row = 1"))
     with pytest.raises(CifarlabError, match="rejected 1 candidates in a row"):
-        S.run_search(f, trials=1, runs_dir=tmp_path / "runs", data_dir=train_only_dir,
+        run_search(f, trials=1, runs_dir=tmp_path / "runs", data_dir=train_only_dir,
                      log=_silent)
     t = _trials(tmp_path / "runs" / "t")[0]
     assert t.user_attrs["rejected_rules"] == ["time budget"]
@@ -286,13 +321,14 @@ def test_time_budget_rule_rejects_slow_candidates(tmp_path, train_only_dir):
 
 
 def test_single_objective_pruning_stops_trials_early(tmp_path, train_only_dir, monkeypatch):
-    monkeypatch.setattr(S, "_pruner", lambda spec: optuna.pruners.ThresholdPruner(lower=2.0))
+    monkeypatch.setattr(pruning, "make_pruner",
+                        lambda spec: optuna.pruners.ThresholdPruner(lower=2.0))
     f = write_search(tmp_path, epochs="3")
     runs = tmp_path / "runs"
-    s = S.run_search(f, trials=2, runs_dir=runs, data_dir=train_only_dir, log=_silent)
+    s = run_search(f, trials=2, runs_dir=runs, data_dir=train_only_dir, log=_silent)
     assert s["complete"] == 1 and s["pruned"] >= 1  # only the labelled reference runs on
     for t in _trials(runs / "t"):
-        if S.outcome(t) != "pruned":
+        if outcome(t) != "pruned":
             continue
         assert "pruner at epoch 1" in t.user_attrs["pruned"]
         assert t.intermediate_values == {1: pytest.approx(t.user_attrs["curve"]["1"])}
@@ -304,29 +340,151 @@ def test_single_objective_pruning_stops_trials_early(tmp_path, train_only_dir, m
 def test_multi_objective_front_and_dominance_rule(tmp_path, train_only_dir, monkeypatch):
     f = write_search(tmp_path, objectives='["val_acc", "params"]')
     runs = tmp_path / "runs"
-    s = S.run_search(f, trials=3, runs_dir=runs, data_dir=train_only_dir, log=_silent)
-    st = S.load_study("t", S.default_storage(runs / "t"))
+    s = run_search(f, trials=3, runs_dir=runs, data_dir=train_only_dir, log=_silent)
+    st = storage.load_study("t", storage.default_storage(runs / "t"))
     assert len(st.directions) == 2
     done = [t for t in st.get_trials() if t.state == TrialState.COMPLETE]
     assert all(len(t.values) == 2 and t.values[1] == t.user_attrs["params"] for t in done)
-    front = S.best_trials(st)
+    front = best_trials(st)
     assert s["best"] and [b["number"] for b in s["best"]] == [t.number for t in front]
     for t in front:  # nothing on the front is dominated by another complete trial
         assert not any(u.values[0] >= t.values[0] and u.values[1] <= t.values[1]
                        and u.values != t.values for u in done)
     # the dominance rule stops a trial at a rung (forced here: Optuna cannot, for 2 objectives)
-    monkeypatch.setattr(S, "dominance_prune", lambda *a, **k: "beaten by cheaper trials")
-    s = S.run_search(f, trials=4, runs_dir=runs, data_dir=train_only_dir, log=_silent)
-    pruned = [t for t in st.get_trials() if S.outcome(t) == "pruned"]
+    monkeypatch.setattr(pruning, "dominance_prune", lambda *a, **k: "beaten by cheaper trials")
+    s = run_search(f, trials=4, runs_dir=runs, data_dir=train_only_dir, log=_silent)
+    pruned = [t for t in st.get_trials() if outcome(t) == "pruned"]
     assert pruned and all("dominance rule at epoch 1" in t.user_attrs["pruned"]
                           for t in pruned)
     m = json.loads((Path(pruned[0].user_attrs["run_dir"]) / "metrics.json").read_text())
     assert m["stopped_by"] == "callback" and m["epochs"] == 1
 
 
+RULES_SEARCH = """
+name = "r"
+base = "fast-50k"
+[constraints]
+{constraints}
+[search]
+minutes = 10
+min_epochs = 1
+val_split = 100
+startup_trials = 2
+[space]
+stages = {{ low = 1, high = 2 }}
+stem = {{ choices = [4, 8] }}
+width = {{ low = 4, high = 16, step = 4 }}
+depth = 1
+block = {{ choices = ["plain", "dwsep"] }}
+downsample = {{ choices = ["none", "stride", "maxpool", "avgpool"] }}
+dilation = {{ choices = [1, 2] }}
+head = {{ choices = ["gap", "fc"] }}
+lr = {{ low = 0.05, high = 0.2, log = true }}
+epochs = {epochs}
+batch_size = 64
+"train.precision" = "fp32"
+"train.channels_last" = false
+{extra}
+"""
+
+
+def _design(stem=8, width=(8, 8), block="plain", down=("stride", "stride"), dil=(1, 2),
+            head="gap") -> str:
+    def toml(v):
+        return json.dumps(list(v) if isinstance(v, tuple) else v)
+
+    return (f"\n[[enqueue]]\nstages = {len(width)}\nstem = {stem}\nwidth = {toml(width)}\n"
+            f"block = {toml(block)}\ndownsample = {toml(down)}\ndilation = {toml(dil)}\n"
+            f"head = {toml(head)}\nlr = 0.1\n")
+
+
+def test_a_candidate_the_base_recipe_cannot_train_is_rejected_with_its_reason(
+        tmp_path, train_only_dir):
+    """The user's rule set of issue 29: base fast-50k (its first epochs at 24 px) and an FC
+    head that meets every rule: rejected before training, not a crash of the worker."""
+    f = tmp_path / "r.toml"
+    f.write_text(RULES_SEARCH.format(
+        constraints='max_params = 20000\nmax_macs = 2000000\nmin_receptive_field = 9\n'
+                    'require = ["dilated", "strided_conv"]\n'
+                    'forbid = ["maxpool", "depthwise_separable"]',
+        extra=_design(head="fc") + _design(head="gap"), epochs=2))  # epoch 1 at 24 px
+    lines: list[str] = []
+    s = run_search(f, trials=1, runs_dir=tmp_path / "runs", data_dir=train_only_dir,
+                     log=lines.append)
+    assert s["complete"] == 1 and s["rejected_by_rule"] == {"untrainable": 1}
+    fc, gap = _trials(tmp_path / "runs" / "r", "r")[:2]
+    assert outcome(fc) == "rejected" and fc.user_attrs["rejected_rules"] == ["untrainable"]
+    why = fc.user_attrs["rejected"]
+    assert why.startswith("untrainable: train.low_res 24: this model does not take 24x24")
+    assert "run_dir" not in fc.user_attrs and fc.constraints["trainable"] > 0
+    assert gap.state == TrialState.COMPLETE and gap.constraints["trainable"] <= 0
+    assert any(x.startswith("trial 0 rejected: untrainable: train.low_res 24") for x in lines)
+
+
+def test_every_rule_of_the_vocabulary_rejects_with_its_reason(tmp_path, train_only_dir):
+    from cifarlab.rules import RULES
+
+    require, forbid = ["dilated", "strided_conv", "gap"], ["maxpool", "avgpool",
+                                                             "depthwise_separable"]
+    assert sorted(require + forbid) == sorted(RULES)  # the whole vocabulary
+    breaking = {  # one enqueued design per rule (the last one meets them all)
+        "forbid maxpool": _design(down=("stride", "maxpool")),
+        "forbid avgpool": _design(down=("stride", "avgpool")),
+        "forbid depthwise_separable": _design(block="dwsep"),
+        "require dilated": _design(dil=(1, 1)),
+        "require strided_conv": _design(down=("none", "none")),
+        "require gap": _design(head="fc"),
+        "max_params": _design(width=(16, 16)),
+        "max_macs": _design(width=(16, 16), down=("none", "stride")),
+        "min_receptive_field": _design(stem=4, width=(4,), down=("stride",), dil=(2,)),
+    }
+    f = tmp_path / "r.toml"
+    f.write_text(RULES_SEARCH.format(
+        constraints=f"max_params = 3000\nmax_macs = 1000000\nmin_receptive_field = 11\n"
+                    f"require = {json.dumps(require)}\nforbid = {json.dumps(forbid)}",
+        extra='"train.low_res" = 0\n"train.low_res_epochs" = 0\n'
+              + "".join(breaking.values()) + _design(), epochs=1))
+    s = run_search(f, trials=1, runs_dir=tmp_path / "runs", data_dir=train_only_dir,
+                     log=_silent)
+    assert s["complete"] == 1 and s["failed"] == 0 and s["rejected"] == len(breaking)
+    assert set(s["rejected_by_rule"]) == set(breaking)
+    trials = _trials(tmp_path / "runs" / "r", "r")
+    for t, rule in zip(trials, breaking, strict=False):
+        assert outcome(t) == "rejected" and rule in t.user_attrs["rejected_rules"], rule
+        assert rule in t.user_attrs["rejected"] and t.user_attrs["params"] > 0
+    assert trials[len(breaking)].state == TrialState.COMPLETE
+
+
+@pytest.mark.parametrize("error", [RuntimeError("boom"),
+                                   CifarlabError("train.low_res 24: does not take it")])
+def test_a_trial_whose_training_raises_fails_alone(tmp_path, train_only_dir, monkeypatch,
+                                                   error):
+    import cifarlab.api
+
+    real, calls = cifarlab.api.train, []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            raise error
+        return real(*a, **k)
+
+    monkeypatch.setattr(cifarlab.api, "train", flaky)
+    f = write_search(tmp_path, epochs="1")
+    lines: list[str] = []
+    s = run_search(f, trials=1, runs_dir=tmp_path / "runs", data_dir=train_only_dir,
+                     log=lines.append)
+    assert s["failed"] == 1 and s["complete"] == 1  # the worker went on
+    first, second = _trials(tmp_path / "runs" / "t")[:2]
+    assert first.state == TrialState.FAIL and str(error).split(":")[-1].strip() in \
+        first.user_attrs["error"]
+    assert second.state == TrialState.COMPLETE
+    assert any(x.startswith("trial 0 failed") for x in lines)
+
+
 KILLER = """
 import os, signal, sys
-from cifarlab.search import run_search
+from cifarlab.search.run import run_search
 def log(s):
     print(s, flush=True)
     if "epoch 1/2" in s:  # the first epoch's files are written: die like a power cut
@@ -344,7 +502,7 @@ def test_killed_search_resumes_the_running_trial(tmp_path, train_only_dir):
     (dead,) = _trials(runs / "t")
     assert dead.state == TrialState.RUNNING  # what a kill leaves in the storage
     lines: list[str] = []
-    S.run_search(f, trials=2, runs_dir=runs, data_dir=train_only_dir, log=lines.append)
+    run_search(f, trials=2, runs_dir=runs, data_dir=train_only_dir, log=lines.append)
     trials = _trials(runs / "t")
     assert trials[0].state == TrialState.FAIL and "died" in trials[0].user_attrs["failed"]
     retry = trials[1]
@@ -358,6 +516,55 @@ def test_killed_search_resumes_the_running_trial(tmp_path, train_only_dir):
     assert sum(1 for t in trials if t.state == TrialState.COMPLETE) >= 2
 
 
+def test_a_killed_worker_is_replaced_and_its_trial_resumes(tmp_path, train_only_dir):
+    f = write_search(tmp_path, epochs="3")
+    runs = tmp_path / "runs"
+    env = dict(os.environ, PYTHONWARNINGS="ignore", PYTHONUNBUFFERED="1")
+    p = subprocess.Popen([sys.executable, "-m", "cifarlab.search.cli", str(f), "--workers", "2",
+                          "--trials", "3", "--runs-dir", str(runs), "--data-dir",
+                          str(train_only_dir), "--threads", "1"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines, pid, killed = [], None, False
+    try:
+        for line in p.stdout:
+            lines.append(line)
+            if line.startswith("[w1] worker pid ") and line.split()[-1].isdigit():
+                pid = int(line.split()[-1])
+            if not killed and line.startswith("[w1]") and "epoch 1/3" in line:
+                os.kill(pid, 9)  # mid-trial, like the out-of-memory killer
+                killed = True
+        assert p.wait(timeout=240) == 0, "".join(lines)[-3000:]
+    finally:
+        if p.poll() is None:
+            p.kill()
+    out = "".join(lines)
+    assert killed and f"[w1] worker pid {pid} was killed (SIGKILL): replaced by pid" in out
+    assert "Traceback" not in out
+    trials = _trials(runs / "t")
+    assert sum(1 for t in trials if outcome(t) in ("complete", "pruned")) >= 3
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    dead = [t for t in trials if t.state == TrialState.FAIL]
+    for t in dead:  # the killed trial went on in a retry, from its run directory
+        (retry,) = [u for u in trials if u.system_attrs.get("failed_trial") == t.number]
+        assert retry.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        assert retry.user_attrs["run_dir"] == t.user_attrs["run_dir"]
+
+
+def test_the_study_is_an_ordinary_optuna_study(finished):
+    """What optuna-dashboard (or any Optuna tool) reads: optuna.load_study on the storage
+    URL, readable study and trial attributes."""
+    url = f"sqlite:///{finished / 't' / 'study.db'}"
+    study = optuna.load_study(study_name="t", storage=url)
+    assert study.metric_names == ["val_acc"] and study.user_attrs["budget_minutes"] == 10
+    assert study.user_attrs["spec"]["base"] == "fast-50k"
+    best = study.best_trial
+    assert best.user_attrs["design"].startswith("stem ") and best.user_attrs["params"] > 0
+    assert Path(best.user_attrs["run_dir"]).is_dir() and best.user_attrs["curve"]
+    rejected = [t for t in study.trials if t.user_attrs.get("rejected")]
+    assert rejected and rejected[0].user_attrs["rejected_rules"] == ["max_params"]
+    json.dumps([t.user_attrs for t in study.trials])  # plain JSON, nothing pickled
+
+
 # --------------------------------------------------------------------------- results
 
 @pytest.fixture(scope="module")
@@ -367,12 +574,12 @@ def finished(tmp_path_factory, train_only_dir) -> Path:
     big = REF.replace('label = "ref"\n', "").replace("[8, 16]", "[16, 16]")  # rejected
     f = write_search(tmp, max_params=900, extra=REF + big, epochs="1")
     runs = tmp / "runs"
-    S.run_search(f, trials=2, runs_dir=runs, data_dir=train_only_dir, log=_silent)
+    run_search(f, trials=2, runs_dir=runs, data_dir=train_only_dir, log=_silent)
     return runs
 
 
 def test_report_and_best_recipe(finished, tmp_path):
-    from cifarlab.search_report import make_search_report
+    from cifarlab.search.report import make_search_report
 
     index = make_search_report(str(finished / "t"))
     text = index.read_text()
@@ -389,8 +596,8 @@ def test_report_and_best_recipe(finished, tmp_path):
                                       "--out", str(out)])
     assert run_search_command(args) == 0
     cfg = resolve(out)
-    st = S.load_study("t", S.default_storage(finished / "t"))
-    win = S.best_trials(st)[0]
+    st = storage.load_study("t", storage.default_storage(finished / "t"))
+    win = best_trials(st)[0]
     assert cfg["model"] == "family" and cfg["model_args"] == win.user_attrs["model_args"]
     assert cfg["data"]["val_split"] == 0 and cfg["constraints"]["max_params"] == 900
     assert cfg["optim"]["lr"] == win.params["lr"] and cfg["name"] == "my"
@@ -425,44 +632,44 @@ def test_cli_errors_are_one_line(finished, argv, words, monkeypatch):
 def test_unknown_study_in_a_storage_and_unreachable_storage(finished, tmp_path,
                                                             train_only_dir):
     with pytest.raises(CifarlabError, match=r"unknown study 'other' .*known: t"):
-        S.load_study("other", S.default_storage(finished / "t"))
+        storage.load_study("other", storage.default_storage(finished / "t"))
     f = write_search(tmp_path)
     with pytest.raises(CifarlabError) as e:
-        S.run_search(f, storage="postgresql://me:s3cret@127.0.0.1:9/none", runs_dir=tmp_path,
+        run_search(f, storage="postgresql://me:s3cret@127.0.0.1:9/none", runs_dir=tmp_path,
                      data_dir=train_only_dir, log=_silent)
     assert "cannot open" in str(e.value) and "s3cret" not in str(e.value)
     with pytest.raises(CifarlabError, match="cannot open"):
-        S.run_search(f, storage="nosuchdb://x", runs_dir=tmp_path, data_dir=train_only_dir,
+        run_search(f, storage="nosuchdb://x", runs_dir=tmp_path, data_dir=train_only_dir,
                      log=_silent)
 
 
 def test_a_study_from_another_search_file_is_refused(finished, tmp_path, train_only_dir):
     f = write_search(tmp_path, name="t", max_params=800, epochs="1")
     with pytest.raises(CifarlabError, match="created from a different search file"):
-        S.run_search(f, runs_dir=finished, data_dir=train_only_dir, log=_silent)
+        run_search(f, runs_dir=finished, data_dir=train_only_dir, log=_silent)
 
 
 def test_cli_module_is_light_and_runs_a_search(tmp_path, train_only_dir):
-    code = "import sys, cifarlab.search_cli; print('torch' in sys.modules, 'optuna' in sys.modules)"
+    code = "import sys, cifarlab.search.cli; print('torch' in sys.modules, 'optuna' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.stdout.split() == ["False", "False"]
     f = write_search(tmp_path, epochs="1")
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    r = subprocess.run([sys.executable, "-m", "cifarlab.search_cli", str(f), "--trials", "1",
+    r = subprocess.run([sys.executable, "-m", "cifarlab.search.cli", str(f), "--trials", "1",
                         "--runs-dir", str(tmp_path / "runs"), "--data-dir",
                         str(train_only_dir), "--threads", "1"],
                        capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "study 't':" in r.stdout and "report: cifarlab search report" in r.stdout
     assert "Traceback" not in r.stderr
-    r = subprocess.run([sys.executable, "-m", "cifarlab.search_cli", str(tmp_path / "no.toml")],
+    r = subprocess.run([sys.executable, "-m", "cifarlab.search.cli", str(tmp_path / "no.toml")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.strip().startswith("error: search file")
     assert len(r.stderr.strip().splitlines()) == 1
 
 
 def test_summary_text_mentions_the_budget(finished):
-    st = S.load_study("t", S.default_storage(finished / "t"))
-    s = S.summary(st)
+    st = storage.load_study("t", storage.default_storage(finished / "t"))
+    s = summary(st)
     assert s["budget_minutes"] == 10 and s["minutes_used"] > 0
-    assert S._status_line(st, None, 600, 3).startswith("budget")
+    assert status_line(st, None, 600, 3).startswith("budget")

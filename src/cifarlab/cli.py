@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "strided_conv (repeatable)")
     ck.add_argument("--forbid", action="append", default=[], metavar="RULE")
 
-    from .search_cli import add_search_parser  # light: no torch or optuna at import
+    from .search.cli import add_search_parser  # light: no torch or optuna at import
 
     add_search_parser(sub)
     return ap
@@ -369,7 +369,7 @@ def cmd_check(a: argparse.Namespace) -> int:
 
 
 def cmd_search(a: argparse.Namespace) -> int:
-    from .search_cli import run_search_command
+    from .search.cli import run_search_command
 
     return run_search_command(a)
 

@@ -337,8 +337,7 @@ def train_epoch(s: Setup, st: TrainState, model: torch.nn.Module, epoch: int,
     t = s.cfg["train"]
     bs, dev, cl = t["batch_size"], s.dev, t["channels_last"]
     criterion = loss_fn(s.cfg)
-    clip = (torch.nn.utils.clip_grad_norm_ if t["grad_clip_mode"] == "norm"
-            else torch.nn.utils.clip_grad_value_)
+    clip_grads = grad_clipper(t, st.model)
     size = t["low_res"] if epoch <= low_res_epochs(t) else 0  # progressive resizing
     t0 = time.perf_counter()
     model.train()
@@ -355,14 +354,8 @@ def train_epoch(s: Setup, st: TrainState, model: torch.nn.Module, epoch: int,
         y = s.train.labels[idx].to(dev, non_blocking=True)
         if cl:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(t["precision"], dev.type):
-            out = model(x)
-            loss = criterion(out.float(), y)
-        st.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if t["grad_clip"] > 0:
-            clip(st.model.parameters(), t["grad_clip"])
-        st.opt.step()
+        out, loss = train_step(model, st.opt, criterion, x, y, t["precision"], dev.type,
+                               clip=clip_grads)
         st.sched.step()
         if st.lookahead is not None:
             st.lookahead.step(st.model, (epoch - 1) * s.steps + step + 1)
@@ -375,6 +368,40 @@ def train_epoch(s: Setup, st: TrainState, model: torch.nn.Module, epoch: int,
     progress.close()
     loss_sum, correct, seen = s.team.sum(loss_acc.item(), int(correct_acc.item()), seen)
     return loss_sum, int(correct), int(seen), time.perf_counter() - t0
+
+
+def grad_clipper(t: dict, model: torch.nn.Module) -> Callable[[], None] | None:
+    """The recipe's gradient clipping of `model`'s parameters (train.grad_clip), or None."""
+    if t["grad_clip"] <= 0:
+        return None
+    clip = (torch.nn.utils.clip_grad_norm_ if t["grad_clip_mode"] == "norm"
+            else torch.nn.utils.clip_grad_value_)
+    return lambda: clip(model.parameters(), t["grad_clip"])
+
+
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, criterion: Callable,
+               x: torch.Tensor, y: torch.Tensor, precision: str, device_type: str,
+               clip: Callable[[], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step as every epoch runs it (the search's step timer runs this one too):
+    forward under the recipe's autocast, the loss in float32, backward, the optional gradient
+    clip, the optimizer's step. Returns (outputs, loss)."""
+    with autocast(precision, device_type):
+        out = model(x)
+        loss = criterion(out.float(), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip is not None:
+        clip()
+    opt.step()
+    return out, loss
+
+
+def batch_split_error(batch_size: int, world: int) -> str | None:
+    """Why a batch cannot be shared by `world` processes (None: it can)."""
+    if batch_size % world:
+        return (f"train.batch_size {batch_size} does not split evenly over {world} "
+                "processes")
+    return None
 
 
 def resize(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -444,9 +471,9 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, built: Built, *, resume: bool = F
     if not team.main:
         log, progress, on_epoch, on_end, epoch_callback = (lambda s: None), False, None, None, None
     t = cfg["train"]
-    if t["batch_size"] % team.world:
-        raise CifarlabError(f"train.batch_size {t['batch_size']} does not split evenly over "
-                            f"{team.world} processes")
+    split_error = batch_split_error(t["batch_size"], team.world)
+    if split_error:
+        raise CifarlabError(split_error)
     dev = resolve_device(device)
     if team.world > 1 and dev.type == "cuda":
         raise CifarlabError("several processes (train.processes / torchrun) train on the CPU "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -63,12 +64,22 @@ def now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+
+
+def mask_secrets(text: str) -> str:
+    """`text` with the password of every URL in it (scheme://user:PASSWORD@host) shown as
+    ***: what cifarlab writes or prints never holds a credential."""
+    return _URL_PASSWORD.sub(r"\1***@", text)
+
+
 def command() -> str:
-    """This process's command line: `cifarlab train ...`, or `python script.py ...`."""
+    """This process's command line: `cifarlab train ...`, or `python script.py ...`, with any
+    password in a URL masked (`mask_secrets`)."""
     argv = sys.argv or [""]
     if argv[0].endswith(".py"):
-        return " ".join([Path(sys.executable).name] + argv)
-    return " ".join([Path(argv[0]).name or "python"] + argv[1:])
+        return mask_secrets(" ".join([Path(sys.executable).name] + argv))
+    return mask_secrets(" ".join([Path(argv[0]).name or "python"] + argv[1:]))
 
 
 def provenance() -> dict:

@@ -21,9 +21,9 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import CifarlabError
-from .models import family as fam
-from .recipe import BY_KEY, check_value, list_builtin, load_recipe_file, resolve
+from ..errors import CifarlabError
+from ..models import family as fam
+from ..recipe import BY_KEY, check_value, list_builtin, load_recipe_file, resolve
 
 if TYPE_CHECKING:
     import optuna
@@ -55,7 +55,7 @@ CONSTRAINT_KEYS = {"max_params": 0, "max_macs": 0, "min_receptive_field": 0, "re
 SEARCH_KEYS = {"objectives": ["val_acc"], "minutes": 60.0, "sampler": "tpe",
                "pruner": "hyperband", "min_epochs": 2, "reduction_factor": 3,
                "val_split": 5000, "train_subset": 0, "seed": 0, "startup_trials": 10,
-               "max_rejected_in_row": 300, "heartbeat": 30}
+               "max_rejected_in_row": 300, "heartbeat": 30, "storage_wait_minutes": 5.0}
 TOP_KEYS = ("name", "description", "base", "constraints", "search", "space", "enqueue")
 
 
@@ -342,6 +342,11 @@ def parse_search(text: str, source: str = "search file", path: Path | None = Non
     if isinstance(m, bool) or not isinstance(m, int | float) or m <= 0:
         raise SearchError(f"{source}: [search] minutes must be a positive number, got {m!r}")
     s["minutes"] = float(m)
+    w = s["storage_wait_minutes"]
+    if isinstance(w, bool) or not isinstance(w, int | float) or w < 0:
+        raise SearchError(f"{source}: [search] storage_wait_minutes must be a number >= 0, "
+                          f"got {w!r}")
+    s["storage_wait_minutes"] = float(w)
 
     space_raw = raw.get("space", {})
     if not isinstance(space_raw, dict):

@@ -25,19 +25,11 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 from optuna.trial import FrozenTrial, TrialState
 
-from . import plots
-from .report import CSS, count, duration, pct, png_uri
-from .rundir import atomic_write_text
-from .search import (
-    best_trials,
-    load_study,
-    mask_url,
-    outcome,
-    resolve_study,
-    spec_of,
-    summary,
-    trial_seconds,
-)
+from .. import plots
+from ..report import CSS, count, duration, pct, png_uri
+from ..rundir import atomic_write_text
+from .storage import load_study, mask_url, resolve_study, spec_of
+from .trials import best_trials, outcome, summary, trial_seconds
 
 STATE_COLOR = {"complete": "#1f77b4", "pruned": "#9a9a9a", "rejected": "#d62728",
                "failed": "#000000", "running": "#2ca02c", "waiting": "#bcbd22"}
@@ -259,7 +251,28 @@ def make_search_report(study: str, storage: str | None = None,
     multi = len(st.directions) > 1
     out_dir = Path(out) if out is not None else sdir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
+    figures = draw_figures(st, trials, rows, multi, out_dir)
+    where = f"{st.study_name} --storage {mask_url(url)}" if storage else str(sdir)
+    title = f"cifarlab search: {st.study_name}"
+    h = _page_head(title, study_facts(spec, summ, url, multi))
+    h += _best_section(spec, best_trials(st, trials), rows, multi, where)
+    for png, ftitle, caption in figures:
+        h += [f"<h2>{html.escape(ftitle)}</h2>", "<figure>",
+              f'<img src="{png_uri(png)}" alt="{html.escape(ftitle)}">',
+              f"<figcaption>{html.escape(caption)}</figcaption>", "</figure>"]
+    h += _trials_table(spec, rows, multi)
+    h += ["</body>", "</html>", ""]
+    index = out_dir / "index.html"
+    atomic_write_text(index, "\n".join(h))
+    atomic_write_text(out_dir / "trials.json",
+                      json.dumps({"summary": summ, "trials": rows}, indent=1, default=str)
+                      + "\n")
+    return index
 
+
+def draw_figures(st: optuna.Study, trials: list[FrozenTrial], rows: list[dict], multi: bool,
+                 out_dir: Path) -> list[tuple[Path, str, str]]:
+    """The report's figures, saved in `out_dir`: (png, title, caption) of each one drawn."""
     figures: list[tuple[Path, str, str]] = []
     if any(r["val_acc"] is not None and r["params"] for r in rows):
         figures.append((plots.save_figure(draw_pareto(rows), out_dir / "pareto.png"),
@@ -283,9 +296,11 @@ def make_search_report(study: str, storage: str | None = None,
         figures.append((plots.save_figure(draw_importance(imp), out_dir / "importance.png"),
                         "Parameter importances", "PED-ANOVA importances of the sampled "
                         "parameters for validation accuracy (s1_width: stage 1's width, ...)."))
+    return figures
 
-    e = html.escape
-    cons = spec.constraints
+
+def rules_text(cons: dict) -> str:
+    """The search's rules in a line."""
     rules = [f"max_params {cons['max_params']:,}" if cons["max_params"] else None,
              f"max_macs {cons['max_macs']:,}" if cons["max_macs"] else None,
              f"min_receptive_field {cons['min_receptive_field']}"
@@ -296,22 +311,24 @@ def make_search_report(study: str, storage: str | None = None,
              if cons["max_train_time_vs_base"] else None,
              f"training time <= {cons['max_train_seconds']:.0f} s"
              if cons["max_train_seconds"] else None]
-    rules_s = "; ".join(r for r in rules if r) or "none"
-    title = f"cifarlab search: {st.study_name}"
-    when = datetime.now().strftime("%Y-%m-%d %H:%M")
-    budget = summ["budget_minutes"]
-    facts = [
+    return "; ".join(r for r in rules if r) or "none"
+
+
+def study_facts(spec, summ: dict, url: str, multi: bool) -> list[tuple[str, str]]:
+    """The table at the top of the page: the search, storage, objectives, rules, method,
+    budget and trials."""
+    s, budget = spec.search, summ["budget_minutes"]
+    return [
         ("search", f"{spec.description or spec.name} (base recipe {spec.base})"),
         ("storage", mask_url(url)),
         ("objectives", ", ".join(spec.objectives)
          + (" (Pareto front)" if multi else "") + f"; validation split "
-         f"{spec.search['val_split']:,} training images, test set never read"),
-        ("rules", rules_s),
-        ("method", f"{spec.search['sampler']} sampler, "
+         f"{s['val_split']:,} training images, test set never read"),
+        ("rules", rules_text(spec.constraints)),
+        ("method", f"{s['sampler']} sampler, "
          + ("dominance rule (multi-objective early stop)" if multi else
-            f"{spec.search['pruner']} pruner")
-         + f", rungs from epoch {spec.search['min_epochs']}, "
-           f"reduction factor {spec.search['reduction_factor']}"),
+            f"{s['pruner']} pruner")
+         + f", rungs from epoch {s['min_epochs']}, reduction factor {s['reduction_factor']}"),
         ("budget", f"{summ['minutes_used']:.1f} of {budget:g} min used"
          if isinstance(budget, int | float) else f"{summ['minutes_used']:.1f} min used"),
         ("trials", f"{summ['trials']}: {summ['complete']} complete, {summ['pruned']} pruned, "
@@ -321,45 +338,57 @@ def make_search_report(study: str, storage: str | None = None,
         ("rejected by rule", ", ".join(f"{k}: {v}" for k, v in
                                        summ["rejected_by_rule"].items()) or "none"),
     ]
+
+
+def _page_head(title: str, facts: list[tuple[str, str]]) -> list[str]:
+    e = html.escape
+    when = datetime.now().strftime("%Y-%m-%d %H:%M")
     h = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
          '<meta name="viewport" content="width=device-width, initial-scale=1">',
          f"<title>{e(title)}</title>", f"<style>{CSS}</style>", "</head>", "<body>",
          f"<h1>{e(title)}</h1>", f'<p class="meta">generated {e(when)}</p>',
          '<table id="facts"><tbody>']
     h += [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in facts]
-    h += ["</tbody></table>"]
-    best = best_trials(st, trials)
-    if best:
-        h.append(f"<h2>{'Pareto front' if multi else 'Best trial'}</h2>")
-        h.append('<table id="best"><thead><tr><th>trial</th><th>val acc</th>'
-                 + (f"<th>{e(spec.objectives[1])}</th>" if multi else "")
-                 + "<th>design</th><th>training</th><th>params</th><th>MACs</th><th>RF</th>"
-                   "<th>run dir</th></tr></thead><tbody>")
-        for t in best:
-            r = next(x for x in rows if x["number"] == t.number)
-            h.append(f"<tr><td class=\"num\">{t.number}</td><td class=\"num\">"
-                     f"{e(pct(t.values[0]))}</td>"
-                     + (f"<td class=\"num\">{e(count(t.values[1]))}</td>" if multi else "")
-                     + f"<td>{e(r['design'] or '-')}</td><td>{e(_train_text(r['train']))}</td>"
-                     f"<td class=\"num\">{e(_cell(r['params'], 'int'))}</td>"
-                     f"<td class=\"num\">{e(_cell(r['macs'], 'count'))}</td>"
-                     f"<td class=\"num\">{e(_cell(r['receptive_field']))}</td>"
-                     f"<td>{e(r['run_dir'] or '-')}</td></tr>")
-        h.append("</tbody></table>")
-        where = (f"{st.study_name} --storage {mask_url(url)}" if storage else str(sdir))
-        h.append(f"<p>As a recipe: <code>cifarlab search best {e(where)} --out "
-                 "best.toml</code>, then <code>cifarlab train --recipe best.toml</code> "
-                 "(full training set, test set read once).</p>")
-    for png, ftitle, caption in figures:
-        h += [f"<h2>{e(ftitle)}</h2>", "<figure>",
-              f'<img src="{png_uri(png)}" alt="{e(ftitle)}">',
-              f"<figcaption>{e(caption)}</figcaption>", "</figure>"]
+    return h + ["</tbody></table>"]
+
+
+def _best_section(spec, best: list[FrozenTrial], rows: list[dict], multi: bool,
+                  where: str) -> list[str]:
+    """The best trial (or the Pareto front) and how to get it as a recipe."""
+    if not best:
+        return []
+    e = html.escape
+    h = [f"<h2>{'Pareto front' if multi else 'Best trial'}</h2>",
+         '<table id="best"><thead><tr><th>trial</th><th>val acc</th>'
+         + (f"<th>{e(spec.objectives[1])}</th>" if multi else "")
+         + "<th>design</th><th>training</th><th>params</th><th>MACs</th><th>RF</th>"
+           "<th>run dir</th></tr></thead><tbody>"]
+    for t in best:
+        r = next(x for x in rows if x["number"] == t.number)
+        h.append(f"<tr><td class=\"num\">{t.number}</td><td class=\"num\">"
+                 f"{e(pct(t.values[0]))}</td>"
+                 + (f"<td class=\"num\">{e(count(t.values[1]))}</td>" if multi else "")
+                 + f"<td>{e(r['design'] or '-')}</td><td>{e(_train_text(r['train']))}</td>"
+                 f"<td class=\"num\">{e(_cell(r['params'], 'int'))}</td>"
+                 f"<td class=\"num\">{e(_cell(r['macs'], 'count'))}</td>"
+                 f"<td class=\"num\">{e(_cell(r['receptive_field']))}</td>"
+                 f"<td>{e(r['run_dir'] or '-')}</td></tr>")
+    h.append("</tbody></table>")
+    h.append(f"<p>As a recipe: <code>cifarlab search best {e(where)} --out "
+             "best.toml</code>, then <code>cifarlab train --recipe best.toml</code> "
+             "(full training set, test set read once).</p>")
+    return h
+
+
+def _trials_table(spec, rows: list[dict], multi: bool) -> list[str]:
+    """Every trial: state, design, training, facts, accuracy, time and why it stopped."""
+    e = html.escape
     cols = ["#", "state", "design", "training", "params", "MACs", "RF", "val acc", "epochs",
             "time", "why (rejected / pruned / failed)", "run dir"]
     if multi:
         cols.insert(8, spec.objectives[1])
-    h += ["<h2>Trials</h2>", '<table id="trials">', "<thead><tr>"
-          + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr></thead>", "<tbody>"]
+    h = ["<h2>Trials</h2>", '<table id="trials">', "<thead><tr>"
+         + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr></thead>", "<tbody>"]
     for r in rows:
         ep = "-" if r["epochs"] is None else (
             f"{r['epochs']}" + (f" of {r['epochs_planned']}" if r["epochs_planned"] else ""))
@@ -378,10 +407,4 @@ def make_search_report(study: str, storage: str | None = None,
             f'<td{" class=" + chr(34) + k + chr(34) if k else ""}'
             f'{style if i == 1 else ""}>{e(v)}</td>' for i, (v, k) in enumerate(cells))
             + "</tr>")
-    h += ["</tbody>", "</table>", "</body>", "</html>", ""]
-    index = out_dir / "index.html"
-    atomic_write_text(index, "\n".join(h))
-    atomic_write_text(out_dir / "trials.json",
-                      json.dumps({"summary": summ, "trials": rows}, indent=1, default=str)
-                      + "\n")
-    return index
+    return h + ["</tbody>", "</table>"]

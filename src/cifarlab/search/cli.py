@@ -1,5 +1,5 @@
 """`cifarlab search` on the command line: argument parsing only (importing this module imports
-neither torch nor optuna; the work is in search.py and search_report.py).
+neither torch nor optuna; the work is in the other modules of this package).
 
     cifarlab search FILE [--study NAME] [--storage URL] [--minutes M] [--trials N]
                          [--runs-dir DIR] [--data-dir D] [--workers N] [--threads N]
@@ -7,7 +7,7 @@ neither torch nor optuna; the work is in search.py and search_report.py).
     cifarlab search best STUDY [--storage URL] [--runs-dir DIR] --out FILE.toml [--trial N]
 
 FILE is a search file (TOML) or a built-in one by name (seed001-rules, under-50k); STUDY a
-study directory (runs/NAME, holding study.db) or a study name. `python -m cifarlab.search_cli`
+study directory (runs/NAME, holding study.db) or a study name. `python -m cifarlab.search.cli`
 takes the same arguments (what `--workers` starts).
 """
 
@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 
-from .errors import CifarlabError
+from ..errors import CifarlabError
 
 USAGE = """cifarlab search FILE [--study NAME] [--storage URL] [--minutes M] [--trials N]
                        [--runs-dir DIR] [--data-dir D] [--workers N] [--threads N]
-                       [--queued-only]
+                       [--queued-only] [--storage-wait MIN]
        cifarlab search report STUDY [--storage URL] [--runs-dir DIR] [--out DIR]
        cifarlab search best STUDY [--storage URL] [--runs-dir DIR] --out FILE.toml [--trial N]"""
 
@@ -34,7 +33,9 @@ early when hopeless. The study lives in RUNS_DIR/NAME/study.db (or --storage URL
 PostgreSQL server shared by workers on several machines); running the same command again
 resumes it. `report` writes an HTML page, `best` the winner as an ordinary recipe."""
 
-RUN_ONLY = ("study", "minutes", "trials", "data_dir", "workers", "threads", "queued_only")
+RUN_ONLY = ("study", "minutes", "trials", "data_dir", "workers", "threads", "queued_only",
+            "storage_wait")
+STORAGE_ENV = "CIFARLAB_SEARCH_STORAGE"  # how --workers hands the URL on (not in argv)
 
 
 def add_search_parser(subparsers) -> argparse.ArgumentParser:
@@ -81,6 +82,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_positive(int), help="torch threads per worker")
     p.add_argument("--queued-only", action="store_true", default=None,
                    help="run only the queued trials ([[enqueue]] designs, retries), then stop")
+    p.add_argument("--storage-wait", type=float, metavar="MIN",
+                   help="when the database stops answering, retry for MIN minutes (one line "
+                   "per attempt) before giving up (default: the file's [search] "
+                   "storage_wait_minutes, 5; 0: give up at once)")
     p.add_argument("--out", help="report: output folder (default STUDY_DIR/report); best: the "
                    "recipe file to write (.toml)")
     p.add_argument("--trial", type=int, help="best: this trial instead of the winner")
@@ -120,7 +125,7 @@ def run_search_command(a: argparse.Namespace) -> int:
 
 
 def _report(a: argparse.Namespace) -> int:
-    from .search_report import make_search_report
+    from .report import make_search_report
 
     index = make_search_report(a.study_arg, storage=a.storage, runs_dir=a.runs_dir, out=a.out)
     print(f"wrote {index}")
@@ -128,7 +133,8 @@ def _report(a: argparse.Namespace) -> int:
 
 
 def _best(a: argparse.Namespace) -> int:
-    from .search import load_study, resolve_study, write_best
+    from .storage import load_study, resolve_study
+    from .winner import write_best
 
     if not a.out:
         raise CifarlabError("search best: --out FILE.toml is required (the recipe to write)")
@@ -156,18 +162,21 @@ def _summary_lines(s: dict) -> list[str]:
 
 
 def _run(a: argparse.Namespace) -> int:
-    from .search import run_search
-    from .searchspace import load_search
+    from .run import run_search
+    from .space import load_search
+    from .storage import mask_url
 
     spec = load_search(a.target)
     name = a.study or spec.name
     tag = os.environ.get("CIFARLAB_SEARCH_TAG", "")
+    storage = a.storage or os.environ.get(STORAGE_ENV) or None
     if a.workers > 1:
         return _run_workers(a, spec, name)
     try:
-        s = run_search(spec, study=name, storage=a.storage, minutes=a.minutes,
+        s = run_search(spec, study=name, storage=storage, minutes=a.minutes,
                        trials=a.trials, runs_dir=a.runs_dir, data_dir=a.data_dir,
-                       threads=a.threads, tag=tag, queued_only=bool(a.queued_only))
+                       threads=a.threads, tag=tag, queued_only=bool(a.queued_only),
+                       storage_wait=a.storage_wait)
     except KeyboardInterrupt:
         print(f"{tag}interrupted: the running trial is re-queued; run the same command to "
               "resume", file=sys.stderr)
@@ -176,39 +185,38 @@ def _run(a: argparse.Namespace) -> int:
         for line in _summary_lines(s):
             print(line)
         print(f"report: cifarlab search report {a.runs_dir}/{name}"
-              + (f" --storage {a.storage}" if a.storage else ""))
+              + (f" --storage {mask_url(storage)}" if storage else "")
+              + ("  (password masked: give it with PGPASSWORD or ~/.pgpass)"
+                 if storage and mask_url(storage) != storage else ""))
     return 0
 
 
 def _run_workers(a: argparse.Namespace, spec, name: str) -> int:
-    """Create (or check) the study here, then run `--workers` processes on it."""
-    from .search import create_or_load, default_storage, mask_url, study_dir_for, summary
+    """Create (or check) the study here, then run `--workers` processes on it; one that is
+    killed is replaced while the budget lasts (`workers.launch`)."""
+    from .storage import create_or_load, default_storage, mask_url, study_dir_for
+    from .trials import budget_left, summary
+    from .workers import launch
 
     sdir = study_dir_for(a.runs_dir, name)
     sdir.mkdir(parents=True, exist_ok=True)
     url = a.storage or default_storage(sdir)
-    study = create_or_load(spec, name, url, a.minutes, print)
+    study, _ = create_or_load(spec, name, url, a.minutes, print)
     threads = a.threads or max(1, (os.cpu_count() or 1) // a.workers)
-    cmd = [sys.executable, "-m", "cifarlab.search_cli", a.target, "--study", name,
-           "--storage", url, "--runs-dir", str(a.runs_dir), "--threads", str(threads)]
-    if a.trials:
-        cmd += ["--trials", str(a.trials)]
-    if a.data_dir:
-        cmd += ["--data-dir", str(a.data_dir)]
+    cmd = [sys.executable, "-m", "cifarlab.search.cli", a.target, "--study", name,
+           "--runs-dir", str(a.runs_dir), "--threads", str(threads)]
+    for flag, value in (("--trials", a.trials), ("--data-dir", a.data_dir),
+                        ("--storage-wait", a.storage_wait)):
+        if value is not None:
+            cmd += [flag, str(value)]
     if a.queued_only:
         cmd += ["--queued-only"]
     print(f"{a.workers} workers x {threads} thread(s) on study '{name}' ({mask_url(url)})")
-    procs = []
-    for i in range(a.workers):
-        env = dict(os.environ, CIFARLAB_SEARCH_TAG=f"[w{i + 1}] ", OMP_NUM_THREADS=str(threads))
-        procs.append(subprocess.Popen(cmd, env=env))
-    rc = 0
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    env[STORAGE_ENV] = url  # the URL (and any password in it) stays out of the process list
     try:
-        for p in procs:
-            rc = max(rc, p.wait())
+        rc = launch(cmd, a.workers, env, lambda: budget_left(study, spec, a.trials), print)
     except KeyboardInterrupt:  # the workers got the same Ctrl-C and re-queue their trials
-        for p in procs:
-            p.wait()
         print("interrupted: running trials are re-queued; run the same command to resume",
               file=sys.stderr)
         return 130
@@ -218,7 +226,7 @@ def _run_workers(a: argparse.Namespace, spec, name: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m cifarlab.search_cli ...` (a worker process; also usable by hand)."""
+    """`python -m cifarlab.search.cli ...` (a worker process; also usable by hand)."""
     a = build_parser().parse_args(argv)
     try:
         return run_search_command(a)

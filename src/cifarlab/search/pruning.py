@@ -1,0 +1,73 @@
+"""The search method: Optuna's sampler and pruner for a search file, and for several objectives
+(which Optuna's pruners do not handle) cifarlab's own early stop, `dominance_prune`."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import optuna
+
+from .space import SearchSpec, max_epochs
+
+
+def rungs(min_epochs: int, eta: int, max_epochs: int) -> list[int]:
+    """Epochs at which trials are compared: min_epochs * eta**k below max_epochs."""
+    out, r = [], min_epochs
+    while r < max_epochs:
+        out.append(r)
+        r *= eta
+    return out
+
+
+def dominance_prune(peers: list[tuple[float, float]], acc: float, cost: float, eta: int = 3,
+                    min_peers: int | None = None) -> str | None:
+    """The multi-objective early stop (Optuna's pruners handle one objective only).
+
+    `peers`: (cost, validation accuracy at this rung's epoch) of the other trials that reached
+    it. A trial keeps running if it is in the top 1/eta by accuracy among itself and the peers
+    that cost no more than it does (successive halving inside each cost bracket): it is stopped
+    only when enough cheaper-or-equal trials beat it at the same epoch that it could hardly end
+    on the Pareto front. The cheapest trials are never stopped (they have no cheaper peers),
+    so the low-cost end of the front is kept. Needs at least `min_peers` (default eta)
+    cheaper-or-equal peers to decide. Returns the reason, or None to continue.
+    """
+    min_peers = eta if min_peers is None else min_peers
+    cheaper = [a for c, a in peers if c <= cost]
+    if len(cheaper) < min_peers:
+        return None
+    keep = math.ceil((len(cheaper) + 1) / eta)
+    better = sum(1 for a in cheaper if a > acc)
+    if better >= keep:
+        return (f"{better} of {len(cheaper)} trials that cost no more had a better val acc at "
+                f"this epoch (keeps the top 1/{eta})")
+    return None
+
+
+def make_sampler(spec: SearchSpec, seed: int | None = None):
+    s = spec.search
+    seed = s["seed"] if seed is None else seed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if s["sampler"] == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if s["sampler"] == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(
+                4, s["startup_trials"]))
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s["startup_trials"],
+                                          multivariate=True, group=True, constant_liar=True)
+
+
+def make_pruner(spec: SearchSpec):
+    s = spec.search
+    if spec.multi or s["pruner"] == "none":
+        return optuna.pruners.NopPruner()  # multi-objective: dominance_prune, in the worker
+    max_ep = max_epochs(spec.space, spec.base_recipe)
+    if s["pruner"] == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=s["min_epochs"],
+                                              max_resource=max_ep,
+                                              reduction_factor=s["reduction_factor"])
+    if s["pruner"] == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=s["min_epochs"],
+                                                      reduction_factor=s["reduction_factor"])
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=s["min_epochs"] - 1)

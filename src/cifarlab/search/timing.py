@@ -1,0 +1,70 @@
+"""Training time before training: a few steps of a candidate and of the base recipe's network,
+timed side by side, and the run's time predicted from them (the time-budget rules).
+
+The step is the engine's own (`engine.train_step`), on a copy made as `fit` makes it (layer
+swaps for CPU training, the recipe's optimizer, loss, precision and memory format).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def step_timer(model: torch.nn.Module, cfg: dict, batch_size: int | None = None,
+               size: int = 32) -> Callable[[], float]:
+    """A function running one training step of a copy of `model` as `fit` would train it
+    under the resolved recipe `cfg` (its layer swaps, optimizer, loss, precision, memory
+    format and gradient clip, through `engine.train_step`) on random images of `size` px;
+    it returns the step's seconds."""
+    from ..engine import grad_clipper, train_step
+    from ..layers import for_cpu_training
+    from ..optim import build_optimizer, loss_fn
+    from ..recipe import low_res_epochs
+
+    t = cfg["train"]
+    bs = batch_size or t["batch_size"]
+    sizes = (32, t["low_res"]) if low_res_epochs(t) else (32,)
+    net = for_cpu_training(copy.deepcopy(model), t["fast_dropout"],
+                           bf16_sizes=sizes if t["precision"] == "bf16" else ()).train()
+    x = torch.randn(bs, 3, size, size)
+    if t["channels_last"]:
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (bs,))
+    opt, criterion, clip = build_optimizer(cfg, net), loss_fn(cfg), grad_clipper(t, net)
+
+    def step() -> float:
+        t0 = time.perf_counter()
+        train_step(net, opt, criterion, x, y, t["precision"], "cpu", clip=clip)
+        return time.perf_counter() - t0
+
+    return step
+
+
+def time_steps(models: list[tuple[torch.nn.Module, dict]], rounds: int = 3) -> list[float]:
+    """Seconds per training step of each (model, resolved recipe), measured interleaved (one
+    step of each per round, after a warm-up step) and taking each one's fastest round, so
+    that a busy machine slows them alike."""
+    timers = [step_timer(m, cfg) for m, cfg in models]
+    for t in timers:
+        t()
+    best = [math.inf] * len(timers)
+    for _ in range(rounds):
+        for i, t in enumerate(timers):
+            best[i] = min(best[i], t())
+    return best
+
+
+def predict_seconds(step_s: float, n_train: int, batch_size: int, epochs: int, n_val: int,
+                    tta: bool) -> float:
+    """Training time from the time of one step: steps per epoch (the last partial batch is
+    dropped), 10% for augmentation and bookkeeping, and a validation pass per epoch (a forward
+    pass costs about a third of a training step; twice with test-time flip)."""
+    steps = max(1, n_train // batch_size)
+    per_image = step_s / batch_size
+    return epochs * (steps * step_s * 1.1 + n_val * (2 if tta else 1) * per_image / 3)

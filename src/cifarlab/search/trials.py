@@ -1,0 +1,97 @@
+"""Reading a study: each trial's outcome and time, the search time used, the summary and the
+best trial(s) or Pareto front. Pure functions of Optuna's frozen trials."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+
+def outcome(t: FrozenTrial) -> str:
+    """complete | pruned | rejected | failed | running | waiting."""
+    if t.state == TrialState.COMPLETE:
+        return "complete"
+    if t.state == TrialState.PRUNED:
+        return "rejected" if t.user_attrs.get("rejected") else "pruned"
+    return {TrialState.FAIL: "failed", TrialState.RUNNING: "running",
+            TrialState.WAITING: "waiting"}.get(t.state, t.state.name.lower())
+
+
+def trial_seconds(t: FrozenTrial) -> float:
+    """Worker time a trial took (finished) or has taken so far (its last update)."""
+    if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.datetime_start \
+            and t.datetime_complete:
+        return (t.datetime_complete - t.datetime_start).total_seconds()
+    v = t.user_attrs.get("seconds_used", 0.0)
+    return float(v) if isinstance(v, int | float) else 0.0
+
+
+def search_seconds(trials: list[FrozenTrial]) -> float:
+    """The study's search time: how long at least one worker was running a trial (the union
+    of the trials' time spans), so N workers side by side use the budget at the pace of the
+    clock, and the time between sessions does not count."""
+    spans = []
+    for t in trials:
+        if t.datetime_start is None:
+            continue
+        a = t.datetime_start.timestamp()
+        spans.append((a, a + trial_seconds(t)))
+    total, end = 0.0, -math.inf
+    for a, b in sorted(spans):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
+
+
+def summary(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> dict:
+    """Counts by outcome, rejections by rule, minutes used, the budget and the best trial."""
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    counts = {k: 0 for k in ("complete", "pruned", "rejected", "failed", "running", "waiting")}
+    why: dict[str, int] = {}
+    for t in trials:
+        o = outcome(t)
+        counts[o] = counts.get(o, 0) + 1
+        if o == "rejected":
+            for r in t.user_attrs.get("rejected_rules") or ["?"]:
+                why[r] = why.get(r, 0) + 1
+    best = best_trials(study, trials)
+    return {"study": study.study_name, "trials": len(trials), **counts,
+            "rejected_by_rule": dict(sorted(why.items(), key=lambda kv: -kv[1])),
+            "minutes_used": search_seconds(trials) / 60,
+            "worker_minutes": sum(trial_seconds(t) for t in trials) / 60,
+            "budget_minutes": study.user_attrs.get("budget_minutes"),
+            "best": [{"number": t.number, "values": t.values,
+                      "val_acc": t.values[0], "run_dir": t.user_attrs.get("run_dir"),
+                      "design": t.user_attrs.get("design")} for t in best]}
+
+
+def best_trials(study: optuna.Study, trials: list[FrozenTrial] | None = None
+                ) -> list[FrozenTrial]:
+    """Single objective: [the best trial] (or []); several: the Pareto front, best val acc
+    first. Only complete trials count (rejected ones never trained)."""
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
+    if not done:
+        return []
+    if len(done[0].values) == 1:
+        return [max(done, key=lambda t: (t.values[0], -t.number))]
+    front = [t for t in done if not any(
+        u.values[0] >= t.values[0] and u.values[1] <= t.values[1]
+        and (u.values[0] > t.values[0] or u.values[1] < t.values[1]) for u in done)]
+    return sorted(front, key=lambda t: (-t.values[0], t.values[1]))
+
+
+def budget_left(study: optuna.Study, spec, trials_cap: int | None = None) -> bool:
+    """Whether the study has search time (and trials, under a cap) left; True when the
+    storage cannot tell (the workers find out for themselves)."""
+    try:
+        trials = study.get_trials(deepcopy=False)
+        minutes = study.user_attrs.get("budget_minutes") or spec.search["minutes"]
+    except Exception:
+        return True
+    trained = sum(1 for t in trials if outcome(t) in ("complete", "pruned"))
+    return (search_seconds(trials) < 60 * float(minutes)
+            and (trials_cap is None or trained < trials_cap))

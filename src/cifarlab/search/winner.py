@@ -1,0 +1,90 @@
+"""The winner as an ordinary recipe (`cifarlab search best`)."""
+
+from __future__ import annotations
+
+import copy
+import os
+import tomllib
+from datetime import datetime
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from ..recipe import nest, resolve
+from .rules import rules_table
+from .space import SearchError, to_toml
+from .storage import spec_of
+from .trials import best_trials, outcome
+
+
+def pick(study: optuna.Study, number: int | None = None) -> FrozenTrial:
+    """Trial `number` (it must be complete), else the best one (several objectives: the
+    front's best validation accuracy)."""
+    if number is not None:
+        ts = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+        if not ts:
+            raise SearchError(f"study '{study.study_name}' has no trial {number}")
+        if ts[0].state != TrialState.COMPLETE:
+            raise SearchError(f"trial {number} is {outcome(ts[0])}, not complete")
+        return ts[0]
+    best = best_trials(study)
+    if not best:
+        raise SearchError(f"study '{study.study_name}' has no complete trial yet")
+    return best[0]
+
+
+def winner_recipe(study: optuna.Study, t: FrozenTrial, name: str = "searched") -> dict:
+    """The trial as an ordinary recipe: the base recipe with the trial's network and training
+    settings and the search's rules, trained on the full training set (no validation split)
+    and tested once."""
+    spec = spec_of(study)
+    raw = copy.deepcopy(spec.base_recipe)
+    raw["name"] = name
+    val = t.values[0] if t.values else None
+    raw["description"] = (f"winner of cifarlab search '{study.study_name}' (trial {t.number}, "
+                          + (f"val acc {val:.4f}" if val is not None else "not complete") + ")")
+    raw["model"] = "family"
+    raw["model_args"] = copy.deepcopy(t.user_attrs["model_args"])
+    raw["constraints"] = rules_table(spec.constraints)
+    train = nest(t.user_attrs.get("train") or {})
+    for section, vals in train.items():
+        raw.setdefault(section, {})
+        raw[section].update(vals)
+    raw.setdefault("data", {}).pop("val_split", None)
+    raw = {k: v for k, v in raw.items() if not (isinstance(v, dict) and not v
+                                                 and k != "model_args")}
+    order = ["name", "description", "model", "model_args"]
+    raw = {**{k: raw[k] for k in order if k in raw},
+           **{k: v for k, v in raw.items() if k not in order}}
+    resolve(copy.deepcopy(raw))  # it must be a valid recipe
+    return raw
+
+
+def write_best(study: optuna.Study, out: str | os.PathLike, number: int | None = None) -> dict:
+    """Write the winner (or trial `number`) as a recipe file; return {'path', 'trial', ...}."""
+    from ..rundir import atomic_write_text
+
+    out = Path(out)
+    if out.suffix != ".toml":
+        raise SearchError(f"--out {out}: the recipe file must end in .toml")
+    t = pick(study, number)
+    raw = winner_recipe(study, t, out.stem)
+    ua = t.user_attrs
+    header = "\n".join([
+        f"Written by `cifarlab search best` from study '{study.study_name}', trial {t.number}",
+        f"({datetime.now().isoformat(timespec='seconds')}).",
+        f"Design: {ua.get('design')}",
+        f"{ua.get('params', 0):,} params, {ua.get('macs', 0):,} MACs, receptive field "
+        f"{ua.get('receptive_field')};",
+        f"validation accuracy {t.values[0]:.4f} on {spec_of(study).search['val_split']:,} "
+        "held-out training images.",
+        "Train it on the full training set (the test set is read once, at the end):",
+        f"  cifarlab train --recipe {out}"])
+    text = to_toml(raw, header)
+    parsed = tomllib.loads(text)
+    if parsed != raw:
+        raise SearchError("internal error: the recipe does not read back as written")
+    atomic_write_text(out, text)
+    return {"path": str(out), "trial": t.number, "values": t.values,
+            "design": ua.get("design"), "recipe": raw}

@@ -1,0 +1,383 @@
+"""One worker: draws a candidate, checks it against the rules and the base recipe (rejected
+without training when it breaks one), trains it on the training set minus a validation split
+with early stopping, and records everything in the trial (user attributes) and its run
+directory. See `cifarlab.search` for the whole picture."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import socket
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from ..errors import CifarlabError
+from ..models import create_model
+from ..models import family as fam
+from ..recipe import resolve
+from . import pruning
+from .rules import check_rules, rule_key, rules_table, untrainable
+from .space import ARCH_DIMS, TRAIN_DIMS, SearchSpec, max_epochs, sample
+from .storage import database_cause, get_trial
+from .timing import predict_seconds, time_steps
+from .workers import proc_start
+
+
+def load_train_data(data_dir: str | os.PathLike | None = None, download: bool = False):
+    """CIFAR-10's training set only: a search never opens the test batch."""
+    from ..data import CIFAR10, Split, find_data, load_split, read_classes
+
+    folder = find_data(data_dir, download=download)
+    empty = Split(torch.empty((0, 3, 32, 32), dtype=torch.uint8),
+                  torch.empty((0,), dtype=torch.int64))
+    return CIFAR10(load_split(folder, "train"), empty, read_classes(folder), folder)
+
+
+def _fmt_count(x: float | None) -> str:
+    if x is None:
+        return "?"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= size:
+            return f"{x / size:.1f}{unit}"
+    return f"{x:.0f}"
+
+
+def _train_words(train: dict) -> str:
+    short = {"optim.lr": "lr", "optim.weight_decay": "wd", "train.batch_size": "bs",
+             "train.epochs": "ep", "loss.label_smoothing": "ls", "augment.crop_pad": "pad",
+             "augment.cutout": "cutout", "optim.name": "opt", "optim.muon_lr": "muon_lr"}
+    out = []
+    for k, v in train.items():
+        if k == "augment.backend":
+            continue
+        s = short.get(k, k)
+        out.append(f"{s} {v:.3g}" if isinstance(v, float) else f"{s} {v}")
+    return " ".join(out)
+
+
+def trial_recipe(spec: SearchSpec, study: str, number: int, args: dict,
+                 train: dict) -> tuple[dict, dict]:
+    """(raw recipe, dotted overrides) of a trial: the base recipe with the family network,
+    its searched settings, a validation split and no test evaluation. Every training key the
+    space does not search comes from the base recipe."""
+    raw = copy.deepcopy(spec.base_recipe)
+    raw["name"] = f"{study}-trial-{number:04d}"
+    raw["description"] = f"cifarlab search {study}, trial {number}"
+    raw["model"] = "family"
+    raw["model_args"] = copy.deepcopy(args)
+    raw["constraints"] = rules_table(spec.constraints)
+    s = spec.search
+    over = dict(train)
+    over.update({"data.val_split": s["val_split"], "train.test_eval": "never",
+                 "train.eval_every": 1, "train.processes": 1, "train.target": 0.0,
+                 "train.seed": s["seed"]})
+    if s["train_subset"]:
+        over["data.train_subset"] = s["train_subset"]
+    return raw, over
+
+
+class TrialError(RuntimeError):
+    """A trial failed for a reason of its own (it is recorded; the search goes on)."""
+
+
+class Worker:
+    """Runs trials of one study in this process (see `run_search`)."""
+
+    def __init__(self, spec: SearchSpec, study: optuna.Study,
+                 storage: optuna.storages.BaseStorage, study_dir: Path, data,
+                 log: Callable[[str], None], tag: str = ""):
+        self.spec, self.study, self.storage = spec, study, storage
+        self.dir, self.data = study_dir, data
+        self.log = (lambda s: log(f"{tag}{s}")) if tag else log
+        self.host = socket.gethostname()
+        self.cons = spec.constraints
+        self.base_cfg = resolve(copy.deepcopy(spec.base_recipe))
+        self.base_model = None
+        self.trials_dir = study_dir / "trials"
+        s = spec.search
+        self.rungs = pruning.rungs(s["min_epochs"], s["reduction_factor"],
+                           max_epochs(spec.space, spec.base_recipe))
+        self.n_val = s["val_split"]  # held out of the full set first, then the subset drawn
+        self.n_train = max(1, len(data.train) - self.n_val)
+        if s["train_subset"]:
+            self.n_train = min(self.n_train, s["train_subset"])
+        self.rejected_in_row = 0
+        self.current: int | None = None  # number of the trial this worker runs
+        self.base_step = math.inf  # fastest step of the base model measured so far
+        self.last_error = ""  # of the last failed trial
+
+    def recipe(self, number: int, args: dict, train: dict) -> tuple[dict, dict]:
+        return trial_recipe(self.spec, self.study.study_name, number, args, train)
+
+    # -- time -----------------------------------------------------------------------------
+    def _base(self) -> torch.nn.Module:
+        if self.base_model is None:
+            b = self.base_cfg
+            self.base_model = create_model(b["model"], **b["model_args"])
+        return self.base_model
+
+    def predict(self, model: torch.nn.Module, cfg: dict) -> tuple[float, float]:
+        """(predicted training seconds of this trial, of the base recipe), timed together."""
+        b, t = self.base_cfg["train"], cfg["train"]
+        sc, sb = time_steps([(model, cfg), (self._base(), self.base_cfg)])
+        # other work can only slow a measurement down: the base's fastest one so far is the
+        # truest (a busy moment must not make a slow candidate look cheap)
+        sb = self.base_step = min(self.base_step, sb)
+        pc = predict_seconds(sc, self.n_train, t["batch_size"], t["epochs"], self.n_val,
+                             t["tta"])
+        pb = predict_seconds(sb, self.n_train, b["batch_size"], b["epochs"], self.n_val,
+                             b["tta"])
+        return pc, pb
+
+    def calibration(self) -> float:
+        """Median of measured / predicted training time over this study's trials (1 before
+        there are three)."""
+        r = []
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            a, p = t.user_attrs.get("train_seconds"), t.user_attrs.get("predicted_seconds")
+            if isinstance(a, int | float) and isinstance(p, int | float) and p > 0:
+                r.append(a / p)
+        return statistics.median(r) if len(r) >= 3 else 1.0
+
+    # -- the objective ----------------------------------------------------------------------
+    def objective(self, trial: optuna.Trial):
+        """Reject, prune or train one trial. Whatever goes wrong inside a trial (its network,
+        its training, a CifarlabError the engine raises for it) fails this trial only: it is
+        recorded (user attribute `error`) and the worker goes on. A database error or an
+        interrupt stops the worker (the trial is re-queued)."""
+        try:
+            return self._objective(trial)
+        except KeyboardInterrupt:
+            with contextlib.suppress(Exception):
+                trial.set_user_attr("failed", "interrupted")
+            raise
+        except optuna.TrialPruned:
+            raise
+        except Exception as e:
+            if database_cause(e) is not None:
+                raise
+            what = str(e) if isinstance(e, CifarlabError) else f"{type(e).__name__}: {e}"
+            what = (what.strip().splitlines() or [type(e).__name__])[0][:500]
+            self.last_error = what
+            trial.set_user_attr("error", what)
+            raise TrialError(what) from e
+
+    def _objective(self, trial: optuna.Trial):
+        t_start = time.time()
+        self.current = trial.number
+        trial.set_user_attr("worker", {"host": self.host, "pid": os.getpid(),
+                                       "start": proc_start(os.getpid()), "since": time.time()})
+        trial.set_user_attr("seconds_used", 0.0)
+        for k in ("rejected", "rejected_rules", "pruned", "failed", "error"):
+            if k in trial.user_attrs:  # inherited from a failed attempt
+                trial.set_user_attr(k, None)
+        args, train = sample(self.spec.space, trial)
+        design = fam.describe_design(args)
+        label = trial.user_attrs.get("label")
+        trial.set_user_attr("model_args", args)
+        trial.set_user_attr("train", train)
+        trial.set_user_attr("design", design)
+        raw, over = self.recipe(trial.number, args, train)
+        cfg = resolve(copy.deepcopy(raw), over)
+
+        def reject(msgs: list[str], values: dict) -> None:
+            for k, v in values.items():
+                trial.set_constraint(k, v)
+            trial.set_user_attr("rejected", "; ".join(msgs))
+            trial.set_user_attr("rejected_rules", sorted({rule_key(m) for m in msgs}))
+            trial.set_user_attr("seconds_used", time.time() - t_start)
+            self.rejected_in_row += 1
+            f = trial.user_attrs
+            facts = (f"  {f['params']:,} params, {_fmt_count(f['macs'])} MACs, RF "
+                     f"{f['receptive_field']}" if "params" in f else "")
+            self.log(f"trial {trial.number} rejected: {'; '.join(msgs)}  [{design}]{facts}")
+            raise optuna.TrialPruned("rejected: " + "; ".join(msgs))
+
+        try:
+            model = create_model("family", **args)
+            facts, broken, values = check_rules(model, self.cons)
+        except CifarlabError as e:
+            reject([f"invalid design: {e}"], {"design": 1.0})
+        except Exception as e:  # the trace (one forward pass) fails: a shape error
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            reject([f"untrainable: a forward pass fails ({type(e).__name__}: {first[:200]})"],
+                   {"trainable": 1.0})
+        for k in ("params", "macs", "receptive_field"):
+            trial.set_user_attr(k, facts[k])
+        if not broken:
+            broken = untrainable(model, cfg)
+            values["trainable"] = 1.0 if broken else 0.0
+        c = self.cons
+        cap = None
+        need_time = (c["max_train_seconds"] or c["max_train_time_vs_base"]
+                     or "seconds" in self.spec.objectives)
+        pred = None
+        if need_time and not broken:
+            pred, pred_base = self.predict(model, cfg)
+            pred *= self.calibration()
+            pred_base *= self.calibration()
+            trial.set_user_attr("predicted_seconds", pred)
+            trial.set_user_attr("base_predicted_seconds", pred_base)
+            if c["max_train_seconds"]:
+                lim = c["max_train_seconds"]
+                values["time_seconds"] = (pred - lim) / lim
+                cap = 1.25 * lim
+                if pred > lim and not label:
+                    broken.append(f"time budget: predicted {pred:.0f} s of training, more "
+                                  f"than max_train_seconds {lim:.0f}")
+            if c["max_train_time_vs_base"]:
+                lim = c["max_train_time_vs_base"]
+                ratio = pred / pred_base
+                trial.set_user_attr("time_vs_base", ratio)
+                values["time_vs_base"] = (ratio - lim) / lim
+                cap = min(cap or math.inf, 1.5 * lim * pred_base)
+                if ratio > lim and not label:
+                    broken.append(f"time budget: predicted training time {ratio:.2f}x the "
+                                  f"base recipe's, more than max_train_time_vs_base {lim:g}")
+        if broken:
+            reject(broken, values)
+        for k, v in values.items():
+            trial.set_constraint(k, min(v, 0.0))
+        self.rejected_in_row = 0
+        cost_name = self.spec.objectives[1] if self.spec.multi else None
+        cost = None
+        if cost_name in ("params", "macs"):
+            cost = float(facts[cost_name])
+        elif cost_name == "seconds":
+            cost = pred
+        if cost is not None:
+            trial.set_user_attr("cost", cost)
+        return self._train(trial, cfg, raw, over, facts, design, label, cap, cost_name,
+                           t_start)
+
+    def _train(self, trial, cfg, raw, over, facts, design, label, cap, cost_name, t_start):
+        from ..api import train as api_train
+
+        epochs = cfg["train"]["epochs"]
+        curve = {int(k): v for k, v in (trial.user_attrs.get("curve") or {}).items()}
+        stop: dict[str, str] = {}
+        t_train = time.time()
+        searched = {TRAIN_DIMS.get(k) or k for k, d in self.spec.space.items()
+                    if d.kind != "fixed" and k not in ARCH_DIMS}
+        if "augment" in searched:
+            searched |= {"augment.crop_pad", "augment.cutout"}
+        words = _train_words({k: v for k, v in trial.user_attrs["train"].items()
+                              if k in searched})
+        self.log(f"trial {trial.number} training: {design}  {words}"
+                 f"  {facts['params']:,} params, {_fmt_count(facts['macs'])} MACs, "
+                 f"RF {facts['receptive_field']}"
+                 + (f", predicted {trial.user_attrs['predicted_seconds'] / 60:.1f} min"
+                    if trial.user_attrs.get("predicted_seconds") else "")
+                 + (f"  [{label}]" if label else ""))
+
+        def on_epoch(row: dict) -> bool:
+            e, acc = int(row["epoch"]), row.get("val_acc")
+            trial.set_user_attr("seconds_used", time.time() - t_start)
+            if acc is None or not math.isfinite(acc):
+                return False
+            curve[e] = float(acc)
+            trial.set_user_attr("curve", {str(k): v for k, v in sorted(curve.items())})
+            if cost_name == "seconds":  # measured so far, extrapolated to the planned epochs
+                spent = time.time() - t_train
+                trial.set_user_attr("cost", spent / max(1, len(curve)) * epochs)
+            self.log(f"  trial {trial.number} epoch {e}/{epochs}  val acc {acc:.4f}")
+            if label or e >= epochs:
+                return False
+            if not self.spec.multi:
+                trial.report(float(acc), e)
+                if trial.should_prune():
+                    stop["why"] = (f"{self.spec.search['pruner']} pruner at epoch {e} "
+                                   f"(val acc {acc:.4f})")
+                    return True
+            elif e in self.rungs:
+                why = self._dominance(trial, e, float(acc))
+                if why:
+                    stop["why"] = f"dominance rule at epoch {e} (val acc {acc:.4f}): {why}"
+                    return True
+            return False
+
+        prev = trial.user_attrs.get("run_dir")
+        retried = get_trial(self.storage, self.study, trial.number).system_attrs.get(
+            "failed_trial")
+        resume = (prev if retried is not None and prev and (Path(prev) / "last.pt").is_file()
+                  else None)
+        name = f"trial-{trial.number:04d}"
+        kw = dict(data=self.data, progress=False, plots=False, log=self._engine_log,
+                  max_seconds=cap, epoch_callback=on_epoch)
+        metrics = None
+        if resume:
+            trial.set_user_attr("run_dir", str(resume))
+            self.log(f"  trial {trial.number}: resuming {resume} (retry of trial {retried})")
+            try:
+                metrics = api_train(resume=resume, **kw)
+            except optuna.TrialPruned:
+                raise
+            except CifarlabError as e:
+                if "diverged" in str(e):
+                    raise
+                self.log(f"  trial {trial.number}: cannot resume {resume} ({e}); "
+                         "training afresh")
+                metrics = None
+        if metrics is None:
+            run_dir = self.trials_dir / name
+            trial.set_user_attr("run_dir", str(run_dir))
+            try:
+                metrics = api_train(copy.deepcopy(raw), runs_dir=self.trials_dir, name=name,
+                                    **kw, **over)
+            except CifarlabError as e:
+                if "diverged" not in str(e):
+                    raise
+                trial.set_user_attr("pruned", f"diverged ({e})")
+                trial.set_user_attr("seconds_used", time.time() - t_start)
+                self.log(f"trial {trial.number} pruned: training diverged")
+                raise optuna.TrialPruned(str(e)) from None
+            trial.set_user_attr("run_dir", metrics.get("run_dir", str(run_dir)))
+        val = metrics.get("val_acc")
+        trial.set_user_attr("val_acc", val)
+        trial.set_user_attr("train_seconds", metrics.get("train_seconds"))
+        trial.set_user_attr("epochs_done", metrics.get("epochs"))
+        trial.set_user_attr("seconds_used", time.time() - t_start)
+        if stop:
+            trial.set_user_attr("pruned", stop["why"])
+            raise optuna.TrialPruned(stop["why"])
+        if metrics.get("epochs", epochs) < epochs:
+            why = (f"time budget: stopped after {metrics.get('epochs')} of {epochs} epochs "
+                   f"({metrics.get('train_seconds', 0):.0f} s)")
+            trial.set_user_attr("pruned", why)
+            raise optuna.TrialPruned(why)
+        if val is None or not math.isfinite(val):
+            raise RuntimeError("training returned no validation accuracy")
+        if not self.spec.multi:
+            return float(val)
+        cost_name = self.spec.objectives[1]
+        cost = float(metrics["train_seconds"]) if cost_name == "seconds" else float(
+            facts[cost_name])
+        trial.set_user_attr("cost", cost)
+        return float(val), cost
+
+    def _engine_log(self, line: str) -> None:
+        if line.startswith("warning") or "time budget" in line:
+            self.log(f"  {line}")
+
+    def _dominance(self, trial: optuna.Trial, epoch: int, acc: float) -> str | None:
+        cost = trial.user_attrs.get("cost")
+        if not isinstance(cost, int | float):
+            return None
+        peers = []
+        for t in self.study.get_trials(deepcopy=False):
+            if t.number == trial.number or t.user_attrs.get("rejected"):
+                continue
+            a = (t.user_attrs.get("curve") or {}).get(str(epoch))
+            c = t.user_attrs.get("cost")
+            if isinstance(a, int | float) and isinstance(c, int | float):
+                peers.append((float(c), float(a)))
+        return pruning.dominance_prune(peers, acc, float(cost),
+                                       self.spec.search["reduction_factor"])

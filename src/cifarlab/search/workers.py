@@ -1,0 +1,105 @@
+"""Processes: whether a trial's worker is still alive (this machine's /proc), re-queueing the
+trials of dead ones, and starting worker processes (`--workers N`), replacing any that is
+killed while the budget lasts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from .storage import requeue
+
+
+def proc_start(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int, start: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    now = proc_start(pid)
+    return start is None or now is None or now == start  # pid reused by another process
+
+
+def reap_local(study: optuna.Study, storage: optuna.storages.BaseStorage, host: str,
+               log: Callable[[str], None]) -> int:
+    """Re-queue trials left RUNNING by dead workers of this machine (a kill, a crash, a power
+    cut): their process is gone, so there is no need to wait for the heartbeat."""
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        w = t.user_attrs.get("worker")
+        if not isinstance(w, dict) or w.get("host") != host or w.get("pid") == os.getpid():
+            continue
+        started = t.datetime_start.timestamp() if t.datetime_start else 0.0
+        if float(w.get("since", 0.0)) < started - 1.0:
+            continue  # inherited by a retry that another worker has just taken: not ours
+        if _alive(int(w.get("pid", -1)), w.get("start")):
+            continue
+        requeue(study, storage, t, f"worker {host}:{w.get('pid')} died")
+        log(f"trial {t.number}: its worker (pid {w.get('pid')}) is gone: marked failed and "
+            "re-queued")
+        n += 1
+    return n
+
+
+def launch(cmd: list[str], n: int, env: dict[str, str], budget_left: Callable[[], bool],
+           log: Callable[[str], None], max_restarts: int | None = None) -> int:
+    """Run `n` worker processes (`cmd`, tagged [w1], [w2], ...) until they all exit; return
+    the worst exit status. A worker killed by a signal (kill -9, the kernel's out-of-memory
+    killer, a crash) while `budget_left()` is replaced by a new process under the same tag,
+    which re-queues the dead one's trial (`reap_local`) and so resumes it from its
+    checkpoint; at most `max_restarts` (default 5 per worker) replacements. Ctrl-C: the
+    workers get it too and re-queue their trials; KeyboardInterrupt once they have exited."""
+    def start(i: int) -> subprocess.Popen:
+        return subprocess.Popen(cmd, env=dict(env, CIFARLAB_SEARCH_TAG=f"[w{i + 1}] "))
+
+    procs = {i: start(i) for i in range(n)}
+    for i, p in procs.items():
+        log(f"[w{i + 1}] worker pid {p.pid}")
+    limit = 5 * n if max_restarts is None else max_restarts
+    rc, restarts = 0, 0
+    try:
+        while procs:
+            time.sleep(0.5)
+            for i, p in list(procs.items()):
+                r = p.poll()
+                if r is None:
+                    continue
+                del procs[i]
+                if r >= 0:
+                    rc = max(rc, r)
+                    continue
+                name = signal.Signals(-r).name if -r in signal.valid_signals() else str(-r)
+                if -r in (signal.SIGINT, signal.SIGTERM):
+                    rc = max(rc, 128 - r)
+                elif not budget_left():
+                    log(f"[w{i + 1}] worker pid {p.pid} was killed ({name}); the budget is "
+                        "used: not replaced")
+                elif restarts >= limit:
+                    log(f"[w{i + 1}] worker pid {p.pid} was killed ({name}); {limit} "
+                        "replacements already: not replaced")
+                    rc = max(rc, 128 - r)
+                else:
+                    restarts += 1
+                    procs[i] = start(i)
+                    log(f"[w{i + 1}] worker pid {p.pid} was killed ({name}): replaced by pid "
+                        f"{procs[i].pid} (its trial resumes from its checkpoint)")
+    except KeyboardInterrupt:
+        for p in procs.values():
+            p.wait()
+        raise
+    return rc
