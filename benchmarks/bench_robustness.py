@@ -1,0 +1,115 @@
+"""Robustness of the shipped recipes under CIFAR-10-C-style corruptions (issue 31).
+
+    .venv/bin/python benchmarks/bench_robustness.py --data-dir ../shared/data \\
+        --runs-dir /tmp/robruns --images 2000
+
+One invocation trains each recipe once (seed 0, its own schedule, the full training set) and
+scores the run with `cifarlab.robustness` (clean accuracy, mean corruption accuracy over the
+15 corruptions x 5 severities, by severity, worst corruption). Each fast recipe is trained
+twice, without and with the robustness option (`augmix`: `augment.augmix = 3`, AugMix with the
+paper's settings, nothing tuned), in the same invocation. The full corrupted set's generation
+time is measured once. Rows go to benchmarks/results/robustness.json, written after each row;
+`--resume` keeps the finished rows (the same `--images` and seed) and does the rest.
+Nothing is chosen here: every figure is a measurement of a recipe as shipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, provenance, write_json  # noqa: E402
+
+import cifarlab  # noqa: E402
+from cifarlab.corruptions import CORRUPTIONS, SEVERITIES, corrupt  # noqa: E402
+from cifarlab.data import load_data  # noqa: E402
+from cifarlab.errors import CifarlabError  # noqa: E402
+
+RECIPES = ["fast-50k", "fast-seed001", "default", "seed000-m1", "seed000-m3", "fast-top"]
+WITH_OPTION = ["fast-50k", "fast-seed001", "fast-top"]  # also trained with the option
+OPTIONS = {"none": {}, "augmix": {"augment.augmix": 3}}
+
+
+def generation_seconds(images, seed: int = 0) -> dict:
+    """Time to generate every corruption x severity of these images (nothing kept)."""
+    t0 = time.perf_counter()
+    for name in CORRUPTIONS:
+        for s in SEVERITIES:
+            for i in range(0, len(images), 1000):
+                corrupt(images[i:i + 1000], name, s, seed=seed)
+    seconds = time.perf_counter() - t0
+    n = len(images) * len(CORRUPTIONS) * len(SEVERITIES)
+    return {"images": n, "seconds": seconds, "images_per_second": n / seconds}
+
+
+def row_for(recipe: str, option: str, data, runs_dir: str, images: int | None) -> dict:
+    """Train the recipe (with the option) and measure it."""
+    t0 = time.perf_counter()
+    m = cifarlab.train(recipe, data=data, runs_dir=runs_dir, name=f"{recipe}-{option}",
+                       progress=False, plots=False, log=lambda s: None, **OPTIONS[option])
+    seconds = time.perf_counter() - t0
+    r = cifarlab.robustness(m["run_dir"], data=data, images=images, progress=False,
+                            log=lambda s: None)
+    sev = r["by_severity"]
+    return {"recipe": recipe, "option": option, "clean_acc": r["clean_acc"], "mca": r["mca"],
+            "relative": r["relative"], "by_severity": sev,
+            "by_corruption": r["by_corruption"], "worst_corruption": r["worst_corruption"],
+            "mca_falls_with_severity": all(a > b for a, b in zip(sev, sev[1:], strict=False)),
+            "test_acc": m["test_acc"], "train_seconds": seconds, "epochs": m["epochs"],
+            "params": m["params"], "images": r["images"], "subset": r["subset"],
+            "scored_as": r["scored_as"], "run_dir": m["run_dir"],
+            "load_average": os.getloadavg(), **provenance()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("recipes", nargs="*", default=RECIPES, help=f"default: {' '.join(RECIPES)}")
+    ap.add_argument("--with-option", nargs="*", default=WITH_OPTION, metavar="RECIPE",
+                    help=f"also trained with AugMix (default: {' '.join(WITH_OPTION)})")
+    ap.add_argument("--images", type=int, default=None,
+                    help="score a stratified subset of this many test images (default all)")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--runs-dir", default=None)
+    ap.add_argument("--out", default=str(RESULTS / "robustness.json"))
+    ap.add_argument("--resume", action="store_true", help="keep the rows already in --out")
+    a = ap.parse_args(argv)
+    path = Path(a.out)
+    state = json.loads(path.read_text()) if a.resume and path.exists() else {}
+    if state and state.get("images") != a.images:
+        raise SystemExit(f"--resume: {path} was measured on {state.get('images')} images")
+    try:
+        data = load_data(a.data_dir)
+    except CifarlabError as e:
+        raise SystemExit(str(e)) from None
+    state.setdefault("images", a.images)
+    state.setdefault("rows", [])
+    state.setdefault("invocation", provenance())
+    if "generation" not in state:
+        print("generating the full corrupted test set once (timed, nothing kept) ...", flush=True)
+        state["generation"] = {**generation_seconds(data.test.images), **provenance()}
+        write_json(path, state)
+        g = state["generation"]
+        print(f"{g['images']:,} images in {g['seconds']:.0f} s", flush=True)
+    runs_dir = a.runs_dir or tempfile.mkdtemp(prefix="cifarlab-robust-")
+    todo = [(r, "none") for r in a.recipes] + [(r, "augmix") for r in a.with_option]
+    for recipe, option in todo:
+        if any(r["recipe"] == recipe and r["option"] == option for r in state["rows"]):
+            print(f"{recipe} ({option}): recorded already", flush=True)
+            continue
+        row = row_for(recipe, option, data, runs_dir, a.images)
+        state["rows"].append(row)
+        write_json(path, state)
+        print(f"{recipe} ({option}): clean {row['clean_acc']:.4f}, mCA {row['mca']:.4f} "
+              f"({row['relative']:.3f} of clean), worst {row['worst_corruption']}, trained in "
+              f"{row['train_seconds']:.0f} s", flush=True)
+    print(path)
+
+
+if __name__ == "__main__":
+    main()
