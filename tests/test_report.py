@@ -217,11 +217,11 @@ def test_load_run_never_raises(tmp_path):
 def test_cli_report(zoo, tmp_path, capsys):
     runs, _ = zoo
     out = tmp_path / "rep"
-    assert main(["report", *map(str, runs[:3]), "--out", str(out), "--target", "0.8"]) == 0
+    assert main(["report", *map(str, runs[:3]), "--out", str(out), "--reached", "0.8"]) == 0
     printed = capsys.readouterr().out.split()
     assert printed == [str(out / "index.html"), str(out / "report.md")]
     assert len(Page((out / "index.html").read_text()).rows) == 3
-    assert main(["report", str(runs[0]), "--target", "85"]) == 2
+    assert main(["report", str(runs[0]), "--reached", "85"]) == 2
     assert "expected a fraction" in capsys.readouterr().err
 
 

@@ -28,7 +28,8 @@ from .recipe import expand_shortcuts, low_res_epochs, resolve
 from .rundir import RunDir, read_json
 
 __all__ = ["train", "evaluate", "predict", "load_data", "load_model", "build", "check",
-           "summary", "network", "model_table", "augment_figure", "robustness"]
+           "summary", "network", "model_table", "augment_figure", "robustness", "export",
+           "report", "plot", "data_stats", "data_figures"]
 
 
 def instance_name(model: nn.Module) -> str:
@@ -205,6 +206,64 @@ def robustness(path: str | os.PathLike, *, data: CIFAR10 | None = None,
 
     return evaluate_robustness(path, data=data, data_dir=data_dir, images=images, seed=seed,
                                progress=progress, log=log)
+
+
+def export(path: str | os.PathLike, out: str | os.PathLike | None = None, *,
+           int8: bool = False, opset: int | None = None,
+           data_dir: str | os.PathLike | None = None, parity_images: int = 2000) -> dict:
+    """An ONNX file of a run or checkpoint (default RUN_DIR/model.onnx), kept only if it
+    passes the parity gate against PyTorch; with `int8`, also a quantized file kept only
+    within 1 point of the fp32 file's accuracy. What was written and measured: see
+    `export.export_onnx`."""
+    from .export import export_onnx
+
+    if parity_images < 1:
+        raise CifarlabError("--parity-images must be at least 1")
+    return export_onnx(path, out, int8=int8, opset=opset, data_dir=data_dir,
+                       parity_images=parity_images)
+
+
+def report(run_dirs: list[str | os.PathLike], out: str | os.PathLike = "report", *,
+           reached: float | None = None) -> Path:
+    """One self-contained HTML page (out/index.html, returned) and out/report.md comparing
+    runs; `reached`: a test accuracy whose first epoch each run's row shows."""
+    from .report import make_report
+
+    if reached is not None and not 0 < reached <= 1:
+        raise CifarlabError(f"--reached {reached}: expected a fraction in (0, 1], e.g. 0.85")
+    return make_report(run_dirs, out, target=reached)
+
+
+def plot(run_dir: str | os.PathLike) -> list[Path]:
+    """(Re)draw a run's figures into RUN_DIR/plots; the files written."""
+    from .plots import plot_run
+
+    return plot_run(run_dir)
+
+
+def data_stats(data_dir: str | os.PathLike | None = None, *, download: bool = False) -> dict:
+    """The data set's folder, sizes, per-channel mean/std (training set) and class counts."""
+    from .data import class_counts
+
+    d = load_data(data_dir, download=download)
+    mean, std = channel_stats(d.train.images)
+    return {"root": str(d.root), "train_images": len(d.train), "test_images": len(d.test),
+            "mean": list(mean), "std": list(std), "classes": list(d.classes),
+            "train_counts": list(class_counts(d.train.labels)),
+            "test_counts": list(class_counts(d.test.labels))}
+
+
+def data_figures(out_dir: str | os.PathLike = "plots", *,
+                 data_dir: str | os.PathLike | None = None, download: bool = False
+                 ) -> list[Path]:
+    """Figures of the data: samples per class, class distribution (out_dir/*.png)."""
+    from .plots import plot_class_distribution, plot_samples
+
+    d = load_data(data_dir, download=download)
+    out = Path(out_dir)
+    return [plot_samples(d.train, d.classes, out / "samples.png"),
+            plot_class_distribution(d.train.labels, d.test.labels, d.classes,
+                                    out / "class_distribution.png")]
 
 
 def network(model: str | nn.Module | None = None, model_args: dict | None = None, *,

@@ -123,8 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="compare runs: one self-contained HTML page + Markdown")
     rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     rp.add_argument("--out", default="report", help="output folder (default report)")
-    rp.add_argument("--target", type=float,
-                    help="test accuracy (fraction, e.g. 0.85): add the epoch it was reached")
+    rp.add_argument("--reached", type=float, metavar="ACC",
+                    help="test accuracy (fraction, e.g. 0.85): add the first epoch each run "
+                    "reached it (train's --target is a stopping rule; this only reads)")
 
     sub.add_parser("recipes", help="list the built-in recipes")
     sub.add_parser("models", help="list the registered models (params, MACs, RF)")
@@ -241,12 +242,10 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from .export import export_onnx
+    from .api import export
 
-    if a.parity_images < 1:
-        raise CifarlabError("--parity-images must be at least 1")
-    export_onnx(a.path, a.out, int8=a.int8, opset=a.opset, data_dir=a.data_dir,
-                parity_images=a.parity_images)
+    export(a.path, a.out, int8=a.int8, opset=a.opset, data_dir=a.data_dir,
+           parity_images=a.parity_images)
     return 0
 
 
@@ -270,53 +269,40 @@ def cmd_robustness(a: argparse.Namespace) -> int:
 
 
 def cmd_data(a: argparse.Namespace) -> int:
+    from . import api
+
     if a.data_command == "show":
-        from pathlib import Path
-
-        from .data import load_data
-        from .plots import plot_class_distribution, plot_samples
-
-        d = load_data(a.data_dir, download=a.download)
-        out = Path(a.out)
-        print(plot_samples(d.train, d.classes, out / "samples.png"))
-        print(plot_class_distribution(d.train.labels, d.test.labels, d.classes,
-                                      out / "class_distribution.png"))
+        for path in api.data_figures(a.out, data_dir=a.data_dir, download=a.download):
+            print(path)
         return 0
     if a.data_command == "augment":
-        from .api import augment_figure
-
-        print(augment_figure(a.recipe, a.out, data_dir=a.data_dir, download=a.download))
+        print(api.augment_figure(a.recipe, a.out, data_dir=a.data_dir, download=a.download))
         return 0
-    from .data import channel_stats, class_counts, load_data
-
-    d = load_data(a.data_dir, download=a.download)
-    mean, std = channel_stats(d.train.images)
-    print(f"data: {d.root}")
-    print(f"train images: {len(d.train)}, test images: {len(d.test)}")
-    print("mean " + " ".join(f"{m:.4f}" for m in mean))
-    print("std  " + " ".join(f"{s:.4f}" for s in std))
-    w = max(len(c) for c in d.classes)
+    s = api.data_stats(a.data_dir, download=a.download)
+    print(f"data: {s['root']}")
+    print(f"train images: {s['train_images']}, test images: {s['test_images']}")
+    print("mean " + " ".join(f"{m:.4f}" for m in s["mean"]))
+    print("std  " + " ".join(f"{v:.4f}" for v in s["std"]))
+    w = max(len(c) for c in s["classes"])
     print(f"{'class':<{w + 10}} {'train':>6} {'test':>6}")
-    for i, (c, tr, te) in enumerate(zip(d.classes, class_counts(d.train.labels),
-                                        class_counts(d.test.labels), strict=True)):
+    for i, (c, tr, te) in enumerate(zip(s["classes"], s["train_counts"], s["test_counts"],
+                                        strict=True)):
         print(f"Class {i} ({c:<{w}}) {tr:6d} {te:6d}")
     return 0
 
 
 def cmd_plot(a: argparse.Namespace) -> int:
-    from .plots import plot_run
+    from .api import plot
 
-    for p in plot_run(a.run_dir):
+    for p in plot(a.run_dir):
         print(p)
     return 0
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from .report import make_report
+    from .api import report
 
-    if a.target is not None and not 0 < a.target <= 1:
-        raise CifarlabError(f"--target {a.target}: expected a fraction in (0, 1], e.g. 0.85")
-    index = make_report(a.run_dirs, a.out, target=a.target)
+    index = report(a.run_dirs, a.out, reached=a.reached)
     print(index)
     print(index.parent / "report.md")
     return 0
