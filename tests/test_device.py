@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import cifarlab
-from cifarlab.engine import resolve_device
+from cifarlab.device import resolve_device
 from cifarlab.errors import CifarlabError
 from cifarlab.rundir import load_checkpoint
 

@@ -15,6 +15,7 @@ import cifarlab
 from cifarlab import api, engine
 from cifarlab.analysis import macs_at
 from cifarlab.errors import CifarlabError
+from cifarlab.inference import fixed_test_inputs
 from cifarlab.models import create_model
 from cifarlab.optim import Lookahead, build_optimizer, build_scheduler, loss_fn
 from cifarlab.recipe import resolve
@@ -285,8 +286,8 @@ def test_augmented_test_set_is_scored_the_same_by_evaluate(shared_cifar_dir, tmp
     # the augmentation matters: the plain test images give other scores
     model, meta = api.load_model(run)
     data = api.load_data(shared_cifar_dir)
-    fixed = engine.fixed_test_inputs(data.test.images, meta)
-    assert torch.equal(fixed, engine.fixed_test_inputs(data.test.images, meta))  # fixed seed
+    fixed = fixed_test_inputs(data.test.images, meta)
+    assert torch.equal(fixed, fixed_test_inputs(data.test.images, meta))  # fixed seed
     plain = engine.summarize(engine.infer(model, data.test.images, meta), data.test.labels)
     assert plain["loss"] != m["test_loss"]
 

@@ -40,7 +40,7 @@ def test_help_and_recipes_do_not_import_torch():
 def test_no_hidden_cycle_through_the_package():
     # engine (and the version) load without the API, which imports the engine
     r = fresh_python("import sys, cifarlab.engine\n"
-                     "print('cifarlab.api' in sys.modules, cifarlab.engine.__version__)")
+                     "print('cifarlab.api' in sys.modules, cifarlab.device.__version__)")
     assert r.returncode == 0, r.stderr
     api_loaded, version = r.stdout.split()
     assert api_loaded == "False" and version == cifarlab.__version__

@@ -17,11 +17,12 @@ from torch import nn
 
 from . import parallel as par
 from .analysis import assess, macs_at
-from .data import CIFAR10, channel_stats, load_data
-from .engine import Built, check_low_res, check_sizes, fit, fixed_test_inputs, resolve_device
+from .data import CIFAR10, channel_stats, check_sizes, load_data
+from .device import resolve_device
+from .engine import Built, check_low_res, fit
 from .errors import CifarlabError
 from .images import classify_files
-from .inference import checkpoint_path, infer, load_model, summarize  # noqa: F401
+from .inference import checkpoint_path, fixed_test_inputs, infer, load_model, summarize  # noqa: F401
 from .models import REGISTRY, create_model
 from .models.registry import load_entry_points, model_source
 from .recipe import expand_shortcuts, low_res_epochs, resolve
@@ -330,7 +331,7 @@ def augment_figure(recipe: str, out_dir: str | os.PathLike, *,
                    data_dir: str | os.PathLike | None = None, download: bool = False) -> Path:
     """A figure of six training images beside versions augmented by the recipe."""
     from .augment import Pipeline
-    from .engine import splits
+    from .data import splits
     from .plots import plot_augmentations
 
     cfg = resolve(recipe)  # validated before the data is read

@@ -335,3 +335,23 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
 
 def class_counts(labels: torch.Tensor) -> list[int]:
     return torch.bincount(labels, minlength=10).tolist()
+
+
+def check_sizes(cfg: dict, data: CIFAR10) -> None:
+    """The split sizes fit this data set (checked before a run directory is made)."""
+    n, v = len(data.train), cfg["data"]["val_split"]
+    if v and n - v < 2:
+        raise CifarlabError(f"data.val_split {v} leaves fewer than 2 training images "
+                            f"(the training set has {n:,})")
+
+
+def splits(cfg: dict, data: CIFAR10) -> tuple[Split, Split | None, Split]:
+    """(train, validation or None, test): the validation images are held out of the full
+    training set first (the same ones whatever the subset), then the subsets are drawn."""
+    d, seed = cfg["data"], cfg["train"]["seed"]
+    pool, val = data.train.hold_out(d["val_split"], seed=d["val_seed"])
+    train = pool.subset(d["train_subset"], seed=seed)
+    if len(train) < 2:
+        raise CifarlabError("training set has fewer than 2 images")
+    return train, (val if d["val_split"] else None), data.test.subset(d["test_subset"],
+                                                                         seed=seed)

@@ -20,66 +20,29 @@ Several processes (train.processes, torchrun) are hidden behind `parallel.Team`.
 from __future__ import annotations
 
 import math
-import platform
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm import tqdm
 
 from . import parallel as par
 from .augment import Pipeline, normalize
-from .data import CIFAR10, Split, channel_stats
+from .data import CIFAR10, Split, channel_stats, splits
+from .device import autocast, device_name, environment, resolve_device
 from .errors import CifarlabError
-from .inference import autocast, infer, summarize
+from .inference import fixed_test_inputs, infer, summarize
 from .layers import for_cpu_training
 from .memory import keep_freed_memory
 from .optim import EMA, Lookahead, build_optimizer, build_scheduler, loss_fn
-from .provenance import command, commit, machine, now
 from .recipe import low_res_epochs
-from .rundir import RunDir, load_checkpoint, save_checkpoint, write_json
-from .version import __version__
+from .rundir import Legs, RunDir, load_checkpoint, model_meta, save_checkpoint, write_json
 
-# ---------------------------------------------------------------------------------------------
-# The device
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' (a CUDA GPU when torch sees one, else the CPU), 'cpu', 'cuda' or 'cuda:N'."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError):
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise CifarlabError(f"device '{name}': expected auto, cpu, cuda or cuda:N")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise CifarlabError(f"device '{name}': no CUDA GPU is available to this torch "
-                                f"({torch.__version__})")
-        if (dev.index or 0) >= torch.cuda.device_count():
-            raise CifarlabError(f"device '{name}': this machine has "
-                                f"{torch.cuda.device_count()} CUDA GPU(s)")
-    return dev
-
-
-def device_name(dev: torch.device) -> str:
-    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-
-
-def environment(dev: torch.device) -> dict:
-    return {
-        "cifarlab": __version__,
-        "torch": torch.__version__,
-        "python": sys.version.split()[0],
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "threads": torch.get_num_threads(),
-        "device": device_name(dev),
-    }
-
+if TYPE_CHECKING:
+    from .tblog import RunBoard
 
 # ---------------------------------------------------------------------------------------------
 # What a run holds fixed (Setup) and what it changes (TrainState)
@@ -94,57 +57,12 @@ class Built:
     rng: torch.Tensor
 
 
-def check_sizes(cfg: dict, data: CIFAR10) -> None:
-    """The split sizes fit this data set (checked before a run directory is made)."""
-    n, v = len(data.train), cfg["data"]["val_split"]
-    if v and n - v < 2:
-        raise CifarlabError(f"data.val_split {v} leaves fewer than 2 training images "
-                            f"(the training set has {n:,})")
-
-
-def splits(cfg: dict, data: CIFAR10) -> tuple[Split, Split | None, Split]:
-    """(train, validation or None, test): the validation images are held out of the full
-    training set first (the same ones whatever the subset), then the subsets are drawn."""
-    d, seed = cfg["data"], cfg["train"]["seed"]
-    pool, val = data.train.hold_out(d["val_split"], seed=d["val_seed"])
-    train = pool.subset(d["train_subset"], seed=seed)
-    if len(train) < 2:
-        raise CifarlabError("training set has fewer than 2 images")
-    return train, (val if d["val_split"] else None), data.test.subset(d["test_subset"],
-                                                                         seed=seed)
-
-
 def test_mode(cfg: dict) -> str:
     """When the test set is read: every (evaluation), final (once) or never."""
     mode = cfg["train"]["test_eval"]
     if mode == "auto":
         return "final" if cfg["data"]["val_split"] else "every"
     return mode
-
-
-def model_meta(cfg: dict, classes, mean, std, facts: dict) -> dict:
-    """What inference needs, stored in every checkpoint (plain types: weights_only-safe);
-    `model_source`: the user's file and its sha256 for a FILE.py:NAME network, else None."""
-    return {
-        "model": cfg["model"], "model_args": dict(cfg["model_args"]),
-        "params": facts["params"], "model_source": facts.get("model_source"),
-        "classes": list(classes), "mean": list(mean), "std": list(std),
-        "loss": cfg["loss"]["name"], "precision": cfg["train"]["precision"],
-        "channels_last": cfg["train"]["channels_last"], "tta": cfg["train"]["tta"],
-        "tta_shift": cfg["train"]["tta_shift"],
-        # seed 003 scored a test set augmented once; eval must score the same input
-        "test_augment": dict(cfg["augment"]) if cfg["augment"]["test"] else None,
-        "seed": cfg["train"]["seed"],
-        "recipe": cfg["name"],
-    }
-
-
-def fixed_test_inputs(images: torch.Tensor, meta: dict) -> torch.Tensor:
-    """The test images as the run scored them: one fixed random transform with augment.test."""
-    if not meta.get("test_augment"):
-        return images
-    pipeline = Pipeline(meta["test_augment"], meta["mean"], meta["std"])
-    return pipeline(images, torch.Generator().manual_seed(meta["seed"] + 1))
 
 
 @dataclass
@@ -485,7 +403,7 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, built: Built, *, resume: bool = F
     model = team.wrap(st.model)
     if t["compile"]:  # the training forward only: evaluation and checkpoints use st.model
         model = torch.compile(model)
-    legs = Legs(run, team.main, resume, st.epoch, dev)
+    legs = Legs(run, team.main, resume, st.epoch, device_name(dev))
     if resume:
         log(f"resuming {run.path} after epoch {st.epoch}/{t['epochs']}")
     elif team.main:
@@ -498,7 +416,11 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, built: Built, *, resume: bool = F
         log(f"note: no validation split: --target {t['target']} stops on test accuracy, so the "
             "stopping epoch is chosen on the test set (use --val-split N to choose on "
             "validation)")
-    tb = TensorBoard(s, run, st.epoch) if (t["tensorboard"] and team.main) else None
+    tb = None
+    if t["tensorboard"] and team.main:
+        from .tblog import RunBoard  # tensorboard loads only when asked for
+
+        tb = RunBoard(cfg, run.path, st.epoch, s.pipeline, s.train.images, s.mean, s.std)
     try:
         time_stop = run_epochs(s, st, run, model, legs, tb, log, progress, max_seconds,
                                on_epoch, epoch_callback)
@@ -514,7 +436,7 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, built: Built, *, resume: bool = F
 
 
 def run_epochs(s: Setup, st: TrainState, run: RunDir, model: torch.nn.Module, legs: Legs,
-               tb: TensorBoard | None, log, progress: bool, max_seconds: float | None,
+               tb: RunBoard | None, log, progress: bool, max_seconds: float | None,
                on_epoch, epoch_callback) -> bool:
     """For each epoch: train, evaluate, record, decide. True if the time budget stopped it."""
     t, team = s.cfg["train"], s.team
@@ -614,55 +536,6 @@ def epoch_line(row: dict, epochs: int, stop: str | None, target: float) -> str:
     elif stop == "patience":
         msg += "  no better validation accuracy: early stop"
     return msg
-
-
-class TensorBoard:
-    """train.tensorboard: event files in RUN_DIR/tensorboard (tblog.TensorBoardLogger): a grid
-    of augmented training images, each epoch's row, and the recipe with its final figures."""
-
-    def __init__(self, s: Setup, run: RunDir, epoch: int):
-        from .tblog import TensorBoardLogger  # tensorboard loads only when asked for
-
-        self.cfg, self.first = s.cfg, epoch
-        self.logger = TensorBoardLogger(run.path, start_epoch=epoch)
-        # its own generator: the training run's random streams are untouched
-        grid = s.pipeline(s.train.images[:64], torch.Generator().manual_seed(
-            s.cfg["train"]["seed"]))
-        self.logger.log_images(grid, mean=s.mean, std=s.std)
-
-    def log_epoch(self, row: dict) -> None:
-        self.logger.log_epoch(row)
-
-    def finish(self, metrics: dict) -> None:
-        if metrics["epochs"] > self.first:  # this leg trained: the run's final figures
-            keys = ("test_acc", "val_acc", "best_val_acc", "best_test_acc", "test_loss",
-                    "train_seconds", "params")
-            self.logger.log_hparams(self.cfg, {k: metrics[k] for k in keys
-                                               if metrics.get(k) is not None},
-                                    step=metrics["epochs"])
-
-    def close(self) -> None:
-        self.logger.close()
-
-
-class Legs:
-    """legs.json: every command that trained the run (commit, machine, dates, epochs)."""
-
-    def __init__(self, run: RunDir, main: bool, resume: bool, epoch: int, dev: torch.device):
-        self.run, self.main = run, main
-        self.legs = run.read_legs() if (main and resume) else []
-        self.leg = {"commit": commit(), "started": now(), "ended": None,
-                    "machine": machine() if main else "", "device": device_name(dev),
-                    "cifarlab": __version__, "command": command(),
-                    "first_epoch": epoch + 1, "last_epoch": epoch}
-
-    def record(self, epoch: int) -> None:
-        self.leg.update(ended=now(), last_epoch=epoch)
-        write_json(self.run.legs, self.legs + [self.leg])
-
-    def all(self) -> list[dict]:
-        return self.legs + ([self.leg] if self.leg["last_epoch"] >= self.leg["first_epoch"]
-                            else [])
 
 
 def finish(s: Setup, st: TrainState, run: RunDir, time_stop: bool, legs: Legs,

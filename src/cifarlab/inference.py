@@ -5,23 +5,17 @@ from __future__ import annotations
 
 import os
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from .augment import normalize
+from .augment import Pipeline, normalize
+from .device import autocast
 from .errors import CifarlabError
 from .models import create_model
 from .models.registry import file_sha256
 from .rundir import load_checkpoint
-
-
-def autocast(precision: str, device_type: str = "cpu"):
-    if precision == "bf16":
-        return torch.autocast(device_type, dtype=torch.bfloat16)
-    return nullcontext()
 
 
 @torch.inference_mode()
@@ -162,3 +156,11 @@ def load_model(path: str | os.PathLike, model: torch.nn.Module | None = None
     if meta.get("channels_last"):
         model = model.to(memory_format=torch.channels_last)
     return model.eval(), meta
+
+
+def fixed_test_inputs(images: torch.Tensor, meta: dict) -> torch.Tensor:
+    """The test images as the run scored them: one fixed random transform with augment.test."""
+    if not meta.get("test_augment"):
+        return images
+    pipeline = Pipeline(meta["test_augment"], meta["mean"], meta["std"])
+    return pipeline(images, torch.Generator().manual_seed(meta["seed"] + 1))

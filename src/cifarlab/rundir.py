@@ -27,6 +27,8 @@ from typing import Any
 import torch
 
 from .errors import CifarlabError
+from .provenance import command, commit, machine, now
+from .version import __version__
 
 HISTORY_FIELDS = [
     "epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds",
@@ -183,3 +185,40 @@ class RunDir:
                 row["epoch"] = int(row["epoch"])
                 rows.append(row)
         return rows, problems
+
+
+def model_meta(cfg: dict, classes, mean, std, facts: dict) -> dict:
+    """What inference needs, stored in every checkpoint (plain types: weights_only-safe);
+    `model_source`: the user's file and its sha256 for a FILE.py:NAME network, else None."""
+    return {
+        "model": cfg["model"], "model_args": dict(cfg["model_args"]),
+        "params": facts["params"], "model_source": facts.get("model_source"),
+        "classes": list(classes), "mean": list(mean), "std": list(std),
+        "loss": cfg["loss"]["name"], "precision": cfg["train"]["precision"],
+        "channels_last": cfg["train"]["channels_last"], "tta": cfg["train"]["tta"],
+        "tta_shift": cfg["train"]["tta_shift"],
+        # seed 003 scored a test set augmented once; eval must score the same input
+        "test_augment": dict(cfg["augment"]) if cfg["augment"]["test"] else None,
+        "seed": cfg["train"]["seed"],
+        "recipe": cfg["name"],
+    }
+
+
+class Legs:
+    """legs.json: every command that trained the run (commit, machine, dates, epochs)."""
+
+    def __init__(self, run: RunDir, main: bool, resume: bool, epoch: int, device: str):
+        self.run, self.main = run, main
+        self.legs = run.read_legs() if (main and resume) else []
+        self.leg = {"commit": commit(), "started": now(), "ended": None,
+                    "machine": machine() if main else "", "device": device,
+                    "cifarlab": __version__, "command": command(),
+                    "first_epoch": epoch + 1, "last_epoch": epoch}
+
+    def record(self, epoch: int) -> None:
+        self.leg.update(ended=now(), last_epoch=epoch)
+        write_json(self.run.legs, self.legs + [self.leg])
+
+    def all(self) -> list[dict]:
+        return self.legs + ([self.leg] if self.leg["last_epoch"] >= self.leg["first_epoch"]
+                            else [])

@@ -156,3 +156,30 @@ class TensorBoardLogger:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class RunBoard:
+    """train.tensorboard: event files in RUN_DIR/tensorboard (tblog.TensorBoardLogger): a grid
+    of augmented training images, each epoch's row, and the recipe with its final figures."""
+
+    def __init__(self, cfg: dict, run_path: Path, epoch: int, pipeline, images: torch.Tensor,
+                 mean, std):
+        self.cfg, self.first = cfg, epoch
+        self.logger = TensorBoardLogger(run_path, start_epoch=epoch)
+        # its own generator: the training run's random streams are untouched
+        grid = pipeline(images[:64], torch.Generator().manual_seed(cfg["train"]["seed"]))
+        self.logger.log_images(grid, mean=mean, std=std)
+
+    def log_epoch(self, row: dict) -> None:
+        self.logger.log_epoch(row)
+
+    def finish(self, metrics: dict) -> None:
+        if metrics["epochs"] > self.first:  # this leg trained: the run's final figures
+            keys = ("test_acc", "val_acc", "best_val_acc", "best_test_acc", "test_loss",
+                    "train_seconds", "params")
+            self.logger.log_hparams(self.cfg, {k: metrics[k] for k in keys
+                                               if metrics.get(k) is not None},
+                                    step=metrics["epochs"])
+
+    def close(self) -> None:
+        self.logger.close()
