@@ -673,3 +673,119 @@ def test_summary_text_mentions_the_budget(finished):
     s = summary(st)
     assert s["budget_minutes"] == 10 and s["minutes_used"] > 0
     assert status_line(st, None, 600, 3).startswith("budget")
+
+
+# --------------------------------------------------------------------------- your own network
+
+MYNET = """
+from torch import nn
+
+class Net(nn.Module):
+    def __init__(self, width=8, depth=1, num_classes=10):
+        super().__init__()
+        layers = [nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()]
+        for _ in range(depth):
+            layers += [nn.Conv2d(width, width, 3, padding=2, dilation=2), nn.BatchNorm2d(width),
+                       nn.ReLU()]
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes)]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.body(x)
+"""
+
+USER_SEARCH = """
+name = "u"
+base = "base.toml"
+[constraints]
+max_params = 1500
+[search]
+minutes = 10
+min_epochs = 1
+val_split = 100
+startup_trials = 1
+[space]
+model_args.width = {{ choices = [4, 8, 32] }}
+model_args.depth = {{ choices = [1, 2] }}
+lr = {{ low = 0.05, high = 0.2, log = true }}
+epochs = 1
+batch_size = 64
+"train.precision" = "fp32"
+"train.channels_last" = false
+{extra}
+"""
+
+
+def write_user_search(tmp_path: Path, extra: str = "", space: str = "") -> Path:
+    (tmp_path / "mynet.py").write_text(MYNET)
+    (tmp_path / "base.toml").write_text('base = "fast-50k"\nmodel = "mynet.py:Net"\n'
+                                        "[model_args]\nwidth = 16\n")
+    f = tmp_path / "u.toml"
+    f.write_text(USER_SEARCH.format(extra=extra).replace("[space]\n", f"[space]\n{space}"))
+    return f
+
+
+def test_a_search_around_the_users_own_network(tmp_path, train_only_dir):
+    big = "[[enqueue]]\nmodel_args.width = 32\nmodel_args.depth = 2\nlr = 0.1\n"  # 19k params
+    small = '[[enqueue]]\nlabel = "mine"\nmodel_args = { width = 4, depth = 1 }\nlr = 0.1\n'
+    f = write_user_search(tmp_path, extra=big + small)
+    spec = SP.load_search(f)
+    net = f"{(tmp_path / 'mynet.py').resolve()}:Net"
+    assert spec.model == net and not spec.family and spec.model_args == {"width": 16}
+    assert set(spec.space) == {"model_args.width", "model_args.depth", "lr", "epochs",
+                               "batch_size", "train.precision", "train.channels_last"}
+    runs = tmp_path / "runs"
+    s = run_search(f, trials=2, runs_dir=runs, data_dir=train_only_dir, log=_silent)
+    assert s["failed"] == 0 and s["complete"] + s["pruned"] >= 2
+    trials = _trials(runs / "u", "u")
+    rejected = [t for t in trials if outcome(t) == "rejected"]
+    assert rejected and trials[0] in rejected  # the rules apply to every candidate
+    for t in rejected:
+        assert t.user_attrs["rejected"].startswith("max_params 1500: model has")
+        assert t.user_attrs["model_args"]["width"] == 32 and "run_dir" not in t.user_attrs
+    for t in trials:
+        if outcome(t) in ("complete", "pruned"):
+            ma = t.user_attrs["model_args"]
+            assert ma["width"] in (4, 8) and ma["depth"] in (1, 2)
+            assert t.user_attrs["params"] <= 1500
+            assert t.user_attrs["design"] == f"mynet.py:Net width={ma['width']} depth={ma['depth']}"
+            cfg = json.loads((Path(t.user_attrs["run_dir"]) / "config.json").read_text())
+            assert cfg["recipe"]["model"] == net and cfg["recipe"]["model_args"] == ma
+    assert trials[1].user_attrs["label"] == "mine"
+    assert trials[1].user_attrs["model_args"] == {"width": 4, "depth": 1}
+
+    out = tmp_path / "elsewhere" / "winner.toml"
+    out.parent.mkdir()
+    args = build_parser().parse_args(["best", "u", "--runs-dir", str(runs), "--out", str(out)])
+    assert run_search_command(args) == 0
+    cfg = resolve(out)
+    win = best_trials(storage.load_study("u", storage.default_storage(runs / "u")))[0]
+    assert cfg["model"] == net and cfg["model_args"] == win.user_attrs["model_args"]
+    assert cfg["constraints"]["max_params"] == 1500 and cfg["data"]["val_split"] == 0
+    from conftest import write_cifar
+
+    from cifarlab.api import train
+
+    m = train(out, data_dir=write_cifar(tmp_path / "full"), runs_dir=tmp_path / "final",
+              plots=False, progress=False, log=_silent, procs=1, epochs=1)
+    assert m["test_acc"] is not None and m["params"] == win.user_attrs["params"]
+
+
+@pytest.mark.parametrize("space, words", [
+    ("model_args.widht = { choices = [4, 8] }\n",
+     "model_args.widht: the network '"),
+    ("model_args.widht = { choices = [4, 8] }\n", "did you mean 'width'"),
+    ("width = { low = 4, high = 8 }\n", "'width' is an architecture dimension of the family "
+     "network, but the base recipe's network is"),
+])
+def test_user_network_dimensions_are_checked_when_the_file_is_read(tmp_path, space, words):
+    f = write_user_search(tmp_path, space=space)
+    with pytest.raises(CifarlabError) as e:
+        SP.load_search(f)
+    assert words in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_model_args_dimensions_need_a_network_of_your_own(tmp_path):
+    f = write_search(tmp_path, extra="model_args.width = { choices = [4, 8] }\n")
+    with pytest.raises(CifarlabError, match="the base recipe's network is the built-in family"):
+        SP.load_search(f)

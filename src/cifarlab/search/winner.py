@@ -44,7 +44,7 @@ def winner_recipe(study: optuna.Study, t: FrozenTrial, name: str = "searched") -
     val = t.values[0] if t.values else None
     raw["description"] = (f"winner of cifarlab search '{study.study_name}' (trial {t.number}, "
                           + (f"val acc {val:.4f}" if val is not None else "not complete") + ")")
-    raw["model"] = "family"
+    raw["model"] = spec.model  # family, or the base's own network (its absolute path)
     raw["model_args"] = copy.deepcopy(t.user_attrs["model_args"])
     raw["constraints"] = rules_table(spec.constraints)
     train = nest(t.user_attrs.get("train") or {})

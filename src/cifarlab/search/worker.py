@@ -25,7 +25,7 @@ from ..models import family as fam
 from ..recipe import resolve
 from . import pruning
 from .rules import check_rules, rule_key, rules_table, untrainable
-from .space import ARCH_DIMS, TRAIN_DIMS, SearchSpec, max_epochs, sample
+from .space import ARCH_DIMS, MODEL_ARG, TRAIN_DIMS, SearchSpec, max_epochs, sample
 from .storage import database_cause, get_trial
 from .timing import predict_seconds, time_steps
 from .workers import proc_start
@@ -63,6 +63,16 @@ def _train_words(train: dict) -> str:
     return " ".join(out)
 
 
+def describe(spec: SearchSpec, args: dict) -> str:
+    """A few words for a design: the family's ('stem 24 | /a 1x residual 32 | ...'), or the
+    user's network and its searched arguments ('mynet.py:Net width=32 depth=2')."""
+    if spec.family:
+        return fam.describe_design(args)
+    path, _, attr = spec.model.rpartition(":")
+    searched = [k[len(MODEL_ARG):] for k in spec.space if k.startswith(MODEL_ARG)]
+    return " ".join([f"{Path(path).name}:{attr}"] + [f"{k}={args[k]}" for k in searched])
+
+
 def trial_recipe(spec: SearchSpec, study: str, number: int, args: dict,
                  train: dict) -> tuple[dict, dict]:
     """(raw recipe, dotted overrides) of a trial: the base recipe with the family network,
@@ -71,7 +81,7 @@ def trial_recipe(spec: SearchSpec, study: str, number: int, args: dict,
     raw = copy.deepcopy(spec.base_recipe)
     raw["name"] = f"{study}-trial-{number:04d}"
     raw["description"] = f"cifarlab search {study}, trial {number}"
-    raw["model"] = "family"
+    raw["model"] = spec.model
     raw["model_args"] = copy.deepcopy(args)
     raw["constraints"] = rules_table(spec.constraints)
     s = spec.search
@@ -179,8 +189,8 @@ class Worker:
         for k in ("rejected", "rejected_rules", "pruned", "failed", "error"):
             if k in trial.user_attrs:  # inherited from a failed attempt
                 trial.set_user_attr(k, None)
-        args, train = sample(self.spec.space, trial)
-        design = fam.describe_design(args)
+        args, train = sample(self.spec.space, trial, self.spec.model_args)
+        design = describe(self.spec, args)
         label = trial.user_attrs.get("label")
         trial.set_user_attr("model_args", args)
         trial.set_user_attr("train", train)
@@ -202,7 +212,7 @@ class Worker:
             raise optuna.TrialPruned("rejected: " + "; ".join(msgs))
 
         try:
-            model = create_model("family", **args)
+            model = create_model(self.spec.model, **args)
             facts, broken, values = check_rules(model, self.cons)
         except CifarlabError as e:
             reject([f"invalid design: {e}"], {"design": 1.0})
@@ -266,7 +276,7 @@ class Worker:
         stop: dict[str, str] = {}
         t_train = time.time()
         searched = {TRAIN_DIMS.get(k) or k for k, d in self.spec.space.items()
-                    if d.kind != "fixed" and k not in ARCH_DIMS}
+                    if d.kind != "fixed" and k not in ARCH_DIMS and not k.startswith(MODEL_ARG)}
         if "augment" in searched:
             searched |= {"augment.crop_pad", "augment.cutout"}
         words = _train_words({k: v for k, v in trial.user_attrs["train"].items()
