@@ -789,3 +789,63 @@ def test_model_args_dimensions_need_a_network_of_your_own(tmp_path):
     f = write_search(tmp_path, extra="model_args.width = { choices = [4, 8] }\n")
     with pytest.raises(CifarlabError, match="the base recipe's network is the built-in family"):
         SP.load_search(f)
+
+
+# --------------------------------------------------------------------------- robustness
+
+def test_corrupt_acc_objective_scores_corrupted_validation_images(tmp_path, train_only_dir):
+    """objectives val_acc + corrupt_acc: both values on every complete trial, scored on the
+    trial's own validation split corrupted (the data set here has no test batch at all), the
+    Pareto front over the two accuracies, and the report's figure and columns."""
+    from cifarlab.corruptions import CORRUPTIONS
+    from cifarlab.search.report import make_search_report
+
+    f = write_search(tmp_path, objectives='["val_acc", "corrupt_acc"]', epochs="1",
+                     extra=REF)
+    f.write_text(f.read_text().replace('pruner = "hyperband"', 'pruner = "hyperband"\n'
+                                       "corrupt_images = 30\ncorrupt_severities = [1, 5]"))
+    runs = tmp_path / "runs"
+    lines: list[str] = []
+    s = run_search(f, trials=2, runs_dir=runs, data_dir=train_only_dir, log=lines.append)
+    assert s["complete"] >= 2 and s["failed"] == 0
+    st = storage.load_study("t", storage.default_storage(runs / "t"))
+    assert st.metric_names == ["val_acc", "corrupt_acc"]
+    assert [d.name for d in st.directions] == ["MAXIMIZE", "MAXIMIZE"]
+    done = [t for t in st.get_trials() if t.state == TrialState.COMPLETE]
+    for t in done:
+        v, c = t.values
+        assert v == pytest.approx(t.user_attrs["val_acc"]) and 0 <= c <= 1
+        assert c == pytest.approx(t.user_attrs["corrupt_acc"])
+        assert sorted(t.user_attrs["corrupt_by"]) == sorted(CORRUPTIONS)
+        m = json.loads((Path(t.user_attrs["run_dir"]) / "metrics.json").read_text())
+        assert m["test_images"] == 0 and m["test_acc"] is None
+    assert any("corrupted validation images: 900 (30 x 15 corruptions x severities [1, 5])"
+               in x for x in lines)
+    front = best_trials(st)
+    assert front and all(not any(u.values[0] >= t.values[0] and u.values[1] >= t.values[1]
+                                 and u.values != t.values for u in done) for t in front)
+    index = make_search_report(str(runs / "t"))
+    text = index.read_text()
+    for words in ("<th>corrupt acc</th>", "Corrupted against clean validation accuracy",
+                  "corrupt_acc on 30 of them x 15 corruptions at severities 1, 5"):
+        assert words in text, words
+    assert (index.parent / "robust.png").is_file()
+    rows = json.loads((index.parent / "trials.json").read_text())["trials"]
+    assert all(r["corrupt_acc"] is not None for r in rows if r["state"] == "complete")
+
+
+def test_corrupted_validation_images_are_the_validation_split_and_fixed():
+    import torch
+    from conftest import make_images
+
+    from cifarlab.data import Split
+    from cifarlab.search.corrupt import CorruptedVal
+
+    data, labels = make_images(200, seed=3)
+    split = Split(torch.from_numpy(data.reshape(200, 3, 32, 32)), torch.tensor(labels))
+    a = CorruptedVal(split, 50, 0, 20, [3])
+    b = CorruptedVal(split, 50, 0, 20, [3])
+    _, held = split.hold_out(50, seed=0)
+    assert len(a.labels) == 20 and a.images == 20 * 15
+    assert set(a.labels.tolist()) <= set(held.labels.tolist())
+    assert all((a.sets[k] == b.sets[k]).all() for k in a.sets)  # the same images every time

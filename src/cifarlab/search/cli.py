@@ -140,11 +140,16 @@ def _best(a: argparse.Namespace) -> int:
         raise CifarlabError("search best: --out FILE.toml is required (the recipe to write)")
     name, url, _ = resolve_study(a.study_arg, a.storage, a.runs_dir)
     r = write_best(load_study(name, url), a.out, a.trial)
-    print(f"wrote {r['path']}: trial {r['trial']} (val acc {r['values'][0]:.4f}"
-          + (f", {r['values'][1]:,.0f}" if len(r["values"]) > 1 else "")
-          + f"), {r['design']}")
+    print(f"wrote {r['path']}: trial {r['trial']} ({values_text(r['objectives'], r['values'])})"
+          f", {r['design']}")
     print(f"train it on the full training set: cifarlab train --recipe {r['path']}")
     return 0
+
+
+def values_text(objectives: list[str], values: list[float]) -> str:
+    """'val acc 0.8123, corrupt acc 0.6012' / 'val acc 0.8123, params 45,000'."""
+    return ", ".join(f"{o.replace('_', ' ')} {v:.4f}" if o.endswith("_acc") else
+                     f"{o} {v:,.0f}" for o, v in zip(objectives, values, strict=False))
 
 
 def _summary_lines(s: dict) -> list[str]:
@@ -155,9 +160,8 @@ def _summary_lines(s: dict) -> list[str]:
            f"({s['worker_minutes']:.1f} worker-min)"]
     for b in s["best"][:5]:
         out.append(f"  {'best' if len(s['best']) == 1 else 'front'}: trial {b['number']} "
-                   f"val acc {b['val_acc']:.4f}"
-                   + (f", {b['values'][1]:,.0f}" if len(b["values"]) > 1 else "")
-                   + f"  {b['design']}  ({b['run_dir']})")
+                   f"{values_text(s['objectives'], b['values'])}"
+                   f"  {b['design']}  ({b['run_dir']})")
     return out
 
 

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 SEARCH_VERSION = 1
 COSTS = ("macs", "params", "seconds")
+ACCURACIES = ("val_acc", "corrupt_acc")  # corrupt_acc: accuracy on corrupted validation images
 SAMPLERS = ("tpe", "nsga2", "random")
 PRUNERS = ("hyperband", "halving", "median", "none")
 
@@ -63,7 +64,8 @@ CONSTRAINT_KEYS = {"max_params": 0, "max_macs": 0, "min_receptive_field": 0, "re
 SEARCH_KEYS = {"objectives": ["val_acc"], "minutes": 60.0, "sampler": "tpe",
                "pruner": "hyperband", "min_epochs": 2, "reduction_factor": 3,
                "val_split": 5000, "train_subset": 0, "seed": 0, "startup_trials": 10,
-               "max_rejected_in_row": 300, "heartbeat": 30, "storage_wait_minutes": 5.0}
+               "max_rejected_in_row": 300, "heartbeat": 30, "storage_wait_minutes": 5.0,
+               "corrupt_images": 1000, "corrupt_severities": [1, 3, 5]}
 TOP_KEYS = ("name", "description", "base", "constraints", "search", "space", "enqueue")
 MODEL_ARG = "model_args."  # [space] model_args.NAME: an argument of the base's own network
 
@@ -238,6 +240,15 @@ class SearchSpec:
     def multi(self) -> bool:
         return len(self.objectives) > 1
 
+    @property
+    def cost(self) -> str | None:
+        """The cost objective (macs, params, seconds), if the search has one."""
+        return next((o for o in self.objectives if o in COSTS), None)
+
+    @property
+    def directions(self) -> list[str]:
+        return ["minimize" if o in COSTS else "maximize" for o in self.objectives]
+
     def to_json(self) -> dict:
         """What the study stores (enough to rebuild the spec on any machine)."""
         return {"version": SEARCH_VERSION, "name": self.name, "description": self.description,
@@ -341,17 +352,25 @@ def parse_search(text: str, source: str = "search file", path: Path | None = Non
     obj = s["objectives"]
     if isinstance(obj, str):
         obj = [obj]
-    if (not isinstance(obj, list) or not obj or obj[0] != "val_acc" or len(obj) > 2
-            or any(o not in COSTS for o in obj[1:])):
-        raise SearchError(f"{source}: [search] objectives must be [\"val_acc\"] or "
+    if (not isinstance(obj, list) or obj not in (
+            [["val_acc"], ["corrupt_acc"], ["val_acc", "corrupt_acc"]]
+            + [["val_acc", c] for c in COSTS])):
+        raise SearchError(f"{source}: [search] objectives must be [\"val_acc\"], "
+                          f"[\"corrupt_acc\"], [\"val_acc\", \"corrupt_acc\"] or "
                           f"[\"val_acc\", COST] with COST one of {', '.join(COSTS)}; got {obj!r}")
     s["objectives"] = obj
+    sev = s["corrupt_severities"]
+    if (not isinstance(sev, list) or not sev or len(set(sev)) != len(sev)
+            or any(isinstance(v, bool) or v not in (1, 2, 3, 4, 5) for v in sev)):
+        raise SearchError(f"{source}: [search] corrupt_severities must be distinct severities "
+                          f"1-5, e.g. [1, 3, 5]; got {sev!r}")
     for k, choices in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
         if s[k] not in choices:
             raise SearchError(f"{source}: [search] {k} '{s[k]}' is not one of "
                               + ", ".join(choices) + _suggest(str(s[k]), choices))
     ints = {"min_epochs": 1, "reduction_factor": 2, "val_split": 1, "train_subset": 0,
-            "seed": 0, "startup_trials": 0, "max_rejected_in_row": 1, "heartbeat": 1}
+            "seed": 0, "startup_trials": 0, "max_rejected_in_row": 1, "heartbeat": 1,
+            "corrupt_images": 10}
     for k, lo in ints.items():
         v = s[k]
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:

@@ -15,7 +15,7 @@ from ..recipe import nest, resolve
 from .rules import rules_table
 from .space import SearchError, to_toml
 from .storage import spec_of
-from .trials import best_trials, outcome
+from .trials import best_trials, outcome, val_acc
 
 
 def pick(study: optuna.Study, number: int | None = None) -> FrozenTrial:
@@ -41,7 +41,7 @@ def winner_recipe(study: optuna.Study, t: FrozenTrial, name: str = "searched") -
     spec = spec_of(study)
     raw = copy.deepcopy(spec.base_recipe)
     raw["name"] = name
-    val = t.values[0] if t.values else None
+    val = val_acc(t) if t.values else None
     raw["description"] = (f"winner of cifarlab search '{study.study_name}' (trial {t.number}, "
                           + (f"val acc {val:.4f}" if val is not None else "not complete") + ")")
     raw["model"] = spec.model  # family, or the base's own network (its absolute path)
@@ -77,8 +77,9 @@ def write_best(study: optuna.Study, out: str | os.PathLike, number: int | None =
         f"Design: {ua.get('design')}",
         f"{ua.get('params', 0):,} params, {ua.get('macs', 0):,} MACs, receptive field "
         f"{ua.get('receptive_field')};",
-        f"validation accuracy {t.values[0]:.4f} on {spec_of(study).search['val_split']:,} "
-        "held-out training images.",
+        f"validation accuracy {val_acc(t):.4f} on {spec_of(study).search['val_split']:,} "
+        "held-out training images"
+        + (f" ({ua['corrupt_acc']:.4f} on corrupted ones)." if "corrupt_acc" in ua else "."),
         "Train it on the full training set (the test set is read once, at the end):",
         f"  cifarlab train --recipe {out}"])
     text = to_toml(raw, header)
@@ -87,4 +88,5 @@ def write_best(study: optuna.Study, out: str | os.PathLike, number: int | None =
         raise SearchError("internal error: the recipe does not read back as written")
     atomic_write_text(out, text)
     return {"path": str(out), "trial": t.number, "values": t.values,
+            "objectives": spec_of(study).objectives,
             "design": ua.get("design"), "recipe": raw}

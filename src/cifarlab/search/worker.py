@@ -123,6 +123,7 @@ class Worker:
         self.current: int | None = None  # number of the trial this worker runs
         self.base_step = math.inf  # fastest step of the base model measured so far
         self.last_error = ""  # of the last failed trial
+        self.corrupted = None  # the corrupted validation images (corrupt_acc), once built
 
     def recipe(self, number: int, args: dict, train: dict) -> tuple[dict, dict]:
         return trial_recipe(self.spec, self.study.study_name, number, args, train)
@@ -257,7 +258,7 @@ class Worker:
         for k, v in values.items():
             trial.set_constraint(k, min(v, 0.0))
         self.rejected_in_row = 0
-        cost_name = self.spec.objectives[1] if self.spec.multi else None
+        cost_name = self.spec.cost
         cost = None
         if cost_name in ("params", "macs"):
             cost = float(facts[cost_name])
@@ -365,20 +366,46 @@ class Worker:
             raise optuna.TrialPruned(why)
         if val is None or not math.isfinite(val):
             raise RuntimeError("training returned no validation accuracy")
-        if not self.spec.multi:
-            return float(val)
-        cost_name = self.spec.objectives[1]
-        cost = float(metrics["train_seconds"]) if cost_name == "seconds" else float(
-            facts[cost_name])
-        trial.set_user_attr("cost", cost)
-        return float(val), cost
+        values = {"val_acc": float(val)}
+        if "corrupt_acc" in self.spec.objectives:
+            values["corrupt_acc"] = self._corrupt_acc(trial, cfg)
+        if cost_name:
+            values[cost_name] = (float(metrics["train_seconds"]) if cost_name == "seconds"
+                                 else float(facts[cost_name]))
+            trial.set_user_attr("cost", values[cost_name])
+        out = tuple(values[o] for o in self.spec.objectives)
+        return out if self.spec.multi else out[0]
+
+    def _corrupt_acc(self, trial: optuna.Trial, cfg: dict) -> float:
+        """The trained trial's accuracy on the corrupted validation images (`corrupt.py`; the
+        images built at the first trial that needs them, then kept)."""
+        from .corrupt import CorruptedVal
+
+        s, d = self.spec.search, cfg["data"]
+        if self.corrupted is None:
+            self.corrupted = CorruptedVal(self.data.train, d["val_split"], d["val_seed"],
+                                          s["corrupt_images"], s["corrupt_severities"])
+            self.log(f"  corrupted validation images: {self.corrupted.images:,} "
+                     f"({len(self.corrupted.labels):,} x 15 corruptions x severities "
+                     f"{s['corrupt_severities']}), made in "
+                     f"{self.corrupted.build_seconds:.0f} s")
+        r = self.corrupted.score(trial.user_attrs["run_dir"])
+        trial.set_user_attr("corrupt_acc", r["corrupt_acc"])
+        trial.set_user_attr("corrupt_by", r["by_corruption"])
+        trial.set_user_attr("corrupt_seconds", r["seconds"])
+        self.log(f"  trial {trial.number} corrupted val acc {r['corrupt_acc']:.4f} "
+                 f"({r['seconds']:.0f} s)")
+        return float(r["corrupt_acc"])
 
     def _engine_log(self, line: str) -> None:
         if line.startswith("warning") or "time budget" in line:
             self.log(f"  {line}")
 
     def _dominance(self, trial: optuna.Trial, epoch: int, acc: float) -> str | None:
-        cost = trial.user_attrs.get("cost")
+        """The multi-objective early stop on validation accuracy at this rung: among the trials
+        that cost no more (every trial, when no objective is a cost: val_acc + corrupt_acc)."""
+        costed = self.spec.cost is not None
+        cost = trial.user_attrs.get("cost") if costed else 0.0
         if not isinstance(cost, int | float):
             return None
         peers = []
@@ -386,7 +413,7 @@ class Worker:
             if t.number == trial.number or t.user_attrs.get("rejected"):
                 continue
             a = (t.user_attrs.get("curve") or {}).get(str(epoch))
-            c = t.user_attrs.get("cost")
+            c = t.user_attrs.get("cost") if costed else 0.0
             if isinstance(a, int | float) and isinstance(c, int | float):
                 peers.append((float(c), float(a)))
         return pruning.dominance_prune(peers, acc, float(cost),
