@@ -619,7 +619,9 @@ def test_report_and_best_recipe(finished, tmp_path):
     (["best", "t", "--out", "x.toml", "--trial", "999"], "has no trial 999"),
     (["report", "t", "--minutes", "3"], "--minutes is an option of a search run"),
     (["some.toml", "extra"], "unexpected argument"),
-    (["some.toml", "--out", "x"], "--out is an option of search report / best"),
+    (["some.toml", "--out", "x"], "--out is an option of search report / best / proxy"),
+    (["report", "t", "--fill-budget"], "--fill-budget is not an option of search report"),
+    (["report", "t", "--data-dir", "d"], "--data-dir is not an option of search report"),
 ])
 def test_cli_errors_are_one_line(finished, argv, words, monkeypatch):
     monkeypatch.chdir(finished.parent)
@@ -849,3 +851,134 @@ def test_corrupted_validation_images_are_the_validation_split_and_fixed():
     assert len(a.labels) == 20 and a.images == 20 * 15
     assert set(a.labels.tolist()) <= set(held.labels.tolist())
     assert all((a.sets[k] == b.sets[k]).all() for k in a.sets)  # the same images every time
+
+
+# --------------------------------------------------------------------------- multi-fidelity
+
+FIDELITY = 'fidelity = { train_subset = 100, epochs = 1, low_res = 24 }'
+
+
+def _with_fidelity(f: Path, fidelity: str = FIDELITY) -> Path:
+    f.write_text(f.read_text().replace('pruner = "hyperband"',
+                                       f'pruner = "hyperband"\n{fidelity}'))
+    return f
+
+
+def test_the_proxy_rung_comes_first_and_promotes_through_the_pruner(tmp_path, train_only_dir,
+                                                                    monkeypatch):
+    f = _with_fidelity(write_search(tmp_path, epochs="2"))
+    spec = SP.load_search(f)
+    assert spec.search["fidelity"] == {"train_subset": 100, "epochs": 1, "low_res": 24}
+    # a pruner that never prunes: the proxy is step 1, full-fidelity epoch e is step 1 + e
+    monkeypatch.setattr(pruning, "make_pruner", lambda spec: optuna.pruners.NopPruner())
+    runs = tmp_path / "runs"
+    lines: list[str] = []
+    run_search(f, trials=2, runs_dir=runs, data_dir=train_only_dir, log=lines.append)
+    trials = [t for t in _trials(runs / "t") if outcome(t) == "complete"]
+    assert len(trials) == 2 and any("proxy (1 epochs on 100 images, 24 px)" in x for x in lines)
+    for t in trials:
+        proxy = Path(t.user_attrs["proxy_run_dir"])
+        m = json.loads((proxy / "metrics.json").read_text())
+        assert m["train_images"] == 100 and m["val_images"] == 100 and m["test_images"] == 0
+        assert m["epochs"] == 1 and t.user_attrs["proxy_acc"] == pytest.approx(m["val_acc"])
+        if t.user_attrs.get("label") is None:  # (the last epoch is the value, not a step)
+            assert set(t.intermediate_values) == {1, 2}
+            assert t.intermediate_values[1] == pytest.approx(t.user_attrs["proxy_acc"])
+            assert t.intermediate_values[2] == pytest.approx(t.user_attrs["curve"]["1"])
+    # a pruner that stops everything: only the queued design goes past its proxy
+    monkeypatch.setattr(pruning, "make_pruner",
+                        lambda spec: optuna.pruners.ThresholdPruner(lower=2.0))
+    s = run_search(f, trials=3, runs_dir=runs, data_dir=train_only_dir, log=_silent)
+    (t,) = [t for t in _trials(runs / "t") if outcome(t) == "pruned"]
+    assert s["pruned"] == 1 and "not promoted from the proxy rung" in t.user_attrs["pruned"]
+    assert t.intermediate_values == {1: pytest.approx(t.user_attrs["proxy_acc"])}
+    assert "run_dir" not in t.user_attrs and "curve" not in t.user_attrs
+
+
+def test_fidelity_settings_are_checked(tmp_path):
+    for bad, words in (("fidelity = { epochs = 0 }", "fidelity.epochs must be an integer"),
+                       ("fidelity = { subset = 10 }", "unknown key 'subset'"),
+                       ("fidelity = { low_res = 40 }", "fidelity.low_res must be 0")):
+        f = _with_fidelity(write_search(tmp_path), bad)
+        with pytest.raises(CifarlabError, match=words):
+            SP.load_search(f)
+
+
+def test_proxy_worth_is_a_rank_correlation_over_the_whole_ranking(tmp_path):
+    from types import SimpleNamespace
+
+    from cifarlab.search import fidelity
+
+    def trial(n, proxy, full=None):
+        return SimpleNamespace(number=n, state=TrialState.COMPLETE if full else
+                               TrialState.PRUNED, user_attrs={"proxy_acc": proxy,
+                                                              "val_acc": full, "design": "d"})
+
+    # 20 designs; the 4 promoted ones already have a full value; the full accuracy is the
+    # proxy's order except for two swapped designs
+    trials = [trial(i, 0.3 + 0.01 * i, 0.5 + 0.01 * i if i >= 16 else None) for i in range(20)]
+    trained: list[int] = []
+
+    def train_full(t):
+        trained.append(t.number)
+        return 0.5 + 0.01 * {3: 5, 5: 3}.get(t.number, t.number)
+
+    record = tmp_path / "proxy.json"
+    r = fidelity.measure_proxy(trials, 12, train_full, record, log=_silent)
+    picked = [d["trial"] for d in r["designs"]]
+    assert r["n"] == 12 and picked[0] == 19 and picked[-1] == 0  # best and worst proxies
+    assert not set(trained) & {16, 17, 18, 19}  # full values already known are not retrained
+    from scipy.stats import spearmanr
+
+    expect = spearmanr([d["proxy_acc"] for d in r["designs"]],
+                       [d["full_acc"] for d in r["designs"]]).statistic
+    assert r["spearman"] == pytest.approx(expect) and 0.9 < r["spearman"] < 1.0
+    trained.clear()  # the record resumes: nothing trained twice
+    assert fidelity.measure_proxy(trials, 12, train_full, record, log=_silent) == r
+    assert trained == []
+    assert fidelity.proxy_spearman([(0.1, 0.2), (0.2, 0.1)]) is None
+
+
+# --------------------------------------------------------------------------- filling the budget
+
+def test_scaled_schedules_fill_the_headroom():
+    from types import SimpleNamespace
+
+    from cifarlab.search import final
+
+    cfg = {"train": {"epochs": 8, "low_res": 24, "low_res_epochs": 4}}
+    assert final.scaled_schedules(cfg, 1 / 0.74) == [
+        {"train.epochs": 9, "train.low_res_epochs": 4},
+        {"train.epochs": 10, "train.low_res_epochs": 5}]
+    assert final.scaled_schedules(cfg, 1.05) == []  # nothing more fits
+    spec = SimpleNamespace(constraints={"max_train_time_vs_base": 1.0, "max_train_seconds": 0})
+    assert final.headroom(spec, SimpleNamespace(user_attrs={"time_vs_base": 0.5})) == 2.0
+    with pytest.raises(CifarlabError, match="--fill-budget needs the search's time rule"):
+        final.headroom(spec, SimpleNamespace(user_attrs={}))
+
+
+def test_best_fill_budget_trains_scaled_schedules_on_validation(tmp_path, train_only_dir,
+                                                                monkeypatch):
+    import tomllib
+
+    from cifarlab.search import final
+
+    f = write_search(tmp_path, epochs="1", constraints="max_train_time_vs_base = 100.0")
+    runs = tmp_path / "runs"
+    run_search(f, trials=1, runs_dir=runs, data_dir=train_only_dir, log=_silent)
+    monkeypatch.setattr(final, "headroom", lambda spec, t: 2.5)  # room for 2 epochs, not 3
+    out = tmp_path / "w.toml"
+    args = build_parser().parse_args(["best", "t", "--runs-dir", str(runs), "--out", str(out),
+                                      "--fill-budget", "--data-dir", str(train_only_dir)])
+    assert run_search_command(args) == 0
+    fill = json.loads(out.with_suffix(".fill.json").read_text())
+    assert [c["epochs"] for c in fill["candidates"]] == [1, 2]
+    assert fill["candidates"][0]["note"] == "the trial itself"
+    scaled = fill["candidates"][1]
+    m = json.loads((Path(scaled["run_dir"]) / "metrics.json").read_text())
+    assert m["val_images"] == 100 and m["test_images"] == 0 and m["epochs"] == 2
+    best = max(fill["candidates"], key=lambda c: (c["val_acc"], -c["epochs"]))
+    assert fill["chosen"] == best["overrides"]
+    text = out.read_text()
+    assert "--fill-budget: predicted training time left room for 2.50x" in text
+    assert tomllib.loads(text)["train"]["epochs"] == best["epochs"]

@@ -61,6 +61,7 @@ def trial_rows(study: optuna.Study, trials: list[FrozenTrial]) -> list[dict]:
             "val_acc": _last_val(t), "epochs": (max(map(int, curve)) if curve else None),
             "epochs_planned": (ua.get("train") or {}).get("train.epochs"),
             "cost": ua.get("cost"), "corrupt_acc": ua.get("corrupt_acc"),
+            "proxy_acc": ua.get("proxy_acc"),
             "seconds": trial_seconds(t), "train_seconds": ua.get("train_seconds"),
             "predicted_seconds": ua.get("predicted_seconds"),
             "why": why, "run_dir": ua.get("run_dir"),
@@ -371,7 +372,11 @@ def study_facts(spec, summ: dict, url: str, multi: bool) -> list[tuple[str, str]
          + ("dominance rule (multi-objective early stop on val acc)" if multi else
             f"{s['pruner']} pruner" + (" on val acc" if spec.objectives[0] != "val_acc"
                                        else ""))
-         + f", rungs from epoch {s['min_epochs']}, reduction factor {s['reduction_factor']}"),
+         + f", rungs from epoch {s['min_epochs']}, reduction factor {s['reduction_factor']}"
+         + ("; proxy rung first: {epochs} epochs on {train_subset:,} images".format(
+             **s["fidelity"]) + (f" at {s['fidelity']['low_res']} px"
+                                 if s["fidelity"]["low_res"] else "")
+            if s["fidelity"] else "")),
         ("budget", f"{summ['minutes_used']:.1f} of {budget:g} min used"
          if isinstance(budget, int | float) else f"{summ['minutes_used']:.1f} min used"),
         ("trials", f"{summ['trials']}: {summ['complete']} complete, {summ['pruned']} pruned, "
@@ -428,6 +433,8 @@ def _best_section(spec, best: list[FrozenTrial], rows: list[dict], multi: bool,
 def _extra_columns(spec) -> list[tuple[str, str, str]]:
     """(header, row key, cell kind) of the objectives beside val acc: corrupt acc, a cost."""
     out = []
+    if spec.search["fidelity"]:
+        out.append(("proxy val acc", "proxy_acc", "pct"))
     if "corrupt_acc" in spec.objectives:
         out.append(("corrupt acc", "corrupt_acc", "pct"))
     if spec.cost:

@@ -32,6 +32,7 @@ from ..recipe import (
     resolve,
     split_model_file,
 )
+from .fidelity import check_fidelity
 
 if TYPE_CHECKING:
     import optuna
@@ -65,7 +66,7 @@ SEARCH_KEYS = {"objectives": ["val_acc"], "minutes": 60.0, "sampler": "tpe",
                "pruner": "hyperband", "min_epochs": 2, "reduction_factor": 3,
                "val_split": 5000, "train_subset": 0, "seed": 0, "startup_trials": 10,
                "max_rejected_in_row": 300, "heartbeat": 30, "storage_wait_minutes": 5.0,
-               "corrupt_images": 1000, "corrupt_severities": [1, 3, 5]}
+               "corrupt_images": 1000, "corrupt_severities": [1, 3, 5], "fidelity": {}}
 TOP_KEYS = ("name", "description", "base", "constraints", "search", "space", "enqueue")
 MODEL_ARG = "model_args."  # [space] model_args.NAME: an argument of the base's own network
 
@@ -359,6 +360,10 @@ def parse_search(text: str, source: str = "search file", path: Path | None = Non
                           f"[\"corrupt_acc\"], [\"val_acc\", \"corrupt_acc\"] or "
                           f"[\"val_acc\", COST] with COST one of {', '.join(COSTS)}; got {obj!r}")
     s["objectives"] = obj
+    try:
+        s["fidelity"] = check_fidelity(s["fidelity"], f"{source}: [search]")
+    except ValueError as e:
+        raise SearchError(str(e)) from None
     sev = s["corrupt_severities"]
     if (not isinstance(sev, list) or not sev or len(set(sev)) != len(sev)
             or any(isinstance(v, bool) or v not in (1, 2, 3, 4, 5) for v in sev)):

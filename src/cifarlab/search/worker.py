@@ -24,6 +24,7 @@ from ..models import create_model
 from ..models import family as fam
 from ..recipe import resolve
 from . import pruning
+from .fidelity import PROXY_STEP, proxy_overrides
 from .rules import check_rules, rule_key, rules_table, untrainable
 from .space import ARCH_DIMS, MODEL_ARG, TRAIN_DIMS, SearchSpec, max_epochs, sample
 from .storage import database_cause, get_trial
@@ -124,6 +125,8 @@ class Worker:
         self.base_step = math.inf  # fastest step of the base model measured so far
         self.last_error = ""  # of the last failed trial
         self.corrupted = None  # the corrupted validation images (corrupt_acc), once built
+        self.fid = s["fidelity"]  # the proxy rung ({}: none), see fidelity.py
+        self.step0 = PROXY_STEP if self.fid else 0  # full-fidelity epoch e is step step0 + e
 
     def recipe(self, number: int, args: dict, train: dict) -> tuple[dict, dict]:
         return trial_recipe(self.spec, self.study.study_name, number, args, train)
@@ -225,6 +228,10 @@ class Worker:
             trial.set_user_attr(k, facts[k])
         if not broken:
             broken = untrainable(model, cfg)
+            if not broken and self.fid.get("low_res"):  # the proxy trains at low_res px
+                proxy = resolve(copy.deepcopy(raw), {**over, **proxy_overrides(self.fid)})
+                broken = [f"{m} (the proxy rung's fidelity.low_res)"
+                          for m in untrainable(model, proxy)]
             values["trainable"] = 1.0 if broken else 0.0
         c = self.cons
         cap = None
@@ -303,18 +310,21 @@ class Worker:
             if label or e >= epochs:
                 return False
             if not self.spec.multi:
-                trial.report(float(acc), e)
+                trial.report(float(acc), self.step0 + e)
                 if trial.should_prune():
                     stop["why"] = (f"{self.spec.search['pruner']} pruner at epoch {e} "
                                    f"(val acc {acc:.4f})")
                     return True
             elif e in self.rungs:
-                why = self._dominance(trial, e, float(acc))
+                why = self._dominance(trial, float(acc), e)
                 if why:
                     stop["why"] = f"dominance rule at epoch {e} (val acc {acc:.4f}): {why}"
                     return True
             return False
 
+        if self.fid:
+            self._proxy(trial, raw, over, label)  # TrialPruned when not promoted
+            t_train = time.time()
         prev = trial.user_attrs.get("run_dir")
         retried = get_trial(self.storage, self.study, trial.number).system_attrs.get(
             "failed_trial")
@@ -397,13 +407,53 @@ class Worker:
                  f"({r['seconds']:.0f} s)")
         return float(r["corrupt_acc"])
 
+    def _proxy(self, trial: optuna.Trial, raw: dict, over: dict, label: str | None) -> None:
+        """The proxy rung (`fidelity.py`): train the trial's design cheaply (a retry keeps the
+        proxy its first attempt finished), record `proxy_acc`, and let the pruner (or the
+        dominance rule) decide whether it goes on to the full schedule."""
+        from ..api import train as api_train
+
+        acc = trial.user_attrs.get("proxy_acc")
+        if not isinstance(acc, int | float):
+            t0 = time.time()
+            m = api_train(copy.deepcopy(raw), runs_dir=self.trials_dir,
+                          name=f"trial-{trial.number:04d}-proxy", data=self.data,
+                          progress=False, plots=False, log=self._engine_log,
+                          **{**over, **proxy_overrides(self.fid)})
+            acc = m.get("val_acc")
+            if acc is None or not math.isfinite(acc):
+                raise RuntimeError("the proxy run returned no validation accuracy")
+            trial.set_user_attr("proxy_acc", float(acc))
+            trial.set_user_attr("proxy_seconds", time.time() - t0)
+            trial.set_user_attr("proxy_run_dir", m.get("run_dir"))
+        f = self.fid
+        self.log(f"  trial {trial.number} proxy ({f['epochs']} epochs on "
+                 f"{f['train_subset']:,} images" + (f", {f['low_res']} px" if f["low_res"]
+                                                    else "") + f"): val acc {acc:.4f}")
+        if label:
+            return  # a queued design always runs in full
+        why = None
+        if not self.spec.multi:
+            trial.report(float(acc), PROXY_STEP)
+            if trial.should_prune():
+                why = f"{self.spec.search['pruner']} pruner"
+        else:
+            why = self._dominance(trial, float(acc), "proxy")
+            why = why and f"dominance rule: {why}"
+        if why:
+            why = f"not promoted from the proxy rung (proxy val acc {acc:.4f}): {why}"
+            trial.set_user_attr("pruned", why)
+            trial.set_user_attr("seconds_used", time.time() - trial.user_attrs["worker"]["since"])
+            raise optuna.TrialPruned(why)
+
     def _engine_log(self, line: str) -> None:
         if line.startswith("warning") or "time budget" in line:
             self.log(f"  {line}")
 
-    def _dominance(self, trial: optuna.Trial, epoch: int, acc: float) -> str | None:
-        """The multi-objective early stop on validation accuracy at this rung: among the trials
-        that cost no more (every trial, when no objective is a cost: val_acc + corrupt_acc)."""
+    def _dominance(self, trial: optuna.Trial, acc: float, epoch: int | str) -> str | None:
+        """The multi-objective early stop on validation accuracy at this rung (an epoch, or
+        "proxy": the proxy rung's accuracies): among the trials that cost no more (every trial,
+        when no objective is a cost: val_acc + corrupt_acc)."""
         costed = self.spec.cost is not None
         cost = trial.user_attrs.get("cost") if costed else 0.0
         if not isinstance(cost, int | float):
@@ -412,7 +462,8 @@ class Worker:
         for t in self.study.get_trials(deepcopy=False):
             if t.number == trial.number or t.user_attrs.get("rejected"):
                 continue
-            a = (t.user_attrs.get("curve") or {}).get(str(epoch))
+            a = (t.user_attrs.get("proxy_acc") if epoch == "proxy"
+                 else (t.user_attrs.get("curve") or {}).get(str(epoch)))
             c = t.user_attrs.get("cost") if costed else 0.0
             if isinstance(a, int | float) and isinstance(c, int | float):
                 peers.append((float(c), float(a)))
