@@ -68,8 +68,8 @@ def proxy_spearman(pairs: list[tuple[float, float]]) -> float | None:
     3 pairs or a constant side."""
     from scipy.stats import spearmanr
 
-    if len(pairs) < 3:
-        return None
+    if len(pairs) < 3 or len({p for p, _ in pairs}) < 2 or len({f for _, f in pairs}) < 2:
+        return None  # a constant side: no ranking to correlate
     rho = spearmanr([p for p, _ in pairs], [f for _, f in pairs]).statistic
     return None if rho is None or math.isnan(rho) else float(rho)
 
