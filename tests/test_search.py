@@ -621,6 +621,8 @@ def test_report_and_best_recipe(finished, tmp_path):
     (["some.toml", "extra"], "unexpected argument"),
     (["some.toml", "--out", "x"], "--out is an option of search report / best / proxy"),
     (["report", "t", "--fill-budget"], "--fill-budget is not an option of search report"),
+    (["proxy", "t"], "study 't' has no proxy rung ([search] fidelity)"),
+    (["best", "t", "--out", "x.toml", "--fill-budget"], "--fill-budget needs the search's time"),
     (["report", "t", "--data-dir", "d"], "--data-dir is not an option of search report"),
 ])
 def test_cli_errors_are_one_line(finished, argv, words, monkeypatch):

@@ -372,7 +372,9 @@ def study_facts(spec, summ: dict, url: str, multi: bool) -> list[tuple[str, str]
          + ("dominance rule (multi-objective early stop on val acc)" if multi else
             f"{s['pruner']} pruner" + (" on val acc" if spec.objectives[0] != "val_acc"
                                        else ""))
-         + f", rungs from epoch {s['min_epochs']}, reduction factor {s['reduction_factor']}"
+         + (", rungs from the proxy rung" if s["fidelity"] and not multi else
+            f", rungs from epoch {s['min_epochs']}")
+         + f", reduction factor {s['reduction_factor']}"
          + ("; proxy rung first: {epochs} epochs on {train_subset:,} images".format(
              **s["fidelity"]) + (f" at {s['fidelity']['low_res']} px"
                                  if s["fidelity"]["low_res"] else "")
