@@ -1,27 +1,34 @@
-"""`cifarlab search` against the hand-written recipes (issue 16).
+"""`cifarlab search` against the hand-written recipes and against random search (issues 16, 29).
 
     .venv/bin/python benchmarks/bench_search.py --data-dir ../shared/data \\
-        --runs-dir /tmp/searchbench            # about 2 x 75 min of search + retraining
+        --runs-dir /tmp/searchbench --minutes 60   # per rule set: 2 searches + 9 trainings
 
 For each rule set - seed 001's full rules (`seed001-rules`, hand recipe fast-seed001) and
 seed 000's < 50k parameters (`under-50k`, hand recipe fast-50k) - one invocation:
 
-1. runs the built-in search file with a fixed budget (`--minutes`, default the file's 75):
-   trials train on 45,000 training images and are selected on the 5,000 held out; the test set
-   is not read; the hand-written design is trial 0 and the file's time rule keeps every
-   candidate's predicted training time at or below the hand recipe's;
-2. trains the hand recipe on the full training set (test set read once), timed;
-3. writes the search's winner as a recipe (`cifarlab search best`) and trains it the same way
-   with the hand recipe's seconds as its training-time budget (`max_seconds`), timed;
-4. checks the winner against the rules (built and traced again, `cifarlab check`'s rules).
+1. runs the built-in search file with a fixed budget (`--minutes`, default the file's): trials
+   train on the training set minus the file's validation split and are selected on it; the
+   hand-written design is trial 0 and the file's time rule keeps every candidate's predicted
+   training time at or below the hand recipe's;
+2. runs *random search* with the same budget, space, rules, queued designs and pruning (the
+   file's pruner, Hyperband: the fair comparison is the sampler alone), Optuna's RandomSampler;
+3. when the file has a proxy rung ([search] fidelity), measures its Spearman rank correlation
+   with full fidelity over `--proxy-designs` designs (`cifarlab search proxy`);
+4. writes both winners as recipes (`cifarlab search best`) and checks them against the rules;
+5. trains the hand recipe and both winners with 3 seeds each on the full training set, timed,
+   each winner with the hand recipe's time (same seed) as its budget (`max_seconds`). The test
+   set is read by these final trainings only: the searches get the training batches alone.
 
 Before the searches it measures, on this machine, trials per hour of one worker with all the
 cores' threads against one single-threaded worker per core (the same fixed trials, queued in
 both studies, pruning off), and the searches then use the faster configuration (`--workers`
 overrides). Everything goes to benchmarks/results/search.json (`--out` elsewhere), rewritten
-after each step; the study directories and a state file live in `--runs-dir`, so an
-interrupted invocation, started again with the same arguments, resumes: a search continues
-where it was, finished steps are kept and a cut-short training run is started again.
+after each step: per rule set `hand`, `searched`, `random` (each with `test_accs` and
+`train_seconds`, one per seed), `proxy_spearman`, `budget_minutes` and the rule set's own
+commit, date, machine and command. The study directories and a state file live in
+`--runs-dir`, so an interrupted invocation, started again with the same arguments, resumes:
+a search continues where it was, finished searches and trainings are kept, a finished rule
+set is not run again, and a cut-short training run is started again.
 
 `--quick` proves the plumbing in a few minutes (tiny subsets, 1-2 epochs, its own study names);
 its numbers mean nothing.
@@ -33,6 +40,7 @@ import argparse
 import copy
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -207,6 +215,19 @@ def _entry_from_params(params: dict) -> dict:
 
 # ------------------------------------------------------------------------------ rule sets
 
+SEEDS = (0, 1, 2)  # the final trainings: each recipe with each seed
+WHO = ("hand", "searched", "random")
+
+
+def random_text(spec: SP.SearchSpec) -> str:
+    """The same search file with Optuna's RandomSampler: the same space, rules, budget, queued
+    designs and pruner (the file's own: Hyperband), under its own study name."""
+    raw = tomllib.loads(spec.text)
+    raw["name"] = f"{spec.name}-random"
+    raw.setdefault("search", {})["sampler"] = "random"
+    return SP.to_toml(raw)
+
+
 def timed_train(recipe, data, runs_dir: Path, name: str, overrides: dict,
                 max_seconds: float | None = None) -> tuple[dict, float]:
     t0 = time.perf_counter()
@@ -215,88 +236,130 @@ def timed_train(recipe, data, runs_dir: Path, name: str, overrides: dict,
     return m, time.perf_counter() - t0
 
 
-def rule_set(name: str, hand: str, args, data, state: dict, save) -> dict:
-    runs = Path(args.runs_dir)
-    spec = spec_for(name, args.quick, runs)
-    study = spec.name
-    st_state = state.setdefault(name, {})
-    faster = (state.get("workers") or {}).get("faster", "1x0")
-    workers = args.workers or int(faster.split("x")[0])
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    print(f"== {name}: search (study {study}, {workers} worker(s) x {threads} thread(s))")
+def search(spec: SP.SearchSpec, args, runs: Path, data, workers: int, threads: int) -> dict:
+    """Run (or resume) one study to its budget; its summary."""
     minutes = args.minutes if not args.quick else 1.5
+    trials = 3 if args.quick else None
     if workers == 1:
-        run_search(spec, study=study, minutes=minutes, runs_dir=runs, data=data,
-                     trials=3 if args.quick else None)
+        run_search(spec, study=spec.name, minutes=minutes, runs_dir=runs, data=data,
+                   trials=trials)
     else:
-        f = runs / f"{study}.toml"
+        f = runs / f"{spec.name}.toml"
         f.write_text(spec.text)
-        sdir = runs / study
+        sdir = runs / spec.name
         sdir.mkdir(parents=True, exist_ok=True)
-        storage.create_or_load(spec, study, storage.default_storage(sdir), minutes, print)
-        run_workers(f, study, runs, workers, threads, args.data_dir, minutes=minutes,
-                    trials=3 if args.quick else None)
-    st = storage.load_study(study, storage.default_storage(runs / study))
-    summ = summary(st)
-    st_state["search"] = summ
-    save()
+        storage.create_or_load(spec, spec.name, storage.default_storage(sdir), minutes, print)
+        run_workers(f, spec.name, runs, workers, threads, args.data_dir, minutes=minutes,
+                    trials=trials)
+    return summary(storage.load_study(spec.name, storage.default_storage(runs / spec.name)))
 
-    over = {"train_subset": 2000, "epochs": 2} if args.quick else {}
-    here = provenance()["machine"]
-    if "searched" not in st_state and st_state.get("hand", {}).get("machine") != here:
-        st_state.pop("hand", None)  # the two trainings are compared on one machine only
-    if "hand" not in st_state:
-        print(f"== {name}: training the hand recipe {hand}")
-        m, secs = timed_train(hand, data, runs, f"{name}-hand", over)
-        st_state["hand"] = {"test_acc": m["test_acc"], "seconds": secs,
-                            "train_seconds": m["train_seconds"], "params": m["params"],
-                            "macs": m["macs"], "receptive_field": m["receptive_field"],
-                            "epochs": m["epochs"], "run_dir": m["run_dir"], "machine": here}
-        save()
-    hand_s = st_state["hand"]["seconds"]
-    recipe = runs / f"{name}-winner.toml"
-    if "searched" not in st_state:
-        win = winner.write_best(st, recipe)
-        print(f"== {name}: training the winner (trial {win['trial']}: {win['design']}) with "
-              f"a {hand_s:.0f} s budget")
-        m, secs = timed_train(recipe, data, runs, f"{name}-searched", over, max_seconds=hand_s)
-        st_state["searched"] = {
-            "test_acc": m["test_acc"], "seconds": secs, "train_seconds": m["train_seconds"],
-            "params": m["params"], "macs": m["macs"], "receptive_field": m["receptive_field"],
-            "epochs": m["epochs"], "epochs_planned": m.get("epochs_planned"),
-            "stopped_by": m.get("stopped_by"), "run_dir": m["run_dir"],
-            "trial": win["trial"], "val_acc": win["values"][0], "design": win["design"],
-            "recipe": str(recipe), "model_args": win["recipe"]["model_args"],
-            "machine": here}
-        save()
-    s = st_state["searched"]
+
+def proxy_worth(spec: SP.SearchSpec, args, runs: Path, data) -> float | None:
+    """Spearman of the proxy rung against full fidelity over --proxy-designs designs of the
+    searched study (None: the search file has no proxy rung, or --proxy-designs 0)."""
+    if not spec.search["fidelity"] or not args.proxy_designs:
+        return None
+    from cifarlab.search.final import proxy_check
+
+    st = storage.load_study(spec.name, storage.default_storage(runs / spec.name))
+    return proxy_check(st, runs / spec.name, args.proxy_designs, data=data)["spearman"]
+
+
+def final_trainings(name: str, hand: str, recipes: dict, runs: Path, over: dict, st_state: dict,
+                    save, final_data) -> None:
+    """Each of hand / searched / random with each seed on the full training set (the test set
+    read once, here only); a winner's time budget is the hand recipe's time with that seed.
+    Each finished training is kept in the state (resumable)."""
+    done = st_state.setdefault("final", {})
+    for seed in SEEDS:
+        for who in WHO:
+            key = f"{who}-{seed}"
+            if key in done:
+                continue
+            cap = None if who == "hand" else done[f"hand-{seed}"]["seconds"]
+            print(f"== {name}: final training {who}, seed {seed}"
+                  + (f", {cap:.0f} s budget" if cap else ""))
+            m, secs = timed_train(hand if who == "hand" else recipes[who], final_data(), runs,
+                                  f"{name}-{key}", {**over, "seed": seed}, max_seconds=cap)
+            done[key] = {"test_acc": m["test_acc"], "seconds": secs,
+                         "train_seconds": m["train_seconds"], "epochs": m["epochs"],
+                         "stopped_by": m.get("stopped_by"), "run_dir": m["run_dir"],
+                         "params": m["params"], "macs": m["macs"],
+                         "receptive_field": m["receptive_field"]}
+            save()
+
+
+def rules_broken(spec: SP.SearchSpec, recipe: dict) -> list[str]:
     from cifarlab.analysis import check_constraints
     from cifarlab.models import create_model
 
     c = spec.constraints
-    model = create_model("family", **s["model_args"])
-    broken = check_constraints(model, max_params=c["max_params"] or None,
-                               min_receptive_field=c["min_receptive_field"] or None,
-                               require=c["require"], forbid=c["forbid"])
-    h = st_state["hand"]
-    return {
-        "search_file": name, "hand_recipe": hand, "study": study, "trained_on": here,
-        "searched_test_acc": s["test_acc"], "hand_test_acc": h["test_acc"],
-        "searched_seconds": s["seconds"], "hand_seconds": h["seconds"],
-        "searched_train_seconds": s["train_seconds"], "hand_train_seconds": h["train_seconds"],
-        "rules_met": not broken, "rules_broken": broken,
-        "beats_or_matches_hand": s["test_acc"] >= h["test_acc"],
-        "equal_time": s["seconds"] <= 1.05 * h["seconds"],
-        "search_minutes": summ["minutes_used"], "search_worker_minutes": summ["worker_minutes"],
-        "search_workers": f"{workers} x {threads} thread(s)",
-        "trials_complete": summ["complete"], "trials_pruned": summ["pruned"],
-        "trials_rejected": summ["rejected"], "trials_failed": summ["failed"],
-        "rejected_by_rule": summ["rejected_by_rule"],
-        "winner": {k: s[k] for k in ("trial", "val_acc", "design", "params", "macs",
-                                     "receptive_field", "epochs", "epochs_planned",
-                                     "stopped_by", "recipe", "run_dir")},
-        "hand": {k: h[k] for k in ("params", "macs", "receptive_field", "epochs", "run_dir")},
-    }
+    model = create_model(recipe["model"], **recipe["model_args"])
+    return check_constraints(model, max_params=c["max_params"] or None,
+                             min_receptive_field=c["min_receptive_field"] or None,
+                             require=c["require"], forbid=c["forbid"])
+
+
+def rule_set(name: str, hand: str, args, state: dict, save, search_data, final_data) -> dict:
+    """One rule set: the search and random search with the same budget, space, rules and
+    pruner; the proxy's worth; then hand, searched and random winners trained with 3 seeds at
+    equal time. Every finished part is kept in `state` (a later sitting resumes)."""
+    runs = Path(args.runs_dir)
+    spec = spec_for(name, args.quick, runs)
+    rnd = SP.parse_search(random_text(spec), f"random {name}")
+    st_state = state.setdefault(name, {})
+    faster = (state.get("workers") or {}).get("faster", "1x0")
+    workers = args.workers or int(faster.split("x")[0])
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    for key, sp in (("search", spec), ("random_search", rnd)):
+        if key not in st_state or not st_state[key].get("finished"):
+            print(f"== {name}: {sp.search['sampler']} search (study {sp.name}, {workers} "
+                  f"worker(s) x {threads} thread(s))")
+            st_state[key] = {**search(sp, args, runs, search_data, workers, threads),
+                             "finished": True}
+            save()
+    if "proxy_spearman" not in st_state:
+        st_state["proxy_spearman"] = proxy_worth(spec, args, runs, search_data)
+        save()
+    recipes, winners = {}, st_state.setdefault("winners", {})
+    for who, sp in (("searched", spec), ("random", rnd)):
+        recipes[who] = runs / f"{name}-{who}.toml"
+        if who not in winners or not recipes[who].exists():
+            st = storage.load_study(sp.name, storage.default_storage(runs / sp.name))
+            w = winner.write_best(st, recipes[who])
+            winners[who] = {"trial": w["trial"], "val_acc": w["values"][0],
+                            "design": w["design"], "recipe": str(recipes[who]),
+                            "rules_broken": rules_broken(spec, w["recipe"])}
+            save()
+    over = {"train_subset": 2000, "epochs": 2} if args.quick else {}
+    final_trainings(name, hand, recipes, runs, over, st_state, save, final_data)
+    return rule_set_record(name, hand, spec, st_state)
+
+
+def rule_set_record(name: str, hand: str, spec: SP.SearchSpec, st: dict) -> dict:
+    """What search.json keeps for a finished rule set (its own provenance)."""
+    final = st["final"]
+
+    def runs_of(who: str) -> dict:
+        rows = [final[f"{who}-{s}"] for s in SEEDS]
+        out = {"test_accs": [r["test_acc"] for r in rows],
+               "train_seconds": [r["train_seconds"] for r in rows],
+               "seconds": [r["seconds"] for r in rows], "epochs": [r["epochs"] for r in rows],
+               "stopped_by": [r["stopped_by"] for r in rows],
+               "params": rows[0]["params"], "macs": rows[0]["macs"],
+               "receptive_field": rows[0]["receptive_field"], "seeds": list(SEEDS)}
+        if who != "hand":
+            out.update(st["winners"][who])
+            out["search"] = st["search" if who == "searched" else "random_search"]
+        return out
+
+    return {**provenance(), "search_file": name, "hand_recipe": hand,
+            "budget_minutes": st["search"].get("budget_minutes") or spec.search["minutes"],
+            "proxy_spearman": st.get("proxy_spearman"),
+            "fidelity": spec.search["fidelity"] or None,
+            "sampler": spec.search["sampler"], "pruner": spec.search["pruner"],
+            "hand": runs_of("hand"), "searched": runs_of("searched"),
+            "random": runs_of("random")}
 
 
 def stop_on_sigterm() -> None:
@@ -330,6 +393,9 @@ def main() -> None:
     ap.add_argument("--rule-sets", nargs="+", default=list(RULE_SETS), choices=list(RULE_SETS))
     ap.add_argument("--skip-workers", action="store_true",
                     help="do not measure 1 x N threads against N x 1 thread")
+    ap.add_argument("--proxy-designs", type=int, default=12, help="designs trained on the "
+                    "full schedule to measure the proxy rung's Spearman correlation, when the "
+                    "search file has one ([search] fidelity; default 12, 0: skip)")
     ap.add_argument("--quick", action="store_true", help="minutes, not hours: plumbing only")
     ap.add_argument("--out", type=Path, help="results file (default "
                     "benchmarks/results/search.json)")
@@ -359,14 +425,24 @@ def main() -> None:
         state["workers"] = compare_workers(runs, args.data_dir, args.quick)
         save()
         print(json.dumps(state["workers"], indent=1))
-    data = load_data(args.data_dir)
+    from cifarlab.search.worker import load_train_data
+
+    search_data = load_train_data(args.data_dir)  # the training set only: no test batch
+    final: dict = {}
+
+    def final_data():  # the full data set, test included: for the final trainings only
+        if "data" not in final:
+            final["data"] = load_data(args.data_dir)
+        return final["data"]
+
     for name in args.rule_sets:
-        r = rule_set(name, RULE_SETS[name], args, data, state, save)
+        if name in state.get("results", {}):
+            continue  # finished in an earlier sitting, with its own provenance
+        r = rule_set(name, RULE_SETS[name], args, state, save, search_data, final_data)
         state.setdefault("results", {})[name] = r
         save()
-        print(f"== {name}: searched {r['searched_test_acc']:.4f} in {r['searched_seconds']:.0f} s"
-              f" vs hand {r['hand_test_acc']:.4f} in {r['hand_seconds']:.0f} s; rules met: "
-              f"{r['rules_met']}")
+        print(f"== {name}: " + "; ".join(
+            f"{who} {statistics.mean(r[who]['test_accs']):.4f}" for who in WHO))
     path = write_out(args.out, result())
     print(f"wrote {path}")
 

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import common  # noqa: E402
 
@@ -214,3 +216,111 @@ def test_bench_throughput_records_both_engine_modes(shared_cifar_dir, tmp_path):
                                 else "1 process, 2 threads")
     assert 0 < t["engine_roof_fraction"] == t["engine_gflops"] / t["roof_gflops"]
     assert t["commit"] and t["machine"] and "bench_throughput.py" in t["command"]
+
+
+BENCH_SEARCH = """
+name = "b"
+base = "fast-50k"
+[constraints]
+max_params = 100000
+[search]
+minutes = 10
+min_epochs = 1
+val_split = 100
+startup_trials = 1
+fidelity = { train_subset = 100, epochs = 1 }
+[space]
+stages = 1
+stem = { choices = [4, 8] }
+width = { low = 4, high = 8, step = 4 }
+lr = { low = 0.05, high = 0.2, log = true }
+epochs = 1
+batch_size = 64
+"train.precision" = "fp32"
+"train.channels_last" = false
+"train.low_res" = 0
+"train.low_res_epochs" = 0
+[[enqueue]]
+label = "hand"
+stem = 8
+width = [8]
+lr = 0.1
+"""
+
+
+def test_bench_search_compares_search_random_search_and_hand_with_seeds(tmp_path, monkeypatch):
+    """A tiny real search and random search (same budget, space, rules, pruning), the proxy's
+    Spearman, then fake final trainings: 3 seeds each, the winners at the hand recipe's time,
+    the only ones given the test set; a second sitting redoes nothing; the README table."""
+    from types import SimpleNamespace
+
+    import bench_search
+    import update_readme
+    from conftest import write_cifar
+
+    from cifarlab.search import space as SP
+    from cifarlab.search import storage
+    from cifarlab.search.worker import load_train_data
+
+    folder = write_cifar(tmp_path / "data")
+    (folder / "test_batch").unlink()  # the searches must not need it
+    monkeypatch.setattr(bench_search, "spec_for",
+                        lambda name, quick, runs: SP.parse_search(BENCH_SEARCH, "tiny"))
+    searches, finals = [], []
+    real_search = bench_search.run_search
+
+    def counting_search(spec, **kw):
+        searches.append(spec.name)
+        kw["log"] = lambda s: None
+        return real_search(spec, **kw)
+
+    def fake_train(recipe, data, runs_dir, name, overrides, max_seconds=None):
+        assert data == "FULL"  # the full data set, test included: final trainings only
+        finals.append((name, overrides["seed"], max_seconds))
+        m = {"test_acc": 0.5 + 0.01 * overrides["seed"] + (0.1 if "searched" in name else 0),
+             "train_seconds": 10.0 + overrides["seed"], "epochs": 2, "run_dir": str(runs_dir),
+             "params": 100, "macs": 1e6, "receptive_field": 5, "stopped_by": None}
+        return m, 11.0 + overrides["seed"]
+
+    monkeypatch.setattr(bench_search, "run_search", counting_search)
+    monkeypatch.setattr(bench_search, "timed_train", fake_train)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    args = SimpleNamespace(runs_dir=str(runs), quick=True, minutes=None, workers=1,
+                           data_dir=None, proxy_designs=3)
+    state: dict = {}
+    r = bench_search.rule_set("under-50k", "fast-50k", args, state, lambda: None,
+                              load_train_data(folder), lambda: "FULL")
+    assert searches == ["b", "b-random"]
+    rnd = storage.load_study("b-random", storage.default_storage(runs / "b-random"))
+    assert storage.spec_of(rnd).search["sampler"] == "random"
+    assert storage.spec_of(rnd).search["pruner"] == "hyperband"  # the same pruning
+    assert rnd.get_trials()[0].user_attrs["label"] == "hand"  # the same queued designs
+    assert len(finals) == 9
+    for name, seed, cap in finals:  # each winner: the hand recipe's time with its seed
+        assert cap is None if "-hand-" in name else cap == 11.0 + seed
+    for who in ("hand", "searched", "random"):
+        assert r[who]["test_accs"] == pytest.approx(
+            [0.5 + 0.01 * s + (0.1 if who == "searched" else 0) for s in (0, 1, 2)])
+        assert r[who]["train_seconds"] == [10.0, 11.0, 12.0]
+    assert r["budget_minutes"] == 1.5 and "proxy_spearman" in r
+    assert r["proxy_spearman"] is None or -1 <= r["proxy_spearman"] <= 1
+    assert r["searched"]["rules_broken"] == [] and r["random"]["design"].startswith("stem")
+    assert all(r[k] for k in ("commit", "date", "machine", "command"))
+    # a second sitting: every finished part kept
+    r2 = bench_search.rule_set("under-50k", "fast-50k", args, state, lambda: None,
+                               load_train_data(folder), lambda: "FULL")
+    assert len(searches) == 2 and len(finals) == 9
+    assert r2["searched"]["test_accs"] == r["searched"]["test_accs"]
+
+    old = json.loads((Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+                      / "search.json").read_text())
+    old["rule_sets"]["new-rules"] = r
+    (tmp_path / "search.json").write_text(json.dumps(old, default=str))
+    monkeypatch.setattr(update_readme, "RESULTS", tmp_path)
+    out = update_readme.search_section()
+    row = next(line for line in out if line.startswith("| `new-rules`"))
+    assert row.startswith("| `new-rules` | `fast-50k` | 51.00% ± 1.00 | 11 s | 51.00% ± 1.00 | "
+                          "11 s | **61.00% ± 1.00** | 11 s | 1.5 min each |")
+    assert any(line.startswith("| `under-50k` | `fast-50k` |") for line in out)  # old record
+    assert any("random search winner, trial" in line for line in out)

@@ -619,7 +619,11 @@ def test_report_and_best_recipe(finished, tmp_path):
     (["best", "t", "--out", "x.toml", "--trial", "999"], "has no trial 999"),
     (["report", "t", "--minutes", "3"], "--minutes is an option of a search run"),
     (["some.toml", "extra"], "unexpected argument"),
-    (["some.toml", "--out", "x"], "--out is an option of search report / best"),
+    (["some.toml", "--out", "x"], "--out is an option of search report / best / proxy"),
+    (["report", "t", "--fill-budget"], "--fill-budget is not an option of search report"),
+    (["proxy", "t"], "study 't' has no proxy rung ([search] fidelity)"),
+    (["best", "t", "--out", "x.toml", "--fill-budget"], "--fill-budget needs the search's time"),
+    (["report", "t", "--data-dir", "d"], "--data-dir is not an option of search report"),
 ])
 def test_cli_errors_are_one_line(finished, argv, words, monkeypatch):
     monkeypatch.chdir(finished.parent)
@@ -673,3 +677,310 @@ def test_summary_text_mentions_the_budget(finished):
     s = summary(st)
     assert s["budget_minutes"] == 10 and s["minutes_used"] > 0
     assert status_line(st, None, 600, 3).startswith("budget")
+
+
+# --------------------------------------------------------------------------- your own network
+
+MYNET = """
+from torch import nn
+
+class Net(nn.Module):
+    def __init__(self, width=8, depth=1, num_classes=10):
+        super().__init__()
+        layers = [nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()]
+        for _ in range(depth):
+            layers += [nn.Conv2d(width, width, 3, padding=2, dilation=2), nn.BatchNorm2d(width),
+                       nn.ReLU()]
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes)]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.body(x)
+"""
+
+USER_SEARCH = """
+name = "u"
+base = "base.toml"
+[constraints]
+max_params = 1500
+[search]
+minutes = 10
+min_epochs = 1
+val_split = 100
+startup_trials = 1
+[space]
+model_args.width = {{ choices = [4, 8, 32] }}
+model_args.depth = {{ choices = [1, 2] }}
+lr = {{ low = 0.05, high = 0.2, log = true }}
+epochs = 1
+batch_size = 64
+"train.precision" = "fp32"
+"train.channels_last" = false
+{extra}
+"""
+
+
+def write_user_search(tmp_path: Path, extra: str = "", space: str = "") -> Path:
+    (tmp_path / "mynet.py").write_text(MYNET)
+    (tmp_path / "base.toml").write_text('base = "fast-50k"\nmodel = "mynet.py:Net"\n'
+                                        "[model_args]\nwidth = 16\n")
+    f = tmp_path / "u.toml"
+    f.write_text(USER_SEARCH.format(extra=extra).replace("[space]\n", f"[space]\n{space}"))
+    return f
+
+
+def test_a_search_around_the_users_own_network(tmp_path, train_only_dir):
+    big = "[[enqueue]]\nmodel_args.width = 32\nmodel_args.depth = 2\nlr = 0.1\n"  # 19k params
+    small = '[[enqueue]]\nlabel = "mine"\nmodel_args = { width = 4, depth = 1 }\nlr = 0.1\n'
+    f = write_user_search(tmp_path, extra=big + small)
+    spec = SP.load_search(f)
+    net = f"{(tmp_path / 'mynet.py').resolve()}:Net"
+    assert spec.model == net and not spec.family and spec.model_args == {"width": 16}
+    assert set(spec.space) == {"model_args.width", "model_args.depth", "lr", "epochs",
+                               "batch_size", "train.precision", "train.channels_last"}
+    runs = tmp_path / "runs"
+    s = run_search(f, trials=2, runs_dir=runs, data_dir=train_only_dir, log=_silent)
+    assert s["failed"] == 0 and s["complete"] + s["pruned"] >= 2
+    trials = _trials(runs / "u", "u")
+    rejected = [t for t in trials if outcome(t) == "rejected"]
+    assert rejected and trials[0] in rejected  # the rules apply to every candidate
+    for t in rejected:
+        assert t.user_attrs["rejected"].startswith("max_params 1500: model has")
+        assert t.user_attrs["model_args"]["width"] == 32 and "run_dir" not in t.user_attrs
+    for t in trials:
+        if outcome(t) in ("complete", "pruned"):
+            ma = t.user_attrs["model_args"]
+            assert ma["width"] in (4, 8) and ma["depth"] in (1, 2)
+            assert t.user_attrs["params"] <= 1500
+            assert t.user_attrs["design"] == f"mynet.py:Net width={ma['width']} depth={ma['depth']}"
+            cfg = json.loads((Path(t.user_attrs["run_dir"]) / "config.json").read_text())
+            assert cfg["recipe"]["model"] == net and cfg["recipe"]["model_args"] == ma
+    assert trials[1].user_attrs["label"] == "mine"
+    assert trials[1].user_attrs["model_args"] == {"width": 4, "depth": 1}
+
+    out = tmp_path / "elsewhere" / "winner.toml"
+    out.parent.mkdir()
+    args = build_parser().parse_args(["best", "u", "--runs-dir", str(runs), "--out", str(out)])
+    assert run_search_command(args) == 0
+    cfg = resolve(out)
+    win = best_trials(storage.load_study("u", storage.default_storage(runs / "u")))[0]
+    assert cfg["model"] == net and cfg["model_args"] == win.user_attrs["model_args"]
+    assert cfg["constraints"]["max_params"] == 1500 and cfg["data"]["val_split"] == 0
+    from conftest import write_cifar
+
+    from cifarlab.api import train
+
+    m = train(out, data_dir=write_cifar(tmp_path / "full"), runs_dir=tmp_path / "final",
+              plots=False, progress=False, log=_silent, procs=1, epochs=1)
+    assert m["test_acc"] is not None and m["params"] == win.user_attrs["params"]
+
+
+@pytest.mark.parametrize("space, words", [
+    ("model_args.widht = { choices = [4, 8] }\n",
+     "model_args.widht: the network '"),
+    ("model_args.widht = { choices = [4, 8] }\n", "did you mean 'width'"),
+    ("width = { low = 4, high = 8 }\n", "'width' is an architecture dimension of the family "
+     "network, but the base recipe's network is"),
+])
+def test_user_network_dimensions_are_checked_when_the_file_is_read(tmp_path, space, words):
+    f = write_user_search(tmp_path, space=space)
+    with pytest.raises(CifarlabError) as e:
+        SP.load_search(f)
+    assert words in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_model_args_dimensions_need_a_network_of_your_own(tmp_path):
+    f = write_search(tmp_path, extra="model_args.width = { choices = [4, 8] }\n")
+    with pytest.raises(CifarlabError, match="the base recipe's network is the built-in family"):
+        SP.load_search(f)
+
+
+# --------------------------------------------------------------------------- robustness
+
+def test_corrupt_acc_objective_scores_corrupted_validation_images(tmp_path, train_only_dir):
+    """objectives val_acc + corrupt_acc: both values on every complete trial, scored on the
+    trial's own validation split corrupted (the data set here has no test batch at all), the
+    Pareto front over the two accuracies, and the report's figure and columns."""
+    from cifarlab.corruptions import CORRUPTIONS
+    from cifarlab.search.report import make_search_report
+
+    f = write_search(tmp_path, objectives='["val_acc", "corrupt_acc"]', epochs="1",
+                     extra=REF)
+    f.write_text(f.read_text().replace('pruner = "hyperband"', 'pruner = "hyperband"\n'
+                                       "corrupt_images = 30\ncorrupt_severities = [1, 5]"))
+    runs = tmp_path / "runs"
+    lines: list[str] = []
+    s = run_search(f, trials=2, runs_dir=runs, data_dir=train_only_dir, log=lines.append)
+    assert s["complete"] >= 2 and s["failed"] == 0
+    st = storage.load_study("t", storage.default_storage(runs / "t"))
+    assert st.metric_names == ["val_acc", "corrupt_acc"]
+    assert [d.name for d in st.directions] == ["MAXIMIZE", "MAXIMIZE"]
+    done = [t for t in st.get_trials() if t.state == TrialState.COMPLETE]
+    for t in done:
+        v, c = t.values
+        assert v == pytest.approx(t.user_attrs["val_acc"]) and 0 <= c <= 1
+        assert c == pytest.approx(t.user_attrs["corrupt_acc"])
+        assert sorted(t.user_attrs["corrupt_by"]) == sorted(CORRUPTIONS)
+        m = json.loads((Path(t.user_attrs["run_dir"]) / "metrics.json").read_text())
+        assert m["test_images"] == 0 and m["test_acc"] is None
+    assert any("corrupted validation images: 900 (30 x 15 corruptions x severities [1, 5])"
+               in x for x in lines)
+    front = best_trials(st)
+    assert front and all(not any(u.values[0] >= t.values[0] and u.values[1] >= t.values[1]
+                                 and u.values != t.values for u in done) for t in front)
+    index = make_search_report(str(runs / "t"))
+    text = index.read_text()
+    for words in ("<th>corrupt acc</th>", "Corrupted against clean validation accuracy",
+                  "corrupt_acc on 30 of them x 15 corruptions at severities 1, 5"):
+        assert words in text, words
+    assert (index.parent / "robust.png").is_file()
+    rows = json.loads((index.parent / "trials.json").read_text())["trials"]
+    assert all(r["corrupt_acc"] is not None for r in rows if r["state"] == "complete")
+
+
+def test_corrupted_validation_images_are_the_validation_split_and_fixed():
+    import torch
+    from conftest import make_images
+
+    from cifarlab.data import Split
+    from cifarlab.search.corrupt import CorruptedVal
+
+    data, labels = make_images(200, seed=3)
+    split = Split(torch.from_numpy(data.reshape(200, 3, 32, 32)), torch.tensor(labels))
+    a = CorruptedVal(split, 50, 0, 20, [3])
+    b = CorruptedVal(split, 50, 0, 20, [3])
+    _, held = split.hold_out(50, seed=0)
+    assert len(a.labels) == 20 and a.images == 20 * 15
+    assert set(a.labels.tolist()) <= set(held.labels.tolist())
+    assert all((a.sets[k] == b.sets[k]).all() for k in a.sets)  # the same images every time
+
+
+# --------------------------------------------------------------------------- multi-fidelity
+
+FIDELITY = 'fidelity = { train_subset = 100, epochs = 1, low_res = 24 }'
+
+
+def _with_fidelity(f: Path, fidelity: str = FIDELITY) -> Path:
+    f.write_text(f.read_text().replace('pruner = "hyperband"',
+                                       f'pruner = "hyperband"\n{fidelity}'))
+    return f
+
+
+def test_the_proxy_rung_comes_first_and_promotes_through_the_pruner(tmp_path, train_only_dir,
+                                                                    monkeypatch):
+    f = _with_fidelity(write_search(tmp_path, epochs="2"))
+    spec = SP.load_search(f)
+    assert spec.search["fidelity"] == {"train_subset": 100, "epochs": 1, "low_res": 24}
+    # a pruner that never prunes: the proxy is step 1, full-fidelity epoch e is step 1 + e
+    monkeypatch.setattr(pruning, "make_pruner", lambda spec: optuna.pruners.NopPruner())
+    runs = tmp_path / "runs"
+    lines: list[str] = []
+    run_search(f, trials=2, runs_dir=runs, data_dir=train_only_dir, log=lines.append)
+    trials = [t for t in _trials(runs / "t") if outcome(t) == "complete"]
+    assert len(trials) == 2 and any("proxy (1 epochs on 100 images, 24 px)" in x for x in lines)
+    for t in trials:
+        proxy = Path(t.user_attrs["proxy_run_dir"])
+        m = json.loads((proxy / "metrics.json").read_text())
+        assert m["train_images"] == 100 and m["val_images"] == 100 and m["test_images"] == 0
+        assert m["epochs"] == 1 and t.user_attrs["proxy_acc"] == pytest.approx(m["val_acc"])
+        if t.user_attrs.get("label") is None:  # (the last epoch is the value, not a step)
+            assert set(t.intermediate_values) == {1, 2}
+            assert t.intermediate_values[1] == pytest.approx(t.user_attrs["proxy_acc"])
+            assert t.intermediate_values[2] == pytest.approx(t.user_attrs["curve"]["1"])
+    # a pruner that stops everything: only the queued design goes past its proxy
+    monkeypatch.setattr(pruning, "make_pruner",
+                        lambda spec: optuna.pruners.ThresholdPruner(lower=2.0))
+    s = run_search(f, trials=3, runs_dir=runs, data_dir=train_only_dir, log=_silent)
+    (t,) = [t for t in _trials(runs / "t") if outcome(t) == "pruned"]
+    assert s["pruned"] == 1 and "not promoted from the proxy rung" in t.user_attrs["pruned"]
+    assert t.intermediate_values == {1: pytest.approx(t.user_attrs["proxy_acc"])}
+    assert "run_dir" not in t.user_attrs and "curve" not in t.user_attrs
+
+
+def test_fidelity_settings_are_checked(tmp_path):
+    for bad, words in (("fidelity = { epochs = 0 }", "fidelity.epochs must be an integer"),
+                       ("fidelity = { subset = 10 }", "unknown key 'subset'"),
+                       ("fidelity = { low_res = 40 }", "fidelity.low_res must be 0")):
+        f = _with_fidelity(write_search(tmp_path), bad)
+        with pytest.raises(CifarlabError, match=words):
+            SP.load_search(f)
+
+
+def test_proxy_worth_is_a_rank_correlation_over_the_whole_ranking(tmp_path):
+    from types import SimpleNamespace
+
+    from cifarlab.search import fidelity
+
+    def trial(n, proxy, full=None):
+        return SimpleNamespace(number=n, state=TrialState.COMPLETE if full else
+                               TrialState.PRUNED, user_attrs={"proxy_acc": proxy,
+                                                              "val_acc": full, "design": "d"})
+
+    # 20 designs; the 4 promoted ones already have a full value; the full accuracy is the
+    # proxy's order except for two swapped designs
+    trials = [trial(i, 0.3 + 0.01 * i, 0.5 + 0.01 * i if i >= 16 else None) for i in range(20)]
+    trained: list[int] = []
+
+    def train_full(t):
+        trained.append(t.number)
+        return 0.5 + 0.01 * {3: 5, 5: 3}.get(t.number, t.number)
+
+    record = tmp_path / "proxy.json"
+    r = fidelity.measure_proxy(trials, 12, train_full, record, log=_silent)
+    picked = [d["trial"] for d in r["designs"]]
+    assert r["n"] == 12 and picked[0] == 19 and picked[-1] == 0  # best and worst proxies
+    assert not set(trained) & {16, 17, 18, 19}  # full values already known are not retrained
+    from scipy.stats import spearmanr
+
+    expect = spearmanr([d["proxy_acc"] for d in r["designs"]],
+                       [d["full_acc"] for d in r["designs"]]).statistic
+    assert r["spearman"] == pytest.approx(expect) and 0.9 < r["spearman"] < 1.0
+    trained.clear()  # the record resumes: nothing trained twice
+    assert fidelity.measure_proxy(trials, 12, train_full, record, log=_silent) == r
+    assert trained == []
+    assert fidelity.proxy_spearman([(0.1, 0.2), (0.2, 0.1)]) is None
+
+
+# --------------------------------------------------------------------------- filling the budget
+
+def test_scaled_schedules_fill_the_headroom():
+    from types import SimpleNamespace
+
+    from cifarlab.search import final
+
+    cfg = {"train": {"epochs": 8, "low_res": 24, "low_res_epochs": 4}}
+    assert final.scaled_schedules(cfg, 1 / 0.74) == [
+        {"train.epochs": 9, "train.low_res_epochs": 4},
+        {"train.epochs": 10, "train.low_res_epochs": 5}]
+    assert final.scaled_schedules(cfg, 1.05) == []  # nothing more fits
+    spec = SimpleNamespace(constraints={"max_train_time_vs_base": 1.0, "max_train_seconds": 0})
+    assert final.headroom(spec, SimpleNamespace(user_attrs={"time_vs_base": 0.5})) == 2.0
+    with pytest.raises(CifarlabError, match="--fill-budget needs the search's time rule"):
+        final.headroom(spec, SimpleNamespace(user_attrs={}))
+
+
+def test_best_fill_budget_trains_scaled_schedules_on_validation(tmp_path, train_only_dir,
+                                                                monkeypatch):
+    import tomllib
+
+    from cifarlab.search import final
+
+    f = write_search(tmp_path, epochs="1", constraints="max_train_time_vs_base = 100.0")
+    runs = tmp_path / "runs"
+    run_search(f, trials=1, runs_dir=runs, data_dir=train_only_dir, log=_silent)
+    monkeypatch.setattr(final, "headroom", lambda spec, t: 2.5)  # room for 2 epochs, not 3
+    out = tmp_path / "w.toml"
+    args = build_parser().parse_args(["best", "t", "--runs-dir", str(runs), "--out", str(out),
+                                      "--fill-budget", "--data-dir", str(train_only_dir)])
+    assert run_search_command(args) == 0
+    fill = json.loads(out.with_suffix(".fill.json").read_text())
+    assert [c["epochs"] for c in fill["candidates"]] == [1, 2]
+    assert fill["candidates"][0]["note"] == "the trial itself"
+    scaled = fill["candidates"][1]
+    m = json.loads((Path(scaled["run_dir"]) / "metrics.json").read_text())
+    assert m["val_images"] == 100 and m["test_images"] == 0 and m["epochs"] == 2
+    best = max(fill["candidates"], key=lambda c: (c["val_acc"], -c["epochs"]))
+    assert fill["chosen"] == best["overrides"]
+    text = out.read_text()
+    assert "--fill-budget: predicted training time left room for 2.50x" in text
+    assert tomllib.loads(text)["train"]["epochs"] == best["epochs"]

@@ -26,6 +26,7 @@ the re-queued trial resumes the dead trial's run directory from its last checkpo
 
 The package, one concern per module (each imports only those above it):
 
+  fidelity  the proxy rung ([search] fidelity) and what it is worth (Spearman)
   space     a search file: the design space as data, read, checked, sampled into trials
   timing    a few timed training steps (the engine's own) -> predicted training time
   rules     the rules before training (analysis.assess), untrainable candidates, rule keys
@@ -33,8 +34,10 @@ The package, one concern per module (each imports only those above it):
   trials    reading a study: outcomes, time used, summary, best trial / Pareto front
   storage   the Optuna storage: open, name, create or load a study, database errors
   workers   processes: dead workers' trials re-queued, worker processes started
-  worker    one worker: reject, train, prune, record a trial
+  corrupt   corrupt_acc: accuracy on corrupted validation images (an objective)
+  worker    one worker: reject, proxy, train, prune, record a trial
   run       run_search: the loop until the budget is used
+  final     trainings after a search: the proxy check, the schedule scaled to the budget
   winner    the winner as an ordinary recipe
   report    the HTML report of a study
   cli       `cifarlab search ...` argument parsing (imports neither torch nor optuna)

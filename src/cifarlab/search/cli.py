@@ -5,6 +5,8 @@ neither torch nor optuna; the work is in the other modules of this package).
                          [--runs-dir DIR] [--data-dir D] [--workers N] [--threads N]
     cifarlab search report STUDY [--storage URL] [--runs-dir DIR] [--out DIR]
     cifarlab search best STUDY [--storage URL] [--runs-dir DIR] --out FILE.toml [--trial N]
+                         [--fill-budget] [--data-dir D]
+    cifarlab search proxy STUDY [--storage URL] [--runs-dir DIR] [--designs N] [--data-dir D]
 
 FILE is a search file (TOML) or a built-in one by name (seed001-rules, under-50k); STUDY a
 study directory (runs/NAME, holding study.db) or a study name. `python -m cifarlab.search.cli`
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from ..errors import CifarlabError
 
@@ -23,7 +26,9 @@ USAGE = """cifarlab search FILE [--study NAME] [--storage URL] [--minutes M] [--
                        [--runs-dir DIR] [--data-dir D] [--workers N] [--threads N]
                        [--queued-only] [--storage-wait MIN]
        cifarlab search report STUDY [--storage URL] [--runs-dir DIR] [--out DIR]
-       cifarlab search best STUDY [--storage URL] [--runs-dir DIR] --out FILE.toml [--trial N]"""
+       cifarlab search best STUDY [--storage URL] [--runs-dir DIR] --out FILE.toml [--trial N]
+                            [--fill-budget] [--data-dir D]
+       cifarlab search proxy STUDY [--storage URL] [--runs-dir DIR] [--designs N] [--data-dir D]"""
 
 DESCRIPTION = """Find the best network a rule set allows (Optuna). FILE names a base recipe,
 the rules ([constraints]), the budget ([search]) and the dimensions ([space]); built-in files:
@@ -31,10 +36,13 @@ seed001-rules, under-50k. Candidates that break a rule are rejected before train
 train on the training set minus a validation split (the test set is never read) and are pruned
 early when hopeless. The study lives in RUNS_DIR/NAME/study.db (or --storage URL, e.g. a
 PostgreSQL server shared by workers on several machines); running the same command again
-resumes it. `report` writes an HTML page, `best` the winner as an ordinary recipe."""
+resumes it. `report` writes an HTML page, `best` the winner as an ordinary recipe
+(`--fill-budget`: its schedule scaled to the time budget, picked on validation), `proxy` the
+rank correlation between the proxy rung ([search] fidelity) and full-fidelity accuracy."""
 
-RUN_ONLY = ("study", "minutes", "trials", "data_dir", "workers", "threads", "queued_only",
+RUN_ONLY = ("study", "minutes", "trials", "workers", "threads", "queued_only",
             "storage_wait")
+ACTIONS = ("report", "best", "proxy")
 STORAGE_ENV = "CIFARLAB_SEARCH_STORAGE"  # how --workers hands the URL on (not in argv)
 
 
@@ -61,10 +69,10 @@ def _positive(kind):
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("target", metavar="FILE|report|best",
-                   help="a search file (or built-in name) to run, or report / best")
+    p.add_argument("target", metavar="FILE|report|best|proxy",
+                   help="a search file (or built-in name) to run, or report / best / proxy")
     p.add_argument("study_arg", nargs="?", metavar="STUDY",
-                   help="report / best: a study directory or name")
+                   help="report / best / proxy: a study directory or name")
     p.add_argument("--study", help="study name (default: the search file's name); the same "
                    "name resumes it")
     p.add_argument("--storage", metavar="URL", help="Optuna storage URL, e.g. postgresql://"
@@ -89,6 +97,11 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="report: output folder (default STUDY_DIR/report); best: the "
                    "recipe file to write (.toml)")
     p.add_argument("--trial", type=int, help="best: this trial instead of the winner")
+    p.add_argument("--fill-budget", action="store_true", default=None,
+                   help="best: scale the winner's epochs to the search's time budget, train "
+                   "the scaled schedules on the validation split and keep the best")
+    p.add_argument("--designs", type=_positive(int), help="proxy: how many designs, spread "
+                   "over the proxy ranking (default 12)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,21 +119,30 @@ def run_search_command(a: argparse.Namespace) -> int:
     """Run what the parsed `cifarlab search ...` arguments ask for; CifarlabError for bad
     input (the CLI prints its one line)."""
     action = a.target
-    if action in ("report", "best"):
+    if action in ACTIONS:
         if not a.study_arg:
             raise CifarlabError(f"search {action}: name the study (a study directory or "
                                 f"name), e.g. cifarlab search {action} runs/seed001-rules")
-        extra = [k for k in RUN_ONLY if _given(a, k)]
+        run_only = [k for k in RUN_ONLY if _given(a, k)]
+        if run_only:
+            raise CifarlabError(f"search {action}: --{run_only[0].replace('_', '-')} is an "
+                                "option of a search run")
+        extra = [k for k, where in (("out", ("report", "best")), ("trial", ("best",)),
+                                     ("fill_budget", ("best",)), ("designs", ("proxy",)))
+                  if getattr(a, k) is not None and action not in where]
+        if a.data_dir is not None and not (action == "proxy" or a.fill_budget):
+            extra.append("data_dir")
         if extra:
-            raise CifarlabError(f"search {action}: --{extra[0].replace('_', '-')} is an option "
-                                "of a search run")
-        return _report(a) if action == "report" else _best(a)
+            raise CifarlabError(f"search {action}: --{extra[0].replace('_', '-')} is not an "
+                                f"option of search {action}")
+        return {"report": _report, "best": _best, "proxy": _proxy}[action](a)
     if a.study_arg:
         raise CifarlabError(f"search: unexpected argument {a.study_arg!r} (run: cifarlab "
-                            "search FILE [options]; or: search report|best STUDY)")
-    for k in ("out", "trial"):
+                            "search FILE [options]; or: search report|best|proxy STUDY)")
+    for k in ("out", "trial", "fill_budget", "designs"):
         if getattr(a, k) is not None:
-            raise CifarlabError(f"search: --{k} is an option of search report / best")
+            raise CifarlabError(f"search: --{k.replace('_', '-')} is an option of search "
+                                "report / best / proxy")
     return _run(a)
 
 
@@ -138,13 +160,48 @@ def _best(a: argparse.Namespace) -> int:
 
     if not a.out:
         raise CifarlabError("search best: --out FILE.toml is required (the recipe to write)")
-    name, url, _ = resolve_study(a.study_arg, a.storage, a.runs_dir)
-    r = write_best(load_study(name, url), a.out, a.trial)
-    print(f"wrote {r['path']}: trial {r['trial']} (val acc {r['values'][0]:.4f}"
-          + (f", {r['values'][1]:,.0f}" if len(r["values"]) > 1 else "")
-          + f"), {r['design']}")
+    name, url, sdir = resolve_study(a.study_arg, a.storage, a.runs_dir)
+    fill = None
+    if a.fill_budget:
+        from .final import fill_budget
+
+        def fill(t):
+            return fill_budget(st, t, sdir / "fill-budget", data_dir=a.data_dir)
+
+    st = load_study(name, url)
+    r = write_best(st, a.out, a.trial, fill)
+    print(f"wrote {r['path']}: trial {r['trial']} ({values_text(r['objectives'], r['values'])})"
+          f", {r['design']}")
+    if r["fill"]:
+        chosen = r["fill"]["chosen"]
+        print(f"fill budget: {len(r['fill']['candidates'])} schedule(s) compared on validation "
+              f"(headroom {r['fill']['headroom']:.2f}x): "
+              + (f"{chosen['train.epochs']} epochs chosen" if chosen else
+                 "the trial's own schedule kept")
+              + f"; see {Path(r['path']).with_suffix('.fill.json')}")
     print(f"train it on the full training set: cifarlab train --recipe {r['path']}")
     return 0
+
+
+def _proxy(a: argparse.Namespace) -> int:
+    from .final import proxy_check
+    from .storage import load_study, resolve_study
+
+    name, url, sdir = resolve_study(a.study_arg, a.storage, a.runs_dir)
+    r = proxy_check(load_study(name, url), sdir, a.designs or 12, data_dir=a.data_dir)
+    rho = r["spearman"]
+    print(f"proxy rung vs full fidelity over {r['n']} designs: Spearman "
+          + (f"{rho:.3f}" if rho is not None else "undefined")
+          + f" (written to {sdir / 'proxy.json'})")
+    if r["n"] < 12:
+        print(f"warning: only {r['n']} designs have a proxy value; 12 or more mean more")
+    return 0
+
+
+def values_text(objectives: list[str], values: list[float]) -> str:
+    """'val acc 0.8123, corrupt acc 0.6012' / 'val acc 0.8123, params 45,000'."""
+    return ", ".join(f"{o.replace('_', ' ')} {v:.4f}" if o.endswith("_acc") else
+                     f"{o} {v:,.0f}" for o, v in zip(objectives, values, strict=False))
 
 
 def _summary_lines(s: dict) -> list[str]:
@@ -155,9 +212,8 @@ def _summary_lines(s: dict) -> list[str]:
            f"({s['worker_minutes']:.1f} worker-min)"]
     for b in s["best"][:5]:
         out.append(f"  {'best' if len(s['best']) == 1 else 'front'}: trial {b['number']} "
-                   f"val acc {b['val_acc']:.4f}"
-                   + (f", {b['values'][1]:,.0f}" if len(b["values"]) > 1 else "")
-                   + f"  {b['design']}  ({b['run_dir']})")
+                   f"{values_text(s['objectives'], b['values'])}"
+                   f"  {b['design']}  ({b['run_dir']})")
     return out
 
 

@@ -8,6 +8,7 @@ import warnings
 
 import optuna
 
+from .fidelity import PROXY_STEP
 from .space import SearchSpec, max_epochs
 
 
@@ -62,12 +63,14 @@ def make_pruner(spec: SearchSpec):
     s = spec.search
     if spec.multi or s["pruner"] == "none":
         return optuna.pruners.NopPruner()  # multi-objective: dominance_prune, in the worker
-    max_ep = max_epochs(spec.space, spec.base_recipe)
+    # steps: full-fidelity epochs, after the proxy rung's step when there is one (fidelity.py)
+    step0 = PROXY_STEP if s["fidelity"] else 0
+    max_ep = max_epochs(spec.space, spec.base_recipe) + step0
+    first = PROXY_STEP if step0 else s["min_epochs"]
     if s["pruner"] == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=s["min_epochs"],
-                                              max_resource=max_ep,
+        return optuna.pruners.HyperbandPruner(min_resource=first, max_resource=max_ep,
                                               reduction_factor=s["reduction_factor"])
     if s["pruner"] == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=s["min_epochs"],
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=first,
                                                       reduction_factor=s["reduction_factor"])
-    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=s["min_epochs"] - 1)
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=first - 1)

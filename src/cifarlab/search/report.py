@@ -48,7 +48,6 @@ def _last_val(t: FrozenTrial) -> float | None:
 
 def trial_rows(study: optuna.Study, trials: list[FrozenTrial]) -> list[dict]:
     """One plain dict per trial (what the table and trials.json show)."""
-    multi = len(study.directions) > 1
     rows = []
     for t in trials:
         ua = t.user_attrs
@@ -61,7 +60,8 @@ def trial_rows(study: optuna.Study, trials: list[FrozenTrial]) -> list[dict]:
             "receptive_field": ua.get("receptive_field"),
             "val_acc": _last_val(t), "epochs": (max(map(int, curve)) if curve else None),
             "epochs_planned": (ua.get("train") or {}).get("train.epochs"),
-            "cost": t.values[1] if multi and t.values else ua.get("cost"),
+            "cost": ua.get("cost"), "corrupt_acc": ua.get("corrupt_acc"),
+            "proxy_acc": ua.get("proxy_acc"),
             "seconds": trial_seconds(t), "train_seconds": ua.get("train_seconds"),
             "predicted_seconds": ua.get("predicted_seconds"),
             "why": why, "run_dir": ua.get("run_dir"),
@@ -118,6 +118,39 @@ def draw_pareto(rows: list[dict]) -> Figure:
         uniq = dict(zip(labels, handles, strict=True))
         if uniq:
             ax.legend(uniq.values(), uniq.keys(), fontsize=8, loc="best")
+    return fig
+
+
+def draw_robust_pareto(rows: list[dict]) -> Figure:
+    """Accuracy on corrupted validation images against clean validation accuracy: every
+    complete trial scored on both, the front (no other trial better on both) and the
+    hand-written designs starred."""
+    fig = Figure(figsize=(7.5, 5.2), layout="constrained")
+    ax = fig.subplots()
+    pts = [(r["val_acc"], r["corrupt_acc"], r["label"]) for r in rows
+           if r["state"] == "complete" and r["val_acc"] is not None
+           and r["corrupt_acc"] is not None]
+    ax.scatter([100 * p[0] for p in pts if not p[2]], [100 * p[1] for p in pts if not p[2]],
+               s=22, color=STATE_COLOR["complete"], label="complete", zorder=3)
+    if pts:  # the front: sorted by clean accuracy, best first, each better when corrupted
+        best, front = -math.inf, []
+        for v, c, _ in sorted(pts, key=lambda p: (-p[0], -p[1])):
+            if c > best:
+                front.append((v, c))
+                best = c
+        ax.step([100 * p[0] for p in front], [100 * p[1] for p in front], where="pre",
+                color="#d62728", linewidth=1.5, label="Pareto front", zorder=2)
+    for v, c, label in pts:
+        if label:
+            ax.scatter([100 * v], [100 * c], marker="*", s=220, color=REF_COLOR,
+                       edgecolors="black", zorder=5, label=f"hand-written: {label}")
+    ax.set(xlabel="validation accuracy (%)",
+           ylabel="corrupted validation accuracy (%, mean of 15 corruptions)",
+           title="Accuracy on corrupted vs clean validation images")
+    ax.xaxis.set_major_formatter(PercentFormatter(decimals=0))
+    ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
     return fig
 
 
@@ -281,6 +314,13 @@ def draw_figures(st: optuna.Study, trials: list[FrozenTrial], rows: list[dict], 
                         "accuracy); the red staircase is the Pareto front of the complete "
                         "ones; stars are the hand-written designs queued as reference "
                         "points (trained by the search under the same protocol)."))
+    if any(r["corrupt_acc"] is not None for r in rows):
+        figures.append((plots.save_figure(draw_robust_pareto(rows), out_dir / "robust.png"),
+                        "Corrupted against clean validation accuracy",
+                        "Each dot a complete trial: x its validation accuracy, y its mean "
+                        "accuracy on the same validation split's images corrupted by the 15 "
+                        "CIFAR-10-C-style corruptions (objective corrupt_acc); the red "
+                        "staircase is their Pareto front. The test set is never read."))
     if rows:
         figures.append((plots.save_figure(draw_history(rows, multi), out_dir / "history.png"),
                         "Optimization history",
@@ -323,12 +363,22 @@ def study_facts(spec, summ: dict, url: str, multi: bool) -> list[tuple[str, str]
         ("storage", mask_url(url)),
         ("objectives", ", ".join(spec.objectives)
          + (" (Pareto front)" if multi else "") + f"; validation split "
-         f"{s['val_split']:,} training images, test set never read"),
+         f"{s['val_split']:,} training images, test set never read"
+         + (f"; corrupt_acc on {s['corrupt_images']:,} of them x 15 corruptions at "
+            f"severities {', '.join(map(str, s['corrupt_severities']))}"
+            if "corrupt_acc" in spec.objectives else "")),
         ("rules", rules_text(spec.constraints)),
         ("method", f"{s['sampler']} sampler, "
-         + ("dominance rule (multi-objective early stop)" if multi else
-            f"{s['pruner']} pruner")
-         + f", rungs from epoch {s['min_epochs']}, reduction factor {s['reduction_factor']}"),
+         + ("dominance rule (multi-objective early stop on val acc)" if multi else
+            f"{s['pruner']} pruner" + (" on val acc" if spec.objectives[0] != "val_acc"
+                                       else ""))
+         + (", rungs from the proxy rung" if s["fidelity"] and not multi else
+            f", rungs from epoch {s['min_epochs']}")
+         + f", reduction factor {s['reduction_factor']}"
+         + ("; proxy rung first: {epochs} epochs on {train_subset:,} images".format(
+             **s["fidelity"]) + (f" at {s['fidelity']['low_res']} px"
+                                 if s["fidelity"]["low_res"] else "")
+            if s["fidelity"] else "")),
         ("budget", f"{summ['minutes_used']:.1f} of {budget:g} min used"
          if isinstance(budget, int | float) else f"{summ['minutes_used']:.1f} min used"),
         ("trials", f"{summ['trials']}: {summ['complete']} complete, {summ['pruned']} pruned, "
@@ -358,16 +408,18 @@ def _best_section(spec, best: list[FrozenTrial], rows: list[dict], multi: bool,
     if not best:
         return []
     e = html.escape
+    extra = _extra_columns(spec)
     h = [f"<h2>{'Pareto front' if multi else 'Best trial'}</h2>",
          '<table id="best"><thead><tr><th>trial</th><th>val acc</th>'
-         + (f"<th>{e(spec.objectives[1])}</th>" if multi else "")
+         + "".join(f"<th>{e(name)}</th>" for name, _, _ in extra)
          + "<th>design</th><th>training</th><th>params</th><th>MACs</th><th>RF</th>"
            "<th>run dir</th></tr></thead><tbody>"]
     for t in best:
         r = next(x for x in rows if x["number"] == t.number)
         h.append(f"<tr><td class=\"num\">{t.number}</td><td class=\"num\">"
-                 f"{e(pct(t.values[0]))}</td>"
-                 + (f"<td class=\"num\">{e(count(t.values[1]))}</td>" if multi else "")
+                 f"{e(_cell(r['val_acc'], 'pct'))}</td>"
+                 + "".join(f"<td class=\"num\">{e(_cell(r[key], kind))}</td>"
+                           for _, key, kind in extra)
                  + f"<td>{e(r['design'] or '-')}</td><td>{e(_train_text(r['train']))}</td>"
                  f"<td class=\"num\">{e(_cell(r['params'], 'int'))}</td>"
                  f"<td class=\"num\">{e(_cell(r['macs'], 'count'))}</td>"
@@ -380,13 +432,25 @@ def _best_section(spec, best: list[FrozenTrial], rows: list[dict], multi: bool,
     return h
 
 
+def _extra_columns(spec) -> list[tuple[str, str, str]]:
+    """(header, row key, cell kind) of the objectives beside val acc: corrupt acc, a cost."""
+    out = []
+    if spec.search["fidelity"]:
+        out.append(("proxy val acc", "proxy_acc", "pct"))
+    if "corrupt_acc" in spec.objectives:
+        out.append(("corrupt acc", "corrupt_acc", "pct"))
+    if spec.cost:
+        out.append((spec.cost, "cost", "count"))
+    return out
+
+
 def _trials_table(spec, rows: list[dict], multi: bool) -> list[str]:
     """Every trial: state, design, training, facts, accuracy, time and why it stopped."""
     e = html.escape
+    extra = _extra_columns(spec)
     cols = ["#", "state", "design", "training", "params", "MACs", "RF", "val acc", "epochs",
             "time", "why (rejected / pruned / failed)", "run dir"]
-    if multi:
-        cols.insert(8, spec.objectives[1])
+    cols[8:8] = [name for name, _, _ in extra]
     h = ["<h2>Trials</h2>", '<table id="trials">', "<thead><tr>"
          + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr></thead>", "<tbody>"]
     for r in rows:
@@ -400,8 +464,7 @@ def _trials_table(spec, rows: list[dict], multi: bool) -> list[str]:
                  (_cell(r["val_acc"], "pct"), "num"), (ep, "num"),
                  (duration(r["seconds"]) if r["seconds"] else "-", "num"),
                  (r["why"] or "", "notes"), (r["run_dir"] or "-", "")]
-        if multi:
-            cells.insert(8, (_cell(r["cost"], "count"), "num"))
+        cells[8:8] = [(_cell(r[key], kind), "num") for _, key, kind in extra]
         style = f' style="color:{STATE_COLOR.get(r["state"], "#222")}"'
         h.append("<tr>" + "".join(
             f'<td{" class=" + chr(34) + k + chr(34) if k else ""}'

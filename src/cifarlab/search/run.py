@@ -67,7 +67,8 @@ def status_line(study: optuna.Study, t: FrozenTrial | None, budget_s: float,
         b += f", {trained}/{trials_cap} trials"
     best = best_trials(study, trials)
     if best:
-        b += f"; best so far: trial {best[0].number} val acc {best[0].values[0]:.4f}"
+        name = (study.metric_names or ["val_acc"])[0].replace("_", " ")
+        b += f"; best so far: trial {best[0].number} {name} {best[0].values[0]:.4f}"
     parts.append(b)
     return "  ".join(parts)
 

@@ -2,8 +2,9 @@
 
 A search file (TOML) names a base recipe (the training settings every trial starts from), the
 rules (`[constraints]`), the budget and method (`[search]`), the dimensions to explore
-(`[space]`: the `family` network's architecture and the training settings) and designs to try
-first (`[[enqueue]]`, e.g. the hand-written recipe's own design). `load_search` reads one into a
+(`[space]`: the `family` network's architecture, or `model_args.NAME` constructor arguments of
+the base recipe's own network, and the training settings) and designs to try first
+(`[[enqueue]]`, e.g. the hand-written recipe's own design). `load_search` reads one into a
 `SearchSpec`; `sample` turns an Optuna trial into `family` model arguments and recipe keys;
 `to_toml` writes recipes and search files back. Running a search is `cifarlab.search`.
 """
@@ -23,13 +24,22 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import CifarlabError
 from ..models import family as fam
-from ..recipe import BY_KEY, check_value, list_builtin, load_recipe_file, resolve
+from ..recipe import (
+    BY_KEY,
+    check_value,
+    list_builtin,
+    load_recipe_file,
+    resolve,
+    split_model_file,
+)
+from .fidelity import check_fidelity
 
 if TYPE_CHECKING:
     import optuna
 
 SEARCH_VERSION = 1
 COSTS = ("macs", "params", "seconds")
+ACCURACIES = ("val_acc", "corrupt_acc")  # corrupt_acc: accuracy on corrupted validation images
 SAMPLERS = ("tpe", "nsga2", "random")
 PRUNERS = ("hyperband", "halving", "median", "none")
 
@@ -55,8 +65,10 @@ CONSTRAINT_KEYS = {"max_params": 0, "max_macs": 0, "min_receptive_field": 0, "re
 SEARCH_KEYS = {"objectives": ["val_acc"], "minutes": 60.0, "sampler": "tpe",
                "pruner": "hyperband", "min_epochs": 2, "reduction_factor": 3,
                "val_split": 5000, "train_subset": 0, "seed": 0, "startup_trials": 10,
-               "max_rejected_in_row": 300, "heartbeat": 30, "storage_wait_minutes": 5.0}
+               "max_rejected_in_row": 300, "heartbeat": 30, "storage_wait_minutes": 5.0,
+               "corrupt_images": 1000, "corrupt_severities": [1, 3, 5], "fidelity": {}}
 TOP_KEYS = ("name", "description", "base", "constraints", "search", "space", "enqueue")
+MODEL_ARG = "model_args."  # [space] model_args.NAME: an argument of the base's own network
 
 
 class SearchError(CifarlabError):
@@ -171,6 +183,8 @@ def _check_arch_value(name: str, v: Any, where: str) -> None:
 
 
 def _check_dim(d: Dim, where: str) -> None:
+    if d.name.startswith(MODEL_ARG):
+        return  # the builder's own argument: checked against its signature, then by building
     if d.name in ARCH_DIMS:
         if d.kind == "fixed" and isinstance(d.value, list):
             if not ARCH_DIMS[d.name][1]:
@@ -211,6 +225,13 @@ class SearchSpec:
     enqueue: list[dict]
     source: str = ""
     text: str = ""
+    model: str = "family"  # the searched network: family, or the base recipe's own
+    model_args: dict = field(default_factory=dict)  # the base's arguments for its own network
+
+    @property
+    def family(self) -> bool:
+        """Whether the searched network is the built-in `family` (else the base's own)."""
+        return self.model == "family"
 
     @property
     def objectives(self) -> list[str]:
@@ -219,6 +240,15 @@ class SearchSpec:
     @property
     def multi(self) -> bool:
         return len(self.objectives) > 1
+
+    @property
+    def cost(self) -> str | None:
+        """The cost objective (macs, params, seconds), if the search has one."""
+        return next((o for o in self.objectives if o in COSTS), None)
+
+    @property
+    def directions(self) -> list[str]:
+        return ["minimize" if o in COSTS else "maximize" for o in self.objectives]
 
     def to_json(self) -> dict:
         """What the study stores (enough to rebuild the spec on any machine)."""
@@ -286,7 +316,7 @@ def parse_search(text: str, source: str = "search file", path: Path | None = Non
         except CifarlabError as e:
             raise SearchError(f"{source}: base recipe: {e}") from None
     try:
-        resolve(copy.deepcopy(base_recipe))
+        base_cfg = resolve(copy.deepcopy(base_recipe))
     except CifarlabError as e:
         raise SearchError(f"{source}: base recipe '{base}': {e}") from None
 
@@ -323,17 +353,29 @@ def parse_search(text: str, source: str = "search file", path: Path | None = Non
     obj = s["objectives"]
     if isinstance(obj, str):
         obj = [obj]
-    if (not isinstance(obj, list) or not obj or obj[0] != "val_acc" or len(obj) > 2
-            or any(o not in COSTS for o in obj[1:])):
-        raise SearchError(f"{source}: [search] objectives must be [\"val_acc\"] or "
+    if (not isinstance(obj, list) or obj not in (
+            [["val_acc"], ["corrupt_acc"], ["val_acc", "corrupt_acc"]]
+            + [["val_acc", c] for c in COSTS])):
+        raise SearchError(f"{source}: [search] objectives must be [\"val_acc\"], "
+                          f"[\"corrupt_acc\"], [\"val_acc\", \"corrupt_acc\"] or "
                           f"[\"val_acc\", COST] with COST one of {', '.join(COSTS)}; got {obj!r}")
     s["objectives"] = obj
+    try:
+        s["fidelity"] = check_fidelity(s["fidelity"], f"{source}: [search]")
+    except ValueError as e:
+        raise SearchError(str(e)) from None
+    sev = s["corrupt_severities"]
+    if (not isinstance(sev, list) or not sev or len(set(sev)) != len(sev)
+            or any(isinstance(v, bool) or v not in (1, 2, 3, 4, 5) for v in sev)):
+        raise SearchError(f"{source}: [search] corrupt_severities must be distinct severities "
+                          f"1-5, e.g. [1, 3, 5]; got {sev!r}")
     for k, choices in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
         if s[k] not in choices:
             raise SearchError(f"{source}: [search] {k} '{s[k]}' is not one of "
                               + ", ".join(choices) + _suggest(str(s[k]), choices))
     ints = {"min_epochs": 1, "reduction_factor": 2, "val_split": 1, "train_subset": 0,
-            "seed": 0, "startup_trials": 0, "max_rejected_in_row": 1, "heartbeat": 1}
+            "seed": 0, "startup_trials": 0, "max_rejected_in_row": 1, "heartbeat": 1,
+            "corrupt_images": 10}
     for k, lo in ints.items():
         v = s[k]
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
@@ -348,23 +390,65 @@ def parse_search(text: str, source: str = "search file", path: Path | None = Non
                           f"got {w!r}")
     s["storage_wait_minutes"] = float(w)
 
-    space_raw = raw.get("space", {})
+    space, net = _parse_space(raw.get("space", {}), source, base_cfg["model"])
+    if s["min_epochs"] > max_epochs(space, base_recipe):
+        raise SearchError(f"{source}: [search] min_epochs {s['min_epochs']} is above the "
+                          "largest epochs the space allows")
+
+    enq = raw.get("enqueue", [])
+    if not isinstance(enq, list) or not all(isinstance(e, dict) for e in enq):
+        raise SearchError(f"{source}: [[enqueue]] entries must be tables")
+    spec = SearchSpec(name=name, description=str(raw.get("description", "")), base=base,
+                      base_recipe=base_recipe, constraints=cons, search=s, space=space,
+                      enqueue=[], source=source, text=text, model=net,
+                      model_args=copy.deepcopy(base_cfg["model_args"]) if net != "family" else {})
+    for i, e in enumerate(enq):
+        spec.enqueue.append(_enqueue_entry(spec, e, f"{source}: [[enqueue]] #{i + 1}"))
+    return spec
+
+
+def _parse_space(space_raw: Any, source: str, model: str) -> tuple[dict[str, Dim], str]:
+    """([space] as dimensions, the searched network). The network is the built-in `family`
+    when the base recipe's network is `family` or [space] names an architecture dimension
+    (stages, width, ...: the family replaces a built-in base network, as the shipped search
+    files do); otherwise it is the base recipe's own network, whose constructor arguments
+    [space] may name as `model_args.NAME` (checked against its builder's signature). Training
+    dimensions either way."""
     if not isinstance(space_raw, dict):
         raise SearchError(f"{source}: [space] must be a table")
-    known = list(ARCH_DIMS) + list(TRAIN_DIMS)
+    space_raw = _flat_model_args(space_raw, f"{source} [space]")
+    arch = [k for k in space_raw if k in ARCH_DIMS]
+    margs = [k for k in space_raw if k.startswith(MODEL_ARG)]
+    if margs and model == "family":
+        raise SearchError(f"{source}: [space] '{margs[0]}': the base recipe's network is the "
+                          "built-in family: search it with its architecture dimensions "
+                          "(stages, width, depth, block, ...), or give the base recipe your "
+                          "own network (model = \"mynet.py:Net\") to search its arguments")
+    if arch and (margs or split_model_file(model) is not None):
+        raise SearchError(f"{source}: [space] '{arch[0]}' is an architecture dimension of the "
+                          f"family network, but the base recipe's network is '{model}': "
+                          "search its constructor arguments as model_args.NAME (e.g. "
+                          f"model_args.{arch[0]} if it takes '{arch[0]}')")
+    family = model == "family" or bool(arch)
+    known = (list(ARCH_DIMS) if family else ["model_args.NAME"]) + list(TRAIN_DIMS)
     space: dict[str, Dim] = {}
     for k, v in space_raw.items():
-        if k not in ARCH_DIMS and k not in TRAIN_DIMS and k not in BY_KEY:
+        if k not in ARCH_DIMS and k not in TRAIN_DIMS and k not in BY_KEY \
+                and not k.startswith(MODEL_ARG):
             raise SearchError(f"{source}: unknown dimension '{k}' in [space] (known: "
                               f"{', '.join(known)}, or a recipe key such as "
                               "'schedule.pct_start')" + _suggest(k, known + list(BY_KEY)))
         if k in BY_KEY and (k.startswith("constraints.") or k in ("model", "model_args",
                                                                   "name", "description")):
             raise SearchError(f"{source}: '{k}' cannot be a dimension (rules go in "
-                              "[constraints], the network is the family's dimensions)")
+                              "[constraints], the network is the family's dimensions or "
+                              "model_args.NAME)")
         d = _dim(k, v, f"{source} [space]")
         _check_dim(d, f"{source} [space]")
         space[k] = d
+    if not family:
+        _check_model_args(model, [k[len(MODEL_ARG):] for k in margs], source)
+        return space, model
     for k, (default, _) in ARCH_DIMS.items():
         space.setdefault(k, Dim(k, "fixed", value=default))
     stages = space["stages"]
@@ -376,19 +460,49 @@ def parse_search(text: str, source: str = "search file", path: Path | None = Non
                                   f"{stages.value} stages")
     elif any(isinstance(space[k].value, list) for k in PER_STAGE if space[k].kind == "fixed"):
         raise SearchError(f"{source} [space]: a per-stage list needs a fixed number of stages")
-    if s["min_epochs"] > max_epochs(space, base_recipe):
-        raise SearchError(f"{source}: [search] min_epochs {s['min_epochs']} is above the "
-                          "largest epochs the space allows")
+    return space, "family"
 
-    enq = raw.get("enqueue", [])
-    if not isinstance(enq, list) or not all(isinstance(e, dict) for e in enq):
-        raise SearchError(f"{source}: [[enqueue]] entries must be tables")
-    spec = SearchSpec(name=name, description=str(raw.get("description", "")), base=base,
-                      base_recipe=base_recipe, constraints=cons, search=s, space=space,
-                      enqueue=[], source=source, text=text)
-    for i, e in enumerate(enq):
-        spec.enqueue.append(_enqueue_entry(spec, e, f"{source}: [[enqueue]] #{i + 1}"))
-    return spec
+
+def _flat_model_args(table: dict, where: str) -> dict:
+    """TOML reads `model_args.width = ...` as a table `model_args = {width = ...}`: back to
+    one key per argument, `model_args.width` (a quoted "model_args.width" stays as it is)."""
+    if "model_args" not in table:
+        return table
+    sub = table["model_args"]
+    if not isinstance(sub, dict) or not sub:
+        raise SearchError(f"{where}: model_args must name arguments, e.g. model_args.width = "
+                          "{ low = 16, high = 64 }")
+    out = {k: v for k, v in table.items() if k != "model_args"}
+    out.update({f"{MODEL_ARG}{k}": v for k, v in sub.items()})
+    return out
+
+
+def _check_model_args(model: str, names: list[str], source: str) -> None:
+    """Each `model_args.NAME` of [space] must be an argument of the network's builder (its
+    signature, as `create_model` checks it; a builder taking **kwargs takes any)."""
+    import inspect
+
+    from ..models.registry import builder_of
+
+    if not names:
+        return
+    try:
+        builder = builder_of(model)
+    except CifarlabError as e:
+        raise SearchError(f"{source}: base recipe's network: {e}") from None
+    try:
+        params = inspect.signature(builder).parameters
+    except (TypeError, ValueError):
+        return  # a C callable: building it checks
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    takes = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+             and n != "self"]
+    for n in names:
+        if n not in takes:
+            raise SearchError(f"{source}: [space] model_args.{n}: the network '{model}' has no "
+                              f"argument '{n}' (it takes: {', '.join(takes) or 'none'})"
+                              + _suggest(n, takes))
 
 
 def load_search(path_or_name: str | os.PathLike) -> SearchSpec:
@@ -418,9 +532,35 @@ def _middle(depth: int, d: int) -> int | list[int]:
     return [d if j == depth // 2 else 1 for j in range(depth)]
 
 
-def sample(space: dict[str, Dim], trial: Any) -> tuple[dict, dict]:
-    """(family model_args, searched training settings as dotted recipe keys) for a trial
-    (anything with Optuna's suggest_* methods)."""
+def sample(space: dict[str, Dim], trial: Any, base_args: dict | None = None
+           ) -> tuple[dict, dict]:
+    """(model_args, searched training settings as dotted recipe keys) for a trial (anything
+    with Optuna's suggest_* methods): the `family` network's arguments, or, for a space of
+    `model_args.NAME` dimensions (the base recipe's own network), the base's arguments
+    `base_args` with the searched ones drawn."""
+    if "stages" in space:
+        args = _family_args(space, trial)
+    else:
+        args = copy.deepcopy(base_args or {})
+        for name, d in space.items():
+            if name.startswith(MODEL_ARG):
+                args[name[len(MODEL_ARG):]] = d.suggest(trial, name)
+    train: dict[str, Any] = {}
+    for name, d in space.items():
+        if name in ARCH_DIMS or name.startswith(MODEL_ARG):
+            continue
+        v = d.suggest(trial, name)
+        if name == "augment":
+            train["augment.backend"] = "tensor"
+            train.update({f"augment.{k}": x for k, x in AUGMENT[int(v)].items()})
+        else:
+            key = TRAIN_DIMS.get(name) or name
+            train[key] = check_value(key, v)
+    return args, train
+
+
+def _family_args(space: dict[str, Dim], trial: Any) -> dict:
+    """The `family` network's model_args drawn for a trial."""
     n = space["stages"].suggest(trial, "stages")
     stem = space["stem"].suggest(trial, "stem")
     per: dict[str, list] = {k: [] for k in PER_STAGE}
@@ -438,24 +578,13 @@ def sample(space: dict[str, Dim], trial: Any) -> tuple[dict, dict]:
             "head": space["head"].suggest(trial, "head"),
             "dropout": float(space["dropout"].suggest(trial, "dropout")),
             "head_dropout": float(space["head_dropout"].suggest(trial, "head_dropout"))}
-    train: dict[str, Any] = {}
-    for name, d in space.items():
-        if name in ARCH_DIMS:
-            continue
-        v = d.suggest(trial, name)
-        if name == "augment":
-            train["augment.backend"] = "tensor"
-            train.update({f"augment.{k}": x for k, x in AUGMENT[int(v)].items()})
-        else:
-            key = TRAIN_DIMS.get(name) or name
-            train[key] = check_value(key, v)
-    return args, train
+    return args
 
 
 def _enqueue_entry(spec: SearchSpec, entry: dict, where: str) -> dict:
     """An [[enqueue]] table -> {'label', 'params'} with Optuna parameter names, checked
     against the space."""
-    e = dict(entry)
+    e = _flat_model_args(dict(entry), where)
     label = e.pop("label", None)
     if label is not None and not isinstance(label, str):
         raise SearchError(f"{where}: label must be a string")
@@ -479,10 +608,12 @@ def _enqueue_entry(spec: SearchSpec, entry: dict, where: str) -> dict:
             raise SearchError(f"{where}: {pname} = {v!r} is outside the space ({rng})")
         params[pname] = v
 
-    n = e.get("stages", space["stages"].value if space["stages"].kind == "fixed" else None)
-    if n is None:
-        raise SearchError(f"{where}: give 'stages' (the number of stages is searched)")
-    put("stages", space["stages"], n)
+    n = 0
+    if spec.family:
+        n = e.get("stages", space["stages"].value if space["stages"].kind == "fixed" else None)
+        if n is None:
+            raise SearchError(f"{where}: give 'stages' (the number of stages is searched)")
+        put("stages", space["stages"], n)
     for name, d in space.items():
         if name == "stages":
             continue

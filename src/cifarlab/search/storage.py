@@ -223,7 +223,7 @@ def create_or_load(spec: SearchSpec, name: str, url: str, minutes: float | None,
     """(the study, its storage): opened, created (and the [[enqueue]] designs queued) if it is
     new; a study made from a different search file is refused."""
     storage = open_storage(url, spec.search["heartbeat"])
-    directions = ["maximize"] + (["minimize"] if spec.multi else [])
+    directions = spec.directions
     with storage_errors(url), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -240,7 +240,7 @@ def create_or_load(spec: SearchSpec, name: str, url: str, minutes: float | None,
             study.set_user_attr("spec", spec.to_json())
             study.set_user_attr("created", datetime.now().isoformat(timespec="seconds"))
             study.set_user_attr("budget_minutes", minutes or spec.search["minutes"])
-            study.set_metric_names(["val_acc"] + spec.objectives[1:])
+            study.set_metric_names(spec.objectives)
             for e in spec.enqueue:
                 study.enqueue_trial(e["params"], user_attrs={"label": e["label"]}
                                     if e["label"] else None, skip_if_exists=True)
@@ -260,8 +260,7 @@ def create_or_load(spec: SearchSpec, name: str, url: str, minutes: float | None,
                 raise SearchError(f"study '{name}' was created from a different search file "
                                   f"({stored.get('source')}); resume it with that file or "
                                   "start a new study (--study NEW_NAME)")
-            if study.directions != [optuna.study.StudyDirection.MAXIMIZE] + (
-                    [optuna.study.StudyDirection.MINIMIZE] if spec.multi else []):
+            if [d.name.lower() for d in study.directions] != spec.directions:
                 raise SearchError(f"study '{name}' has other objectives than the search file")
             if minutes:
                 study.set_user_attr("budget_minutes", minutes)

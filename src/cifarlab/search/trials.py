@@ -59,13 +59,23 @@ def summary(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> dic
                 why[r] = why.get(r, 0) + 1
     best = best_trials(study, trials)
     return {"study": study.study_name, "trials": len(trials), **counts,
+            "objectives": list(study.metric_names or ["val_acc"]),
             "rejected_by_rule": dict(sorted(why.items(), key=lambda kv: -kv[1])),
             "minutes_used": search_seconds(trials) / 60,
             "worker_minutes": sum(trial_seconds(t) for t in trials) / 60,
             "budget_minutes": study.user_attrs.get("budget_minutes"),
             "best": [{"number": t.number, "values": t.values,
-                      "val_acc": t.values[0], "run_dir": t.user_attrs.get("run_dir"),
+                      "val_acc": val_acc(t), "run_dir": t.user_attrs.get("run_dir"),
                       "design": t.user_attrs.get("design")} for t in best]}
+
+
+def val_acc(t: FrozenTrial) -> float | None:
+    """A complete trial's validation accuracy (its first value, or its recorded attribute when
+    the first objective is another one, corrupt_acc)."""
+    v = t.user_attrs.get("val_acc")
+    if isinstance(v, int | float):
+        return float(v)
+    return t.values[0] if t.values else None
 
 
 def best_trials(study: optuna.Study, trials: list[FrozenTrial] | None = None
@@ -78,10 +88,16 @@ def best_trials(study: optuna.Study, trials: list[FrozenTrial] | None = None
         return []
     if len(done[0].values) == 1:
         return [max(done, key=lambda t: (t.values[0], -t.number))]
+    # every objective as "higher is better": a cost is minimised, an accuracy maximised
+    signs = [1 if d == optuna.study.StudyDirection.MAXIMIZE else -1 for d in study.directions]
+
+    def key(t: FrozenTrial) -> list[float]:
+        return [s * v for s, v in zip(signs, t.values, strict=True)]
+
     front = [t for t in done if not any(
-        u.values[0] >= t.values[0] and u.values[1] <= t.values[1]
-        and (u.values[0] > t.values[0] or u.values[1] < t.values[1]) for u in done)]
-    return sorted(front, key=lambda t: (-t.values[0], t.values[1]))
+        all(a >= b for a, b in zip(key(u), key(t), strict=True)) and key(u) != key(t)
+        for u in done)]
+    return sorted(front, key=lambda t: [-v for v in key(t)])
 
 
 def budget_left(study: optuna.Study, spec, trials_cap: int | None = None) -> bool:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import tomllib
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from ..recipe import nest, resolve
 from .rules import rules_table
 from .space import SearchError, to_toml
 from .storage import spec_of
-from .trials import best_trials, outcome
+from .trials import best_trials, outcome, val_acc
 
 
 def pick(study: optuna.Study, number: int | None = None) -> FrozenTrial:
@@ -34,20 +36,21 @@ def pick(study: optuna.Study, number: int | None = None) -> FrozenTrial:
     return best[0]
 
 
-def winner_recipe(study: optuna.Study, t: FrozenTrial, name: str = "searched") -> dict:
+def winner_recipe(study: optuna.Study, t: FrozenTrial, name: str = "searched",
+                  schedule: dict | None = None) -> dict:
     """The trial as an ordinary recipe: the base recipe with the trial's network and training
     settings and the search's rules, trained on the full training set (no validation split)
     and tested once."""
     spec = spec_of(study)
     raw = copy.deepcopy(spec.base_recipe)
     raw["name"] = name
-    val = t.values[0] if t.values else None
+    val = val_acc(t) if t.values else None
     raw["description"] = (f"winner of cifarlab search '{study.study_name}' (trial {t.number}, "
                           + (f"val acc {val:.4f}" if val is not None else "not complete") + ")")
-    raw["model"] = "family"
+    raw["model"] = spec.model  # family, or the base's own network (its absolute path)
     raw["model_args"] = copy.deepcopy(t.user_attrs["model_args"])
     raw["constraints"] = rules_table(spec.constraints)
-    train = nest(t.user_attrs.get("train") or {})
+    train = nest({**(t.user_attrs.get("train") or {}), **(schedule or {})})
     for section, vals in train.items():
         raw.setdefault(section, {})
         raw[section].update(vals)
@@ -61,15 +64,19 @@ def winner_recipe(study: optuna.Study, t: FrozenTrial, name: str = "searched") -
     return raw
 
 
-def write_best(study: optuna.Study, out: str | os.PathLike, number: int | None = None) -> dict:
-    """Write the winner (or trial `number`) as a recipe file; return {'path', 'trial', ...}."""
+def write_best(study: optuna.Study, out: str | os.PathLike, number: int | None = None,
+               fill: Callable[[FrozenTrial], dict] | None = None) -> dict:
+    """Write the winner (or trial `number`) as a recipe file; return {'path', 'trial', ...}.
+    `fill(trial)`: the final stage that scales its schedule to the time budget
+    (`final.fill_budget`); what it compared is kept in OUT.fill.json and the header."""
     from ..rundir import atomic_write_text
 
     out = Path(out)
     if out.suffix != ".toml":
         raise SearchError(f"--out {out}: the recipe file must end in .toml")
     t = pick(study, number)
-    raw = winner_recipe(study, t, out.stem)
+    filled = fill(t) if fill else None
+    raw = winner_recipe(study, t, out.stem, filled["chosen"] if filled else None)
     ua = t.user_attrs
     header = "\n".join([
         f"Written by `cifarlab search best` from study '{study.study_name}', trial {t.number}",
@@ -77,8 +84,10 @@ def write_best(study: optuna.Study, out: str | os.PathLike, number: int | None =
         f"Design: {ua.get('design')}",
         f"{ua.get('params', 0):,} params, {ua.get('macs', 0):,} MACs, receptive field "
         f"{ua.get('receptive_field')};",
-        f"validation accuracy {t.values[0]:.4f} on {spec_of(study).search['val_split']:,} "
-        "held-out training images.",
+        f"validation accuracy {val_acc(t):.4f} on {spec_of(study).search['val_split']:,} "
+        "held-out training images"
+        + (f" ({ua['corrupt_acc']:.4f} on corrupted ones)." if "corrupt_acc" in ua else "."),
+        *(_fill_lines(filled) if filled else []),
         "Train it on the full training set (the test set is read once, at the end):",
         f"  cifarlab train --recipe {out}"])
     text = to_toml(raw, header)
@@ -86,5 +95,22 @@ def write_best(study: optuna.Study, out: str | os.PathLike, number: int | None =
     if parsed != raw:
         raise SearchError("internal error: the recipe does not read back as written")
     atomic_write_text(out, text)
-    return {"path": str(out), "trial": t.number, "values": t.values,
+    if filled:
+        atomic_write_text(out.with_suffix(".fill.json"), json.dumps(filled, indent=1) + "\n")
+    return {"path": str(out), "trial": t.number, "values": t.values, "fill": filled,
+            "objectives": spec_of(study).objectives,
             "design": ua.get("design"), "recipe": raw}
+
+
+def _fill_lines(filled: dict) -> list[str]:
+    """The header's account of `--fill-budget`: each schedule compared on validation."""
+    lines = [f"--fill-budget: predicted training time left room for {filled['headroom']:.2f}x; "
+             "compared on validation:"]
+    for c in filled["candidates"]:
+        acc = c["val_acc"]
+        lines.append(f"  {c['epochs']} epochs: val acc "
+                     + (f"{acc:.4f}" if isinstance(acc, int | float) else "-")
+                     + (f" ({c['note']})" if c.get("note") else "")
+                     + (f", stopped by {c['stopped_by']}" if c.get("stopped_by") else "")
+                     + ("  <- chosen" if c["overrides"] == filled["chosen"] else ""))
+    return lines

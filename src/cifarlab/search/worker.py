@@ -24,8 +24,9 @@ from ..models import create_model
 from ..models import family as fam
 from ..recipe import resolve
 from . import pruning
+from .fidelity import PROXY_STEP, proxy_overrides
 from .rules import check_rules, rule_key, rules_table, untrainable
-from .space import ARCH_DIMS, TRAIN_DIMS, SearchSpec, max_epochs, sample
+from .space import ARCH_DIMS, MODEL_ARG, TRAIN_DIMS, SearchSpec, max_epochs, sample
 from .storage import database_cause, get_trial
 from .timing import predict_seconds, time_steps
 from .workers import proc_start
@@ -63,6 +64,16 @@ def _train_words(train: dict) -> str:
     return " ".join(out)
 
 
+def describe(spec: SearchSpec, args: dict) -> str:
+    """A few words for a design: the family's ('stem 24 | /a 1x residual 32 | ...'), or the
+    user's network and its searched arguments ('mynet.py:Net width=32 depth=2')."""
+    if spec.family:
+        return fam.describe_design(args)
+    path, _, attr = spec.model.rpartition(":")
+    searched = [k[len(MODEL_ARG):] for k in spec.space if k.startswith(MODEL_ARG)]
+    return " ".join([f"{Path(path).name}:{attr}"] + [f"{k}={args[k]}" for k in searched])
+
+
 def trial_recipe(spec: SearchSpec, study: str, number: int, args: dict,
                  train: dict) -> tuple[dict, dict]:
     """(raw recipe, dotted overrides) of a trial: the base recipe with the family network,
@@ -71,7 +82,7 @@ def trial_recipe(spec: SearchSpec, study: str, number: int, args: dict,
     raw = copy.deepcopy(spec.base_recipe)
     raw["name"] = f"{study}-trial-{number:04d}"
     raw["description"] = f"cifarlab search {study}, trial {number}"
-    raw["model"] = "family"
+    raw["model"] = spec.model
     raw["model_args"] = copy.deepcopy(args)
     raw["constraints"] = rules_table(spec.constraints)
     s = spec.search
@@ -113,6 +124,9 @@ class Worker:
         self.current: int | None = None  # number of the trial this worker runs
         self.base_step = math.inf  # fastest step of the base model measured so far
         self.last_error = ""  # of the last failed trial
+        self.corrupted = None  # the corrupted validation images (corrupt_acc), once built
+        self.fid = s["fidelity"]  # the proxy rung ({}: none), see fidelity.py
+        self.step0 = PROXY_STEP if self.fid else 0  # full-fidelity epoch e is step step0 + e
 
     def recipe(self, number: int, args: dict, train: dict) -> tuple[dict, dict]:
         return trial_recipe(self.spec, self.study.study_name, number, args, train)
@@ -179,8 +193,8 @@ class Worker:
         for k in ("rejected", "rejected_rules", "pruned", "failed", "error"):
             if k in trial.user_attrs:  # inherited from a failed attempt
                 trial.set_user_attr(k, None)
-        args, train = sample(self.spec.space, trial)
-        design = fam.describe_design(args)
+        args, train = sample(self.spec.space, trial, self.spec.model_args)
+        design = describe(self.spec, args)
         label = trial.user_attrs.get("label")
         trial.set_user_attr("model_args", args)
         trial.set_user_attr("train", train)
@@ -202,7 +216,7 @@ class Worker:
             raise optuna.TrialPruned("rejected: " + "; ".join(msgs))
 
         try:
-            model = create_model("family", **args)
+            model = create_model(self.spec.model, **args)
             facts, broken, values = check_rules(model, self.cons)
         except CifarlabError as e:
             reject([f"invalid design: {e}"], {"design": 1.0})
@@ -214,6 +228,10 @@ class Worker:
             trial.set_user_attr(k, facts[k])
         if not broken:
             broken = untrainable(model, cfg)
+            if not broken and self.fid.get("low_res"):  # the proxy trains at low_res px
+                proxy = resolve(copy.deepcopy(raw), {**over, **proxy_overrides(self.fid)})
+                broken = [f"{m} (the proxy rung's fidelity.low_res)"
+                          for m in untrainable(model, proxy)]
             values["trainable"] = 1.0 if broken else 0.0
         c = self.cons
         cap = None
@@ -247,7 +265,7 @@ class Worker:
         for k, v in values.items():
             trial.set_constraint(k, min(v, 0.0))
         self.rejected_in_row = 0
-        cost_name = self.spec.objectives[1] if self.spec.multi else None
+        cost_name = self.spec.cost
         cost = None
         if cost_name in ("params", "macs"):
             cost = float(facts[cost_name])
@@ -266,7 +284,7 @@ class Worker:
         stop: dict[str, str] = {}
         t_train = time.time()
         searched = {TRAIN_DIMS.get(k) or k for k, d in self.spec.space.items()
-                    if d.kind != "fixed" and k not in ARCH_DIMS}
+                    if d.kind != "fixed" and k not in ARCH_DIMS and not k.startswith(MODEL_ARG)}
         if "augment" in searched:
             searched |= {"augment.crop_pad", "augment.cutout"}
         words = _train_words({k: v for k, v in trial.user_attrs["train"].items()
@@ -292,18 +310,21 @@ class Worker:
             if label or e >= epochs:
                 return False
             if not self.spec.multi:
-                trial.report(float(acc), e)
+                trial.report(float(acc), self.step0 + e)
                 if trial.should_prune():
                     stop["why"] = (f"{self.spec.search['pruner']} pruner at epoch {e} "
                                    f"(val acc {acc:.4f})")
                     return True
             elif e in self.rungs:
-                why = self._dominance(trial, e, float(acc))
+                why = self._dominance(trial, float(acc), e)
                 if why:
                     stop["why"] = f"dominance rule at epoch {e} (val acc {acc:.4f}): {why}"
                     return True
             return False
 
+        if self.fid:
+            self._proxy(trial, raw, over, label)  # TrialPruned when not promoted
+            t_train = time.time()
         prev = trial.user_attrs.get("run_dir")
         retried = get_trial(self.storage, self.study, trial.number).system_attrs.get(
             "failed_trial")
@@ -355,28 +376,95 @@ class Worker:
             raise optuna.TrialPruned(why)
         if val is None or not math.isfinite(val):
             raise RuntimeError("training returned no validation accuracy")
+        values = {"val_acc": float(val)}
+        if "corrupt_acc" in self.spec.objectives:
+            values["corrupt_acc"] = self._corrupt_acc(trial, cfg)
+        if cost_name:
+            values[cost_name] = (float(metrics["train_seconds"]) if cost_name == "seconds"
+                                 else float(facts[cost_name]))
+            trial.set_user_attr("cost", values[cost_name])
+        out = tuple(values[o] for o in self.spec.objectives)
+        return out if self.spec.multi else out[0]
+
+    def _corrupt_acc(self, trial: optuna.Trial, cfg: dict) -> float:
+        """The trained trial's accuracy on the corrupted validation images (`corrupt.py`; the
+        images built at the first trial that needs them, then kept)."""
+        from .corrupt import CorruptedVal
+
+        s, d = self.spec.search, cfg["data"]
+        if self.corrupted is None:
+            self.corrupted = CorruptedVal(self.data.train, d["val_split"], d["val_seed"],
+                                          s["corrupt_images"], s["corrupt_severities"])
+            self.log(f"  corrupted validation images: {self.corrupted.images:,} "
+                     f"({len(self.corrupted.labels):,} x 15 corruptions x severities "
+                     f"{s['corrupt_severities']}), made in "
+                     f"{self.corrupted.build_seconds:.0f} s")
+        r = self.corrupted.score(trial.user_attrs["run_dir"])
+        trial.set_user_attr("corrupt_acc", r["corrupt_acc"])
+        trial.set_user_attr("corrupt_by", r["by_corruption"])
+        trial.set_user_attr("corrupt_seconds", r["seconds"])
+        self.log(f"  trial {trial.number} corrupted val acc {r['corrupt_acc']:.4f} "
+                 f"({r['seconds']:.0f} s)")
+        return float(r["corrupt_acc"])
+
+    def _proxy(self, trial: optuna.Trial, raw: dict, over: dict, label: str | None) -> None:
+        """The proxy rung (`fidelity.py`): train the trial's design cheaply (a retry keeps the
+        proxy its first attempt finished), record `proxy_acc`, and let the pruner (or the
+        dominance rule) decide whether it goes on to the full schedule."""
+        from ..api import train as api_train
+
+        acc = trial.user_attrs.get("proxy_acc")
+        if not isinstance(acc, int | float):
+            t0 = time.time()
+            m = api_train(copy.deepcopy(raw), runs_dir=self.trials_dir,
+                          name=f"trial-{trial.number:04d}-proxy", data=self.data,
+                          progress=False, plots=False, log=self._engine_log,
+                          **{**over, **proxy_overrides(self.fid)})
+            acc = m.get("val_acc")
+            if acc is None or not math.isfinite(acc):
+                raise RuntimeError("the proxy run returned no validation accuracy")
+            trial.set_user_attr("proxy_acc", float(acc))
+            trial.set_user_attr("proxy_seconds", time.time() - t0)
+            trial.set_user_attr("proxy_run_dir", m.get("run_dir"))
+        f = self.fid
+        self.log(f"  trial {trial.number} proxy ({f['epochs']} epochs on "
+                 f"{f['train_subset']:,} images" + (f", {f['low_res']} px" if f["low_res"]
+                                                    else "") + f"): val acc {acc:.4f}")
+        if label:
+            return  # a queued design always runs in full
+        why = None
         if not self.spec.multi:
-            return float(val)
-        cost_name = self.spec.objectives[1]
-        cost = float(metrics["train_seconds"]) if cost_name == "seconds" else float(
-            facts[cost_name])
-        trial.set_user_attr("cost", cost)
-        return float(val), cost
+            trial.report(float(acc), PROXY_STEP)
+            if trial.should_prune():
+                why = f"{self.spec.search['pruner']} pruner"
+        else:
+            why = self._dominance(trial, float(acc), "proxy")
+            why = why and f"dominance rule: {why}"
+        if why:
+            why = f"not promoted from the proxy rung (proxy val acc {acc:.4f}): {why}"
+            trial.set_user_attr("pruned", why)
+            trial.set_user_attr("seconds_used", time.time() - trial.user_attrs["worker"]["since"])
+            raise optuna.TrialPruned(why)
 
     def _engine_log(self, line: str) -> None:
         if line.startswith("warning") or "time budget" in line:
             self.log(f"  {line}")
 
-    def _dominance(self, trial: optuna.Trial, epoch: int, acc: float) -> str | None:
-        cost = trial.user_attrs.get("cost")
+    def _dominance(self, trial: optuna.Trial, acc: float, epoch: int | str) -> str | None:
+        """The multi-objective early stop on validation accuracy at this rung (an epoch, or
+        "proxy": the proxy rung's accuracies): among the trials that cost no more (every trial,
+        when no objective is a cost: val_acc + corrupt_acc)."""
+        costed = self.spec.cost is not None
+        cost = trial.user_attrs.get("cost") if costed else 0.0
         if not isinstance(cost, int | float):
             return None
         peers = []
         for t in self.study.get_trials(deepcopy=False):
             if t.number == trial.number or t.user_attrs.get("rejected"):
                 continue
-            a = (t.user_attrs.get("curve") or {}).get(str(epoch))
-            c = t.user_attrs.get("cost")
+            a = (t.user_attrs.get("proxy_acc") if epoch == "proxy"
+                 else (t.user_attrs.get("curve") or {}).get(str(epoch)))
+            c = t.user_attrs.get("cost") if costed else 0.0
             if isinstance(a, int | float) and isinstance(c, int | float):
                 peers.append((float(c), float(a)))
         return pruning.dominance_prune(peers, acc, float(cost),
