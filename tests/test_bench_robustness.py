@@ -1,0 +1,41 @@
+"""benchmarks/bench_robustness.py: rows, the option trained in the same invocation, resume."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import bench_robustness  # noqa: E402
+
+
+def test_rows_options_and_resume(tmp_path, cifar_dir, monkeypatch):
+    trained = []
+    real_train = bench_robustness.cifarlab.train
+
+    def tiny_train(recipe, **kw):  # the recipe as given, shrunk to seconds
+        trained.append((recipe, kw.get("augment.augmix", 0)))
+        return real_train(recipe, **{**kw, "epochs": 1, "batch_size": 50,
+                                     "train.processes": 1})
+
+    monkeypatch.setattr(bench_robustness.cifarlab, "train", tiny_train)
+    monkeypatch.setattr(bench_robustness, "generation_seconds",
+                        lambda images: {"images": 75 * len(images), "seconds": 1.0,
+                                        "images_per_second": 75.0 * len(images)})
+    out = tmp_path / "robustness.json"
+    args = ["fast-50k", "default", "--with-option", "fast-50k", "--images", "20",
+            "--data-dir", str(cifar_dir), "--runs-dir", str(tmp_path / "runs"),
+            "--out", str(out)]
+    bench_robustness.main(args)
+    r = json.loads(out.read_text())
+    assert [(x["recipe"], x["option"]) for x in r["rows"]] == [
+        ("fast-50k", "none"), ("default", "none"), ("fast-50k", "augmix")]
+    assert trained == [("fast-50k", 0), ("default", 0), ("fast-50k", 3)]
+    row = r["rows"][0]
+    for key in ("clean_acc", "mca", "by_severity", "by_corruption", "worst_corruption",
+                "train_seconds", "commit", "date", "machine", "command"):
+        assert key in row, key
+    assert len(row["by_severity"]) == 5 and len(row["by_corruption"]) == 15
+    assert row["images"] == 20 and r["images"] == 20 and r["generation"]["images"] == 7500
+    # resumed: finished rows are kept, nothing is trained again
+    bench_robustness.main([*args, "--resume"])
+    assert len(trained) == 3 and len(json.loads(out.read_text())["rows"]) == 3
