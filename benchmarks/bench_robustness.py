@@ -97,7 +97,9 @@ def main(argv: list[str] | None = None) -> None:
         g = state["generation"]
         print(f"{g['images']:,} images in {g['seconds']:.0f} s", flush=True)
     runs_dir = a.runs_dir or tempfile.mkdtemp(prefix="cifarlab-robust-")
-    todo = [(r, "none") for r in a.recipes] + [(r, "augmix") for r in a.with_option]
+    todo = []  # each recipe, then at once the same with the option
+    for r in dict.fromkeys(a.recipes + a.with_option):
+        todo += [(r, "none")] * (r in a.recipes) + [(r, "augmix")] * (r in a.with_option)
     for recipe, option in todo:
         if any(r["recipe"] == recipe and r["option"] == option for r in state["rows"]):
             print(f"{recipe} ({option}): recorded already", flush=True)

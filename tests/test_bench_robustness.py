@@ -28,8 +28,8 @@ def test_rows_options_and_resume(tmp_path, cifar_dir, monkeypatch):
     bench_robustness.main(args)
     r = json.loads(out.read_text())
     assert [(x["recipe"], x["option"]) for x in r["rows"]] == [
-        ("fast-50k", "none"), ("default", "none"), ("fast-50k", "augmix")]
-    assert trained == [("fast-50k", 0), ("default", 0), ("fast-50k", 3)]
+        ("fast-50k", "none"), ("fast-50k", "augmix"), ("default", "none")]
+    assert trained == [("fast-50k", 0), ("fast-50k", 3), ("default", 0)]
     row = r["rows"][0]
     for key in ("clean_acc", "mca", "by_severity", "by_corruption", "worst_corruption",
                 "train_seconds", "commit", "date", "machine", "command"):
