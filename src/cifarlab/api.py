@@ -30,7 +30,8 @@ from .rundir import RunDir, read_json
 
 __all__ = ["train", "evaluate", "predict", "load_data", "load_model", "build", "check",
            "summary", "network", "model_table", "augment_figure", "robustness", "export",
-           "report", "plot", "data_stats", "data_figures"]
+           "report", "plot", "data_stats", "data_figures", "search", "search_report",
+           "search_best", "search_proxy"]
 
 
 def instance_name(model: nn.Module) -> str:
@@ -265,6 +266,76 @@ def data_figures(out_dir: str | os.PathLike = "plots", *,
     return [plot_samples(d.train, d.classes, out / "samples.png"),
             plot_class_distribution(d.train.labels, d.test.labels, d.classes,
                                     out / "class_distribution.png")]
+
+
+def search(search_file: str | os.PathLike, *, study: str | None = None,
+           storage: str | None = None, minutes: float | None = None,
+           trials: int | None = None, runs_dir: str | os.PathLike = "runs",
+           data_dir: str | os.PathLike | None = None, workers: int = 1,
+           threads: int | None = None, tag: str = "", queued_only: bool = False,
+           storage_wait: float | None = None, log=print) -> tuple[int, dict]:
+    """Run (or resume) a design search (a search file or built-in name): in this process, or
+    with `workers` > 1 in that many worker processes, replaced if killed while the budget
+    lasts. (exit status, the study's summary). See `search.run.run_search`."""
+    from .search.run import run_search
+    from .search.space import load_search
+    from .search.workers import run_workers
+
+    spec = load_search(search_file)
+    name = study or spec.name
+    if workers > 1:
+        return run_workers(str(search_file), spec, name, workers, storage=storage,
+                           minutes=minutes, trials=trials, runs_dir=runs_dir,
+                           data_dir=data_dir, threads=threads, queued_only=queued_only,
+                           storage_wait=storage_wait, log=log)
+    return 0, run_search(spec, study=name, storage=storage, minutes=minutes, trials=trials,
+                         runs_dir=runs_dir, data_dir=data_dir, threads=threads, log=log,
+                         tag=tag, queued_only=queued_only, storage_wait=storage_wait)
+
+
+def search_report(study: str, *, storage: str | None = None,
+                  runs_dir: str | os.PathLike = "runs", out: str | os.PathLike | None = None
+                  ) -> Path:
+    """A study's HTML report (trials, Pareto front, history, importances); its index.html."""
+    from .search.report import make_search_report
+
+    return make_search_report(study, storage=storage, runs_dir=runs_dir, out=out)
+
+
+def search_best(study: str, out: str | os.PathLike | None, *, storage: str | None = None,
+                runs_dir: str | os.PathLike = "runs", trial: int | None = None,
+                fill_budget: bool = False, data_dir: str | os.PathLike | None = None) -> dict:
+    """The winner (or `trial`) written as an ordinary recipe at `out`; with `fill_budget`, its
+    schedule scaled to the search's time budget and picked on validation first."""
+    from .search.storage import load_study, resolve_study
+    from .search.winner import write_best
+
+    if not out:
+        raise CifarlabError("search best: --out FILE.toml is required (the recipe to write)")
+    name, url, sdir = resolve_study(study, storage, runs_dir)
+    st = load_study(name, url)
+    fill = None
+    if fill_budget:
+        from .search.final import fill_budget as scale
+
+        def fill(t):
+            return scale(st, t, sdir / "fill-budget", data_dir=data_dir)
+
+    return write_best(st, out, trial, fill)
+
+
+def search_proxy(study: str, *, storage: str | None = None,
+                 runs_dir: str | os.PathLike = "runs", designs: int = 12,
+                 data_dir: str | os.PathLike | None = None) -> dict:
+    """How well the proxy rung ranks designs: Spearman between proxy and full-fidelity
+    validation accuracy over `designs` designs spread over the proxy ranking (STUDY/proxy.json,
+    named by the result's `json`)."""
+    from .search.final import proxy_check
+    from .search.storage import load_study, resolve_study
+
+    name, url, sdir = resolve_study(study, storage, runs_dir)
+    r = proxy_check(load_study(name, url), sdir, designs, data_dir=data_dir)
+    return {**r, "json": str(sdir / "proxy.json")}
 
 
 def network(model: str | nn.Module | None = None, model_args: dict | None = None, *,

@@ -33,7 +33,7 @@ The package, one concern per module (each imports only those above it):
   pruning   Optuna's sampler and pruner; the multi-objective dominance rule
   trials    reading a study: outcomes, time used, summary, best trial / Pareto front
   storage   the Optuna storage: open, name, create or load a study, database errors
-  workers   processes: dead workers' trials re-queued, worker processes started
+  workers   processes: dead workers' trials re-queued; run_workers starts N workers
   corrupt   corrupt_acc: accuracy on corrupted validation images (an objective)
   worker    one worker: reject, proxy, train, prune, record a trial
   run       run_search: the loop until the budget is used
@@ -44,3 +44,5 @@ The package, one concern per module (each imports only those above it):
 
 Importing this package imports nothing else (the CLI stays light).
 """
+
+STORAGE_ENV = "CIFARLAB_SEARCH_STORAGE"  # how --workers hands the URL on (not in argv)

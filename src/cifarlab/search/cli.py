@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from ..errors import CifarlabError
+from . import STORAGE_ENV
 
 USAGE = """cifarlab search FILE [--study NAME] [--storage URL] [--minutes M] [--trials N]
                        [--runs-dir DIR] [--data-dir D] [--workers N] [--threads N]
@@ -43,7 +44,6 @@ rank correlation between the proxy rung ([search] fidelity) and full-fidelity ac
 RUN_ONLY = ("study", "minutes", "trials", "workers", "threads", "queued_only",
             "storage_wait")
 ACTIONS = ("report", "best", "proxy")
-STORAGE_ENV = "CIFARLAB_SEARCH_STORAGE"  # how --workers hands the URL on (not in argv)
 
 
 def add_search_parser(subparsers) -> argparse.ArgumentParser:
@@ -147,29 +147,18 @@ def run_search_command(a: argparse.Namespace) -> int:
 
 
 def _report(a: argparse.Namespace) -> int:
-    from .report import make_search_report
+    from .. import api
 
-    index = make_search_report(a.study_arg, storage=a.storage, runs_dir=a.runs_dir, out=a.out)
+    index = api.search_report(a.study_arg, storage=a.storage, runs_dir=a.runs_dir, out=a.out)
     print(f"wrote {index}")
     return 0
 
 
 def _best(a: argparse.Namespace) -> int:
-    from .storage import load_study, resolve_study
-    from .winner import write_best
+    from .. import api
 
-    if not a.out:
-        raise CifarlabError("search best: --out FILE.toml is required (the recipe to write)")
-    name, url, sdir = resolve_study(a.study_arg, a.storage, a.runs_dir)
-    fill = None
-    if a.fill_budget:
-        from .final import fill_budget
-
-        def fill(t):
-            return fill_budget(st, t, sdir / "fill-budget", data_dir=a.data_dir)
-
-    st = load_study(name, url)
-    r = write_best(st, a.out, a.trial, fill)
+    r = api.search_best(a.study_arg, a.out, storage=a.storage, runs_dir=a.runs_dir,
+                        trial=a.trial, fill_budget=bool(a.fill_budget), data_dir=a.data_dir)
     print(f"wrote {r['path']}: trial {r['trial']} ({values_text(r['objectives'], r['values'])})"
           f", {r['design']}")
     if r["fill"]:
@@ -184,15 +173,13 @@ def _best(a: argparse.Namespace) -> int:
 
 
 def _proxy(a: argparse.Namespace) -> int:
-    from .final import proxy_check
-    from .storage import load_study, resolve_study
+    from .. import api
 
-    name, url, sdir = resolve_study(a.study_arg, a.storage, a.runs_dir)
-    r = proxy_check(load_study(name, url), sdir, a.designs or 12, data_dir=a.data_dir)
+    r = api.search_proxy(a.study_arg, storage=a.storage, runs_dir=a.runs_dir,
+                         designs=a.designs or 12, data_dir=a.data_dir)
     rho = r["spearman"]
     print(f"proxy rung vs full fidelity over {r['n']} designs: Spearman "
-          + (f"{rho:.3f}" if rho is not None else "undefined")
-          + f" (written to {sdir / 'proxy.json'})")
+          + (f"{rho:.3f}" if rho is not None else "undefined") + f" (written to {r['json']})")
     if r["n"] < 12:
         print(f"warning: only {r['n']} designs have a proxy value; 12 or more mean more")
     return 0
@@ -218,66 +205,28 @@ def _summary_lines(s: dict) -> list[str]:
 
 
 def _run(a: argparse.Namespace) -> int:
-    from .run import run_search
-    from .space import load_search
+    from .. import api
     from .storage import mask_url
 
-    spec = load_search(a.target)
-    name = a.study or spec.name
     tag = os.environ.get("CIFARLAB_SEARCH_TAG", "")
     storage = a.storage or os.environ.get(STORAGE_ENV) or None
-    if a.workers > 1:
-        return _run_workers(a, spec, name)
     try:
-        s = run_search(spec, study=name, storage=storage, minutes=a.minutes,
-                       trials=a.trials, runs_dir=a.runs_dir, data_dir=a.data_dir,
-                       threads=a.threads, tag=tag, queued_only=bool(a.queued_only),
-                       storage_wait=a.storage_wait)
-    except KeyboardInterrupt:
-        print(f"{tag}interrupted: the running trial is re-queued; run the same command to "
+        rc, s = api.search(a.target, study=a.study, storage=storage, minutes=a.minutes,
+                           trials=a.trials, runs_dir=a.runs_dir, data_dir=a.data_dir,
+                           workers=a.workers, threads=a.threads, tag=tag,
+                           queued_only=bool(a.queued_only), storage_wait=a.storage_wait)
+    except KeyboardInterrupt:  # the running trials are re-queued (workers too got Ctrl-C)
+        print(f"{tag}interrupted: the running trial(s) re-queued; run the same command to "
               "resume", file=sys.stderr)
         return 130
     if not tag:
         for line in _summary_lines(s):
             print(line)
-        print(f"report: cifarlab search report {a.runs_dir}/{name}"
-              + (f" --storage {mask_url(storage)}" if storage else "")
-              + ("  (password masked: give it with PGPASSWORD or ~/.pgpass)"
-                 if storage and mask_url(storage) != storage else ""))
-    return 0
-
-
-def _run_workers(a: argparse.Namespace, spec, name: str) -> int:
-    """Create (or check) the study here, then run `--workers` processes on it; one that is
-    killed is replaced while the budget lasts (`workers.launch`)."""
-    from .storage import create_or_load, default_storage, mask_url, study_dir_for
-    from .trials import budget_left, summary
-    from .workers import launch
-
-    sdir = study_dir_for(a.runs_dir, name)
-    sdir.mkdir(parents=True, exist_ok=True)
-    url = a.storage or default_storage(sdir)
-    study, _ = create_or_load(spec, name, url, a.minutes, print)
-    threads = a.threads or max(1, (os.cpu_count() or 1) // a.workers)
-    cmd = [sys.executable, "-m", "cifarlab.search.cli", a.target, "--study", name,
-           "--runs-dir", str(a.runs_dir), "--threads", str(threads)]
-    for flag, value in (("--trials", a.trials), ("--data-dir", a.data_dir),
-                        ("--storage-wait", a.storage_wait)):
-        if value is not None:
-            cmd += [flag, str(value)]
-    if a.queued_only:
-        cmd += ["--queued-only"]
-    print(f"{a.workers} workers x {threads} thread(s) on study '{name}' ({mask_url(url)})")
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    env[STORAGE_ENV] = url  # the URL (and any password in it) stays out of the process list
-    try:
-        rc = launch(cmd, a.workers, env, lambda: budget_left(study, spec, a.trials), print)
-    except KeyboardInterrupt:  # the workers got the same Ctrl-C and re-queue their trials
-        print("interrupted: running trials are re-queued; run the same command to resume",
-              file=sys.stderr)
-        return 130
-    for line in _summary_lines(summary(study)):
-        print(line)
+        if a.workers == 1:
+            print(f"report: cifarlab search report {a.runs_dir}/{s['study']}"
+                  + (f" --storage {mask_url(storage)}" if storage else "")
+                  + ("  (password masked: give it with PGPASSWORD or ~/.pgpass)"
+                     if storage and mask_url(storage) != storage else ""))
     return rc
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from . import STORAGE_ENV
 from .storage import requeue
 
 
@@ -103,3 +104,38 @@ def launch(cmd: list[str], n: int, env: dict[str, str], budget_left: Callable[[]
             p.wait()
         raise
     return rc
+
+
+
+def run_workers(search: str, spec, name: str, workers: int, *, storage: str | None = None,
+                minutes: float | None = None, trials: int | None = None,
+                runs_dir: str | os.PathLike = "runs", data_dir: str | os.PathLike | None = None,
+                threads: int | None = None, queued_only: bool = False,
+                storage_wait: float | None = None, log: Callable[[str], None] = print
+                ) -> tuple[int, dict]:
+    """Create (or check) the study here, then run `workers` worker processes on it (each
+    `python -m cifarlab.search.cli SEARCH ...`); one that is killed is replaced while the
+    budget lasts (`launch`). (exit status, the study's summary)."""
+    import sys
+
+    from .storage import create_or_load, default_storage, mask_url, study_dir_for
+    from .trials import budget_left, summary
+
+    sdir = study_dir_for(runs_dir, name)
+    sdir.mkdir(parents=True, exist_ok=True)
+    url = storage or default_storage(sdir)
+    study, _ = create_or_load(spec, name, url, minutes, log)
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    cmd = [sys.executable, "-m", "cifarlab.search.cli", search, "--study", name,
+           "--runs-dir", str(runs_dir), "--threads", str(threads)]
+    for flag, value in (("--trials", trials), ("--data-dir", data_dir),
+                        ("--storage-wait", storage_wait)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    if queued_only:
+        cmd += ["--queued-only"]
+    log(f"{workers} workers x {threads} thread(s) on study '{name}' ({mask_url(url)})")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    env[STORAGE_ENV] = url  # the URL (and any password in it) stays out of the process list
+    rc = launch(cmd, workers, env, lambda: budget_left(study, spec, trials), log)
+    return rc, summary(study)
