@@ -565,6 +565,15 @@ def summary_block() -> str:
             "invocation on the same machine. The shared CIFAR-10 copy went through JPEG "
             "(about 3.5 points below published figures). Every table, its commands and "
             "commits: [docs/results.md](docs/results.md)."]
+    rob = RESULTS / "robustness.json"
+    rows = json.loads(rob.read_text()).get("rows", []) if rob.exists() else []
+    if rows:
+        out += ["", "Under the 15 CIFAR-10-C-style corruptions × 5 severities (regenerated; "
+                "`cifarlab robustness`), one run each:", "",
+                "| recipe | training option | clean | mean corruption accuracy | mCA / clean |",
+                "|---|---|---|---|---|"]
+        out += [f"| `{x['recipe']}` | {x['option']} | {pct(x['clean_acc'])} | "
+                f"{pct(x['mca'])} | {x['relative']:.3f} |" for x in rows]
     return f"{start}\n" + "\n".join(out) + f"\n{end}"
 
 
