@@ -566,10 +566,13 @@ def summary_block() -> str:
             "(about 3.5 points below published figures). Every table, its commands and "
             "commits: [docs/results.md](docs/results.md)."]
     rob = RESULTS / "robustness.json"
-    rows = json.loads(rob.read_text()).get("rows", []) if rob.exists() else []
+    rec = json.loads(rob.read_text()) if rob.exists() else {}
+    rows = rec.get("rows", [])
     if rows:
+        n = f"{rec['images']:,}" if rec.get("images") else "all 10,000"
         out += ["", "Under the 15 CIFAR-10-C-style corruptions × 5 severities (regenerated; "
-                "`cifarlab robustness`), one run each:", "",
+                f"`cifarlab robustness`), one training run each, scored on {n} test images "
+                "(details: docs/results.md):", "",
                 "| recipe | training option | clean | mean corruption accuracy | mCA / clean |",
                 "|---|---|---|---|---|"]
         out += [f"| `{x['recipe']}` | {x['option']} | {pct(x['clean_acc'])} | "
