@@ -187,7 +187,8 @@ def all_cpus(per_cpu: dict, name: str, key: str) -> bool | None:
     return None if any(v is None for v in verdicts) else True
 
 
-def summarize(runs: list[dict], anchors: list[dict], roof: dict | None = None) -> dict:
+def summarize(runs: list[dict], anchors: list[dict], roof: dict | None = None,
+              per_cpu: dict | None = None) -> dict:
     """Per recipe: accuracy (mean, worst), median seconds, the median of its runs' ratios to
     their anchors, verdicts, and the model compute of its training loop in GFLOP/s and as a
     fraction of the bf16 roof.
@@ -196,7 +197,7 @@ def summarize(runs: list[dict], anchors: list[dict], roof: dict | None = None) -
     each, MIN_SEEDS runs of the recipe as shipped, the anchor's accuracy the mean of its
     ANCHOR_SEEDS seeds there; null until then or when runs changed the recipe (`overrides`).
     """
-    per_cpu = by_cpu(runs, anchors)
+    per_cpu = by_cpu(runs, anchors) if per_cpu is None else per_cpu
     out = {}
     for name in sorted({r["recipe"] for r in runs}):
         rs = [r for r in runs if r["recipe"] == name]
@@ -251,8 +252,9 @@ def load_throughput(old: dict) -> dict | None:
 def save(path: Path, state: dict) -> None:
     """Recompute the summary and write the results file atomically."""
     if state.get("anchors"):
-        state["summary"] = summarize(state["runs"], state["anchors"], state.get("roof"))
         state["by_cpu"] = by_cpu(state["runs"], state["anchors"])
+        state["summary"] = summarize(state["runs"], state["anchors"], state.get("roof"),
+                                     state["by_cpu"])
     state["throughput_verdict"] = throughput_verdict(state.get("throughput"))
     write_json(path, state)
 

@@ -115,9 +115,10 @@ def _rebuild(ckpt: Path, meta: dict) -> torch.nn.Module:
         if not f.is_file():
             raise CifarlabError(f"{ckpt}: trained with the network in {f}, which is missing "
                                 f"(eval, predict and export need it: restore it, {hint})")
-        if file_sha256(f) != source.get("sha256"):
+        now = file_sha256(f)
+        if now != source.get("sha256"):
             print(f"cifarlab: warning: {f} has changed since this run trained it "
-                  f"(sha256 {source.get('sha256', '?')[:12]} then, {file_sha256(f)[:12]} now)",
+                  f"(sha256 {source.get('sha256', '?')[:12]} then, {now[:12]} now)",
                   file=sys.stderr)
     try:
         return create_model(name, **meta.get("model_args", {}))

@@ -62,9 +62,10 @@ def _entry_points() -> dict:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
-def _load_entry_point(name: str) -> bool:
-    """Register the entry point `name`, if a package declares one; False if none does."""
-    ep = _entry_points().get(name)
+def _load_entry_point(name: str, ep=None) -> bool:
+    """Register the entry point `name` (`ep`, else looked up), if a package declares one;
+    False if none does."""
+    ep = ep or _entry_points().get(name)
     if ep is None:
         return False
     try:
@@ -81,10 +82,10 @@ def _load_entry_point(name: str) -> bool:
 def load_entry_points() -> list[str]:
     """Register every entry-point network; one line per one that fails to load."""
     problems = []
-    for name in _entry_points():
+    for name, ep in _entry_points().items():
         if name not in REGISTRY:
             try:
-                _load_entry_point(name)
+                _load_entry_point(name, ep)
             except CifarlabError as e:
                 problems.append(str(e))
     return problems
@@ -151,9 +152,10 @@ def file_builder(name: str) -> Callable[..., nn.Module]:
 def model_source(name: str) -> dict | None:
     """For `FILE.py:NAME`: the file (absolute) and its sha256, recorded with every run;
     None for a built-in or entry-point network."""
-    if split_model_file(name) is None:
+    spec = split_model_file(name)
+    if spec is None:
         return None
-    path = Path(split_model_file(name)[0]).resolve()
+    path = Path(spec[0]).resolve()
     if not path.is_file():
         raise CifarlabError(f"model '{name}': no such file {path}")
     return {"file": str(path), "sha256": file_sha256(path)}
