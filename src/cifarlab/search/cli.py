@@ -81,7 +81,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    "which any worker runs a trial, over all sessions (default: the file's "
                    "[search] minutes)")
     p.add_argument("--trials", type=_positive(int),
-                   help="stop once the study has N trained (complete or pruned) trials")
+                   help="stop once the study has N trained (complete or pruned) trials "
+                   "(a killed trial's queued retry is still run)")
     p.add_argument("--runs-dir", default="runs",
                    help="where study directories go (default runs)")
     p.add_argument("--data-dir", help="folder holding cifar-10-batches-py")

@@ -173,7 +173,9 @@ class _Loop:
                                        or self.budget_s / 60)
         if used >= self.budget_s:
             return f"budget of {self.budget_s / 60:.0f} min used"
-        if self.trials is not None and trained >= self.trials:
+        retry_waiting = any(t.state == TrialState.WAITING and "failed_trial" in t.system_attrs
+                            for t in all_t)  # a killed trial's rest: finished before stopping
+        if self.trials is not None and trained >= self.trials and not retry_waiting:
             return f"{trained} trials trained"
         if self.queued_only and not any(t.state == TrialState.WAITING for t in all_t):
             return "no queued trial left"
