@@ -14,7 +14,9 @@ seed 000's < 50k parameters (`under-50k`, hand recipe fast-50k) - one invocation
    file's pruner, Hyperband: the fair comparison is the sampler alone), Optuna's RandomSampler;
 3. when the file has a proxy rung ([search] fidelity), measures its Spearman rank correlation
    with full fidelity over `--proxy-designs` designs (`cifarlab search proxy`);
-4. writes both winners as recipes (`cifarlab search best`) and checks them against the rules;
+4. writes both winners as recipes (`cifarlab search best --fill-budget`: the final stage scales
+   each winner's epochs to the time budget and picks on the validation split; the same stage
+   for both) and checks them against the rules;
 5. trains the hand recipe and both winners with 3 seeds each on the full training set, timed,
    each winner with the hand recipe's time (same seed) as its budget (`max_seconds`). The test
    set is read by these final trainings only: the searches get the training batches alone.
@@ -55,6 +57,7 @@ import cifarlab.models.family  # noqa: E402, F401  (registers "family")
 from cifarlab.data import load_data  # noqa: E402
 from cifarlab.search import rules, storage, winner  # noqa: E402
 from cifarlab.search import space as SP  # noqa: E402
+from cifarlab.search.final import fill_budget  # noqa: E402
 from cifarlab.search.run import run_search  # noqa: E402
 from cifarlab.search.trials import outcome, summary  # noqa: E402
 
@@ -75,6 +78,8 @@ def quick_text(name: str, runs_dir: Path) -> str:
     raw["name"] = f"quick-{name}"
     raw["search"].update({"train_subset": 2000, "val_split": 500, "min_epochs": 1,
                           "startup_trials": 2, "minutes": 1.5})
+    if raw["search"].get("fidelity"):
+        raw["search"]["fidelity"] = {"train_subset": 1000, "epochs": 1}
     raw["space"]["epochs"] = {"low": 1, "high": 2}
     for e in raw.get("enqueue", []):
         e["epochs"] = 2
@@ -326,10 +331,11 @@ def rule_set(name: str, hand: str, args, state: dict, save, search_data, final_d
         recipes[who] = runs / f"{name}-{who}.toml"
         if who not in winners or not recipes[who].exists():
             st = storage.load_study(sp.name, storage.default_storage(runs / sp.name))
-            w = winner.write_best(st, recipes[who])
+            w = winner.write_best(st, recipes[who], fill=lambda t, st=st, sp=sp: fill_budget(
+                st, t, runs / sp.name / "fill-budget", data=search_data))
             winners[who] = {"trial": w["trial"], "val_acc": w["values"][0],
                             "design": w["design"], "recipe": str(recipes[who]),
-                            "rules_broken": rules_broken(spec, w["recipe"])}
+                            "fill": w["fill"], "rules_broken": rules_broken(spec, w["recipe"])}
             save()
     over = {"train_subset": 2000, "epochs": 2} if args.quick else {}
     final_trainings(name, hand, recipes, runs, over, st_state, save, final_data)

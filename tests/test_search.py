@@ -953,6 +953,11 @@ def test_scaled_schedules_fill_the_headroom():
         {"train.epochs": 9, "train.low_res_epochs": 4},
         {"train.epochs": 10, "train.low_res_epochs": 5}]
     assert final.scaled_schedules(cfg, 1.05) == []  # nothing more fits
+    # a trial too short for its low-res epochs trained none: its longer schedules neither
+    # (an FC head that does not take 24 px trained at 32 px only)
+    short = {"train": {"epochs": 1, "low_res": 24, "low_res_epochs": 4}}
+    assert final.scaled_schedules(short, 2.1) == [
+        {"train.epochs": 2, "train.low_res": 0, "train.low_res_epochs": 0}]
     spec = SimpleNamespace(constraints={"max_train_time_vs_base": 1.0, "max_train_seconds": 0})
     assert final.headroom(spec, SimpleNamespace(user_attrs={"time_vs_base": 0.5})) == 2.0
     with pytest.raises(CifarlabError, match="--fill-budget needs the search's time rule"):

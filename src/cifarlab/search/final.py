@@ -23,7 +23,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial
 
-from ..recipe import resolve
+from ..recipe import low_res_epochs, resolve
 from .fidelity import measure_proxy
 from .space import SearchError, SearchSpec
 from .storage import spec_of
@@ -88,15 +88,15 @@ def scaled_schedules(cfg: dict, room: float) -> list[dict]:
     """Overrides of the scaled candidates: epochs x up to `room` (the most that fits and one
     halfway), low-resolution epochs in proportion; [] when nothing more fits."""
     t = cfg["train"]
-    e0 = t["epochs"]
+    e0, low0 = t["epochs"], low_res_epochs(t)  # the low-res epochs the trial trained
     top = math.floor(e0 * room + 1e-9)
     out = []
     for e in sorted({top, round(e0 * (1 + room) / 2)}):
         if e <= e0:
             continue
-        over = {"train.epochs": e}
-        if t["low_res"] and t["low_res_epochs"]:
-            over["train.low_res_epochs"] = max(1, round(t["low_res_epochs"] * e / e0))
+        # in proportion; none when the trial had none (its network may not take low_res px)
+        over = {"train.epochs": e, "train.low_res_epochs": max(1, round(low0 * e / e0))} \
+            if low0 else {"train.epochs": e, "train.low_res": 0, "train.low_res_epochs": 0}
         out.append(over)
     return out
 
