@@ -617,7 +617,7 @@ def test_report_and_best_recipe(finished, tmp_path):
     (["best", "t"], "--out FILE.toml is required"),
     (["best", "t", "--out", "x.txt"], "must end in .toml"),
     (["best", "t", "--out", "x.toml", "--trial", "999"], "has no trial 999"),
-    (["report", "t", "--minutes", "3"], "--minutes is an option of a search run"),
+    (["report", "t", "--max-minutes", "3"], "--max-minutes is an option of a search run"),
     (["some.toml", "extra"], "unexpected argument"),
     (["some.toml", "--out", "x"], "--out is an option of search report / best / proxy"),
     (["report", "t", "--fill-budget"], "--fill-budget is not an option of search report"),

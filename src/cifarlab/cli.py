@@ -181,7 +181,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 NEXT_STEPS = """\
 next: cifarlab report {run} --out report   (a page with its curves and per-class bars)
       cifarlab recipes                      (the seed experiments: seed001 is seed 001 as written)
-      cifarlab search FILE --minutes 60     (find the best network a rule set allows)
+      cifarlab search FILE --max-minutes 60 (find the best network a rule set allows)
 """
 
 

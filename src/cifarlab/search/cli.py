@@ -1,7 +1,7 @@
 """`cifarlab search` on the command line: argument parsing only (importing this module imports
 neither torch nor optuna; the work is in the other modules of this package).
 
-    cifarlab search FILE [--study NAME] [--storage URL] [--minutes M] [--trials N]
+    cifarlab search FILE [--study NAME] [--storage URL] [--max-minutes M] [--trials N]
                          [--runs-dir DIR] [--data-dir D] [--workers N] [--threads N]
     cifarlab search report STUDY [--storage URL] [--runs-dir DIR] [--out DIR]
     cifarlab search best STUDY [--storage URL] [--runs-dir DIR] --out FILE.toml [--trial N]
@@ -23,7 +23,7 @@ from pathlib import Path
 from ..errors import CifarlabError
 from . import STORAGE_ENV
 
-USAGE = """cifarlab search FILE [--study NAME] [--storage URL] [--minutes M] [--trials N]
+USAGE = """cifarlab search FILE [--study NAME] [--storage URL] [--max-minutes M] [--trials N]
                        [--runs-dir DIR] [--data-dir D] [--workers N] [--threads N]
                        [--queued-only] [--storage-wait MIN]
        cifarlab search report STUDY [--storage URL] [--runs-dir DIR] [--out DIR]
@@ -41,7 +41,7 @@ resumes it. `report` writes an HTML page, `best` the winner as an ordinary recip
 (`--fill-budget`: its schedule scaled to the time budget, picked on validation), `proxy` the
 rank correlation between the proxy rung ([search] fidelity) and full-fidelity accuracy."""
 
-RUN_ONLY = ("study", "minutes", "trials", "workers", "threads", "queued_only",
+RUN_ONLY = ("study", "max_minutes", "trials", "workers", "threads", "queued_only",
             "storage_wait")
 ACTIONS = ("report", "best", "proxy")
 
@@ -77,7 +77,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    "name resumes it")
     p.add_argument("--storage", metavar="URL", help="Optuna storage URL, e.g. postgresql://"
                    "user:pass@host/db (default: sqlite file RUNS_DIR/STUDY/study.db)")
-    p.add_argument("--minutes", type=_positive(float), help="the study's budget: minutes during "
+    p.add_argument("--max-minutes", "--minutes", dest="max_minutes", type=_positive(float),
+                   help="the study's budget: minutes during "
                    "which any worker runs a trial, over all sessions (default: the file's "
                    "[search] minutes)")
     p.add_argument("--trials", type=_positive(int),
@@ -212,7 +213,7 @@ def _run(a: argparse.Namespace) -> int:
     tag = os.environ.get("CIFARLAB_SEARCH_TAG", "")
     storage = a.storage or os.environ.get(STORAGE_ENV) or None
     try:
-        rc, s = api.search(a.target, study=a.study, storage=storage, minutes=a.minutes,
+        rc, s = api.search(a.target, study=a.study, storage=storage, minutes=a.max_minutes,
                            trials=a.trials, runs_dir=a.runs_dir, data_dir=a.data_dir,
                            workers=a.workers, threads=a.threads, tag=tag,
                            queued_only=bool(a.queued_only), storage_wait=a.storage_wait)

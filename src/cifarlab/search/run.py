@@ -128,7 +128,7 @@ def _check_arguments(name: str, minutes: float | None, trials: int | None,
     if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise SearchError(f"study name {name!r}: use letters, digits, '-', '_' or '.'")
     if minutes is not None and minutes <= 0:
-        raise SearchError("--minutes must be positive")
+        raise SearchError("--max-minutes must be positive")
     if trials is not None and trials <= 0:
         raise SearchError("--trials must be positive")
     if storage_wait is not None and storage_wait < 0:
