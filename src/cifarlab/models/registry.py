@@ -133,9 +133,9 @@ def _networks_in(module) -> list[str]:
                        or (inspect.isclass(obj) and issubclass(obj, nn.Module))))
 
 
-def file_builder(name: str) -> Callable[..., nn.Module]:
-    """The class or function NAME of `FILE.py:NAME`."""
-    path, attr = split_model_file(name)
+def file_builder(name: str, ref: tuple[str, str]) -> Callable[..., nn.Module]:
+    """The class or function NAME of `FILE.py:NAME` (`ref`: its (file, name))."""
+    path, attr = ref
     module = _import_file(Path(path).resolve(), name)
     obj = module
     for part in attr.split("."):
@@ -161,9 +161,10 @@ def model_source(name: str) -> dict | None:
     return {"file": str(path), "sha256": file_sha256(path)}
 
 
-def builder_of(name: str) -> Callable[..., nn.Module]:
-    if split_model_file(name) is not None:
-        return file_builder(name)
+def builder_of(name: str, ref: tuple[str, str] | None) -> Callable[..., nn.Module]:
+    """The builder of a network; `ref`: split_model_file(name) (None: not a user file)."""
+    if ref is not None:
+        return file_builder(name, ref)
     if name not in REGISTRY and not _load_entry_point(name):
         known = ", ".join(sorted(REGISTRY))
         raise CifarlabError(f"unknown model '{name}' (known: {known}; or FILE.py:NAME for "
@@ -172,7 +173,8 @@ def builder_of(name: str) -> Callable[..., nn.Module]:
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
-    builder = builder_of(name)
+    ref = split_model_file(name)
+    builder = builder_of(name, ref)
     try:
         params = inspect.signature(builder).parameters
     except (TypeError, ValueError):  # a builtin or C callable: let the call check
@@ -182,7 +184,7 @@ def create_model(name: str, **kwargs) -> nn.Module:
             if key not in params:
                 raise CifarlabError(f"model '{name}' has no argument '{key}' "
                                     f"(model_args.{key})")
-    if split_model_file(name) is None:
+    if ref is None:
         model = builder(**kwargs)
     else:  # the user's code: any error it raises is one line, not a traceback
         try:

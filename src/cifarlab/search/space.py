@@ -483,11 +483,12 @@ def _check_model_args(model: str, names: list[str], source: str) -> None:
     import inspect
 
     from ..models.registry import builder_of
+    from ..recipe import split_model_file
 
     if not names:
         return
     try:
-        builder = builder_of(model)
+        builder = builder_of(model, split_model_file(model))
     except CifarlabError as e:
         raise SearchError(f"{source}: base recipe's network: {e}") from None
     try:
