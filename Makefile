@@ -26,7 +26,7 @@ test: venv lint  ## unit tests + a real-data smoke run when the data is there
 	CIFAR10_DATA="$(abspath $(DATA_DIR))" $(VENV)/bin/pytest -q
 
 bench: venv  ## full benchmark runs (tens of minutes); write benchmarks/results/*.json
-	CIFAR10_DATA="$(abspath $(DATA_DIR))" $(VENV)/bin/python benchmarks/bench_default.py
+	CIFAR10_DATA="$(abspath $(DATA_DIR))" $(VENV)/bin/python -m benchmarks.default
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

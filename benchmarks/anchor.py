@@ -3,7 +3,8 @@
 An anchor is run as `python ANCHOR DATA_DIR [THREADS]`; it may print anything (per-epoch
 lines, ...) and ends with one line `ACC SECONDS`: its test accuracy (a fraction, or a
 percentage) and the seconds it took by its own clock. ../shared/anchors/README.md describes
-the ones this project uses.
+the ones this project uses. With another seed than 0 it runs through
+`python -m benchmarks.anchor_seeded`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from .common import ROOT, module_command, module_env
+
+SEEDED = "benchmarks.anchor_seeded"
 DEFAULT_ANCHOR = ROOT.parent / "shared" / "anchors" / "airbench94_cpu.py"
 
 _NUM = r"(\d+(?:\.\d*)?|\.\d+)"
@@ -53,27 +56,25 @@ def display(path: Path) -> str:
     return str(path)
 
 
-SEEDED = Path(__file__).resolve().parent / "anchor_seeded.py"
-
-
 def run_anchor(anchor: str | Path, data_dir: str | Path, threads: int | None = None,
                echo: Callable[[str], None] = print, seed: int = 0) -> dict:
     """Run the anchor to completion, echoing its output; return its name, `seed`,
     `test_acc`, `seconds` (the anchor's own timing), `wall_seconds` (the whole subprocess),
     `threads` and `command`. Seed 0 is the script as published; another seed runs it
-    through anchor_seeded.py."""
+    through benchmarks.anchor_seeded."""
     anchor = Path(anchor)
     if not anchor.is_file():
         raise AnchorError(f"anchor not found: {anchor} (pass --anchor PATH)")
     args = [str(anchor), str(data_dir)] + ([str(threads)] if threads else [])
     shown = ["python", display(anchor), display(Path(data_dir))] + args[2:]
+    cmd, env = [sys.executable, *args], None
     if seed:
-        args = [str(SEEDED), str(seed), *args]
-        shown = ["python", display(SEEDED), str(seed), *shown[1:]]
+        cmd, env = module_command(SEEDED, str(seed), *args), module_env()
+        shown = ["python", "-m", SEEDED, str(seed), *shown[1:]]
     lines: list[str] = []
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, bufsize=1)
     try:
         assert proc.stdout is not None
         for line in proc.stdout:

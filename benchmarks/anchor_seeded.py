@@ -1,6 +1,6 @@
 """Run an anchor script with another seed, the script itself unchanged.
 
-    python benchmarks/anchor_seeded.py SEED ANCHOR.py DATA_DIR [THREADS]
+    python -m benchmarks.anchor_seeded SEED ANCHOR.py DATA_DIR [THREADS]
 
 The anchors (../shared/anchors) seed torch once, `torch.manual_seed(0)`, and take no seed
 argument. This runs the script as `__main__` with `torch.manual_seed(s)` turned into
@@ -16,8 +16,11 @@ import torch
 
 
 def main() -> None:
+    if sys.argv[1:2] in (["-h"], ["--help"]):
+        print(__doc__.strip())
+        return
     if len(sys.argv) < 3:
-        raise SystemExit(__doc__.strip().splitlines()[2].strip())
+        raise SystemExit("usage: " + __doc__.strip().splitlines()[2].strip())
     offset, script = int(sys.argv[1]), sys.argv[2]
     seed = torch.manual_seed
     torch.manual_seed = lambda s: seed(s + offset)

@@ -1,5 +1,5 @@
-"""Issue 17's speed targets: the one place they are declared (bench_speed.py judges runs
-against them, update_readme.py lists them; no torch import here)."""
+"""Issue 17's speed targets: the one place they are declared (benchmarks.speed judges runs
+against them, benchmarks.update_readme lists them; no torch import here)."""
 
 # Accuracy: the worst of the seeds ("anchor": the anchor's own accuracy in the same
 # invocation); time: the median of the seeds as a multiple of the anchor's seconds.
@@ -11,5 +11,5 @@ TARGETS = {
 }
 MIN_SEEDS = 3  # a verdict needs this many runs
 # images/s of the engine over the conventional Dataset + DataLoader pipeline, same network
-# (benchmarks/bench_throughput.py)
+# (benchmarks.throughput)
 THROUGHPUT_REQUIRED_RATIO = 2.5

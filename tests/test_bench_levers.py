@@ -1,13 +1,12 @@
-"""benchmarks/bench_levers.py: variants back to back on a validation split, ratios, resume."""
+"""benchmarks.levers: variants back to back on a validation split, ratios, resume."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-import bench_levers  # noqa: E402
+from benchmarks import levers as bench_levers
+from benchmarks import update_readme
 
 
 def test_levers_on_validation_with_ratios_and_resume(shared_cifar_dir, tmp_path, capsys,
@@ -40,8 +39,6 @@ def test_levers_on_validation_with_ratios_and_resume(shared_cifar_dir, tmp_path,
     assert [v["run_dir"] for v in again["variants"]] == [v["run_dir"] for v in rec["variants"]]
     assert len(again["legs"]) == 2
     # the README table: one row per variant, the change named, the time as a ratio
-    import update_readme
-
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "levers-default.json").write_text(out.read_text())
     monkeypatch.setattr(update_readme, "RESULTS", tmp_path / "results")
@@ -80,7 +77,7 @@ def test_resume_measures_afresh_when_the_recipe_changed(shared_cifar_dir, tmp_pa
     (["--lever", "nocolon"], "expected NAME:KEY=VALUE"),
     (["--lever", "x:optim.lr"], "--lever x: --set optim.lr: expected KEY=VALUE"),
     (["--only", "nosuch"], "unknown lever"),
-    (["--data-dir", "/no/such/dir"], "no such folder"),
+    (["--data-dir", "/no/such/dir"], "CIFAR-10 not found"),
 ])
 def test_bad_arguments_one_line(argv, match, tmp_path):
     with pytest.raises(SystemExit, match=match):

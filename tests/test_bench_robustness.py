@@ -1,11 +1,8 @@
-"""benchmarks/bench_robustness.py: rows, the option trained in the same invocation, resume."""
+"""benchmarks.robustness: rows, the option trained in the same invocation, resume."""
 
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-import bench_robustness  # noqa: E402
+from benchmarks import robustness as bench_robustness
 
 
 def test_rows_options_and_resume(tmp_path, cifar_dir, monkeypatch):

@@ -1,25 +1,22 @@
-"""benchmarks/bench_speed.py: the anchor run in the same invocation, ratios, verdicts, resuming.
+"""benchmarks.speed: the anchor run in the same invocation, ratios, verdicts, resuming.
 
 Training is faked (monkeypatched) except in one tiny real run; the anchor is a fake script.
 """
 
 import json
-import sys
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-import anchor as anchor_mod  # noqa: E402
-import bench_speed  # noqa: E402
+import cifarlab.api
+from benchmarks import anchor as anchor_mod
+from benchmarks import speed as bench_speed
+from benchmarks import update_readme
+from cifarlab.analysis import macs_at
+from cifarlab.models import create_model
+from cifarlab.recipe import resolve
 
-import cifarlab.api  # noqa: E402
-from cifarlab.analysis import macs_at  # noqa: E402
-from cifarlab.models import create_model  # noqa: E402
-from cifarlab.recipe import resolve  # noqa: E402
-
-REAL_TRAIN_RUN = bench_speed.train_run
+REAL_TIMED_TRAIN = bench_speed.timed_train
 
 FAKE_ANCHOR = """\
 import pathlib, sys
@@ -49,14 +46,15 @@ def env(tmp_path, monkeypatch, cifar_dir):
     script.write_text(FAKE_ANCHOR)
     calls = []
 
-    def fake_train(recipe, seed, data, runs_dir, overrides, device):
+    def fake_train(recipe, data, runs_dir, name, overrides, seed, device):
+        assert name == f"{recipe}-seed{seed}"
         calls.append((recipe, seed))
         acc, seconds = RESULTS[recipe, seed]
         return {"test_acc": acc, "epochs": 3, "params": 1234, "train_seconds": seconds - 0.5,
                 "macs": 1_000_000, "train_macs": 1_000_000, "receptive_field": 5,
                 "images_per_second": 100.0}, seconds
 
-    monkeypatch.setattr(bench_speed, "train_run", fake_train)
+    monkeypatch.setattr(bench_speed, "timed_train", fake_train)
     monkeypatch.setattr(bench_speed, "matmul_gflops", lambda dtype: 300.0)
     out = tmp_path / "speed.json"
     args = ["--data-dir", str(cifar_dir), "--anchor", str(script), "--out", str(out),
@@ -81,7 +79,7 @@ def test_anchor_ratios_and_verdicts(env, capsys):
     cores = __import__("os").cpu_count()
     assert anchor_calls(env) == [f"{env['data'].parent} {cores}"] * 3
     assert [r["seed"] for r in an["runs"]] == [0, 1, 2] and an["threads"] == cores
-    assert "anchor_seeded.py 1" in an["runs"][1]["command"]
+    assert "python -m benchmarks.anchor_seeded 1 " in an["runs"][1]["command"]
     assert an["cpu"]["model"] in an["machine"] and "amx_bf16" in an["cpu"]
     cpu = out["by_cpu"][an["cpu"]["model"]]
     assert cpu["anchor_mean_acc"] == 0.9 and cpu["anchor_threads"] == [cores]
@@ -112,8 +110,6 @@ def test_anchor_ratios_and_verdicts(env, capsys):
 
 
 def test_readme_speed_table_from_ratios(env, monkeypatch):
-    import update_readme
-
     bench_speed.main(["fast-top", "fast-50k", *env["args"]])
     monkeypatch.setattr(update_readme, "RESULTS", env["out"].parent)
     text = "\n".join(update_readme.time_to_accuracy_section())
@@ -164,14 +160,14 @@ def test_parse_result(lines, result):
 
 
 def test_interrupted_invocation_resumes_with_its_anchor(env, monkeypatch, capsys):
-    real = bench_speed.train_run
+    real = bench_speed.timed_train
 
-    def dies_on_third(recipe, seed, *a):
+    def dies_on_third(*a, **kw):
         if len(env["calls"]) == 2:
             raise KeyboardInterrupt
-        return real(recipe, seed, *a)
+        return real(*a, **kw)
 
-    monkeypatch.setattr(bench_speed, "train_run", dies_on_third)
+    monkeypatch.setattr(bench_speed, "timed_train", dies_on_third)
     with pytest.raises(KeyboardInterrupt):
         bench_speed.main(["fast-top", "fast-50k", *env["args"]])
     first = json.loads(env["out"].read_text())
@@ -181,7 +177,7 @@ def test_interrupted_invocation_resumes_with_its_anchor(env, monkeypatch, capsys
     with pytest.raises(SystemExit, match="unfinished invocation.*--resume"):
         bench_speed.main(["fast-top", *env["args"]])  # not silently thrown away
 
-    monkeypatch.setattr(bench_speed, "train_run", real)
+    monkeypatch.setattr(bench_speed, "timed_train", real)
     env["calls"].clear()
     no_data = [a for a in env["args"] if a not in ("--data-dir", str(env["data"]))]
     bench_speed.main(["--resume", *no_data])  # recipes, seeds and data from the file
@@ -227,8 +223,6 @@ def test_resume_times_a_changed_recipe_again(env, monkeypatch):
     assert len(out["runs"]) == 6 and out["summary"]["fast-50k"]["n_runs"] == 3
     assert {r["recipe_sha"] for r in out["runs"] if r["recipe"] == "fast-50k"} == {
         real("fast-50k", {}) + "-edited"}
-    import update_readme
-
     monkeypatch.setattr(update_readme, "RESULTS", env["out"].parent)
     text = "\n".join(update_readme.time_to_accuracy_section())
     assert "4 earlier runs of `fast-50k`, `fast-top`, not shown to have trained" in text
@@ -251,8 +245,6 @@ def test_retime_times_an_unchanged_recipe_again(env, monkeypatch):
     env["calls"].clear()
     bench_speed.main(["--resume", *env["args"]])  # without --retime: nothing left to time
     assert env["calls"] == [] and len(json.loads(env["out"].read_text())["runs"]) == 6
-    import update_readme
-
     monkeypatch.setattr(update_readme, "RESULTS", env["out"].parent)
     text = "\n".join(update_readme.time_to_accuracy_section())
     assert "3 earlier runs of `fast-50k`, timed again with the code of a later commit" in text
@@ -284,8 +276,6 @@ def test_resume_elsewhere_or_later_runs_the_anchor_again(env, monkeypatch):
     s = out["summary"]["fast-top"]
     assert s["ratio_to_anchor"] == pytest.approx((8.0 / 12.3 + 18.0 / 24.6) / 2)
     assert s["anchors"] == 2 and len(s["machines"]) == 2
-    import update_readme
-
     monkeypatch.setattr(update_readme, "RESULTS", env["out"].parent)
     text = "\n".join(update_readme.time_to_accuracy_section())
     assert "- Anchor 1:" in text and "| `fast-top` | 1,234 | – |" in text  # no mixed seconds
@@ -309,7 +299,7 @@ def test_resume_elsewhere_or_later_runs_the_anchor_again(env, monkeypatch):
 
 def test_tiny_real_runs_through_overrides(env, monkeypatch, tmp_path):
     """The real training call, shrunk by --set: such runs are recorded but get no verdict."""
-    monkeypatch.setattr(bench_speed, "train_run", REAL_TRAIN_RUN)
+    monkeypatch.setattr(bench_speed, "timed_train", REAL_TIMED_TRAIN)
     bench_speed.main(["fast-50k", "--seeds", "0", "--runs-dir", str(tmp_path / "runs"),
                       "--set", "train.epochs=1", "--set", "train.processes=1",
                       "--set", "train.batch_size=100", *env["args"]])

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-import common  # noqa: E402
+from benchmarks import common, update_readme
+from benchmarks import search as bench_search
+from benchmarks import seeds as bench_seeds
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_throughput_merge_keeps_the_speed_record(tmp_path, monkeypatch):
@@ -34,8 +37,6 @@ def test_commit_from_environment(monkeypatch):
 
 
 def test_readme_machine_column():
-    import update_readme
-
     gpu = "Intel(R) Xeon(R) Processor, 16 cores, NVIDIA H200, torch 2.11.0+cu130, 3 threads"
     cpu = "Intel(R) Xeon(R) Processor, 2 cores, torch 2.13.0+cpu, 2 threads"
     assert update_readme.where(gpu) == "NVIDIA H200"
@@ -43,8 +44,6 @@ def test_readme_machine_column():
 
 
 def test_seed_rows_one_per_run_dir(tmp_path, monkeypatch):
-    import bench_seeds
-
     monkeypatch.setattr(bench_seeds, "RESULTS", tmp_path)
     monkeypatch.setattr(common, "RESULTS", tmp_path)
     rows = [{"recipe": "seed002", "run_dir": d, "date": t, "test_acc": a}
@@ -57,20 +56,15 @@ def test_seed_rows_one_per_run_dir(tmp_path, monkeypatch):
 
 
 def test_readme_results_are_what_the_json_generates():
-    import update_readme
-
-    root = Path(__file__).resolve().parent.parent
-    readme = (root / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     assert update_readme.summary_block() in readme
-    assert update_readme.readme_results() in (root / "docs" / "results.md").read_text()
-    history = (root / "docs" / "seed-history.md").read_text()
+    assert update_readme.readme_results() in (ROOT / "docs" / "results.md").read_text()
+    history = (ROOT / "docs" / "seed-history.md").read_text()
     assert update_readme.history_block() in history
 
 
 def test_readme_synopsis_is_every_command_as_its_help_prints_it():
-    import update_readme
-
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     block = update_readme.cli_block()
     assert block in readme
     for cmd in ("train", "eval", "predict", "export", "search", "search report", "check",
@@ -129,10 +123,8 @@ def test_every_recorded_row_names_its_provenance():
 
 
 def test_search_section_from_a_finished_and_a_running_search(tmp_path, monkeypatch):
-    import update_readme
-
     prov = {"commit": "a" * 40, "date": "2026-11-28T15:00:00+00:00", "machine": "M",
-            "command": "python benchmarks/bench_search.py"}
+            "command": "python -m benchmarks.search"}
     done = {"hand_recipe": "fast-50k", "searched_test_acc": 0.8123, "hand_test_acc": 0.81,
             "searched_seconds": 200.0, "hand_seconds": 205.0, "rules_met": True,
             "search_minutes": 60.2, "search_workers": "2 x 1 thread(s)",
@@ -166,8 +158,7 @@ def test_search_section_from_a_finished_and_a_running_search(tmp_path, monkeypat
 def test_bench_search_sigterm_stops_the_parent_and_quietly_ends_forked_children():
     code = r"""
 import os, signal, sys, time
-sys.path.insert(0, "benchmarks")
-import bench_search
+from benchmarks import search as bench_search
 bench_search.stop_on_sigterm()
 r, w = os.pipe()
 pid = os.fork()
@@ -185,8 +176,7 @@ try:
 except KeyboardInterrupt:
     print("parent stopped")
 """
-    root = Path(__file__).resolve().parent.parent
-    r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[:2] == ["child 143", "parent stopped"]
@@ -197,12 +187,11 @@ def test_bench_throughput_records_both_engine_modes(shared_cifar_dir, tmp_path):
     """A tiny real run: baseline, the engine in one process and in two, the faster one as the
     headline ratio, and the roof fraction of it."""
     out = tmp_path / "tp.json"
-    r = subprocess.run([sys.executable, "benchmarks/bench_throughput.py", "--data-dir",
+    r = subprocess.run([sys.executable, "-m", "benchmarks.throughput", "--data-dir",
                         str(shared_cifar_dir), "--steps", "4", "--warmup", "1",
                         "--batch-size", "16", "--reps", "1", "--rounds", "2",
                         "--out-name", str(out)],
-                       cwd=Path(__file__).resolve().parent.parent, capture_output=True,
-                       text=True, timeout=600)
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     t = json.loads(out.read_text())
     assert len(t["rounds"]) == 2  # each row: the median of its rounds
@@ -215,7 +204,9 @@ def test_bench_throughput_records_both_engine_modes(shared_cifar_dir, tmp_path):
                                 if t["ratio_processes"] > t["ratio_single_process"]
                                 else "1 process, 2 threads")
     assert 0 < t["engine_roof_fraction"] == t["engine_gflops"] / t["roof_gflops"]
-    assert t["commit"] and t["machine"] and "bench_throughput.py" in t["command"]
+    assert t["commit"] and t["machine"]
+    assert t["command"].startswith("python") and " -m benchmarks.throughput --data-dir " in \
+        t["command"]
 
 
 BENCH_SEARCH = """
@@ -250,12 +241,11 @@ lr = 0.1
 
 def test_bench_search_compares_search_random_search_and_hand_with_seeds(tmp_path, monkeypatch):
     """A tiny real search and random search (same budget, space, rules, pruning), the proxy's
-    Spearman, then fake final trainings: 3 seeds each, the winners at the hand recipe's time,
-    the only ones given the test set; a second sitting redoes nothing; the README table."""
+    Spearman, a fake final stage (`--fill-budget`, the same for both winners), then fake final
+    trainings: 3 seeds each, the winners at the hand recipe's time, the only ones given the
+    test set; a second sitting redoes nothing; the README table."""
     from types import SimpleNamespace
 
-    import bench_search
-    import update_readme
     from conftest import write_cifar
 
     from cifarlab.search import space as SP
@@ -282,7 +272,17 @@ def test_bench_search_compares_search_random_search_and_hand_with_seeds(tmp_path
              "params": 100, "macs": 1e6, "receptive_field": 5, "stopped_by": None}
         return m, 11.0 + overrides["seed"]
 
+    fills = []
+
+    def fake_fill(study, t, runs_dir, data=None):  # the tiny file has no time rule to fill
+        assert data is not None and runs_dir.parent.name == study.study_name
+        fills.append(study.study_name)
+        own = {"overrides": {}, "epochs": 1, "val_acc": t.values[0], "stopped_by": None,
+               "note": "the trial itself"}
+        return {"headroom": 1.0, "candidates": [own], "chosen": {}, "val_split": 100}
+
     monkeypatch.setattr(bench_search, "run_search", counting_search)
+    monkeypatch.setattr(bench_search, "fill_budget", fake_fill)
     monkeypatch.setattr(bench_search, "timed_train", fake_train)
     runs = tmp_path / "runs"
     runs.mkdir()
@@ -291,7 +291,7 @@ def test_bench_search_compares_search_random_search_and_hand_with_seeds(tmp_path
     state: dict = {}
     r = bench_search.rule_set("under-50k", "fast-50k", args, state, lambda: None,
                               load_train_data(folder), lambda: "FULL")
-    assert searches == ["b", "b-random"]
+    assert searches == ["b", "b-random"] and fills == ["b", "b-random"]
     rnd = storage.load_study("b-random", storage.default_storage(runs / "b-random"))
     assert storage.spec_of(rnd).search["sampler"] == "random"
     assert storage.spec_of(rnd).search["pruner"] == "hyperband"  # the same pruning
@@ -310,11 +310,10 @@ def test_bench_search_compares_search_random_search_and_hand_with_seeds(tmp_path
     # a second sitting: every finished part kept
     r2 = bench_search.rule_set("under-50k", "fast-50k", args, state, lambda: None,
                                load_train_data(folder), lambda: "FULL")
-    assert len(searches) == 2 and len(finals) == 9
+    assert len(searches) == 2 and len(fills) == 2 and len(finals) == 9
     assert r2["searched"]["test_accs"] == r["searched"]["test_accs"]
 
-    old = json.loads((Path(__file__).resolve().parent.parent / "benchmarks" / "results"
-                      / "search.json").read_text())
+    old = json.loads((ROOT / "benchmarks" / "results" / "search.json").read_text())
     old["rule_sets"]["new-rules"] = r
     (tmp_path / "search.json").write_text(json.dumps(old, default=str))
     monkeypatch.setattr(update_readme, "RESULTS", tmp_path)

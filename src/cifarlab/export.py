@@ -31,6 +31,7 @@ from .errors import CifarlabError
 from .images import classify_files
 from .inference import checkpoint_path, load_model, predict_logits, summarize
 from .provenance import commit
+from .rundir import atomic_path
 
 FORMAT = "1"  # metadata `cifarlab_format`: bump when the graph's contract changes
 INPUT_NAME = "image"
@@ -220,27 +221,11 @@ def _quiet():
             lg.setLevel(lv)
 
 
-def _temp_path(target: Path) -> Path:
-    """A fresh temporary file beside `target` (same filesystem: the rename is atomic)."""
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    except OSError as e:
-        raise ExportError(f"{target}: cannot write ({e.strerror})") from None
-    os.close(fd)
-    return Path(tmp)
-
-
 def _write(proto, path: Path) -> None:
     try:
         path.write_bytes(proto.SerializeToString())
     except (OSError, ValueError) as e:  # ValueError: protobuf over 2 GB
         raise ExportError(f"{path}: cannot write ({_one_line(e)})") from None
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out)
 
 
 def _compare(ref: torch.Tensor, got: torch.Tensor) -> dict:
@@ -365,8 +350,7 @@ def export_onnx(path: str | os.PathLike, out: str | os.PathLike | None = None, *
     ref = predict_logits(model, images, meta["mean"], meta["std"], precision="fp32",
                          channels_last=False, tta=False, tta_shift=0)
     result: dict = {"onnx": str(dst), "opset": opset_used, "output": output}
-    tmp = _temp_path(dst)
-    try:
+    with atomic_path(dst) as tmp:  # published only once it passes the gate
         _write(proto, tmp)
         sess, md = open_onnx(tmp)
         fp32_out = run_onnx(sess, md, images)
@@ -378,9 +362,6 @@ def export_onnx(path: str | os.PathLike, out: str | os.PathLike | None = None, *
                 f"{parity['max_abs_diff']:.3g} (limit {FP32_MAX_DIFF:g}), top-1 agreement "
                 f"{parity['top1_agreement']:.2%} (limit {FP32_MIN_AGREEMENT:.1%}); "
                 "file not written")
-        _publish(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
     result.update(onnx_bytes=dst.stat().st_size, parity=parity)
     log(f"wrote {dst} ({dst.stat().st_size:,} bytes, opset {opset_used}): parity with PyTorch "
         f"fp32 on {n} test images: max |diff| {parity['max_abs_diff']:.2e}, top-1 agreement "
@@ -391,8 +372,7 @@ def export_onnx(path: str | os.PathLike, out: str | os.PathLike | None = None, *
     dst8 = dst.with_name(dst.stem + "-int8.onnx")
     calib_split = data.train.subset(CALIBRATION_IMAGES, seed=CALIBRATION_SEED)
     calib = _inputs(calib_split.images, md)
-    tmp8 = _temp_path(dst8)
-    try:
+    with atomic_path(dst8) as tmp8:  # published only once it passes the int8 gate
         with _quiet():
             try:
                 kept_fp32 = _quantize(dst, tmp8, calib)
@@ -420,9 +400,6 @@ def export_onnx(path: str | os.PathLike, out: str | os.PathLike | None = None, *
                 f"{INT8_MIN_AGREEMENT:.0%}), test accuracy "
                 f"{int8_eval['acc']:.4f} vs fp32 {fp32_eval['acc']:.4f} (max drop "
                 f"{INT8_MAX_ACC_DROP:.2f}); int8 file not written, {dst.name} kept")
-        _publish(tmp8, dst8)
-    finally:
-        tmp8.unlink(missing_ok=True)
     size8 = dst8.stat().st_size
     result.update(int8=str(dst8), int8_bytes=size8, int8_parity=parity8,
                   test_images=len(data.test), fp32_acc=fp32_eval["acc"],

@@ -74,9 +74,13 @@ def mask_secrets(text: str) -> str:
 
 
 def command() -> str:
-    """This process's command line: `cifarlab train ...`, or `python script.py ...`, with any
-    password in a URL masked (`mask_secrets`)."""
+    """This process's command line: `cifarlab train ...`, `python script.py ...` or
+    `python -m package.module ...`, with any password in a URL masked (`mask_secrets`)."""
     argv = sys.argv or [""]
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name and argv[0].endswith(".py"):  # python -m NAME
+        module = spec.name.removesuffix(".__main__")
+        return mask_secrets(" ".join([Path(sys.executable).name, "-m", module] + argv[1:]))
     if argv[0].endswith(".py"):
         return mask_secrets(" ".join([Path(sys.executable).name] + argv))
     return mask_secrets(" ".join([Path(argv[0]).name or "python"] + argv[1:]))

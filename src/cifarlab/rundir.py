@@ -12,6 +12,7 @@ runs/<name>/
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -21,6 +22,7 @@ import pickle
 import re
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,27 +46,44 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over `path`: a reader (or a
-    kill at any moment) sees either the old file or the new one, never a torn one."""
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A new temporary file beside `path` (same folder, so the rename is atomic) for the block
+    to write, and check, before it replaces `path` in one rename when the block ends without
+    an error; removed otherwise. A reader (or a kill at any moment) sees either the old file
+    or the new one, never a torn one."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise RunDirError(f"{path}: cannot write ({e.strerror})") from None
+    os.close(fd)
+    tmp, published = Path(name), False
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise RunDirError(f"{path}: cannot write ({e.strerror}); previous file kept") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        yield tmp
+        try:
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
+            os.replace(tmp, path)
+            published = True
+        except OSError as e:
+            raise RunDirError(f"{path}: cannot write ({e.strerror}); previous file kept") \
+                from None
+    finally:
+        if not published:
+            tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (`atomic_path`), fsynced before the rename."""
+    with atomic_path(path) as tmp:
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise RunDirError(f"{path}: cannot write ({e.strerror}); previous file kept") \
+                from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:

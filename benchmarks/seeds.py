@@ -1,7 +1,7 @@
 """Run seed recipes fully on the shared data; record each in benchmarks/results/seeds.json.
 
-    .venv/bin/python benchmarks/bench_seeds.py seed003-net1 seed000-m3 ... [--max-minutes M]
-    .venv/bin/python benchmarks/bench_seeds.py --resume runs/seed002 --max-minutes 60
+    .venv/bin/python -m benchmarks.seeds seed003-net1 seed000-m3 ... [--max-minutes M]
+    .venv/bin/python -m benchmarks.seeds --resume runs/seed002 --max-minutes 60
 
 A run cut short by --max-minutes is recorded with the epochs done (epochs < epochs_planned),
 its accuracy so far and seconds per epoch; --resume continues it and replaces its row. Rows of
@@ -10,17 +10,24 @@ other runs of the same recipe (an earlier setup, say) stay.
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, provenance, write_result  # noqa: E402
+import cifarlab
+from cifarlab.errors import CifarlabError
 
-import cifarlab  # noqa: E402
-from cifarlab.errors import CifarlabError  # noqa: E402
+from .common import (
+    RESULTS,
+    add_data_dir,
+    add_recipe_flags,
+    arg_parser,
+    provenance,
+    write_result,
+)
+
+# the `cifarlab train` flags a seed run may take (recipe keys: declared in recipe.SETTINGS)
+RECIPE_FLAGS = ("train.target", "data.val_split", "train.processes")
 
 
 def record(m: dict, prov: dict) -> dict:
@@ -55,21 +62,20 @@ def save(rec: dict) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = arg_parser("seeds", __doc__)
     ap.add_argument("recipes", nargs="*")
     ap.add_argument("--resume", help="continue this run directory")
-    ap.add_argument("--data-dir")
+    add_data_dir(ap, " (with --resume: the run's)")
     ap.add_argument("--runs-dir", default="runs")
-    ap.add_argument("--max-minutes", type=float)
-    ap.add_argument("--target", type=float)
-    ap.add_argument("--val-split", type=int, help="hold out N training images for validation")
-    ap.add_argument("--procs", type=int, help="data-parallel processes (train.processes)")
+    ap.add_argument("--max-minutes", type=float, help="stop (resumably) after this much "
+                    "training time; --resume continues later")
+    add_recipe_flags(ap, RECIPE_FLAGS)
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     a = ap.parse_args()
     try:
         run(a)
     except CifarlabError as e:  # a bad path or option: one line, not a traceback
-        raise SystemExit(f"bench_seeds: {e}") from None
+        raise SystemExit(f"benchmarks.seeds: {e}") from None
 
 
 def run(a) -> None:
@@ -83,14 +89,10 @@ def run(a) -> None:
     if a.resume:
         save(record(cifarlab.train(resume=a.resume, data=data, progress=False,
                                    max_seconds=limit, device=a.device), prov))
+    flags = {k: v for k, v in vars(a).items() if k in RECIPE_FLAGS and v}
     for name in a.recipes:
-        extra = {"target": a.target} if a.target else {}
-        if a.val_split:
-            extra["val_split"] = a.val_split
-        if a.procs:
-            extra["procs"] = a.procs
         m = cifarlab.train(name, data=data, runs_dir=a.runs_dir, progress=False,
-                           max_seconds=limit, device=a.device, **extra)
+                           max_seconds=limit, device=a.device, **flags)
         save(record(m, prov))
 
 

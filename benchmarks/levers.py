@@ -1,14 +1,15 @@
 """Speed levers (issue 17): one recipe with and without each lever, back to back, one invocation.
 
-    .venv/bin/python benchmarks/bench_levers.py fast-50k --data-dir ../shared/data \\
+    .venv/bin/python -m benchmarks.levers fast-50k --data-dir ../shared/data \\
         --lever "muon-10ep:optim.name=muon,optim.muon_lr=0.1,train.epochs=10"
     -> benchmarks/results/levers-fast-50k.json (`--out` elsewhere)
 
 Every variant trains the recipe on 45,000 training images and is scored on the 5,000 held out
 (`data.val_split`, `train.test_eval = never`): a lever is kept or dropped on validation
 accuracy, and the test set is not read. Each variant is a fresh process (so an environment
-setting such as `CIFARLAB_MALLOC` or a compiled graph cannot leak into the next), timed from
-just before `cifarlab.train` to its return with the data already in memory; the baseline
+setting such as `CIFARLAB_MALLOC` or a compiled graph cannot leak into the next:
+`python -m benchmarks.levers --child SPEC` runs `train_variant`), timed from just before
+`cifarlab.train` to its return with the data already in memory; the baseline
 ("recipe", no change) runs first and every variant's seconds are also a ratio to it. The
 built-in levers are in `LEVERS`; `--lever NAME:KEY=VALUE,...` adds one (or replaces one of
 that name), `--only NAME ...` picks some. Run it on an otherwise idle machine: the seconds of
@@ -19,18 +20,29 @@ otherwise it starts again, baseline included.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, boot_id, parse_sets, provenance, write_json  # noqa: E402
+from cifarlab.data import find_data
+from cifarlab.errors import CifarlabError
+from cifarlab.recipe import resolve
 
-from cifarlab.errors import CifarlabError  # noqa: E402
-from cifarlab.recipe import resolve  # noqa: E402
+from .common import (
+    RESULTS,
+    add_data_dir,
+    arg_parser,
+    boot_id,
+    child_result,
+    module_command,
+    module_env,
+    parse_sets,
+    provenance,
+    timed_train,
+    write_json,
+)
 
 # name -> (recipe overrides, environment); "recipe" is the baseline every ratio is taken to.
 # Recipe-specific levers (epochs, learning rates) are given with --lever.
@@ -40,17 +52,6 @@ LEVERS: dict[str, tuple[dict, dict]] = {
     "glibc-malloc": ({}, {"CIFARLAB_MALLOC": "system"}),  # cifarlab.memory off
     "muon": ({"optim.name": "muon", "optim.muon_lr": 0.1}, {}),
 }
-
-CHILD = r"""
-import json, sys, time
-import cifarlab
-data = cifarlab.load_data(sys.argv[1])
-over = json.loads(sys.argv[5])
-t0 = time.perf_counter()
-m = cifarlab.train(sys.argv[2], data=data, runs_dir=sys.argv[3], name=sys.argv[4],
-                   progress=False, plots=False, log=lambda s: None, **over)
-print(json.dumps({**m, "seconds": time.perf_counter() - t0}, default=str))
-"""
 
 
 def parse_lever(text: str) -> tuple[str, dict]:
@@ -62,27 +63,38 @@ def parse_lever(text: str) -> tuple[str, dict]:
     return name.strip(), parse_sets(items, f"--lever {name.strip()}")
 
 
+def train_variant(spec: dict) -> None:
+    """The child process (`--child SPEC`): load the data, train `spec["recipe"]` with
+    `spec["overrides"]` into `spec["runs_dir"]` / `spec["name"]`, timed, and print the metrics
+    with `seconds` as one JSON line."""
+    import cifarlab
+
+    data = cifarlab.load_data(spec["data_dir"])
+    m, seconds = timed_train(spec["recipe"], data, spec["runs_dir"], spec["name"],
+                             spec["overrides"])
+    print(json.dumps({**m, "seconds": seconds}, default=str))
+
+
 def run_variant(recipe: str, name: str, over: dict, env: dict, data_dir: str,
                 runs_dir: Path, val_split: int) -> dict:
+    """One variant in a fresh process (`train_variant`), with its environment settings."""
     over = {"data.val_split": val_split, "train.test_eval": "never", **over}
-    child_env = {k: v for k, v in os.environ.items() if k != "CIFARLAB_MALLOC"} | env
-    out = subprocess.run([sys.executable, "-c", CHILD, data_dir, recipe, str(runs_dir),
-                          f"{Path(recipe).stem}-{name}", json.dumps(over)],
+    spec = {"data_dir": data_dir, "recipe": recipe, "runs_dir": str(runs_dir),
+            "name": f"{Path(recipe).stem}-{name}", "overrides": over}
+    child_env = {k: v for k, v in module_env().items() if k != "CIFARLAB_MALLOC"} | env
+    out = subprocess.run(module_command("benchmarks.levers", "--child", json.dumps(spec)),
                          env=child_env, capture_output=True, text=True)
-    if out.returncode:
-        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
-        raise SystemExit(f"{recipe} / {name}: training failed: {last}")
-    m = json.loads(out.stdout.strip().splitlines()[-1])
+    m = child_result(out, f"{recipe} / {name}")
     return {"lever": name, "overrides": over, "env": env, "val_acc": m["val_acc"],
             "seconds": m["seconds"], "train_seconds": m["train_seconds"],
             "images_per_second": m["images_per_second"], "epochs": m["epochs"],
             "run_dir": m["run_dir"], **provenance()}
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parse_args(argv: list[str] | None):
+    ap = arg_parser("levers", __doc__)
     ap.add_argument("recipe", help="e.g. fast-50k")
-    ap.add_argument("--data-dir", default="../shared/data")
+    add_data_dir(ap)
     ap.add_argument("--runs-dir", default="runs/bench-levers")
     ap.add_argument("--lever", action="append", default=[], metavar="NAME:KEY=VALUE,...",
                     help="a lever of this recipe (repeatable)")
@@ -96,7 +108,11 @@ def main(argv: list[str] | None = None) -> None:
                     help="keep the variants already measured in --out (same machine and boot)")
     a = ap.parse_args(argv)
     a.out = a.out or RESULTS / f"levers-{Path(a.recipe).stem}.json"
-    common = parse_sets(a.set)
+    return a
+
+
+def pick_levers(a) -> dict[str, tuple[dict, dict]]:
+    """The built-in levers with --lever's added, cut to --only's (and the baseline)."""
     levers = dict(LEVERS)
     for text in a.lever:
         name, over = parse_lever(text)
@@ -107,10 +123,12 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"--only: unknown lever(s) {', '.join(unknown)} "
                              f"(known: {', '.join(levers)})")
         levers = {n: v for n, v in levers.items() if n == "recipe" or n in a.only}
-    if not Path(a.data_dir).exists():
-        raise SystemExit(f"--data-dir {a.data_dir}: no such folder")
+    return levers
 
-    prov = provenance()
+
+def start_state(a, common: dict, prov: dict) -> dict:
+    """The results file's state: the one in --out when --resume continues it there (same
+    recipe as resolved now, settings, machine and boot), else a new one."""
     try:  # the recipe as resolved now: a resumed baseline must have trained the same one
         config = json.loads(json.dumps(resolve(a.recipe, common), default=str))
     except CifarlabError as e:
@@ -129,28 +147,44 @@ def main(argv: list[str] | None = None) -> None:
                               os.getloadavg()[0], "variants": []}
     state.setdefault("recipe_config", config)  # new files, and files written before it
     state.setdefault("legs", []).append(prov)
+    return state
+
+
+def save(path: Path, state: dict) -> None:
+    """Every variant's seconds and validation accuracy against the baseline's; write."""
+    base = next((v for v in state["variants"] if v["lever"] == "recipe"), None)
+    for v in state["variants"]:
+        if base is not None:
+            v["seconds_ratio"] = v["seconds"] / base["seconds"]
+            v["val_acc_delta"] = v["val_acc"] - base["val_acc"]
+    write_json(path, state)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        return train_variant(json.loads(argv[1]))
+    a = parse_args(argv)
+    common = parse_sets(a.set)
+    levers = pick_levers(a)
+    try:
+        data_dir = str(find_data(a.data_dir))
+    except CifarlabError as e:
+        raise SystemExit(str(e)) from None
+    state = start_state(a, common, provenance())
     done = {v["lever"] for v in state["variants"]}
     runs_dir = Path(a.runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
-
-    def save() -> None:
-        base = next((v for v in state["variants"] if v["lever"] == "recipe"), None)
-        for v in state["variants"]:
-            if base is not None:
-                v["seconds_ratio"] = v["seconds"] / base["seconds"]
-                v["val_acc_delta"] = v["val_acc"] - base["val_acc"]
-        write_json(a.out, state)
-
-    save()  # this leg is recorded even if it measures nothing new
+    save(a.out, state)  # this leg is recorded even if it measures nothing new
     for name, (over, env) in levers.items():
         if name in done:
             print(f"{name}: recorded already", flush=True)
             continue
         print(f"{a.recipe} / {name} ...", flush=True)
-        v = run_variant(a.recipe, name, {**common, **over}, env, a.data_dir, runs_dir,
+        v = run_variant(a.recipe, name, {**common, **over}, env, data_dir, runs_dir,
                         a.val_split)
         state["variants"].append(v)
-        save()
+        save(a.out, state)
         print(f"{a.recipe} / {name}: val acc {v['val_acc']:.4f}, {v['seconds']:.1f} s "
               f"(x{v.get('seconds_ratio', 1):.2f} of the recipe), {v['epochs']} epochs",
               flush=True)
@@ -161,4 +195,4 @@ if __name__ == "__main__":
     try:
         main()
     except KeyboardInterrupt:
-        raise SystemExit("bench_levers: stopped; run it again with --resume") from None
+        raise SystemExit("benchmarks.levers: stopped; run it again with --resume") from None

@@ -2,7 +2,7 @@
 the engine's own training step (`cifarlab.train`: in-memory batches, batched augmentation,
 FastDropout, forward, backward, optimizer and schedule step).
 
-    .venv/bin/python benchmarks/bench_precision.py [--data-dir D]  -> results/precision.json
+    .venv/bin/python -m benchmarks.precision [--data-dir D]  -> results/precision.json
 
 Each setting trains the `seed001-fast` recipe (seed 001's network) for 3 epochs on a subset of
 `--images` training images with one process; the figure is the second epoch's images per second
@@ -11,16 +11,13 @@ Each setting trains the `seed001-fast` recipe (seed 001's network) for 3 epochs 
 
 from __future__ import annotations
 
-import argparse
 import csv
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import provenance, write_result  # noqa: E402
+import cifarlab
 
-import cifarlab  # noqa: E402
+from .common import add_data_dir, arg_parser, provenance, write_result
 
 
 def throughput(data, precision: str, channels_last: bool, dropout: float, batch: int,
@@ -38,8 +35,8 @@ def throughput(data, precision: str, channels_last: bool, dropout: float, batch:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data-dir")
+    ap = arg_parser("precision", __doc__)
+    add_data_dir(ap)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--images", type=int, default=256 * 24)
     a = ap.parse_args()

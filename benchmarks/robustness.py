@@ -1,6 +1,6 @@
 """Robustness of the shipped recipes under CIFAR-10-C-style corruptions (issue 31).
 
-    .venv/bin/python benchmarks/bench_robustness.py --data-dir ../shared/data \\
+    .venv/bin/python -m benchmarks.robustness --data-dir ../shared/data \\
         --runs-dir /tmp/robruns --images 2000
 
 One invocation trains each recipe once (seed 0, its own schedule, the full training set) and
@@ -15,21 +15,18 @@ Nothing is chosen here: every figure is a measurement of a recipe as shipped.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, provenance, write_json  # noqa: E402
+import cifarlab
+from cifarlab.corruptions import CORRUPTIONS, SEVERITIES, corrupt
+from cifarlab.data import load_data
+from cifarlab.errors import CifarlabError
 
-import cifarlab  # noqa: E402
-from cifarlab.corruptions import CORRUPTIONS, SEVERITIES, corrupt  # noqa: E402
-from cifarlab.data import load_data  # noqa: E402
-from cifarlab.errors import CifarlabError  # noqa: E402
+from .common import RESULTS, add_data_dir, arg_parser, provenance, timed_train, write_json
 
 RECIPES = ["fast-50k", "fast-seed001", "default", "seed000-m1", "seed000-m3", "fast-top"]
 WITH_OPTION = ["fast-50k", "fast-seed001", "fast-top"]  # also trained with the option
@@ -50,10 +47,7 @@ def generation_seconds(images, seed: int = 0) -> dict:
 
 def row_for(recipe: str, option: str, data, runs_dir: str, images: int | None) -> dict:
     """Train the recipe (with the option) and measure it."""
-    t0 = time.perf_counter()
-    m = cifarlab.train(recipe, data=data, runs_dir=runs_dir, name=f"{recipe}-{option}",
-                       progress=False, plots=False, log=lambda s: None, **OPTIONS[option])
-    seconds = time.perf_counter() - t0
+    m, seconds = timed_train(recipe, data, runs_dir, f"{recipe}-{option}", OPTIONS[option])
     r = cifarlab.robustness(m["run_dir"], data=data, images=images, progress=False,
                             log=lambda s: None)
     sev = r["by_severity"]
@@ -68,13 +62,13 @@ def row_for(recipe: str, option: str, data, runs_dir: str, images: int | None) -
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = arg_parser("robustness", __doc__)
     ap.add_argument("recipes", nargs="*", default=RECIPES, help=f"default: {' '.join(RECIPES)}")
     ap.add_argument("--with-option", nargs="*", default=WITH_OPTION, metavar="RECIPE",
                     help=f"also trained with AugMix (default: {' '.join(WITH_OPTION)})")
     ap.add_argument("--images", type=int, default=None,
                     help="score a stratified subset of this many test images (default all)")
-    ap.add_argument("--data-dir", default=None)
+    add_data_dir(ap)
     ap.add_argument("--runs-dir", default=None)
     ap.add_argument("--out", default=str(RESULTS / "robustness.json"))
     ap.add_argument("--resume", action="store_true", help="keep the rows already in --out")

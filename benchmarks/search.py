@@ -1,6 +1,6 @@
 """`cifarlab search` against the hand-written recipes and against random search (issues 16, 29).
 
-    .venv/bin/python benchmarks/bench_search.py --data-dir ../shared/data \\
+    .venv/bin/python -m benchmarks.search --data-dir ../shared/data \\
         --runs-dir /tmp/searchbench --minutes 60   # per rule set: 2 searches + 9 trainings
 
 For each rule set - seed 001's full rules (`seed001-rules`, hand recipe fast-seed001) and
@@ -24,13 +24,14 @@ seed 000's < 50k parameters (`under-50k`, hand recipe fast-50k) - one invocation
 Before the searches it measures, on this machine, trials per hour of one worker with all the
 cores' threads against one single-threaded worker per core (the same fixed trials, queued in
 both studies, pruning off), and the searches then use the faster configuration (`--workers`
-overrides). Everything goes to benchmarks/results/search.json (`--out` elsewhere), rewritten
-after each step: per rule set `hand`, `searched`, `random` (each with `test_accs` and
-`train_seconds`, one per seed), `proxy_spearman`, `budget_minutes` and the rule set's own
-commit, date, machine and command. The study directories and a state file live in
-`--runs-dir`, so an interrupted invocation, started again with the same arguments, resumes:
-a search continues where it was, finished searches and trainings are kept, a finished rule
-set is not run again, and a cut-short training run is started again.
+overrides; several workers are started by `cifarlab.search.workers.run_workers`, as
+`cifarlab search --workers N` starts them). Everything goes to benchmarks/results/search.json
+(`--out` elsewhere), rewritten after each step: per rule set `hand`, `searched`, `random` (each with
+`test_accs` and `train_seconds`, one per seed), `proxy_spearman`, `budget_minutes` and the rule
+set's own commit, date, machine and command. The study directories and a state file live in
+`--runs-dir`, so an interrupted invocation, started again with the same arguments, resumes: a
+search continues where it was, finished searches and trainings are kept, a finished rule set is
+not run again, and a cut-short training run is started again.
 
 `--quick` proves the plumbing in a few minutes (tiny subsets, 1-2 epochs, its own study names);
 its numbers mean nothing.
@@ -38,28 +39,26 @@ its numbers mean nothing.
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import copy
 import json
 import os
+import signal
 import statistics
-import subprocess
-import sys
 import time
 import tomllib
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, provenance, write_json  # noqa: E402
+import cifarlab.models.family  # noqa: F401  (registers "family")
+from cifarlab.data import load_data
+from cifarlab.search import rules, storage, winner
+from cifarlab.search import space as SP
+from cifarlab.search import workers as search_workers
+from cifarlab.search.final import fill_budget
+from cifarlab.search.run import run_search
+from cifarlab.search.trials import outcome, summary
 
-import cifarlab  # noqa: E402
-import cifarlab.models.family  # noqa: E402, F401  (registers "family")
-from cifarlab.data import load_data  # noqa: E402
-from cifarlab.search import rules, storage, winner  # noqa: E402
-from cifarlab.search import space as SP  # noqa: E402
-from cifarlab.search.final import fill_budget  # noqa: E402
-from cifarlab.search.run import run_search  # noqa: E402
-from cifarlab.search.trials import outcome, summary  # noqa: E402
+from .common import RESULTS, add_data_dir, arg_parser, provenance, timed_train, write_json
 
 RULE_SETS = {"seed001-rules": "fast-seed001", "under-50k": "fast-50k"}
 
@@ -104,33 +103,18 @@ def write_out(out: Path | None, result: dict) -> Path:
     return write_json(out or RESULTS / "search.json", result)
 
 
-def run_workers(spec_file: Path, study: str, runs_dir: Path, workers: int, threads: int,
-                data_dir: str | None, minutes: float | None = None,
+def run_workers(spec_file: Path, spec: SP.SearchSpec, study: str, runs_dir: Path,
+                workers: int, threads: int, data_dir: str | None, minutes: float | None = None,
                 trials: int | None = None, queued_only: bool = False) -> None:
-    """`workers` search processes on one study (SQLite in the study directory)."""
-    cmd = [sys.executable, "-m", "cifarlab.search.cli", str(spec_file), "--study", study,
-           "--runs-dir", str(runs_dir), "--threads", str(threads)]
-    if minutes:
-        cmd += ["--minutes", str(minutes)]
-    if trials:
-        cmd += ["--trials", str(trials)]
-    if data_dir:
-        cmd += ["--data-dir", data_dir]
-    if queued_only:
-        cmd += ["--queued-only"]
-    procs = [subprocess.Popen(cmd, env=dict(os.environ, CIFARLAB_SEARCH_TAG=f"[w{i + 1}] ",
-                                            OMP_NUM_THREADS=str(threads)))
-             for i in range(workers)]
-    try:
-        rcs = [p.wait() for p in procs]
-    finally:  # stopped (Ctrl-C, SIGTERM): the workers re-queue their trials and exit
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            p.wait()
-    if any(rcs):
-        raise SystemExit(f"a search worker failed (exit codes {rcs})")
+    """`workers` search processes on one study (SQLite in the study directory), each with
+    `threads` torch threads, started by the search package as `cifarlab search --workers N`
+    starts them (a worker killed while the budget lasts is replaced)."""
+    with sigterm_to_children():
+        rc, _ = search_workers.run_workers(
+            str(spec_file), spec, study, workers, minutes=minutes, trials=trials,
+            runs_dir=runs_dir, data_dir=data_dir, threads=threads, queued_only=queued_only)
+    if rc:
+        raise SystemExit(f"a search worker failed (exit status {rc})")
 
 
 # ------------------------------------------------------------------------------ workers
@@ -184,10 +168,10 @@ def compare_workers(runs_dir: Path, data_dir: str | None, quick: bool) -> dict:
 
             shutil.rmtree(sdir)
         sdir.mkdir(parents=True)
-        storage.create_or_load(SP.parse_search(text, str(f)), name,
-                               storage.default_storage(sdir), None, print)
+        sp = SP.parse_search(text, str(f))
+        storage.create_or_load(sp, name, storage.default_storage(sdir), None, print)  # untimed
         t0 = time.perf_counter()
-        run_workers(f, name, runs_dir, workers, threads, data_dir, queued_only=True)
+        run_workers(f, sp, name, runs_dir, workers, threads, data_dir, queued_only=True)
         wall = time.perf_counter() - t0
         st = storage.load_study(name, storage.default_storage(sdir))
         done = sum(1 for t in st.get_trials(deepcopy=False)
@@ -233,14 +217,6 @@ def random_text(spec: SP.SearchSpec) -> str:
     return SP.to_toml(raw)
 
 
-def timed_train(recipe, data, runs_dir: Path, name: str, overrides: dict,
-                max_seconds: float | None = None) -> tuple[dict, float]:
-    t0 = time.perf_counter()
-    m = cifarlab.train(recipe, data=data, runs_dir=runs_dir, name=name, progress=False,
-                       plots=False, log=lambda s: None, max_seconds=max_seconds, **overrides)
-    return m, time.perf_counter() - t0
-
-
 def search(spec: SP.SearchSpec, args, runs: Path, data, workers: int, threads: int) -> dict:
     """Run (or resume) one study to its budget; its summary."""
     minutes = args.minutes if not args.quick else 1.5
@@ -251,11 +227,8 @@ def search(spec: SP.SearchSpec, args, runs: Path, data, workers: int, threads: i
     else:
         f = runs / f"{spec.name}.toml"
         f.write_text(spec.text)
-        sdir = runs / spec.name
-        sdir.mkdir(parents=True, exist_ok=True)
-        storage.create_or_load(spec, spec.name, storage.default_storage(sdir), minutes, print)
-        run_workers(f, spec.name, runs, workers, threads, args.data_dir, minutes=minutes,
-                    trials=trials)
+        run_workers(f, spec, spec.name, runs, workers, threads, args.data_dir,
+                    minutes=minutes, trials=trials)
     return summary(storage.load_study(spec.name, storage.default_storage(runs / spec.name)))
 
 
@@ -368,29 +341,56 @@ def rule_set_record(name: str, hand: str, spec: SP.SearchSpec, st: dict) -> dict
             "random": runs_of("random")}
 
 
+# ------------------------------------------------------------------------------ stopping
+
+_FORWARD_SIGTERM = {"on": False}  # while search workers run: see sigterm_to_children
+
+
+def child_pids() -> list[int]:
+    """This process's child processes (Linux /proc)."""
+    me, out = os.getpid(), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == me:
+                out.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+@contextlib.contextmanager
+def sigterm_to_children():
+    """While the block runs, a SIGTERM to this process reaches its children (the search
+    workers) too: each re-queues its trial and exits, as after a Ctrl-C in the terminal."""
+    _FORWARD_SIGTERM["on"] = True
+    try:
+        yield
+    finally:
+        _FORWARD_SIGTERM["on"] = False
+
+
 def stop_on_sigterm() -> None:
     """SIGTERM stops this process as Ctrl-C does (the study and state file are saved); a
     training process it forked (train.processes) just exits, and its parent reports."""
-    import signal
-
     main_pid = os.getpid()
 
     def stop(signum, frame):
         if os.getpid() != main_pid:
             os._exit(128 + signum)
+        if _FORWARD_SIGTERM["on"]:
+            for pid in child_pids():
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGTERM)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
 
 
-def main() -> None:
-    import optuna
+# ------------------------------------------------------------------------------ main
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-    stop_on_sigterm()
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data-dir")
+def parse_args(argv: list[str] | None = None):
+    ap = arg_parser("search", __doc__)
+    add_data_dir(ap)
     ap.add_argument("--runs-dir", default="runs/bench-search")
     ap.add_argument("--minutes", type=float, help="search budget per rule set (default: the "
                     "search file's)")
@@ -405,7 +405,16 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="minutes, not hours: plumbing only")
     ap.add_argument("--out", type=Path, help="results file (default "
                     "benchmarks/results/search.json)")
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    stop_on_sigterm()
+    args = parse_args(argv)
     runs = Path(args.runs_dir)
     runs.mkdir(parents=True, exist_ok=True)
     state_path = runs / ("bench-search-quick.json" if args.quick else "bench-search.json")
@@ -457,4 +466,4 @@ if __name__ == "__main__":
     try:
         main()
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the study and the state file are saved
-        raise SystemExit("bench_search: stopped; run the same command to resume") from None
+        raise SystemExit("benchmarks.search: stopped; run the same command to resume") from None

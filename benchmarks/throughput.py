@@ -1,6 +1,6 @@
 """Training throughput: the seeds' conventional per-image DataLoader pipeline vs cifarlab's engine.
 
-    .venv/bin/python benchmarks/bench_throughput.py   -> benchmarks/results/throughput.json
+    .venv/bin/python -m benchmarks.throughput   -> benchmarks/results/throughput.json
 
 One process, one machine, the same network both ways: seed 001's net as `create_model("seed001")`
 builds it (dropout 0.1, the seed's rate), B images a step (default 128), `--steps` timed steps.
@@ -58,29 +58,28 @@ x 3 (forward + backward ~ 3x forward) x images/s, with MACs per image from
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+import cifarlab
+from cifarlab.analysis import describe
+from cifarlab.models import create_model
+from cifarlab.recipe import resolve
+
+from .common import (
+    add_data_dir,
+    arg_parser,
     matmul_gflops,
     merge_speed,
     model_gflops,
     provenance,
     write_result,
 )
-
-import cifarlab  # noqa: E402
-from cifarlab.analysis import describe  # noqa: E402
-from cifarlab.models import create_model  # noqa: E402
-from cifarlab.recipe import resolve  # noqa: E402
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # the constants the seeds' tutorials normalise with
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -163,9 +162,9 @@ def engine_throughput(data, overrides: dict, batch: int, images: int, warmup: in
 
 # --------------------------------------------------------------------------- main
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data-dir", default=None, help="default: $CIFAR10_DATA, then ./data")
+def parse_args(argv: list[str] | None = None):
+    ap = arg_parser("throughput", __doc__)
+    add_data_dir(ap)
     ap.add_argument("--steps", type=int, default=200, help="timed steps (default 200)")
     ap.add_argument("--warmup", type=int, default=10, help="untimed steps first (default 10)")
     ap.add_argument("--batch-size", type=int, default=128)
@@ -175,37 +174,56 @@ def main() -> None:
                          "median counts (default 3)")
     ap.add_argument("--out-name", default="throughput.json",
                     help="file under benchmarks/results/ (or an absolute path)")
-    a = ap.parse_args()
-    bs, steps, warmup = a.batch_size, a.steps, a.warmup
-    if bs < 1 or steps < 1 or warmup < 0 or a.rounds < 1:
+    a = ap.parse_args(argv)
+    if a.batch_size < 1 or a.steps < 1 or a.warmup < 0 or a.rounds < 1:
         ap.error("--batch-size, --steps and --rounds must be >= 1, --warmup >= 0")
+    a.error = ap.error
+    return a
 
+
+def measure_rounds(data, bs: int, steps: int, warmup: int, rounds: int) -> list[dict]:
+    """Rows 1-3, interleaved in each round: a drift of the machine's speed hits all rows."""
+    out = []
+    for k in range(1, rounds + 1):
+        base = baseline_throughput(data, bs, steps, warmup)
+        print(f"round {k}: baseline (per-image DataLoader, fp32, NCHW): {base:.0f} img/s",
+              flush=True)
+        eng = engine_throughput(data, {"model_args.dropout": 0.1}, bs, bs * steps, warmup)
+        print(f"round {k}: engine (fit, seed001-fast recipe, dropout 0.1): {eng:.0f} img/s",
+              flush=True)
+        eng2 = engine_throughput(data, {"model_args.dropout": 0.1, "train.processes": 2}, bs,
+                                 bs * steps, warmup)
+        print(f"round {k}: engine, 2 single-threaded processes, same batch: {eng2:.0f} img/s",
+              flush=True)
+        out.append({"baseline_img_s": base, "engine_img_s": eng,
+                    "engine_processes_img_s": eng2})
+    return out
+
+
+def print_table(rows: list[tuple[str, float]], base: float, steps: int, warmup: int) -> None:
+    width = max(len(r[0]) for r in rows)
+    print()
+    print(f"{'seed001 training, ' + str(steps) + ' steps after ' + str(warmup):<{width}}  "
+          f"{'img/s':>8}  {'x base':>7}")
+    for label, ips in rows:
+        print(f"{label:<{width}}  {ips:8.0f}  {ips / base:7.2f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parse_args(argv)
+    bs, steps, warmup = a.batch_size, a.steps, a.warmup
     prov = provenance()  # before anything runs: the commit actually measured
     data = cifarlab.load_data(a.data_dir)
-    n_train = len(data.train)
-    if (warmup + steps) * bs > n_train:
-        ap.error(f"(warmup + steps) x batch = {(warmup + steps) * bs} exceeds one epoch of "
-                 f"{n_train} images; lower --steps or --batch-size")
+    if (warmup + steps) * bs > len(data.train):
+        a.error(f"(warmup + steps) x batch = {(warmup + steps) * bs} exceeds one epoch of "
+                f"{len(data.train)} images; lower --steps or --batch-size")
     images = bs * steps
 
     roof = matmul_gflops(torch.bfloat16, reps=a.reps)
     roof32 = matmul_gflops(torch.float32, reps=a.reps)
     print(f"matmul 2048: bf16 {roof:.0f} GFLOP/s, fp32 {roof32:.0f} GFLOP/s", flush=True)
 
-    rounds = []
-    for k in range(1, a.rounds + 1):  # interleaved: a drift of the machine's speed hits all rows
-        base = baseline_throughput(data, bs, steps, warmup)
-        print(f"round {k}: baseline (per-image DataLoader, fp32, NCHW): {base:.0f} img/s",
-              flush=True)
-        eng = engine_throughput(data, {"model_args.dropout": 0.1}, bs, images, warmup)
-        print(f"round {k}: engine (fit, seed001-fast recipe, dropout 0.1): {eng:.0f} img/s",
-              flush=True)
-        eng2 = engine_throughput(data, {"model_args.dropout": 0.1, "train.processes": 2}, bs,
-                                 images, warmup)
-        print(f"round {k}: engine, 2 single-threaded processes, same batch: {eng2:.0f} img/s",
-              flush=True)
-        rounds.append({"baseline_img_s": base, "engine_img_s": eng,
-                       "engine_processes_img_s": eng2})
+    rounds = measure_rounds(data, bs, steps, warmup, a.rounds)
     base, eng, eng2 = (statistics.median(r[key] for r in rounds) for key in
                        ("baseline_img_s", "engine_img_s", "engine_processes_img_s"))
     best, mode = max((eng, "1 process, 2 threads"), (eng2, "2 processes, 1 thread each"))
@@ -216,45 +234,27 @@ def main() -> None:
 
     macs = describe(create_model("seed001"))["macs"]
     gflops = model_gflops(macs, best)
-    gflops_default = model_gflops(macs, eng_default)
-
-    rows = [
+    print_table([
         (f"baseline: per-image DataLoader, fp32, NCHW, dropout 0.1, batch {bs}", base),
         (f"engine: fit, seed001-fast recipe + dropout 0.1, batch {bs}", eng),
         (f"engine: the same, 2 single-threaded processes (batch {bs} = 2 x {bs // 2})", eng2),
         (f"engine: seed001-fast recipe as shipped (dropout 0.0, batch {default_bs})", eng_default),
-    ]
-    width = max(len(r[0]) for r in rows)
-    print()
-    print(f"{'seed001 training, ' + str(steps) + ' steps after ' + str(warmup):<{width}}  "
-          f"{'img/s':>8}  {'x base':>7}")
-    for label, ips in rows:
-        print(f"{label:<{width}}  {ips:8.0f}  {ips / base:7.2f}")
+    ], base, steps, warmup)
     print(f"model: {macs / 1e6:.2f} MMACs/image; engine ({mode}) achieves {gflops:.1f} GFLOP/s "
           f"= {gflops / roof:.1%} of the bf16 matmul roof ({roof:.0f} GFLOP/s; "
           f"fp32 {roof32:.0f})")
 
     out = {
-        **prov,
-        "model": "seed001",
-        "batch_size": bs,
-        "steps": steps,
-        "warmup": warmup,
-        "rounds": rounds,
-        "baseline_img_s": base,
-        "engine_img_s": eng,
-        "ratio_single_process": eng / base,
-        "engine_processes_img_s": eng2,
-        "ratio_processes": eng2 / base,
-        "ratio": best / base,
-        "engine_mode": mode,
+        **prov, "model": "seed001", "batch_size": bs, "steps": steps, "warmup": warmup,
+        "rounds": rounds, "baseline_img_s": base,
+        "engine_img_s": eng, "ratio_single_process": eng / base,
+        "engine_processes_img_s": eng2, "ratio_processes": eng2 / base,
+        "ratio": best / base, "engine_mode": mode,
         "engine_default_recipe_img_s": eng_default,
         "engine_default_recipe_batch_size": default_bs,
-        "roof_gflops": roof,
-        "roof_gflops_fp32": roof32,
-        "engine_gflops": gflops,
-        "engine_roof_fraction": gflops / roof,
-        "engine_default_recipe_gflops": gflops_default,
+        "roof_gflops": roof, "roof_gflops_fp32": roof32,
+        "engine_gflops": gflops, "engine_roof_fraction": gflops / roof,
+        "engine_default_recipe_gflops": model_gflops(macs, eng_default),
         "model_macs": macs,
     }
     print(write_result(a.out_name, out))

@@ -1,6 +1,6 @@
 """A newcomer's first command, timed as they run it; writes benchmarks/results/default.json.
 
-    .venv/bin/python benchmarks/bench_default.py [--data-dir ../shared/data]
+    .venv/bin/python -m benchmarks.default [--data-dir ../shared/data]
 
 Runs `cifarlab train` (the default recipe, what `make run` runs) as a separate process with
 its output redirected, and records the wall time of the whole command (start-up, data
@@ -9,7 +9,6 @@ loading, training, final evaluation, plots) beside the run's own figures.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -17,13 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import provenance, write_result  # noqa: E402
+from .common import add_data_dir, arg_parser, provenance, write_result
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data-dir", default=None)
+    ap = arg_parser("default", __doc__)
+    add_data_dir(ap)
     ap.add_argument("--recipe", default="default")
     ap.add_argument("--runs-dir", default=None, help="keep the run here (default: a temp dir)")
     a = ap.parse_args()

@@ -1,6 +1,6 @@
 """Time to accuracy (issues 5, 17): speed recipes against an anchor run in the same invocation.
 
-    .venv/bin/python benchmarks/bench_speed.py fast-top fast-50k fast-seed001 best-seed001 \\
+    .venv/bin/python -m benchmarks.speed fast-top fast-50k fast-seed001 best-seed001 \\
         --seeds 0 1 2 --data-dir ../shared/data --runs-dir /tmp/speedruns
 
 One invocation first runs the anchor (default ../shared/anchors/airbench94_cpu.py, a published
@@ -30,57 +30,45 @@ Without `--resume` a new invocation replaces the file (an unfinished one is only
 with `--restart`).
 
 Each run's `seconds` is the wall time of the whole `cifarlab.train` call with the data already
-in memory: model build, every epoch, evaluation with TTA and checkpoint writes included (per-epoch
-plots off). The anchor's `seconds` is its own clock, from building its network to the end of its
-test-time augmentation (data loading excluded). Run it on an otherwise idle machine: other work
-on the same cores inflates the seconds.
+in memory (`common.timed_train`): model build, every epoch, evaluation with TTA and checkpoint
+writes included (per-epoch plots off). The anchor's `seconds` is its own clock, from building
+its network to the end of its test-time augmentation (data loading excluded). Run it on an
+otherwise idle machine: other work on the same cores inflates the seconds.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import statistics
-import sys
 import tempfile
-import time
 from datetime import datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from anchor import DEFAULT_ANCHOR, AnchorError, display, run_anchor  # noqa: E402
-from common import (  # noqa: E402
+from cifarlab.api import build
+from cifarlab.data import load_data
+from cifarlab.engine import train_macs
+from cifarlab.errors import CifarlabError
+from cifarlab.provenance import cpu as provenance_cpu
+from cifarlab.recipe import resolve
+
+from .anchor import DEFAULT_ANCHOR, AnchorError, display, run_anchor
+from .common import (
     RESULTS,
+    add_data_dir,
+    arg_parser,
     boot_id,
     matmul_gflops,
     model_gflops,
     parse_sets,
     provenance,
+    timed_train,
     write_json,
 )
-from targets import MIN_SEEDS, TARGETS, THROUGHPUT_REQUIRED_RATIO  # noqa: E402
-
-import cifarlab  # noqa: E402
-from cifarlab.api import build  # noqa: E402
-from cifarlab.data import load_data  # noqa: E402
-from cifarlab.engine import train_macs  # noqa: E402
-from cifarlab.errors import CifarlabError  # noqa: E402
-from cifarlab.provenance import cpu as provenance_cpu  # noqa: E402
-from cifarlab.recipe import resolve  # noqa: E402
+from .targets import MIN_SEEDS, TARGETS, THROUGHPUT_REQUIRED_RATIO
 
 ANCHOR_HOURS = 6  # a resumed leg runs the anchor again when the last one is older (or elsewhere)
-
-
-def train_run(recipe: str, seed: int, data, runs_dir: str, overrides: dict,
-              device: str) -> tuple[dict, float]:
-    """One timed training run: (metrics, wall seconds of the whole train call)."""
-    t0 = time.perf_counter()
-    m = cifarlab.train(recipe, data=data, runs_dir=runs_dir, name=f"{recipe}-seed{seed}",
-                       seed=seed, progress=False, plots=False, log=lambda s: None,
-                       device=device, **overrides)
-    return m, time.perf_counter() - t0
 
 
 def recipe_sha(recipe: str, overrides: dict) -> str:
@@ -242,7 +230,7 @@ def throughput_verdict(throughput: dict | None) -> dict | None:
 
 
 def load_throughput(old: dict) -> dict | None:
-    """The last engine-vs-conventional measurement (bench_throughput.py)."""
+    """The last engine-vs-conventional measurement (benchmarks.throughput)."""
     p = RESULTS / "throughput.json"
     if p.exists():
         return json.loads(p.read_text())
@@ -350,13 +338,12 @@ def anchor_leg(a, data_dir: Path, anchors: list[dict]) -> dict:
 QUICK = ["fast-50k", "fast-seed001", "fast-top"]
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parse_args(argv: list[str] | None):
+    ap = arg_parser("speed", __doc__)
     ap.add_argument("recipes", nargs="*", help=f"e.g. {' '.join(TARGETS)} (with --resume: "
                     "those recorded, plus any named here)")
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2")
-    ap.add_argument("--data-dir", default=None, help="default: $CIFAR10_DATA, then ./data "
-                    "(with --resume: the invocation's)")
+    add_data_dir(ap, " (with --resume: the invocation's)")
     ap.add_argument("--runs-dir", default=None, help="keep the run directories here")
     ap.add_argument("--anchor", default=str(DEFAULT_ANCHOR),
                     help="the reference script, run as `python ANCHOR DATA_DIR [THREADS]`; "
@@ -389,7 +376,12 @@ def main(argv: list[str] | None = None) -> None:
                     help="recipe override for every run (smoke tests; such runs get no verdict)")
     ap.add_argument("--device", default="cpu",
                     help="where cifarlab trains (default cpu: the anchor runs on the CPU)")
-    a = ap.parse_args(argv)
+    return check_args(ap.parse_args(argv))
+
+
+def check_args(a):
+    """--quick's settings; arguments that do not go together; `seeds_given` (None: not
+    given) beside `seeds` (default 0 1 2) and the --set `overrides`."""
     if a.quick:
         if a.resume or a.retime:
             raise SystemExit("--quick is one short invocation of its own (no --resume)")
@@ -398,19 +390,16 @@ def main(argv: list[str] | None = None) -> None:
             a.out = "speed-quick.json"
     if a.anchor_runs < 1:
         raise SystemExit("--anchor-runs must be at least 1")
+    if a.retime and not (a.resume or a.summarize):
+        raise SystemExit("--retime goes with --resume (a new invocation times everything)")
     a.seeds_given, a.seeds = a.seeds, a.seeds if a.seeds is not None else [0, 1, 2]
     a.overrides = parse_sets(a.set)
-    if a.summarize:
-        state = read_state(Path(a.out))
-        if not state.get("anchors"):
-            raise SystemExit(f"--summarize: {a.out} holds no anchored runs")
-        save(Path(a.out), state)
-        print(report(state))
-        return
-    if a.retime and not a.resume:
-        raise SystemExit("--retime goes with --resume (a new invocation times everything)")
-    path = Path(a.out)
-    prov = provenance()
+    return a
+
+
+def prepare(a, path: Path, prov: dict) -> tuple[dict, object, dict[str, str]]:
+    """The invocation's state (new or resumed, checked), its data and each recipe's
+    fingerprint; runs whose recipe changed (or --retime) moved aside. Nothing timed yet."""
     state = begin(a, path, prov)
     inv = state["invocation"]
     unknown = [r for r in a.retime if r not in inv["recipes"]]
@@ -420,8 +409,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.resume and a.overrides and a.overrides != inv.get("overrides", {}):
         raise SystemExit("--resume continues the invocation with its own --set overrides "
                          f"({inv.get('overrides') or 'none'})")
-    need_anchor = not anchor_still_valid(state.get("anchor"), prov)
-    if need_anchor and not Path(a.anchor).is_file():
+    if not anchor_still_valid(state.get("anchor"), prov) and not Path(a.anchor).is_file():
         raise SystemExit(f"anchor not found: {a.anchor} (pass --anchor PATH)")
     try:  # a resumed invocation reads the data it started with unless told otherwise
         data = load_data(a.data_dir or (inv.get("data_dir") if a.resume else None))
@@ -437,21 +425,32 @@ def main(argv: list[str] | None = None) -> None:
     retime(state, a.retime, prov["commit"])
     fill_train_macs(state["runs"], overrides)
     save(path, state)
+    return state, data, shas
 
-    if need_anchor:
+
+def measure_anchor_and_roof(a, path: Path, state: dict, data, prov: dict) -> None:
+    """The anchor of this leg (unless the last one still holds) and, beside it, the machine's
+    bf16 / fp32 matmul roof."""
+    if not anchor_still_valid(state.get("anchor"), prov):
         data_dir = data.root.parent if data.root.name == "cifar-10-batches-py" else data.root
         state["anchor"] = anchor_leg(a, data_dir, state["anchors"])
         state["anchors"].append(state["anchor"])
         state["roof"] = None  # measured again beside the new anchor
         save(path, state)
-    anchor_s, anchor_i = state["anchor"]["seconds"], len(state["anchors"]) - 1
-    if state.get("roof") is None:  # the machine's bf16 / fp32 matmul roof, same invocation
+    if state.get("roof") is None:
         import torch
 
         state["roof"] = {"bf16_gflops": matmul_gflops(torch.bfloat16),
                          "fp32_gflops": matmul_gflops(torch.float32), "matmul": "2048 x 2048"}
         save(path, state)
 
+
+def time_runs(a, path: Path, state: dict, data, shas: dict[str, str]) -> None:
+    """Every recipe with every seed not recorded yet, each ratio to this leg's anchor; the
+    results file rewritten after each."""
+    inv = state["invocation"]
+    overrides = inv.get("overrides", {})
+    anchor_s, anchor_i = state["anchor"]["seconds"], len(state["anchors"]) - 1
     runs_dir = a.runs_dir or tempfile.mkdtemp(prefix="cifarlab-speed-")
     done = {(r["recipe"], r["seed"]) for r in state["runs"]}
     for name in inv["recipes"]:
@@ -459,7 +458,8 @@ def main(argv: list[str] | None = None) -> None:
             if (name, seed) in done:
                 print(f"{name} seed {seed}: recorded already", flush=True)
                 continue
-            m, seconds = train_run(name, seed, data, runs_dir, overrides, inv["device"])
+            m, seconds = timed_train(name, data, runs_dir, f"{name}-seed{seed}", overrides,
+                                     seed=seed, device=inv["device"])
             run = {"recipe": name, "seed": seed, "test_acc": m["test_acc"],
                    "seconds": seconds, "ratio_to_anchor": seconds / anchor_s,
                    "anchor": anchor_i, "recipe_sha": shas[name],
@@ -475,7 +475,23 @@ def main(argv: list[str] | None = None) -> None:
             save(path, state)
             print(f"{name} seed {seed}: test acc {m['test_acc']:.4f} in {seconds:.1f} s = "
                   f"{seconds / anchor_s:.3f}x the anchor ({m['epochs']} epochs)", flush=True)
-    inv["complete"] = True
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parse_args(argv)
+    path = Path(a.out)
+    if a.summarize:
+        state = read_state(path)
+        if not state.get("anchors"):
+            raise SystemExit(f"--summarize: {a.out} holds no anchored runs")
+        save(path, state)
+        print(report(state))
+        return
+    prov = provenance()
+    state, data, shas = prepare(a, path, prov)
+    measure_anchor_and_roof(a, path, state, data, prov)
+    time_runs(a, path, state, data, shas)
+    state["invocation"]["complete"] = True
     save(path, state)
     print(report(state))
     print(path)

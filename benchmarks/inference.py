@@ -2,7 +2,7 @@
 
 Backends torch fp32 / bf16 and onnxruntime fp32 / int8; networks default, fast-50k, fast-top.
 
-    .venv/bin/python benchmarks/bench_inference.py --run default=runs/default \\
+    .venv/bin/python -m benchmarks.inference --run default=runs/default \\
         --run fast-50k=runs/fast-50k --run fast-top=runs/fast-top
     -> benchmarks/results/inference.json
 
@@ -37,25 +37,22 @@ Run it on an otherwise idle machine: other work on the same cores lowers every i
 
 from __future__ import annotations
 
-import argparse
 import io
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, provenance, write_json  # noqa: E402
+import cifarlab
+from cifarlab.api import load_model
+from cifarlab.data import Split
+from cifarlab.errors import CifarlabError
+from cifarlab.export import export_onnx, open_onnx, run_onnx
+from cifarlab.inference import predict_logits, summarize
 
-import cifarlab  # noqa: E402
-from cifarlab.api import load_model  # noqa: E402
-from cifarlab.data import Split  # noqa: E402
-from cifarlab.errors import CifarlabError  # noqa: E402
-from cifarlab.export import export_onnx, open_onnx, run_onnx  # noqa: E402
-from cifarlab.inference import predict_logits, summarize  # noqa: E402
+from .common import RESULTS, add_data_dir, arg_parser, provenance, write_json
 
 MODELS = ("default", "fast-50k", "fast-top")
 BATCHES = (1, 256)
@@ -126,14 +123,14 @@ def backends(run_dir: str, onnx_dir: Path, data, parity_images: int) -> dict:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parse_args(argv: list[str] | None = None):
+    ap = arg_parser("inference", __doc__)
     ap.add_argument("--run", action="append", default=[], metavar="MODEL=RUN_DIR",
                     help="a trained run directory for MODEL (repeatable)")
     ap.add_argument("--models", nargs="+", default=list(MODELS), help="recipe names")
     ap.add_argument("--epochs", type=int, default=3,
                     help="epochs for a model trained here (one without --run)")
-    ap.add_argument("--data-dir", default=None, help="default: $CIFAR10_DATA, then ./data")
+    add_data_dir(ap)
     ap.add_argument("--runs-dir", default=None, help="keep runs trained here (default: temp)")
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--iters-1", type=int, default=500, help="timed batch-1 calls")
@@ -144,57 +141,69 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true",
                     help="tiny trainings and few timed calls: checks the script works")
     ap.add_argument("--out", default=None, help="write here instead of results/inference.json")
-    a = ap.parse_args()
-    runs = parse_runs(a.run)
-    unknown = sorted(set(runs) - set(a.models))
+    a = ap.parse_args(argv)
+    a.runs = parse_runs(a.run)
+    unknown = sorted(set(a.runs) - set(a.models))
     if unknown:
         raise SystemExit(f"--run for {', '.join(unknown)}: not in --models")
-    epochs, train_subset, test_subset, parity = a.epochs, 0, 0, 2000
+    a.train_subset, a.test_subset, a.parity = 0, 0, 2000
     if a.quick:
-        epochs, train_subset, test_subset, parity = 1, 2000, 1000, 200
+        a.epochs, a.train_subset, a.test_subset, a.parity = 1, 2000, 1000, 200
         a.warmup, a.iters_1, a.iters_256, a.rounds = 1, 3, 3, 1
+    return a
+
+
+def trained_run(name: str, a, data) -> dict:
+    """The run of model `name`: the one given with --run, or one trained here (briefly)."""
+    if name in a.runs:
+        return {"run_dir": a.runs[name], "trained_here": False}
+    print(f"{name}: no --run given; training it for {a.epochs} epoch(s)", flush=True)
+    overrides = ({"data.train_subset": a.train_subset, "train.processes": 1}
+                 if a.quick else {})
+    a.runs_dir = a.runs_dir or tempfile.mkdtemp(prefix="cifarlab-inference-")
+    m = cifarlab.train(name, data=data, runs_dir=a.runs_dir, name=f"{name}-inference",
+                       epochs=a.epochs, progress=False, plots=False,
+                       log=lambda s: None, **overrides)
+    return {"run_dir": m["run_dir"], "trained_here": True, "epochs": a.epochs,
+            "train_images": m["train_images"], "test_acc_with_recipe_tta": m["test_acc"]}
+
+
+def model_rows(name: str, run_dir: str, onnx_dir: Path, data, a) -> list[dict]:
+    """One row per backend and batch size of one network: images/s, accuracy, file size."""
+    rows = []
+    for backend, how in backends(run_dir, onnx_dir, data, a.parity).items():
+        if isinstance(how, str):
+            rows += [{"model": name, "backend": backend, "batch_size": batch,
+                      "images_per_second": None, "test_acc": None, "file_bytes": None,
+                      "error": how} for batch in BATCHES]
+            print(f"  {backend:<17} {how}", flush=True)
+            continue
+        infer, loss, size = how
+        acc = summarize(infer(data.test.images), data.test.labels, loss)["acc"]
+        for batch in BATCHES:
+            iters = a.iters_1 if batch == 1 else a.iters_256
+            ips = images_per_second(infer, data.test.images, batch, a.warmup, iters, a.rounds)
+            rows.append({"model": name, "backend": backend, "batch_size": batch,
+                         "images_per_second": ips, "test_acc": acc, "file_bytes": size})
+            print(f"  {backend:<17} batch {batch:>3}: {ips:9.1f} images/s  "
+                  f"test acc {acc:.4f}  {size:>10,} bytes", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)  # make_session takes torch's count too
     prov = provenance()  # before any training: the commit that was actually run
     data = cifarlab.load_data(a.data_dir)
-    if test_subset:
-        data.test = Split(data.test.images[:test_subset], data.test.labels[:test_subset])
-    runs_dir = a.runs_dir
+    if a.test_subset:
+        data.test = Split(data.test.images[:a.test_subset], data.test.labels[:a.test_subset])
     onnx_root = Path(tempfile.mkdtemp(prefix="cifarlab-onnx-"))
     trained, rows = {}, []
     for name in a.models:
-        if name in runs:
-            trained[name] = {"run_dir": runs[name], "trained_here": False}
-        else:
-            print(f"{name}: no --run given; training it for {epochs} epoch(s)", flush=True)
-            overrides = ({"data.train_subset": train_subset, "train.processes": 1}
-                         if a.quick else {})
-            runs_dir = runs_dir or tempfile.mkdtemp(prefix="cifarlab-inference-")
-            m = cifarlab.train(name, data=data, runs_dir=runs_dir, name=f"{name}-inference",
-                               epochs=epochs, progress=False, plots=False,
-                               log=lambda s: None, **overrides)
-            trained[name] = {"run_dir": m["run_dir"], "trained_here": True, "epochs": epochs,
-                             "train_images": m["train_images"],
-                             "test_acc_with_recipe_tta": m["test_acc"]}
+        trained[name] = trained_run(name, a, data)
         print(f"{name}: {trained[name]['run_dir']}", flush=True)
-        for backend, how in backends(trained[name]["run_dir"], onnx_root / name, data,
-                                     parity).items():
-            if isinstance(how, str):
-                rows += [{"model": name, "backend": backend, "batch_size": batch,
-                          "images_per_second": None, "test_acc": None, "file_bytes": None,
-                          "error": how} for batch in BATCHES]
-                print(f"  {backend:<17} {how}", flush=True)
-                continue
-            infer, loss, size = how
-            acc = summarize(infer(data.test.images), data.test.labels, loss)["acc"]
-            for batch in BATCHES:
-                iters = a.iters_1 if batch == 1 else a.iters_256
-                ips = images_per_second(infer, data.test.images, batch, a.warmup, iters,
-                                        a.rounds)
-                rows.append({"model": name, "backend": backend, "batch_size": batch,
-                             "images_per_second": ips, "test_acc": acc, "file_bytes": size})
-                print(f"  {backend:<17} batch {batch:>3}: {ips:9.1f} images/s  "
-                      f"test acc {acc:.4f}  {size:>10,} bytes", flush=True)
+        rows += model_rows(name, trained[name]["run_dir"], onnx_root / name, data, a)
     shutil.rmtree(onnx_root, ignore_errors=True)  # the exported files were only for timing
     rows = [{**r, **prov} for r in rows]  # every row names its commit, date, machine, command
     out = {**prov, "threads": torch.get_num_threads(), "quick": a.quick,
