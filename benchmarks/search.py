@@ -1,12 +1,12 @@
 """`cifarlab search` against the hand-written recipes and against random search (issues 16, 29).
 
     .venv/bin/python -m benchmarks.search --data-dir ../shared/data \\
-        --runs-dir /tmp/searchbench --minutes 60   # per rule set: 2 searches + 9 trainings
+        --runs-dir /tmp/searchbench --max-minutes 90   # per rule set: 2 searches + 9 trainings
 
 For each rule set - seed 001's full rules (`seed001-rules`, hand recipe fast-seed001) and
 seed 000's < 50k parameters (`under-50k`, hand recipe fast-50k) - one invocation:
 
-1. runs the built-in search file with a fixed budget (`--minutes`, default the file's): trials
+1. runs the built-in search file with a fixed budget (`--max-minutes`, default the file's): trials
    train on the training set minus the file's validation split and are selected on it; the
    hand-written design is trial 0 and the file's time rule keeps every candidate's predicted
    training time at or below the hand recipe's;
@@ -392,7 +392,8 @@ def parse_args(argv: list[str] | None = None):
     ap = arg_parser("search", __doc__)
     add_data_dir(ap)
     ap.add_argument("--runs-dir", default="runs/bench-search")
-    ap.add_argument("--minutes", type=float, help="search budget per rule set (default: the "
+    ap.add_argument("--max-minutes", "--minutes", dest="minutes", type=float,
+                    help="search budget per rule set (default: the "
                     "search file's)")
     ap.add_argument("--workers", type=int, help="search workers (default: the faster "
                     "configuration measured first)")
