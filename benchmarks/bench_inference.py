@@ -55,7 +55,7 @@ from cifarlab.api import load_model  # noqa: E402
 from cifarlab.data import Split  # noqa: E402
 from cifarlab.errors import CifarlabError  # noqa: E402
 from cifarlab.export import export_onnx, open_onnx, run_onnx  # noqa: E402
-from cifarlab.inference import predict_logits, summarize  # noqa: E402
+from cifarlab.inference import predict_logits, score_logits  # noqa: E402
 
 MODELS = ("default", "fast-50k", "fast-top")
 BATCHES = (1, 256)
@@ -186,7 +186,7 @@ def main() -> None:
                 print(f"  {backend:<17} {how}", flush=True)
                 continue
             infer, loss, size = how
-            acc = summarize(infer(data.test.images), data.test.labels, loss)["acc"]
+            acc = score_logits(infer(data.test.images), data.test.labels, loss)["acc"]
             for batch in BATCHES:
                 iters = a.iters_1 if batch == 1 else a.iters_256
                 ips = images_per_second(infer, data.test.images, batch, a.warmup, iters,
