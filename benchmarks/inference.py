@@ -50,7 +50,7 @@ from cifarlab.api import load_model
 from cifarlab.data import Split
 from cifarlab.errors import CifarlabError
 from cifarlab.export import export_onnx, open_onnx, run_onnx
-from cifarlab.inference import predict_logits, summarize
+from cifarlab.inference import predict_logits, score_logits
 
 from .common import RESULTS, add_data_dir, arg_parser, provenance, write_json
 
@@ -179,7 +179,7 @@ def model_rows(name: str, run_dir: str, onnx_dir: Path, data, a) -> list[dict]:
             print(f"  {backend:<17} {how}", flush=True)
             continue
         infer, loss, size = how
-        acc = summarize(infer(data.test.images), data.test.labels, loss)["acc"]
+        acc = score_logits(infer(data.test.images), data.test.labels, loss)["acc"]
         for batch in BATCHES:
             iters = a.iters_1 if batch == 1 else a.iters_256
             ips = images_per_second(infer, data.test.images, batch, a.warmup, iters, a.rounds)

@@ -108,7 +108,7 @@ def fill_train_macs(runs: list[dict], overrides: dict) -> None:
     for r in runs:
         if r.get("train_macs") is None and r.get("images_per_second"):
             cfg = resolve(r["recipe"], overrides)
-            r["train_macs"] = train_macs(build(cfg).facts, cfg["train"], r["epochs"])
+            r["train_macs"] = train_macs(build(cfg).model_facts, cfg["train"], r["epochs"])
             r["gflops"] = model_gflops(r["train_macs"], r["images_per_second"])
 
 

@@ -319,7 +319,7 @@ def test_runs_recorded_before_train_macs_get_them_from_their_recipe():
              "gflops": 999.0}, {"recipe": "fast-top", "epochs": 9, "train_macs": 7.0,
                                 "images_per_second": 500.0, "gflops": 1.0}]
     bench_speed.fill_train_macs(runs, {})
-    full = cifarlab.api.build(resolve("fast-top")).facts["macs"]
+    full = cifarlab.api.build(resolve("fast-top")).model_facts["macs"]
     low = macs_at(create_model("fast-top"), 26)
     assert 0 < low < full
     assert runs[0]["train_macs"] == pytest.approx((6 * low + 3 * full) / 9)

@@ -288,7 +288,7 @@ def test_augmented_test_set_is_scored_the_same_by_evaluate(shared_cifar_dir, tmp
     data = api.load_data(shared_cifar_dir)
     fixed = fixed_test_inputs(data.test.images, meta)
     assert torch.equal(fixed, fixed_test_inputs(data.test.images, meta))  # fixed seed
-    plain = engine.summarize(engine.infer(model, data.test.images, meta), data.test.labels)
+    plain = engine.score_logits(engine.infer(model, data.test.images, meta), data.test.labels)
     assert plain["loss"] != m["test_loss"]
 
 

@@ -16,7 +16,7 @@ from cifarlab import export
 from cifarlab.api import load_model
 from cifarlab.errors import CifarlabError
 from cifarlab.export import export_onnx, make_session, onnx_evaluate, onnx_predict, open_onnx
-from cifarlab.inference import predict_logits, summarize
+from cifarlab.inference import predict_logits, score_logits
 from cifarlab.models import create_model
 from cifarlab.rundir import save_checkpoint
 
@@ -122,7 +122,7 @@ def test_file_runs_in_onnxruntime_with_any_batch(exported, run_dir, data):
 
 def test_onnx_evaluate_matches_pytorch(exported, run_dir, data, shared_cifar_dir):
     ref, meta = torch_fp32(run_dir, data.test.images)
-    want = summarize(ref, data.test.labels, meta["loss"])
+    want = score_logits(ref, data.test.labels, meta["loss"])
     got = onnx_evaluate(exported["onnx"], data=data)
     assert set(got) >= {"acc", "loss", "per_class_acc", "confusion", "classes"}
     assert abs(got["acc"] - want["acc"]) <= 0.001
@@ -162,7 +162,7 @@ def test_nll_model_exports_log_probs(tmp_path, data):
     assert sess.get_outputs()[0].name == "log_probs" and md["output"] == "log_probs"
     ref, meta = torch_fp32(ckpt, data.test.images)
     got = onnx_evaluate(r["onnx"], data=data)
-    assert got["loss"] == pytest.approx(summarize(ref, data.test.labels, "nll")["loss"],
+    assert got["loss"] == pytest.approx(score_logits(ref, data.test.labels, "nll")["loss"],
                                         abs=1e-4)
 
 

@@ -82,11 +82,11 @@ def test_seed_recipes_build_and_pass_their_constraints():
         cfg = resolve(name)
         built = build(cfg)  # raises when the model breaks the recipe's [constraints]
         assert type(built.model) is type(create_model(cfg["model"], **cfg["model_args"])), name
-        assert built.facts["params"] == sum(p.numel() for p in built.model.parameters()), name
+        assert built.model_facts["params"] == sum(p.numel() for p in built.model.parameters()), name
         # one parameter fewer allowed, or a receptive field one larger required: refused
         with pytest.raises(CifarlabError, match="max_params"):
-            build(resolve(name, {"constraints.max_params": built.facts["params"] - 1}))
-        rf = built.facts["receptive_field"]
+            build(resolve(name, {"constraints.max_params": built.model_facts["params"] - 1}))
+        rf = built.model_facts["receptive_field"]
         with pytest.raises(CifarlabError, match=f"min_receptive_field {rf + 1}: receptive "
                                               f"field is {rf}"):
             build(resolve(name, {"constraints.min_receptive_field": rf + 1}))

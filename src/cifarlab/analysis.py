@@ -433,12 +433,12 @@ def assess(model: nn.Module, max_params: int | None = None,
     """`describe(model)` and `check_constraints(model, ...)` from one trace."""
     require, forbid = _as_rules(require), _as_rules(forbid)
     t = trace(model)
-    facts = _facts(t)
+    model_facts = _model_facts(t)
     out: list[str] = []
     if max_params is not None and t.total_params > max_params:
         out.append(f"max_params {max_params}: model has {t.total_params:,} parameters")
-    if max_macs is not None and facts["macs"] > max_macs:
-        out.append(f"max_macs {max_macs}: model has {facts['macs']:,} MACs")
+    if max_macs is not None and model_facts["macs"] > max_macs:
+        out.append(f"max_macs {max_macs}: model has {model_facts['macs']:,} MACs")
     if min_receptive_field is not None and t.rf < min_receptive_field:
         out.append(f"min_receptive_field {min_receptive_field}: receptive field is {t.rf}")
     for rule in require:
@@ -456,7 +456,7 @@ def assess(model: nn.Module, max_params: int | None = None,
             out.append(f"require {rule}: {_MISSING[rule]}")
     for rule in forbid:
         out.extend(f"forbid {rule}: {msg}" for _, msg in _offenders(t, rule))
-    return facts, out
+    return model_facts, out
 
 
 def _fmt_shape(s: Any) -> str:
@@ -516,7 +516,7 @@ def format_rf_table(model: nn.Module) -> str:
 
 def describe(model: nn.Module) -> dict:
     """Params, MACs and receptive field from one trace."""
-    return _facts(trace(model))
+    return _model_facts(trace(model))
 
 
 def macs_at(model: nn.Module, size: int) -> int | None:
@@ -527,7 +527,7 @@ def macs_at(model: nn.Module, size: int) -> int | None:
         return None
 
 
-def _facts(t: Trace) -> dict:
+def _model_facts(t: Trace) -> dict:
     return {"params": t.total_params, "trainable_params": t.trainable_params,
             "macs": sum(e.macs for e in t.events), "receptive_field": t.rf,
             "outputs": t.outputs}

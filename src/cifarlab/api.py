@@ -19,10 +19,10 @@ from . import parallel as par
 from .analysis import assess, macs_at
 from .data import CIFAR10, channel_stats, check_sizes, load_data
 from .device import resolve_device
-from .engine import Built, check_low_res, fit
+from .engine import BuiltModel, check_low_res, fit
 from .errors import CifarlabError
 from .images import classify_files
-from .inference import checkpoint_path, fixed_test_inputs, infer, load_model, summarize  # noqa: F401
+from .inference import checkpoint_path, fixed_test_inputs, infer, load_model, score_logits  # noqa: F401
 from .models import REGISTRY, create_model
 from .models.registry import load_entry_points, model_source
 from .recipe import expand_shortcuts, low_res_epochs, resolve
@@ -51,7 +51,7 @@ def instance_name(model: nn.Module) -> str:
     return f"instance:{cls.__qualname__}"
 
 
-def build(cfg: dict, model: nn.Module | None = None) -> Built:
+def build(cfg: dict, model: nn.Module | None = None) -> BuiltModel:
     """The recipe's model with its seed's initial weights (or a copy of `model`, a network
     instance, with its own weights), its facts from one trace, refused (one line per broken
     rule) if it breaks the recipe's [constraints]."""
@@ -66,21 +66,21 @@ def build(cfg: dict, model: nn.Module | None = None) -> Built:
         model = copy.deepcopy(model)
     rng = torch.get_rng_state()
     c = cfg["constraints"]
-    facts, broken = assess(model, max_params=c["max_params"] or None,
-                           max_macs=c["max_macs"] or None,
-                           min_receptive_field=c["min_receptive_field"] or None,
-                           require=c["require"], forbid=c["forbid"])
-    if facts["outputs"] != 10:
-        raise CifarlabError(f"model '{cfg['model']}' returns {facts['outputs']} values per "
+    model_facts, broken = assess(model, max_params=c["max_params"] or None,
+                                 max_macs=c["max_macs"] or None,
+                                 min_receptive_field=c["min_receptive_field"] or None,
+                                 require=c["require"], forbid=c["forbid"])
+    if model_facts["outputs"] != 10:
+        raise CifarlabError(f"model '{cfg['model']}' returns {model_facts['outputs']} values per "
                             "image; CIFAR-10 needs 10 logits")
     if broken:
         raise CifarlabError(f"model '{cfg['model']}' breaks recipe '{cfg['name']}': "
                             + "; ".join(broken))
     if low_res_epochs(cfg["train"]):  # progressive resizing: takes the size? its compute
         check_low_res(model, cfg["train"]["low_res"], torch.device("cpu"))
-        facts["low_res_macs"] = macs_at(model, cfg["train"]["low_res"])
-    facts["model_source"] = source
-    return Built(model, facts, rng)
+        model_facts["low_res_macs"] = macs_at(model, cfg["train"]["low_res"])
+    model_facts["model_source"] = source
+    return BuiltModel(model, model_facts, rng)
 
 
 def train(recipe: str | os.PathLike | dict = "default", *,
@@ -140,7 +140,7 @@ def train(recipe: str | os.PathLike | dict = "default", *,
         except Exception as e:
             log(f"warning: plots not updated ({e})")
 
-    def finish(run: RunDir, images, labels, preds) -> None:
+    def plot_final(run: RunDir, images, labels, preds) -> None:
         from .plots import plot_misclassified
 
         redraw(run)
@@ -152,7 +152,7 @@ def train(recipe: str | os.PathLike | dict = "default", *,
     def run_fit() -> dict:
         return fit(cfg, data, run, built, resume=resume is not None, progress=progress,
                    log=log, max_seconds=max_seconds, device=str(dev),
-                   on_epoch=redraw if plots else None, on_end=finish if plots else None,
+                   on_epoch=redraw if plots else None, on_end=plot_final if plots else None,
                    epoch_callback=epoch_callback)
 
     local = processes > 1 and world == 1
@@ -177,7 +177,7 @@ def evaluate(path: str | os.PathLike, *, data: CIFAR10 | None = None,
     if data is None:
         data = load_data(data_dir)
     images = fixed_test_inputs(data.test.images, meta)
-    out = summarize(infer(model, images, meta, tta=tta), data.test.labels, meta["loss"])
+    out = score_logits(infer(model, images, meta, tta=tta), data.test.labels, meta["loss"])
     out["classes"] = list(data.classes)
     return out
 
@@ -313,15 +313,15 @@ def search_best(study: str, out: str | os.PathLike | None, *, storage: str | Non
     if not out:
         raise CifarlabError("search best: --out FILE.toml is required (the recipe to write)")
     name, url, sdir = resolve_study(study, storage, runs_dir)
-    st = load_study(name, url)
+    optuna_study = load_study(name, url)
     fill = None
     if fill_budget:
         from .search.final import fill_budget as scale
 
         def fill(t):
-            return scale(st, t, sdir / "fill-budget", data_dir=data_dir)
+            return scale(optuna_study, t, sdir / "fill-budget", data_dir=data_dir)
 
-    return write_best(st, out, trial, fill)
+    return write_best(optuna_study, out, trial, fill)
 
 
 def search_proxy(study: str, *, storage: str | None = None,
@@ -371,10 +371,11 @@ def check(model: str | nn.Module | None = None, *, model_args: dict | None = Non
         max_macs = max_macs or c["max_macs"] or None
         min_receptive_field = min_receptive_field or c["min_receptive_field"] or None
         require, forbid = require + c["require"], forbid + c["forbid"]
-    facts, broken = assess(network(model, model_args, recipe=recipe), max_params=max_params,
-                           max_macs=max_macs, min_receptive_field=min_receptive_field,
-                           require=require, forbid=forbid)
-    return {**facts, "broken": broken, "ok": not broken}
+    model_facts, broken = assess(network(model, model_args, recipe=recipe),
+                                 max_params=max_params, max_macs=max_macs,
+                                 min_receptive_field=min_receptive_field,
+                                 require=require, forbid=forbid)
+    return {**model_facts, "broken": broken, "ok": not broken}
 
 
 def summary(model: str | nn.Module | None = None, *, model_args: dict | None = None,

@@ -55,7 +55,20 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="cifarlab", description=__doc__.split(":")[0])
     ap.add_argument("--version", action="version", version=f"cifarlab {__version__}")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    _add_train_parser(sub)
+    _add_eval_predict_parsers(sub)
+    _add_export_robustness_parsers(sub)
+    _add_data_parser(sub)
+    _add_plot_report_parsers(sub)
+    _add_model_parsers(sub)
 
+    from .search.cli import add_search_parser  # light: no torch or optuna at import
+
+    add_search_parser(sub)
+    return ap
+
+
+def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="train a recipe into a run directory")
     t.add_argument("--recipe", default="default", help="built-in recipe name or a .toml path")
     t.add_argument("--name", help="run name (default: the recipe name)")
@@ -74,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-plots", action="store_true",
                    help="do not draw plots/ during training (`cifarlab plot RUN` makes them later)")
 
+
+def _add_eval_predict_parsers(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("eval", help="test accuracy, per-class accuracy, confusion matrix")
     e.add_argument("path", metavar="RUN_DIR_CHECKPOINT_OR_ONNX")
     e.add_argument("--data-dir")
@@ -85,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--top-k", type=int, default=1)
 
+
+def _add_export_robustness_parsers(sub: argparse._SubParsersAction) -> None:
     x = sub.add_parser("export", help="write an ONNX file (fp32, optionally int8), verified "
                        "against PyTorch in onnxruntime")
     x.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
@@ -105,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--data-dir")
     rb.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
 
+
+def _add_data_parser(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("data", help="data set tools")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
     ds = dsub.add_parser("stats", help="per-channel mean/std and class distribution")
@@ -117,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(da)
     da.add_argument("--out", default="plots", help="folder for the PNG (default plots)")
 
+
+def _add_plot_report_parsers(sub: argparse._SubParsersAction) -> None:
     pl = sub.add_parser("plot", help="(re)draw a run's figures into RUN_DIR/plots")
     pl.add_argument("run_dir", metavar="RUN_DIR")
 
@@ -127,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="test accuracy (fraction, e.g. 0.85): add the first epoch each run "
                     "reached it (train's --target is a stopping rule; this only reads)")
 
+
+def _add_model_parsers(sub: argparse._SubParsersAction) -> None:
+    """recipes, models, summary and check: the commands that train nothing."""
     sub.add_parser("recipes", help="list the built-in recipes")
     sub.add_parser("models", help="list the registered models (params, MACs, RF)")
 
@@ -150,11 +174,6 @@ def build_parser() -> argparse.ArgumentParser:
                     help="depthwise_separable | dilated | gap | maxpool | avgpool | "
                     "strided_conv (repeatable)")
     ck.add_argument("--forbid", action="append", default=[], metavar="RULE")
-
-    from .search.cli import add_search_parser  # light: no torch or optuna at import
-
-    add_search_parser(sub)
-    return ap
 
 
 def cmd_train(a: argparse.Namespace) -> int:

@@ -3,7 +3,8 @@
 It reads top to bottom as: `prepare` (splits, statistics, augmentation, evaluation inputs),
 `TrainState.start` (model on its device, optimizer, schedule, EMA / lookahead, random
 streams; or all of them from a checkpoint), then for each epoch `train_epoch`, `evaluate`,
-record (history, legs, checkpoints), decide whether to stop; then `finish` (metrics.json).
+record (history, legs, checkpoints), decide whether to stop; then `write_metrics`
+(metrics.json).
 
 The training set stays in memory as uint8; each step slices a batch by index, augments it on
 tensors (on the CPU, so a run draws the same augmentations on any device), and runs the model
@@ -14,7 +15,7 @@ Choices (best.pt, `train.target`, `train.patience`, a caller's `epoch_callback`)
 the validation split when the recipe has one (`data.val_split`); the test set is then read once,
 at the end (`train.test_eval`). Without a split the test set is evaluated every epoch as the
 seeds did, and whatever is chosen on it is labelled so in metrics.json.
-Several processes (train.processes, torchrun) are hidden behind `parallel.Team`.
+Several processes (train.processes, torchrun) are hidden behind `parallel.TrainingProcesses`.
 """
 
 from __future__ import annotations
@@ -34,26 +35,27 @@ from .augment import Pipeline, normalize
 from .data import CIFAR10, Split, channel_stats, splits
 from .device import autocast, device_name, environment, resolve_device
 from .errors import CifarlabError
-from .inference import fixed_test_inputs, infer, summarize
+from .inference import fixed_test_inputs, infer, score_logits
 from .layers import for_cpu_training
 from .memory import keep_freed_memory
 from .optim import EMA, Lookahead, build_optimizer, build_scheduler, loss_fn
 from .recipe import low_res_epochs
-from .rundir import Legs, RunDir, load_checkpoint, model_meta, save_checkpoint, write_json
+from .rundir import LegRecorder, RunDir, load_checkpoint, model_meta, save_checkpoint, write_json
 
 if TYPE_CHECKING:
     from .tblog import RunBoard
 
 # ---------------------------------------------------------------------------------------------
-# What a run holds fixed (Setup) and what it changes (TrainState)
+# What a run holds fixed (RunSetup) and what it changes (TrainState)
 
 
 @dataclass
-class Built:
-    """The recipe's model, built once per run (api.build), its facts and the torch random
-    state right after its weights were drawn (training continues that stream)."""
+class BuiltModel:
+    """The recipe's model, built once per run (api.build), its facts (params, MACs, receptive
+    field, ...: `analysis.assess`) and the torch random state right after its weights were
+    drawn (training continues that stream)."""
     model: torch.nn.Module
-    facts: dict
+    model_facts: dict
     rng: torch.Tensor
 
 
@@ -66,11 +68,11 @@ def test_mode(cfg: dict) -> str:
 
 
 @dataclass
-class Setup:
+class RunSetup:
     """Everything fixed for the whole run."""
     cfg: dict
     dev: torch.device
-    team: par.Team
+    procs: par.TrainingProcesses
     train: Split
     val: Split | None
     test: Split
@@ -79,7 +81,7 @@ class Setup:
     std: list[float]
     pipeline: Pipeline
     steps: int  # optimizer steps per epoch
-    facts: dict
+    model_facts: dict
     meta: dict
     test_mode: str
     flip_bits: torch.Tensor | None  # augment.flip_mode = alternate: each image's first flip
@@ -92,20 +94,22 @@ class Setup:
         return "test" if self.test_mode == "every" else None
 
 
-def prepare(cfg: dict, data: CIFAR10, dev: torch.device, team: par.Team, facts: dict) -> Setup:
+def prepare(cfg: dict, data: CIFAR10, dev: torch.device, procs: par.TrainingProcesses,
+            model_facts: dict) -> RunSetup:
     t = cfg["train"]
     train, val, test = splits(cfg, data)
     mean, std = channel_stats(train.images)
     pipeline = Pipeline(cfg["augment"], mean, std)
-    meta = model_meta(cfg, data.classes, mean, std, facts)
+    meta = model_meta(cfg, data.classes, mean, std, model_facts)
     flip_bits = None
     if cfg["augment"]["flip_mode"] == "alternate":
         flip_bits = torch.rand(len(train), generator=torch.Generator().manual_seed(
             t["seed"] + 2)) < 0.5
-    return Setup(cfg=cfg, dev=dev, team=team, train=train, val=val, test=test,
-                 test_inputs=fixed_test_inputs(test.images, meta), mean=mean, std=std,
-                 pipeline=pipeline, steps=max(1, len(train) // t["batch_size"]), facts=facts,
-                 meta=meta, test_mode=test_mode(cfg), flip_bits=flip_bits)
+    return RunSetup(cfg=cfg, dev=dev, procs=procs, train=train, val=val, test=test,
+                    test_inputs=fixed_test_inputs(test.images, meta), mean=mean, std=std,
+                    pipeline=pipeline, steps=max(1, len(train) // t["batch_size"]),
+                    model_facts=model_facts, meta=meta, test_mode=test_mode(cfg),
+                    flip_bits=flip_bits)
 
 
 @dataclass
@@ -130,7 +134,7 @@ class TrainState:
     images_seen: int = 0
 
     @staticmethod
-    def start(s: Setup, built: Built, resume_from: dict | None) -> TrainState:
+    def start(s: RunSetup, built: BuiltModel, resume_from: dict | None) -> TrainState:
         cfg, t = s.cfg, s.cfg["train"]
         torch.manual_seed(t["seed"])  # (CUDA's stream; the CPU's continues from the build)
         torch.set_rng_state(built.rng)
@@ -193,25 +197,26 @@ class TrainState:
             "images_seen": self.images_seen, "history": self.history, "meta": meta,
         }
 
-    def load(self, st: dict, dev: torch.device) -> None:
-        self.model.load_state_dict(st["model"])
-        self.opt.load_state_dict(st["optimizer"])
-        self.sched.load_state_dict(st["scheduler"])
-        if self.ema is not None and st.get("ema") is not None:
-            self.ema.model.load_state_dict(st["ema"])
-        if self.lookahead is not None and st.get("lookahead") is not None:
-            self.lookahead.slow = {k: v.to(dev) for k, v in st["lookahead"].items()}
-        torch.set_rng_state(st["rng"]["torch"])
-        if dev.type == "cuda" and st["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(st["rng"]["cuda"], dev)
-        self.gen.set_state(st["rng"]["gen"])
-        self.history = st["history"]
-        self.epoch, self.best_acc, self.best_epoch = st["epoch"], st["best_acc"], st["best_epoch"]
-        self.target_epoch, self.stale = st.get("target_epoch"), st.get("stale", 0)
+    def load(self, ckpt: dict, dev: torch.device) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.sched.load_state_dict(ckpt["scheduler"])
+        if self.ema is not None and ckpt.get("ema") is not None:
+            self.ema.model.load_state_dict(ckpt["ema"])
+        if self.lookahead is not None and ckpt.get("lookahead") is not None:
+            self.lookahead.slow = {k: v.to(dev) for k, v in ckpt["lookahead"].items()}
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if dev.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], dev)
+        self.gen.set_state(ckpt["rng"]["gen"])
+        self.history = ckpt["history"]
+        self.epoch, self.best_acc = ckpt["epoch"], ckpt["best_acc"]
+        self.best_epoch = ckpt["best_epoch"]
+        self.target_epoch, self.stale = ckpt.get("target_epoch"), ckpt.get("stale", 0)
         # checkpoints from before stopped_by existed: a reached target ended the run
-        self.stopped_by = st.get("stopped_by", "target" if self.target_epoch else None)
-        self.train_seconds = st["train_seconds"]
-        self.img_seconds, self.images_seen = st["img_seconds"], st["images_seen"]
+        self.stopped_by = ckpt.get("stopped_by", "target" if self.target_epoch else None)
+        self.train_seconds = ckpt["train_seconds"]
+        self.img_seconds, self.images_seen = ckpt["img_seconds"], ckpt["images_seen"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,22 +254,22 @@ class Progress:
             self.bar.close()
 
 
-def train_epoch(s: Setup, st: TrainState, model: torch.nn.Module, epoch: int,
+def train_epoch(s: RunSetup, state: TrainState, model: torch.nn.Module, epoch: int,
                 progress: Progress) -> tuple[float, int, int, float]:
     """One pass over the training set: (loss sum, correct, images, seconds) of all ranks."""
     t = s.cfg["train"]
     bs, dev, cl = t["batch_size"], s.dev, t["channels_last"]
     criterion = loss_fn(s.cfg)
-    clip_grads = grad_clipper(t, st.model)
+    clip_grads = grad_clipper(t, state.model)
     size = t["low_res"] if epoch <= low_res_epochs(t) else 0  # progressive resizing
     t0 = time.perf_counter()
     model.train()
-    perm = torch.randperm(len(s.train), generator=st.gen)  # the same on every rank
-    aug_gen = s.team.epoch_generator(t["seed"], epoch, st.gen)
+    perm = torch.randperm(len(s.train), generator=state.gen)  # the same on every rank
+    aug_gen = s.procs.epoch_generator(t["seed"], epoch, state.gen)
     # summed on the device: no host sync per step
     loss_acc, correct_acc, seen = torch.zeros((), device=dev), torch.zeros((), device=dev), 0
     for step in range(s.steps):
-        idx = s.team.share(perm[step * bs:(step + 1) * bs])
+        idx = s.procs.share(perm[step * bs:(step + 1) * bs])
         flip = None if s.flip_bits is None else s.flip_bits[idx] ^ bool(epoch % 2)
         x = s.pipeline(s.train.images[idx], aug_gen, flip).to(dev, non_blocking=True)
         if size:
@@ -272,19 +277,19 @@ def train_epoch(s: Setup, st: TrainState, model: torch.nn.Module, epoch: int,
         y = s.train.labels[idx].to(dev, non_blocking=True)
         if cl:
             x = x.contiguous(memory_format=torch.channels_last)
-        out, loss = train_step(model, st.opt, criterion, x, y, t["precision"], dev.type,
+        out, loss = train_step(model, state.opt, criterion, x, y, t["precision"], dev.type,
                                clip=clip_grads)
-        st.sched.step()
-        if st.lookahead is not None:
-            st.lookahead.step(st.model, (epoch - 1) * s.steps + step + 1)
-        if st.ema is not None:
-            st.ema.update(st.model)
+        state.sched.step()
+        if state.lookahead is not None:
+            state.lookahead.step(state.model, (epoch - 1) * s.steps + step + 1)
+        if state.ema is not None:
+            state.ema.update(state.model)
         loss_acc += loss.detach() * len(y)
         correct_acc += (out.argmax(1) == y).sum()
         seen += len(y)
         progress.update(step, loss_acc, correct_acc, seen)
     progress.close()
-    loss_sum, correct, seen = s.team.sum(loss_acc.item(), int(correct_acc.item()), seen)
+    loss_sum, correct, seen = s.procs.sum(loss_acc.item(), int(correct_acc.item()), seen)
     return loss_sum, int(correct), int(seen), time.perf_counter() - t0
 
 
@@ -328,13 +333,13 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
                                            antialias=True, align_corners=False)
 
 
-def train_macs(facts: dict, train: dict, epochs: int) -> float:
+def train_macs(model_facts: dict, train: dict, epochs: int) -> float:
     """Mean MACs per training image over `epochs` epochs of this schedule: the progressive-
-    resizing epochs at their size (facts["low_res_macs"], api.build), the rest at 32 x 32."""
+    resizing epochs at their size (model_facts["low_res_macs"], api.build), the rest at 32 x 32."""
     n = min(low_res_epochs(train), epochs)
-    if not n or not facts.get("low_res_macs") or not epochs:
-        return float(facts["macs"])
-    return (n * facts["low_res_macs"] + (epochs - n) * facts["macs"]) / epochs
+    if not n or not model_facts.get("low_res_macs") or not epochs:
+        return float(model_facts["macs"])
+    return (n * model_facts["low_res_macs"] + (epochs - n) * model_facts["macs"]) / epochs
 
 
 def check_low_res(model: torch.nn.Module, size: int, dev: torch.device) -> None:
@@ -354,18 +359,18 @@ def check_low_res(model: torch.nn.Module, size: int, dev: torch.device) -> None:
         model.train(was_training)
 
 
-def score(s: Setup, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict:
+def score(s: RunSetup, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict:
     with par.eval_threads():
-        return summarize(infer(model, images, s.meta,
-                               batch_size=s.cfg["train"]["eval_batch_size"]),
-                         labels, s.meta["loss"])
+        return score_logits(infer(model, images, s.meta,
+                                  batch_size=s.cfg["train"]["eval_batch_size"]),
+                            labels, s.meta["loss"])
 
 
 # ---------------------------------------------------------------------------------------------
 # The loop
 
 
-def fit(cfg: dict, data: CIFAR10, run: RunDir, built: Built, *, resume: bool = False,
+def fit(cfg: dict, data: CIFAR10, run: RunDir, built: BuiltModel, *, resume: bool = False,
         progress: bool = True, log: Callable[[str], None] = print,
         max_seconds: float | None = None, device: str = "auto",
         on_epoch: Callable[[RunDir], None] | None = None,
@@ -385,28 +390,28 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, built: Built, *, resume: bool = F
     raises leaves the epoch's files written and propagates.
     """
     keep_freed_memory()  # no page faults on every step's large tensors (memory.py)
-    team = par.Team()
-    if not team.main:
+    procs = par.TrainingProcesses()
+    if not procs.main:
         log, progress, on_epoch, on_end, epoch_callback = (lambda s: None), False, None, None, None
     t = cfg["train"]
-    split_error = batch_split_error(t["batch_size"], team.world)
+    split_error = batch_split_error(t["batch_size"], procs.world)
     if split_error:
         raise CifarlabError(split_error)
     dev = resolve_device(device)
-    if team.world > 1 and dev.type == "cuda":
+    if procs.world > 1 and dev.type == "cuda":
         raise CifarlabError("several processes (train.processes / torchrun) train on the CPU "
                             "only; on a GPU use one process (--device cpu for processes)")
-    s = prepare(cfg, data, dev, team, built.facts)
-    st = TrainState.start(s, built, load_checkpoint(run.last) if resume else None)
-    if st.epoch < low_res_epochs(t):
-        check_low_res(st.model, t["low_res"], dev)
-    model = team.wrap(st.model)
-    if t["compile"]:  # the training forward only: evaluation and checkpoints use st.model
+    s = prepare(cfg, data, dev, procs, built.model_facts)
+    state = TrainState.start(s, built, load_checkpoint(run.last) if resume else None)
+    if state.epoch < low_res_epochs(t):
+        check_low_res(state.model, t["low_res"], dev)
+    model = procs.wrap(state.model)
+    if t["compile"]:  # the training forward only: evaluation and checkpoints use state.model
         model = torch.compile(model)
-    legs = Legs(run, team.main, resume, st.epoch, device_name(dev))
+    legs = LegRecorder(run, procs.main, resume, state.epoch, device_name(dev))
     if resume:
-        log(f"resuming {run.path} after epoch {st.epoch}/{t['epochs']}")
-    elif team.main:
+        log(f"resuming {run.path} after epoch {state.epoch}/{t['epochs']}")
+    elif procs.main:
         write_json(run.config, {"recipe": cfg, "model_source": s.meta["model_source"],
                                 "environment": environment(dev),
                                 "data": str(data.root), "mean": s.mean, "std": s.std,
@@ -417,45 +422,45 @@ def fit(cfg: dict, data: CIFAR10, run: RunDir, built: Built, *, resume: bool = F
             "stopping epoch is chosen on the test set (use --val-split N to choose on "
             "validation)")
     tb = None
-    if t["tensorboard"] and team.main:
+    if t["tensorboard"] and procs.main:
         from .tblog import RunBoard  # tensorboard loads only when asked for
 
-        tb = RunBoard(cfg, run.path, st.epoch, s.pipeline, s.train.images, s.mean, s.std)
+        tb = RunBoard(cfg, run.path, state.epoch, s.pipeline, s.train.images, s.mean, s.std)
     try:
-        time_stop = run_epochs(s, st, run, model, legs, tb, log, progress, max_seconds,
+        time_stop = run_epochs(s, state, run, model, legs, tb, log, progress, max_seconds,
                                on_epoch, epoch_callback)
-        if not team.main:
+        if not procs.main:
             return {}
-        metrics = finish(s, st, run, time_stop, legs, on_end)
+        metrics = write_metrics(s, state, run, time_stop, legs, on_end)
         if tb is not None:
-            tb.finish(metrics)
+            tb.log_final(metrics)
         return metrics
     finally:
         if tb is not None:
             tb.close()
 
 
-def run_epochs(s: Setup, st: TrainState, run: RunDir, model: torch.nn.Module, legs: Legs,
-               tb: RunBoard | None, log, progress: bool, max_seconds: float | None,
-               on_epoch, epoch_callback) -> bool:
+def run_epochs(s: RunSetup, state: TrainState, run: RunDir, model: torch.nn.Module,
+               legs: LegRecorder, tb: RunBoard | None, log, progress: bool,
+               max_seconds: float | None, on_epoch, epoch_callback) -> bool:
     """For each epoch: train, evaluate, record, decide. True if the time budget stopped it."""
-    t, team = s.cfg["train"], s.team
+    t, procs = s.cfg["train"], s.procs
     t_start = time.perf_counter()
     # a run that stopped on its target, patience or callback stays stopped when resumed
-    for epoch in range(st.epoch + 1, (st.epoch if st.stopped_by else t["epochs"]) + 1):
+    for epoch in range(state.epoch + 1, (state.epoch if state.stopped_by else t["epochs"]) + 1):
         t0 = time.perf_counter()
         bar = Progress(progress, s.steps, f"epoch {epoch}/{t['epochs']}", log)
-        loss_sum, correct, seen, train_time = train_epoch(s, st, model, epoch, bar)
+        loss_sum, correct, seen, train_time = train_epoch(s, state, model, epoch, bar)
         if not math.isfinite(loss_sum):
             raise CifarlabError(f"training diverged at epoch {epoch} (loss is {loss_sum}); "
                                 "lower optim.lr or set train.grad_clip")
-        out_of_time = team.agree(max_seconds is not None
+        out_of_time = procs.agree(max_seconds is not None
                                  and time.perf_counter() - t_start > max_seconds)
-        val, test = evaluate_epoch(s, st, epoch, out_of_time)
-        st.train_seconds += time.perf_counter() - t0
-        st.img_seconds += train_time
-        st.images_seen += seen
-        row = {"epoch": epoch, "lr": st.opt.param_groups[0]["lr"],
+        val, test = evaluate_epoch(s, state, epoch, out_of_time)
+        state.train_seconds += time.perf_counter() - t0
+        state.img_seconds += train_time
+        state.images_seen += seen
+        row = {"epoch": epoch, "lr": state.opt.param_groups[0]["lr"],
                "train_loss": loss_sum / seen, "train_acc": correct / seen}
         if s.val is not None:
             row |= {"val_loss": val["loss"] if val else math.nan,
@@ -463,27 +468,27 @@ def run_epochs(s: Setup, st: TrainState, run: RunDir, model: torch.nn.Module, le
         row |= {"test_loss": test["loss"] if test else math.nan,
                 "test_acc": test["acc"] if test else math.nan,
                 "seconds": time.perf_counter() - t0}
-        improved, stop = st.record(row, val if s.selection == "val" else test, t)
-        if team.main:
+        improved, stop = state.record(row, val if s.selection == "val" else test, t)
+        if procs.main:
             if tb is not None:  # before the checkpoint: a resumed run purges what follows it
                 tb.log_epoch(row | {"images_per_second": seen / train_time})
-            run.write_history(st.history)
-            st.stopped_by = stop  # target or patience: the checkpoint says why the run ended
-            state = st.to_checkpoint(s.meta, s.dev)
+            run.write_history(state.history)
+            state.stopped_by = stop  # target or patience: the checkpoint says why the run ended
+            checkpoint = state.to_checkpoint(s.meta, s.dev)
             if improved:
-                save_checkpoint(run.best, state)
-            save_checkpoint(run.last, state)
+                save_checkpoint(run.best, checkpoint)
+            save_checkpoint(run.last, checkpoint)
             legs.record(epoch)
             log(epoch_line(row, t["epochs"], stop, t["target"]))
             if on_epoch is not None:
                 on_epoch(run)
             if epoch_callback is not None and epoch_callback(dict(row)) and stop is None:
                 stop = "callback"
-        if team.agree(stop is not None):
-            if team.main and stop == "callback":  # decided after the checkpoint was written
-                st.stopped_by = stop
-                save_checkpoint(run.last, st.to_checkpoint(s.meta, s.dev))
-            st.stopped_by = stop or "agreed"
+        if procs.agree(stop is not None):
+            if procs.main and stop == "callback":  # decided after the checkpoint was written
+                state.stopped_by = stop
+                save_checkpoint(run.last, state.to_checkpoint(s.meta, s.dev))
+            state.stopped_by = stop or "agreed"
             return False
         if out_of_time:
             if epoch < t["epochs"]:
@@ -493,30 +498,30 @@ def run_epochs(s: Setup, st: TrainState, run: RunDir, model: torch.nn.Module, le
     return False
 
 
-def evaluate_epoch(s: Setup, st: TrainState, epoch: int,
+def evaluate_epoch(s: RunSetup, state: TrainState, epoch: int,
                    out_of_time: bool) -> tuple[dict | None, dict | None]:
     """(validation, test) scores of this epoch on rank 0, None where not evaluated: every
     `eval_every` epochs, after the last one and before a time-budget stop; the test set only
     when it is read every evaluation (`test_mode`)."""
     t, every = s.cfg["train"], s.cfg["train"]["eval_every"]
-    if not s.team.main or not (epoch == t["epochs"] or out_of_time
+    if not s.procs.main or not (epoch == t["epochs"] or out_of_time
                                or (every > 0 and epoch % every == 0)):
         return None, None
-    val = score(s, st.eval_model, s.val.images, s.val.labels) if s.val is not None else None
-    test = (score(s, st.eval_model, s.test_inputs, s.test.labels)
+    val = score(s, state.eval_model, s.val.images, s.val.labels) if s.val is not None else None
+    test = (score(s, state.eval_model, s.test_inputs, s.test.labels)
             if s.test_mode == "every" else None)
     if test is not None:
-        st.final_test = test
+        state.final_test = test
     return val, test
 
 
-def describe_run(s: Setup, run: RunDir) -> str:
+def describe_run(s: RunSetup, run: RunDir) -> str:
     t = s.cfg["train"]
     val = f"{len(s.val):,} validation / " if s.val is not None else ""
     low = (f" (the first {low_res_epochs(t)} at {t['low_res']}x{t['low_res']} px)"
            if low_res_epochs(t) else "")
-    return (f"run {run.path}: model {s.cfg['model']} ({s.facts['params']:,} params, "
-            f"RF {s.facts['receptive_field']}), {len(s.train):,} train / {val}"
+    return (f"run {run.path}: model {s.cfg['model']} ({s.model_facts['params']:,} params, "
+            f"RF {s.model_facts['receptive_field']}), {len(s.train):,} train / {val}"
             f"{len(s.test):,} test images, {t['epochs']} epochs x {s.steps} steps{low}, "
             f"{t['precision']}{', channels_last' if t['channels_last'] else ''}, "
             f"on {device_name(s.dev)}")
@@ -538,17 +543,17 @@ def epoch_line(row: dict, epochs: int, stop: str | None, target: float) -> str:
     return msg
 
 
-def finish(s: Setup, st: TrainState, run: RunDir, time_stop: bool, legs: Legs,
-           on_end) -> dict:
+def write_metrics(s: RunSetup, state: TrainState, run: RunDir, time_stop: bool,
+                  legs: LegRecorder, on_end) -> dict:
     """The final figures, each with the split it comes from, into metrics.json."""
-    cfg, t, final, selection = s.cfg, s.cfg["train"], st.final_test, s.selection
-    partial = st.epoch < t["epochs"] and not st.stopped_by
+    cfg, t, final, selection = s.cfg, s.cfg["train"], state.final_test, s.selection
+    partial = state.epoch < t["epochs"] and not state.stopped_by
     if final is None and not partial and s.test_mode in ("every", "final"):
         if s.test_mode == "every":  # resumed a finished run: score its last checkpoint
             last = load_checkpoint(run.last)
-            st.eval_model.load_state_dict(last["ema"] or last["model"])
-        final = score(s, st.eval_model, s.test_inputs, s.test.labels)  # the one test reading
-    val = score(s, st.eval_model, s.val.images, s.val.labels) if s.val is not None else None
+            state.eval_model.load_state_dict(last["ema"] or last["model"])
+        final = score(s, state.eval_model, s.test_inputs, s.test.labels)  # the one test reading
+    val = score(s, state.eval_model, s.val.images, s.val.labels) if s.val is not None else None
     shown = final or val  # per-class figures and predictions: the test set unless unread
     split_name = {"val": "validation", "test": "test"}
     metrics = {
@@ -557,10 +562,10 @@ def finish(s: Setup, st: TrainState, run: RunDir, time_stop: bool, legs: Legs,
         "test_loss": final["loss"] if final else None,
         "val_acc": val["acc"] if val else None, "val_loss": val["loss"] if val else None,
         "selection": split_name.get(selection),
-        "best_epoch": st.best_epoch,
-        f"best_{selection or 'test'}_acc": st.best_acc if selection else None,
-        "target": t["target"] or None, "target_epoch": st.target_epoch,
-        "stopped_by": st.stopped_by or ("time" if time_stop else None),
+        "best_epoch": state.best_epoch,
+        f"best_{selection or 'test'}_acc": state.best_acc if selection else None,
+        "target": t["target"] or None, "target_epoch": state.target_epoch,
+        "stopped_by": state.stopped_by or ("time" if time_stop else None),
         "figures": {
             "test_acc": (f"test set, {'final' if final else 'not read'} "
                          f"({s.test_mode})"),
@@ -577,12 +582,12 @@ def finish(s: Setup, st: TrainState, run: RunDir, time_stop: bool, legs: Legs,
         },
         "per_class_acc": shown["per_class_acc"] if shown else None,
         "confusion": shown["confusion"] if shown else None,
-        "classes": list(s.meta["classes"]), "params": s.facts["params"],
-        "macs": s.facts["macs"], "receptive_field": s.facts["receptive_field"],
-        "train_macs": train_macs(s.facts, t, len(st.history)),
-        "train_seconds": st.train_seconds,
-        "images_per_second": st.images_seen / st.img_seconds if st.img_seconds else 0.0,
-        "epochs": len(st.history), "epochs_planned": t["epochs"],
+        "classes": list(s.meta["classes"]), "params": s.model_facts["params"],
+        "macs": s.model_facts["macs"], "receptive_field": s.model_facts["receptive_field"],
+        "train_macs": train_macs(s.model_facts, t, len(state.history)),
+        "train_seconds": state.train_seconds,
+        "images_per_second": state.images_seen / state.img_seconds if state.img_seconds else 0.0,
+        "epochs": len(state.history), "epochs_planned": t["epochs"],
         "train_images": len(s.train), "val_images": len(s.val) if s.val else 0,
         "test_images": len(s.test),
         "legs": legs.all(),

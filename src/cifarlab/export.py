@@ -29,7 +29,7 @@ import torch
 from .data import CIFAR10, load_data
 from .errors import CifarlabError
 from .images import classify_files
-from .inference import checkpoint_path, load_model, predict_logits, summarize
+from .inference import checkpoint_path, load_model, predict_logits, score_logits
 from .provenance import commit
 from .rundir import atomic_path
 
@@ -142,7 +142,7 @@ def onnx_evaluate(path: str | os.PathLike, *, data: CIFAR10 | None = None,
     sess, meta = open_onnx(path)
     if data is None:
         data = load_data(data_dir)
-    out = summarize(run_onnx(sess, meta, data.test.images), data.test.labels, _loss_name(meta))
+    out = score_logits(run_onnx(sess, meta, data.test.images), data.test.labels, _loss_name(meta))
     out["classes"] = list(data.classes)
     return out
 
@@ -310,13 +310,7 @@ def export_onnx(path: str | os.PathLike, out: str | os.PathLike | None = None, *
     parity figures and (int8) accuracies; raises ExportError (a CifarlabError) when a gate
     fails, after deleting the failing file.
     """
-    import onnx
-
-
-    if parity_images < 1:
-        raise ExportError("parity_images must be at least 1: every exported file is checked")
-    if opset is not None and opset < 18:
-        raise ExportError(f"opset {opset}: torch's ONNX exporter writes opset 18 or newer")
+    _check_export_args(parity_images, opset)
     src = Path(path)
     ckpt = checkpoint_path(src)
     dst = _default_out(src, out)
@@ -324,9 +318,33 @@ def export_onnx(path: str | os.PathLike, out: str | os.PathLike | None = None, *
     if data is None:
         data = load_data(data_dir)
     model = model.float().to(memory_format=torch.contiguous_format).eval()
-    net = _Normalized(model, meta["mean"], meta["std"]).eval()
     output = "log_probs" if meta["loss"] == "nll" else "logits"
+    proto = _torch_to_onnx(model, meta, opset, output)
+    _set_metadata(proto, _metadata(meta, ckpt, "fp32"))
+    opset_used = _opset_written(proto, opset)
 
+    n = min(parity_images, len(data.test))
+    result: dict = {"onnx": str(dst), "opset": opset_used, "output": output}
+    sess, md, parity = _publish_fp32(proto, model, meta, data.test.images[:n], dst, output)
+    result.update(onnx_bytes=dst.stat().st_size, parity=parity)
+    log(f"wrote {dst} ({dst.stat().st_size:,} bytes, opset {opset_used}): parity with PyTorch "
+        f"fp32 on {n} test images: max |diff| {parity['max_abs_diff']:.2e}, top-1 agreement "
+        f"{parity['top1_agreement']:.2%}")
+    if int8:
+        result.update(_export_int8(dst, sess, md, meta, ckpt, data, result["onnx_bytes"], log))
+    return result
+
+
+def _check_export_args(parity_images: int, opset: int | None) -> None:
+    if parity_images < 1:
+        raise ExportError("parity_images must be at least 1: every exported file is checked")
+    if opset is not None and opset < 18:
+        raise ExportError(f"opset {opset}: torch's ONNX exporter writes opset 18 or newer")
+
+
+def _torch_to_onnx(model: torch.nn.Module, meta: dict, opset: int | None, output: str):
+    """The ModelProto of `model` with its normalisation folded in (batch dimension dynamic)."""
+    net = _Normalized(model, meta["mean"], meta["std"]).eval()
     with _quiet():
         try:
             batch = torch.export.Dim("batch", min=1)
@@ -334,27 +352,33 @@ def export_onnx(path: str | os.PathLike, out: str | os.PathLike | None = None, *
                 net, (torch.rand(2, 3, 32, 32),), dynamo=True, opset_version=opset,
                 input_names=[INPUT_NAME], output_names=[output],
                 dynamic_shapes=({0: batch},), verbose=False)
-            proto = program.model_proto
+            return program.model_proto
         except Exception as e:
             raise ExportError(f"ONNX export of model {meta['model']} failed: "
                               f"{type(e).__name__}: {_one_line(e)}") from None
-    _set_metadata(proto, _metadata(meta, ckpt, "fp32"))
+
+
+def _opset_written(proto, opset: int | None) -> int | None:
+    """The opset the exporter wrote; an ExportError if it is not the one asked for."""
     opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
                       None)
     if opset is not None and opset_used != opset:  # the exporter falls back silently
         raise ExportError(f"opset {opset}: torch's ONNX exporter cannot write it (it wrote "
                           f"opset {opset_used}); leave --opset out for the default")
+    return opset_used
 
-    n = min(parity_images, len(data.test))
-    images = data.test.images[:n]
+
+def _publish_fp32(proto, model: torch.nn.Module, meta: dict, images: torch.Tensor, dst: Path,
+                  output: str):
+    """Write `proto` to `dst` if it passes the fp32 parity gate against PyTorch on `images`:
+    (session, metadata, parity figures) of the written file."""
+    n = len(images)
     ref = predict_logits(model, images, meta["mean"], meta["std"], precision="fp32",
                          channels_last=False, tta=False, tta_shift=0)
-    result: dict = {"onnx": str(dst), "opset": opset_used, "output": output}
     with atomic_path(dst) as tmp:  # published only once it passes the gate
         _write(proto, tmp)
         sess, md = open_onnx(tmp)
-        fp32_out = run_onnx(sess, md, images)
-        parity = _compare(ref, fp32_out)
+        parity = _compare(ref, run_onnx(sess, md, images))
         if not (parity["max_abs_diff"] <= FP32_MAX_DIFF
                 and parity["top1_agreement"] >= FP32_MIN_AGREEMENT):
             raise ExportError(
@@ -362,52 +386,65 @@ def export_onnx(path: str | os.PathLike, out: str | os.PathLike | None = None, *
                 f"{parity['max_abs_diff']:.3g} (limit {FP32_MAX_DIFF:g}), top-1 agreement "
                 f"{parity['top1_agreement']:.2%} (limit {FP32_MIN_AGREEMENT:.1%}); "
                 "file not written")
-    result.update(onnx_bytes=dst.stat().st_size, parity=parity)
-    log(f"wrote {dst} ({dst.stat().st_size:,} bytes, opset {opset_used}): parity with PyTorch "
-        f"fp32 on {n} test images: max |diff| {parity['max_abs_diff']:.2e}, top-1 agreement "
-        f"{parity['top1_agreement']:.2%}")
-    if not int8:
-        return result
+    return sess, md, parity
 
+
+def _export_int8(dst: Path, sess, md: dict, meta: dict, ckpt: Path, data: CIFAR10,
+                 fp32_bytes: int, log) -> dict:
+    """OUT-int8.onnx beside `dst` (the fp32 file, open in `sess`), written if it passes the
+    int8 gate; the result's int8 fields."""
     dst8 = dst.with_name(dst.stem + "-int8.onnx")
     calib_split = data.train.subset(CALIBRATION_IMAGES, seed=CALIBRATION_SEED)
     calib = _inputs(calib_split.images, md)
     with atomic_path(dst8) as tmp8:  # published only once it passes the int8 gate
-        with _quiet():
-            try:
-                kept_fp32 = _quantize(dst, tmp8, calib)
-            except Exception as e:
-                raise ExportError(f"int8 quantization of {dst} failed: {type(e).__name__}: "
-                                  f"{_one_line(e)}") from None
-        proto8 = onnx.load(str(tmp8))
-        _set_metadata(proto8, _metadata(meta, ckpt, (
-            f"int8 (static QDQ, per-channel int8 weights, uint8 activations, first and last "
-            f"layer ({', '.join(kept_fp32)}) kept in fp32, {CALIBRATION_METHOD} calibration on "
-            f"{len(calib)} training images, seed {CALIBRATION_SEED})")))
-        _write(proto8, tmp8)
-        sess8, md8 = open_onnx(tmp8)
-        # the int8 gate compares on the whole test set: both files are run on it anyway
-        fp32_all = run_onnx(sess, md, data.test.images)
-        int8_all = run_onnx(sess8, md8, data.test.images)
-        parity8 = _compare(fp32_all, int8_all)
-        fp32_eval = summarize(fp32_all, data.test.labels, _loss_name(md))
-        int8_eval = summarize(int8_all, data.test.labels, _loss_name(md))
-        drop = fp32_eval["acc"] - int8_eval["acc"]
-        if not (parity8["top1_agreement"] >= INT8_MIN_AGREEMENT and drop <= INT8_MAX_ACC_DROP):
-            raise ExportError(
-                f"{dst8}: int8 gate failed: top-1 agreement with fp32 "
-                f"{parity8['top1_agreement']:.2%} on {len(data.test)} test images (limit "
-                f"{INT8_MIN_AGREEMENT:.0%}), test accuracy "
-                f"{int8_eval['acc']:.4f} vs fp32 {fp32_eval['acc']:.4f} (max drop "
-                f"{INT8_MAX_ACC_DROP:.2f}); int8 file not written, {dst.name} kept")
+        kept_fp32 = _write_int8(dst, tmp8, calib, meta, ckpt)
+        parity8, fp32_acc, int8_acc = _int8_gate(sess, md, tmp8, data, dst, dst8)
     size8 = dst8.stat().st_size
-    result.update(int8=str(dst8), int8_bytes=size8, int8_parity=parity8,
-                  test_images=len(data.test), fp32_acc=fp32_eval["acc"],
-                  int8_acc=int8_eval["acc"], calibration_images=len(calib),
-                  int8_fp32_layers=kept_fp32)
     log(f"wrote {dst8} ({size8:,} bytes): top-1 agreement with fp32 "
         f"{parity8['top1_agreement']:.2%} on {len(data.test):,} test images")
     log(f"test accuracy on {len(data.test):,} images in onnxruntime: fp32 "
-        f"{fp32_eval['acc']:.4f} ({result['onnx_bytes']:,} bytes), int8 {int8_eval['acc']:.4f} "
+        f"{fp32_acc:.4f} ({fp32_bytes:,} bytes), int8 {int8_acc:.4f} "
         f"({size8:,} bytes)")
-    return result
+    return dict(int8=str(dst8), int8_bytes=size8, int8_parity=parity8,
+                test_images=len(data.test), fp32_acc=fp32_acc, int8_acc=int8_acc,
+                calibration_images=len(calib), int8_fp32_layers=kept_fp32)
+
+
+def _write_int8(fp32: Path, tmp8: Path, calib: np.ndarray, meta: dict, ckpt: Path) -> list[str]:
+    """Quantize `fp32` into `tmp8` and stamp its metadata; returns the layers kept in fp32."""
+    import onnx
+
+    with _quiet():
+        try:
+            kept_fp32 = _quantize(fp32, tmp8, calib)
+        except Exception as e:
+            raise ExportError(f"int8 quantization of {fp32} failed: {type(e).__name__}: "
+                              f"{_one_line(e)}") from None
+    proto8 = onnx.load(str(tmp8))
+    _set_metadata(proto8, _metadata(meta, ckpt, (
+        f"int8 (static QDQ, per-channel int8 weights, uint8 activations, first and last "
+        f"layer ({', '.join(kept_fp32)}) kept in fp32, {CALIBRATION_METHOD} calibration on "
+        f"{len(calib)} training images, seed {CALIBRATION_SEED})")))
+    _write(proto8, tmp8)
+    return kept_fp32
+
+
+def _int8_gate(sess, md: dict, tmp8: Path, data: CIFAR10, dst: Path,
+               dst8: Path) -> tuple[dict, float, float]:
+    """The int8 file vs the fp32 one on the whole test set (both are run on it anyway):
+    (parity, fp32 accuracy, int8 accuracy), or an ExportError if the gate fails."""
+    sess8, md8 = open_onnx(tmp8)
+    fp32_all = run_onnx(sess, md, data.test.images)
+    int8_all = run_onnx(sess8, md8, data.test.images)
+    parity8 = _compare(fp32_all, int8_all)
+    fp32_acc = score_logits(fp32_all, data.test.labels, _loss_name(md))["acc"]
+    int8_acc = score_logits(int8_all, data.test.labels, _loss_name(md))["acc"]
+    drop = fp32_acc - int8_acc
+    if not (parity8["top1_agreement"] >= INT8_MIN_AGREEMENT and drop <= INT8_MAX_ACC_DROP):
+        raise ExportError(
+            f"{dst8}: int8 gate failed: top-1 agreement with fp32 "
+            f"{parity8['top1_agreement']:.2%} on {len(data.test)} test images (limit "
+            f"{INT8_MIN_AGREEMENT:.0%}), test accuracy "
+            f"{int8_acc:.4f} vs fp32 {fp32_acc:.4f} (max drop "
+            f"{INT8_MAX_ACC_DROP:.2f}); int8 file not written, {dst.name} kept")
+    return parity8, fp32_acc, int8_acc

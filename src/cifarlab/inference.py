@@ -72,7 +72,7 @@ def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, n: int = 10) -> 
     return torch.bincount(labels * n + preds, minlength=n * n).view(n, n)
 
 
-def summarize(logits: torch.Tensor, labels: torch.Tensor, loss_name: str = "ce") -> dict:
+def score_logits(logits: torch.Tensor, labels: torch.Tensor, loss_name: str = "ce") -> dict:
     preds = logits.argmax(1)
     cm = confusion_matrix(labels, preds)
     per_class = (cm.diag().float() / cm.sum(1).clamp(min=1).float()).tolist()
@@ -133,12 +133,12 @@ def load_model(path: str | os.PathLike, model: torch.nn.Module | None = None
     the network is built from the name the run recorded. Weights that do not fit are refused
     in one line naming the mismatch."""
     ckpt = checkpoint_path(path)
-    st = load_checkpoint(ckpt)
-    meta = st["meta"]
+    checkpoint = load_checkpoint(ckpt)
+    meta = checkpoint["meta"]
     name = meta.get("model")
     if model is None:
         model = _rebuild(ckpt, meta)
-    weights = st["ema"] if st.get("ema") else st["model"]
+    weights = checkpoint["ema"] if checkpoint.get("ema") else checkpoint["model"]
     have = sum(p.numel() for p in model.parameters())
     if meta.get("params") is not None and meta["params"] != have:
         why = ("it trained a model instance built with arguments cifarlab cannot know: pass "

@@ -73,7 +73,7 @@ def from_rank0(*values: float) -> list[float]:
     return t.tolist()
 
 
-class Team:
+class TrainingProcesses:
     """The processes that train one run, as the training loop sees them. With one process
     every method is the identity; with several, rank 0 evaluates and decides, every rank
     trains on its share of each batch, and the decisions are agreed on here."""

@@ -180,7 +180,7 @@ def _first_epoch_at(rows: list[dict], target: float) -> int | None:
     return next((epoch for epoch, acc in tested(rows) if acc >= target), None)
 
 
-def summarize(info: RunInfo, target: float | None = None) -> dict[str, str]:
+def table_row(info: RunInfo, target: float | None = None) -> dict[str, str]:
     """The table row of one run, as display strings (column name -> text)."""
     m, rec, rows = info.metrics or {}, info.recipe, info.rows
     model = m.get("model") if isinstance(m.get("model"), str) else rec.get("model")
@@ -325,12 +325,38 @@ def make_report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike,
     out.mkdir(parents=True, exist_ok=True)
     infos = [load_run(p) for p in run_dirs]
     _unique_names(infos)
-    table = [summarize(i, target) for i in infos]
+    table = _table(infos, target)
+    colors = {id(i): plots.run_color(k) for k, i in enumerate(infos)}
+    figures = _draw_figures(infos, target, out)
+    confusions = _draw_confusions(infos, out)
+    for k, i in enumerate(infos):  # problems found while drawing
+        table[k]["notes"] = "; ".join(i.problems)
+
+    title = "cifarlab report"
+    sub = _subtitle(infos, target)
+    cols = list(table[0]) if table else ["run", "notes"]
+    index = out / "index.html"
+    atomic_write_text(index, _html_page(title, sub, cols, infos, table, colors, figures,
+                                        confusions))
+    atomic_write_text(out / "report.md", _markdown(title, sub, cols, table, figures,
+                                                   confusions))
+    return index
+
+
+def _table(infos: list[RunInfo], target: float | None) -> list[dict[str, str]]:
+    """One row per run; the robustness column when any run has robustness.json."""
+    table = [table_row(i, target) for i in infos]
     if any(i.robustness for i in infos):
         table = [_with_column(row, "final test acc", ROBUSTNESS_COLUMN,
                               robustness_cell(i.robustness)) for row, i in zip(table, infos,
                                                                                 strict=True)]
-    colors = {id(i): plots.run_color(k) for k, i in enumerate(infos)}
+    return table
+
+
+def _draw_figures(infos: list[RunInfo], target: float | None,
+                  out: Path) -> list[tuple[Path, str, str]]:
+    """The comparison figures the runs have data for: (png, title, caption) each."""
+    from . import plots
 
     figures: list[tuple[Path, str, str]] = []  # (png, title, caption)
     if any(i.rows for i in infos):
@@ -338,20 +364,7 @@ def make_report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike,
         fig = plots.draw_compare_curves([(i.name, i.rows) for i in infos], target)
         figures.append((plots.save_figure(fig, out / "curves.png"), "Training curves",
                         "Train accuracy, test accuracy and loss per epoch; one colour per run."))
-    classes: list[str] | None = None
-    per_class = []
-    for k, i in enumerate(infos):
-        pc = (i.metrics or {}).get("per_class_acc")
-        if not (isinstance(pc, list) and pc and all(isinstance(v, int | float) for v in pc)):
-            continue
-        names = plots.class_names(i.metrics, len(pc))
-        if classes is None:
-            classes = names
-        if names != classes:
-            i.problems.append("classes differ from the first run: left out of per-class figure")
-            table[k]["notes"] = "; ".join(i.problems)
-            continue
-        per_class.append((i.name, k, pc))
+    classes, per_class = _per_class_rows(infos)
     if per_class and classes:
         fig = plots.draw_compare_per_class(per_class, classes)
         figures.append((plots.save_figure(fig, out / "per_class.png"), "Per-class accuracy",
@@ -364,6 +377,34 @@ def make_report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike,
                         "Mean accuracy over the 15 CIFAR-10-C-style corruptions (regenerated) "
                         "by severity, clean accuracy at the left; one line per run with "
                         "robustness.json (cifarlab robustness)."))
+    return figures
+
+
+def _per_class_rows(infos: list[RunInfo]) -> tuple[list[str] | None, list]:
+    """(class names, [(run name, run index, per-class accuracies)]) of the runs whose classes
+    are the first such run's; the others get a problem noted."""
+    from . import plots
+
+    classes: list[str] | None = None
+    per_class = []
+    for k, i in enumerate(infos):
+        pc = (i.metrics or {}).get("per_class_acc")
+        if not (isinstance(pc, list) and pc and all(isinstance(v, int | float) for v in pc)):
+            continue
+        names = plots.class_names(i.metrics, len(pc))
+        if classes is None:
+            classes = names
+        if names != classes:
+            i.problems.append("classes differ from the first run: left out of per-class figure")
+            continue
+        per_class.append((i.name, k, pc))
+    return classes, per_class
+
+
+def _draw_confusions(infos: list[RunInfo], out: Path) -> list[tuple[str, Path]]:
+    """A confusion-matrix PNG per run with one: (run name, png) each."""
+    from . import plots
+
     confusions: list[tuple[str, Path]] = []
     for i in infos:
         m = i.metrics or {}
@@ -377,22 +418,48 @@ def make_report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike,
                 i.problems.append("confusion matrix in metrics.json is malformed")
                 continue
             confusions.append((i.name, png))
-    for k, i in enumerate(infos):  # problems found while drawing
-        table[k]["notes"] = "; ".join(i.problems)
+    return confusions
 
-    title = "cifarlab report"
+
+def _subtitle(infos: list[RunInfo], target: float | None) -> str:
     when = datetime.now().strftime("%Y-%m-%d %H:%M")
     sub = f"{len(infos)} run{'s' if len(infos) != 1 else ''}, generated {when}"
     if target is not None:
         sub += f", target test accuracy {100 * target:g}%"
-    cols = list(table[0]) if table else ["run", "notes"]
+    return sub
 
+
+def _html_page(title: str, sub: str, cols: list[str], infos: list[RunInfo],
+               table: list[dict[str, str]], colors: dict[int, str],
+               figures: list[tuple[Path, str, str]], confusions: list[tuple[str, Path]]) -> str:
+    """index.html: the table, then every figure inlined."""
     e = html.escape
     h = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
          '<meta name="viewport" content="width=device-width, initial-scale=1">',
          f"<title>{e(title)}</title>", f"<style>{CSS}</style>", "</head>", "<body>",
-         f"<h1>{e(title)}</h1>", f'<p class="meta">{e(sub)}</p>',
-         '<table id="runs">', "<thead><tr><th></th>"
+         f"<h1>{e(title)}</h1>", f'<p class="meta">{e(sub)}</p>']
+    h += _html_table(cols, infos, table, colors)
+    if not figures:
+        h.append("<p>No run has a readable history or final metrics yet: nothing to plot.</p>")
+    for png, ftitle, caption in figures:
+        h += [f"<h2>{e(ftitle)}</h2>", "<figure>",
+              f'<img src="{png_uri(png)}" alt="{e(ftitle)}">',
+              f"<figcaption>{e(caption)}</figcaption>", "</figure>"]
+    if confusions:
+        h.append("<h2>Confusion matrices</h2>")
+        for name, png in confusions:
+            h += ["<details>", f"<summary>{e(name)}</summary>", "<figure>",
+                  f'<img src="{png_uri(png)}" alt="{e(name + " confusion matrix")}">',
+                  "</figure>", "</details>"]
+    h += ["</body>", "</html>", ""]
+    return "\n".join(h)
+
+
+def _html_table(cols: list[str], infos: list[RunInfo], table: list[dict[str, str]],
+                colors: dict[int, str]) -> list[str]:
+    """The runs table's lines: a colour swatch per run, numbers right-aligned."""
+    e = html.escape
+    h = ['<table id="runs">', "<thead><tr><th></th>"
          + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr></thead>", "<tbody>"]
     for i, row in zip(infos, table, strict=True):
         cls = ' class="problem"' if row.get("notes") else ""
@@ -408,23 +475,12 @@ def make_report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike,
                 val_html = e(val)
             cells.append(f"<td{td_cls}>{val_html}</td>")
         h.append(f"<tr{cls}>{sw}{''.join(cells)}</tr>")
-    h += ["</tbody>", "</table>"]
-    if not figures:
-        h.append("<p>No run has a readable history or final metrics yet: nothing to plot.</p>")
-    for png, ftitle, caption in figures:
-        h += [f"<h2>{e(ftitle)}</h2>", "<figure>",
-              f'<img src="{png_uri(png)}" alt="{e(ftitle)}">',
-              f"<figcaption>{e(caption)}</figcaption>", "</figure>"]
-    if confusions:
-        h.append("<h2>Confusion matrices</h2>")
-        for name, png in confusions:
-            h += ["<details>", f"<summary>{e(name)}</summary>", "<figure>",
-                  f'<img src="{png_uri(png)}" alt="{e(name + " confusion matrix")}">',
-                  "</figure>", "</details>"]
-    h += ["</body>", "</html>", ""]
-    index = out / "index.html"
-    atomic_write_text(index, "\n".join(h))
+    return h + ["</tbody>", "</table>"]
 
+
+def _markdown(title: str, sub: str, cols: list[str], table: list[dict[str, str]],
+              figures: list[tuple[Path, str, str]], confusions: list[tuple[str, Path]]) -> str:
+    """report.md: the same table, linking the PNGs beside it."""
     md = [f"# {title}", "", sub, "",
           "| " + " | ".join(_md_cell(c) for c in cols) + " |",
           "|" + "|".join("---" for _ in cols) + "|"]
@@ -435,5 +491,4 @@ def make_report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike,
         md += ["", "## Confusion matrices"]
         for name, png in confusions:
             md += ["", f"### {_md_cell(name)}", "", f"![{_md_cell(name)}]({png.name})"]
-    atomic_write_text(out / "report.md", "\n".join(md) + "\n")
-    return index
+    return "\n".join(md) + "\n"

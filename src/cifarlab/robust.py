@@ -109,6 +109,33 @@ class _Progress:
             self.bar.close()
 
 
+class _Scorer:
+    """Accuracy of `classify` on the chosen test images, clean or corrupted, generated and
+    scored CHUNK images at a time; adds up the seconds spent generating and evaluating."""
+
+    def __init__(self, classify: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                 y: torch.Tensor, idx: np.ndarray, seed: int, bar: _Progress):
+        self.classify, self.x, self.y, self.idx, self.seed, self.bar = (
+            classify, x, y, idx, seed, bar)
+        self.n = len(idx)
+        self.gen_s = self.eval_s = 0.0
+
+    def accuracy(self, name: str | None, severity: int = 0) -> float:
+        """On the clean images (`name` None) or on corruption `name` at `severity`."""
+        x, y, idx = self.x, self.y, self.idx
+        correct = 0
+        for i in range(0, self.n, CHUNK):
+            t0 = time.perf_counter()
+            batch = x[i:i + CHUNK] if name is None else corrupt(
+                x[i:i + CHUNK], name, severity, seed=self.seed, index=idx[i:i + CHUNK])
+            t1 = time.perf_counter()
+            correct += int((self.classify(batch) == y[i:i + CHUNK]).sum())
+            self.gen_s += t1 - t0
+            self.eval_s += time.perf_counter() - t1
+            self.bar.step(len(batch), name or "clean")
+        return correct / self.n
+
+
 def evaluate_robustness(path: str | os.PathLike, *, data: CIFAR10 | None = None,
                         data_dir: str | os.PathLike | None = None, images: int | None = None,
                         seed: int = 0, progress: bool = True, log=print,
@@ -122,44 +149,48 @@ def evaluate_robustness(path: str | os.PathLike, *, data: CIFAR10 | None = None,
         raise CifarlabError(f"{p}: no such run directory, checkpoint or ONNX file")
     if seed < 0:
         raise CifarlabError(f"--seed {seed}: expected 0 or more")
-    predict, kind = _predictor(p)
+    classify, kind = _predictor(p)
     if data is None:
         data = load_data(data_dir)
     idx = stratified_indices(data.test.labels, images)
-    x, y = data.test.images[idx].contiguous(), data.test.labels[idx]
     n = len(idx)
     bar = _Progress(progress, n * (1 + len(CORRUPTIONS) * len(SEVERITIES)), log)
-    gen_s = eval_s = 0.0
-
-    def accuracy(name: str | None, severity: int = 0) -> float:
-        nonlocal gen_s, eval_s
-        correct = 0
-        for i in range(0, n, CHUNK):
-            t0 = time.perf_counter()
-            batch = x[i:i + CHUNK] if name is None else corrupt(
-                x[i:i + CHUNK], name, severity, seed=seed, index=idx[i:i + CHUNK])
-            t1 = time.perf_counter()
-            correct += int((predict(batch) == y[i:i + CHUNK]).sum())
-            gen_s, eval_s = gen_s + t1 - t0, eval_s + time.perf_counter() - t1
-            bar.step(len(batch), name or "clean")
-        return correct / n
-
+    scorer = _Scorer(classify, data.test.images[idx].contiguous(), data.test.labels[idx], idx,
+                     seed, bar)
     try:
         started = time.perf_counter()
-        clean = accuracy(None)
-        bar.line(f"clean: {clean:.4f} on {n:,} test images")
-        by_corruption = {}
-        for name in CORRUPTIONS:
-            t0 = time.perf_counter()
-            by_corruption[name] = [accuracy(name, s) for s in SEVERITIES]
-            bar.line(f"{name}: " + " ".join(f"{a:.4f}" for a in by_corruption[name])
-                     + f"  ({time.perf_counter() - t0:.0f}s)")
+        clean, by_corruption = _score_all(scorer, bar)
     finally:
         bar.close()
+    result = _result(clean, by_corruption, scorer, started, len(data.test), seed, p, kind)
+    out = output_paths(p) if write else None
+    if out is not None:
+        _write_outputs(result, out, p, kind, log)
+    return result
+
+
+def _score_all(scorer: _Scorer, bar: _Progress) -> tuple[float, dict[str, list[float]]]:
+    """(clean accuracy, corruption name -> its accuracy at each severity)."""
+    clean = scorer.accuracy(None)
+    bar.line(f"clean: {clean:.4f} on {scorer.n:,} test images")
+    by_corruption = {}
+    for name in CORRUPTIONS:
+        t0 = time.perf_counter()
+        by_corruption[name] = [scorer.accuracy(name, s) for s in SEVERITIES]
+        bar.line(f"{name}: " + " ".join(f"{a:.4f}" for a in by_corruption[name])
+                 + f"  ({time.perf_counter() - t0:.0f}s)")
+    return clean, by_corruption
+
+
+def _result(clean: float, by_corruption: dict[str, list[float]], scorer: _Scorer,
+            started: float, test_size: int, seed: int, p: Path, kind: str) -> dict:
+    """The figures robustness.json holds (its `json` still None)."""
+    n = scorer.n
     acc = np.array(list(by_corruption.values()))
     mca = float(acc.mean())
     corrupted = n * acc.size
-    result = {
+    gen_s, eval_s = scorer.gen_s, scorer.eval_s
+    return {
         "clean_acc": clean,
         "mca": mca,
         "relative": mca / clean if clean else 0.0,
@@ -167,7 +198,7 @@ def evaluate_robustness(path: str | os.PathLike, *, data: CIFAR10 | None = None,
         "by_corruption": by_corruption,
         "worst_corruption": min(by_corruption, key=lambda k: float(np.mean(by_corruption[k]))),
         "images": n,
-        "subset": "all" if n == len(data.test) else f"stratified, seed {SUBSET_SEED}",
+        "subset": "all" if n == test_size else f"stratified, seed {SUBSET_SEED}",
         "seed": seed,
         "source": str(p),
         "kind": kind,
@@ -180,16 +211,17 @@ def evaluate_robustness(path: str | os.PathLike, *, data: CIFAR10 | None = None,
         **provenance(),
         "json": None,
     }
-    out = output_paths(p) if write else None
-    if out is not None:
-        from .plots import plot_robustness
 
-        run_name = out[0].parent.resolve().name
-        title = f"{run_name}: {p.name}" if kind == "onnx" else run_name
-        try:
-            result["heatmap"] = str(plot_robustness(result, out[1], title))
-        except Exception as e:  # a figure never costs the figures
-            log(f"warning: robustness heatmap not written ({e})")
-        result["json"] = str(out[0])
-        write_json(out[0], result)
-    return result
+
+def _write_outputs(result: dict, out: tuple[Path, Path], p: Path, kind: str, log) -> None:
+    """The heatmap (a failure only warns) and robustness.json, named in `result`."""
+    from .plots import plot_robustness
+
+    run_name = out[0].parent.resolve().name
+    title = f"{run_name}: {p.name}" if kind == "onnx" else run_name
+    try:
+        result["heatmap"] = str(plot_robustness(result, out[1], title))
+    except Exception as e:  # a figure never costs the figures
+        log(f"warning: robustness heatmap not written ({e})")
+    result["json"] = str(out[0])
+    write_json(out[0], result)

@@ -206,12 +206,12 @@ class RunDir:
         return rows, problems
 
 
-def model_meta(cfg: dict, classes, mean, std, facts: dict) -> dict:
+def model_meta(cfg: dict, classes, mean, std, model_facts: dict) -> dict:
     """What inference needs, stored in every checkpoint (plain types: weights_only-safe);
     `model_source`: the user's file and its sha256 for a FILE.py:NAME network, else None."""
     return {
         "model": cfg["model"], "model_args": dict(cfg["model_args"]),
-        "params": facts["params"], "model_source": facts.get("model_source"),
+        "params": model_facts["params"], "model_source": model_facts.get("model_source"),
         "classes": list(classes), "mean": list(mean), "std": list(std),
         "loss": cfg["loss"]["name"], "precision": cfg["train"]["precision"],
         "channels_last": cfg["train"]["channels_last"], "tta": cfg["train"]["tta"],
@@ -223,7 +223,7 @@ def model_meta(cfg: dict, classes, mean, std, facts: dict) -> dict:
     }
 
 
-class Legs:
+class LegRecorder:
     """legs.json: every command that trained the run (commit, machine, dates, epochs)."""
 
     def __init__(self, run: RunDir, main: bool, resume: bool, epoch: int, device: str):

@@ -173,7 +173,7 @@ class RunBoard:
     def log_epoch(self, row: dict) -> None:
         self.logger.log_epoch(row)
 
-    def finish(self, metrics: dict) -> None:
+    def log_final(self, metrics: dict) -> None:
         if metrics["epochs"] > self.first:  # this leg trained: the run's final figures
             keys = ("test_acc", "val_acc", "best_val_acc", "best_test_acc", "test_loss",
                     "train_seconds", "params")

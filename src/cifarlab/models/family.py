@@ -241,15 +241,15 @@ class FamilyNet(nn.Module):
             layers += _cbr(3, p["stem"])
             c = p["stem"]
         base = 1  # dilation multiplier from `dilation` downsampling
-        for st in p["stages"]:
-            down = st["downsample"]
+        for stage in p["stages"]:
+            down = stage["downsample"]
             if down == "maxpool":
                 layers.append(nn.MaxPool2d(2))
             elif down == "avgpool":
                 layers.append(nn.AvgPool2d(2))
-            elif down == "dilation" and not st["blocks"]:
+            elif down == "dilation" and not stage["blocks"]:
                 base *= 2
-            for j, (kind, w, d) in enumerate(st["blocks"]):
+            for j, (kind, w, d) in enumerate(stage["blocks"]):
                 stride = 2 if down == "stride" and j == 0 else 1
                 layers += make_block(kind, c, w, stride, d * base)
                 if p["dropout"] > 0:
@@ -280,15 +280,15 @@ def describe_design(args: dict) -> str:
         return f"invalid design ({e})"
     mark = {"none": "", "stride": "/s ", "maxpool": "/m ", "avgpool": "/a ", "dilation": "/d "}
     parts = [f"stem {p['stem']}"] if p["stem"] else []
-    for st in p["stages"]:
-        bl = st["blocks"]
+    for stage in p["stages"]:
+        bl = stage["blocks"]
         if not bl:
-            parts.append(mark[st["downsample"]].strip() or "-")
+            parts.append(mark[stage["downsample"]].strip() or "-")
             continue
         kinds = sorted({k for k, _, _ in bl}, key=[k for k, _, _ in bl].index)
         widths = sorted({w for _, w, _ in bl}, key=[w for _, w, _ in bl].index)
         dmax = max(d for _, _, d in bl)
-        parts.append(f"{mark[st['downsample']]}{len(bl)}x {'/'.join(kinds)} "
+        parts.append(f"{mark[stage['downsample']]}{len(bl)}x {'/'.join(kinds)} "
                      f"{'/'.join(map(str, widths))}" + (f" d{dmax}" if dmax > 1 else ""))
     parts.append(p["head"])
     return " | ".join(parts)

@@ -276,19 +276,19 @@ def make_search_report(study: str, storage: str | None = None,
                        out: str | os.PathLike | None = None) -> Path:
     """Write the study's report; return the path of index.html (default: STUDY_DIR/report/)."""
     name, url, sdir = resolve_study(study, storage, runs_dir)
-    st = load_study(name, url)
-    spec = spec_of(st)
-    trials = st.get_trials(deepcopy=False)
-    rows = trial_rows(st, trials)
-    summ = summary(st, trials)
-    multi = len(st.directions) > 1
+    optuna_study = load_study(name, url)
+    spec = spec_of(optuna_study)
+    trials = optuna_study.get_trials(deepcopy=False)
+    rows = trial_rows(optuna_study, trials)
+    summ = summary(optuna_study, trials)
+    multi = len(optuna_study.directions) > 1
     out_dir = Path(out) if out is not None else sdir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
-    figures = draw_figures(st, trials, rows, multi, out_dir)
-    where = f"{st.study_name} --storage {mask_url(url)}" if storage else str(sdir)
-    title = f"cifarlab search: {st.study_name}"
+    figures = draw_figures(optuna_study, trials, rows, multi, out_dir)
+    where = f"{optuna_study.study_name} --storage {mask_url(url)}" if storage else str(sdir)
+    title = f"cifarlab search: {optuna_study.study_name}"
     h = _page_head(title, study_facts(spec, summ, url, multi))
-    h += _best_section(spec, best_trials(st, trials), rows, multi, where)
+    h += _best_section(spec, best_trials(optuna_study, trials), rows, multi, where)
     for png, ftitle, caption in figures:
         h += [f"<h2>{html.escape(ftitle)}</h2>", "<figure>",
               f'<img src="{png_uri(png)}" alt="{html.escape(ftitle)}">',
@@ -303,8 +303,8 @@ def make_search_report(study: str, storage: str | None = None,
     return index
 
 
-def draw_figures(st: optuna.Study, trials: list[FrozenTrial], rows: list[dict], multi: bool,
-                 out_dir: Path) -> list[tuple[Path, str, str]]:
+def draw_figures(study: optuna.Study, trials: list[FrozenTrial], rows: list[dict],
+                 multi: bool, out_dir: Path) -> list[tuple[Path, str, str]]:
     """The report's figures, saved in `out_dir`: (png, title, caption) of each one drawn."""
     figures: list[tuple[Path, str, str]] = []
     if any(r["val_acc"] is not None and r["params"] for r in rows):
@@ -331,7 +331,7 @@ def draw_figures(st: optuna.Study, trials: list[FrozenTrial], rows: list[dict], 
                         "Learning curves", "Validation accuracy after each epoch; pruning "
                         "stops hopeless trials at the rungs, so most of the time goes to "
                         "promising designs."))
-    imp = importances(st)
+    imp = importances(study)
     if imp:
         figures.append((plots.save_figure(draw_importance(imp), out_dir / "importance.png"),
                         "Parameter importances", "PED-ANOVA importances of the sampled "

@@ -19,25 +19,25 @@ from .timing import step_timer
 
 
 def check_rules(model: torch.nn.Module, cons: dict) -> tuple[dict, list[str], dict]:
-    """(facts, broken rules as messages, constraint values for the sampler: > 0 = broken by
+    """(model facts, broken rules as messages, constraint values for the sampler: > 0 = broken by
     that relative amount, <= 0 = met), from one trace (`analysis.assess`, which words every
     rule's message)."""
-    facts, broken = assess(model, max_params=cons["max_params"] or None,
-                           max_macs=cons["max_macs"] or None,
-                           min_receptive_field=cons["min_receptive_field"] or None,
-                           require=cons["require"], forbid=cons["forbid"])
+    model_facts, broken = assess(model, max_params=cons["max_params"] or None,
+                                 max_macs=cons["max_macs"] or None,
+                                 min_receptive_field=cons["min_receptive_field"] or None,
+                                 require=cons["require"], forbid=cons["forbid"])
     values: dict[str, float] = {}
     for key, fact in (("max_params", "params"), ("max_macs", "macs")):
         if cons[key]:
-            values[key] = (facts[fact] - cons[key]) / cons[key]
+            values[key] = (model_facts[fact] - cons[key]) / cons[key]
     if cons["min_receptive_field"]:
         mrf = cons["min_receptive_field"]
-        values["min_receptive_field"] = (mrf - facts["receptive_field"]) / mrf
+        values["min_receptive_field"] = (mrf - model_facts["receptive_field"]) / mrf
     for kind in ("require", "forbid"):
         for rule in cons[kind]:
             hit = any(m.startswith(f"{kind} {rule}:") for m in broken)
             values[f"{kind}_{rule}"] = 1.0 if hit else 0.0
-    return facts, broken, values
+    return model_facts, broken, values
 
 
 def rule_key(message: str) -> str:

@@ -101,7 +101,7 @@ def run_search(search: str | os.PathLike | SearchSpec, *, study: str | None = No
         raise SearchError(f"{sdir}: cannot create the study directory ({e.strerror})") from None
     url = storage or default_storage(sdir)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own lines say what happened
-    st, store = create_or_load(spec, name, url, minutes, log)
+    optuna_study, store = create_or_load(spec, name, url, minutes, log)
     copy_path = sdir / "search.toml"
     if not copy_path.exists():
         from ..rundir import atomic_write_text
@@ -111,16 +111,16 @@ def run_search(search: str | os.PathLike | SearchSpec, *, study: str | None = No
         torch.set_num_threads(threads)
     if data is None:
         data = load_train_data(data_dir)
-    w = Worker(spec, st, store, sdir, data, log, tag)
+    w = Worker(spec, optuna_study, store, sdir, data, log, tag)
     wait = spec.search["storage_wait_minutes"] if storage_wait is None else storage_wait
-    loop = _Loop(st, store, url, w, trials, queued_only, wait)
+    loop = _Loop(optuna_study, store, url, w, trials, queued_only, wait)
     log(f"{tag}search '{name}': {spec.description or spec.source}; objectives "
         f"{', '.join(spec.objectives)}; budget {loop.budget_s / 60:.0f} min"
         + (f", {trials} trials" if trials else "") + f"; runs in {sdir}")
     with _interrupt_on_sigterm(), _quiet_storage_threads():
         loop.run()
     with storage_errors(url):
-        return summary(st)
+        return summary(optuna_study)
 
 
 def _check_arguments(name: str, minutes: float | None, trials: int | None,
@@ -138,12 +138,12 @@ def _check_arguments(name: str, minutes: float | None, trials: int | None,
 class _Loop:
     """run_search's loop over trials in one worker, riding out database outages."""
 
-    def __init__(self, st: optuna.Study, store: optuna.storages.BaseStorage, url: str,
+    def __init__(self, study: optuna.Study, store: optuna.storages.BaseStorage, url: str,
                  w: Worker, trials: int | None, queued_only: bool, wait_minutes: float):
-        self.st, self.store, self.url, self.w = st, store, url, w
+        self.study, self.store, self.url, self.w = study, store, url, w
         self.trials, self.queued_only, self.wait_minutes = trials, queued_only, wait_minutes
         self.spec, self.log = w.spec, w.log
-        self.budget_s = 60 * float(st.user_attrs.get("budget_minutes")
+        self.budget_s = 60 * float(study.user_attrs.get("budget_minutes")
                                    or self.spec.search["minutes"])
         self.failures = 0  # trials failed in a row
 
@@ -158,18 +158,18 @@ class _Loop:
             except StorageDown as e:
                 if not self.wait_minutes:
                     raise
-                wait_for_storage(self.store, self.url, self.st.study_name, e.why,
+                wait_for_storage(self.store, self.url, self.study.study_name, e.why,
                                  self.wait_minutes, self.log)
-                _requeue_current(self.st, self.store, self.w)
+                _requeue_current(self.study, self.store, self.w)
 
     def stop_reason(self) -> str | None:
         """Why the search should stop now (None: run another trial)."""
         with storage_errors(self.url):
-            reap_local(self.st, self.store, self.w.host, self.log)
-            all_t = self.st.get_trials(deepcopy=False)
+            reap_local(self.study, self.store, self.w.host, self.log)
+            all_t = self.study.get_trials(deepcopy=False)
             used = search_seconds(all_t)
             trained = sum(1 for t in all_t if outcome(t) in ("complete", "pruned"))
-            self.budget_s = 60 * float(self.st.user_attrs.get("budget_minutes")
+            self.budget_s = 60 * float(self.study.user_attrs.get("budget_minutes")
                                        or self.budget_s / 60)
         if used >= self.budget_s:
             return f"budget of {self.budget_s / 60:.0f} min used"
@@ -196,11 +196,11 @@ class _Loop:
         try:
             with storage_errors(self.url), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self.st.optimize(w.objective, n_trials=1, catch=(TrialError,))
+                self.study.optimize(w.objective, n_trials=1, catch=(TrialError,))
         except StorageDown:
             raise
         except (KeyboardInterrupt, CifarlabError):
-            _requeue_current(self.st, self.store, w)
+            _requeue_current(self.study, self.store, w)
             raise
         except Exception as e:
             why = database_cause(e)
@@ -209,9 +209,9 @@ class _Loop:
             raise StorageDown(f"storage {mask_url(self.url)}: {why}", why) from None
         if w.current is not None:
             with storage_errors(self.url):
-                t = get_trial(self.store, self.st, w.current)
+                t = get_trial(self.store, self.study, w.current)
                 self.failures = self.failures + 1 if t.state == TrialState.FAIL else 0
-                line = status_line(self.st, t, self.budget_s, self.trials)
+                line = status_line(self.study, t, self.budget_s, self.trials)
             if line:
                 self.log(line)
 

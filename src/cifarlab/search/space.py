@@ -292,6 +292,39 @@ def parse_search(text: str, source: str = "search file", path: Path | None = Non
                  base_recipe: dict | None = None) -> SearchSpec:
     """Validate a search file's text (see the module docstring); SearchError on any problem.
     `base_recipe` (the stored raw base recipe) replaces reading the `base` file again."""
+    raw = _parse_toml(text, source)
+    name = _search_name(raw, source, path)
+    base = raw.get("base")
+    if not isinstance(base, str) or not base:
+        raise SearchError(f"{source}: 'base' must name the base recipe (e.g. base = "
+                          "\"fast-seed001\")")
+    if base_recipe is None:
+        base_recipe = _load_base_recipe(base, path, source)
+    try:
+        base_cfg = resolve(copy.deepcopy(base_recipe))
+    except CifarlabError as e:
+        raise SearchError(f"{source}: base recipe '{base}': {e}") from None
+    cons = _constraints(raw, source)
+    s = _search_settings(raw, source)
+    space, net = _parse_space(raw.get("space", {}), source, base_cfg["model"])
+    if s["min_epochs"] > max_epochs(space, base_recipe):
+        raise SearchError(f"{source}: [search] min_epochs {s['min_epochs']} is above the "
+                          "largest epochs the space allows")
+
+    enq = raw.get("enqueue", [])
+    if not isinstance(enq, list) or not all(isinstance(e, dict) for e in enq):
+        raise SearchError(f"{source}: [[enqueue]] entries must be tables")
+    spec = SearchSpec(name=name, description=str(raw.get("description", "")), base=base,
+                      base_recipe=base_recipe, constraints=cons, search=s, space=space,
+                      enqueue=[], source=source, text=text, model=net,
+                      model_args=copy.deepcopy(base_cfg["model_args"]) if net != "family" else {})
+    for i, e in enumerate(enq):
+        spec.enqueue.append(_enqueue_entry(spec, e, f"{source}: [[enqueue]] #{i + 1}"))
+    return spec
+
+
+def _parse_toml(text: str, source: str) -> dict:
+    """The file's TOML, its top-level keys checked."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -300,39 +333,44 @@ def parse_search(text: str, source: str = "search file", path: Path | None = Non
         if k not in TOP_KEYS:
             raise SearchError(f"{source}: unknown key '{k}' (known: {', '.join(TOP_KEYS)})"
                               + _suggest(k, TOP_KEYS))
+    return raw
+
+
+def _search_name(raw: dict, source: str, path: Path | None) -> str:
     name = raw.get("name") or (path.stem if path else "search")
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
         raise SearchError(f"{source}: name must be letters, digits, '-' or '_', got {name!r}")
-    base = raw.get("base")
-    if not isinstance(base, str) or not base:
-        raise SearchError(f"{source}: 'base' must name the base recipe (e.g. base = "
-                          "\"fast-seed001\")")
-    if base_recipe is None:
-        bp = Path(base)
-        if path is not None and bp.suffix == ".toml" and not bp.is_absolute():
-            bp = path.parent / bp
-        try:
-            base_recipe = load_recipe_file(bp if bp.suffix == ".toml" else base)
-        except CifarlabError as e:
-            raise SearchError(f"{source}: base recipe: {e}") from None
+    return name
+
+
+def _load_base_recipe(base: str, path: Path | None, source: str) -> dict:
+    """The raw base recipe: a built-in name, or a .toml path (relative to the search file)."""
+    bp = Path(base)
+    if path is not None and bp.suffix == ".toml" and not bp.is_absolute():
+        bp = path.parent / bp
     try:
-        base_cfg = resolve(copy.deepcopy(base_recipe))
+        return load_recipe_file(bp if bp.suffix == ".toml" else base)
     except CifarlabError as e:
-        raise SearchError(f"{source}: base recipe '{base}': {e}") from None
+        raise SearchError(f"{source}: base recipe: {e}") from None
 
-    def table(key: str, defaults: dict) -> dict:
-        t = raw.get(key, {})
-        if not isinstance(t, dict):
-            raise SearchError(f"{source}: [{key}] must be a table")
-        for k in t:
-            if k not in defaults:
-                raise SearchError(f"{source}: unknown key '{k}' in [{key}] (known: "
-                                  f"{', '.join(defaults)})" + _suggest(k, defaults))
-        out = copy.deepcopy(defaults)
-        out.update(t)
-        return out
 
-    cons = table("constraints", CONSTRAINT_KEYS)
+def _table(raw: dict, key: str, defaults: dict, source: str) -> dict:
+    """[key] over its defaults; unknown keys refused."""
+    t = raw.get(key, {})
+    if not isinstance(t, dict):
+        raise SearchError(f"{source}: [{key}] must be a table")
+    for k in t:
+        if k not in defaults:
+            raise SearchError(f"{source}: unknown key '{k}' in [{key}] (known: "
+                              f"{', '.join(defaults)})" + _suggest(k, defaults))
+    out = copy.deepcopy(defaults)
+    out.update(t)
+    return out
+
+
+def _constraints(raw: dict, source: str) -> dict:
+    """[constraints], checked as a recipe's, plus the training-time limits."""
+    cons = _table(raw, "constraints", CONSTRAINT_KEYS, source)
     for k in ("max_params", "max_macs", "min_receptive_field"):
         try:
             cons[k] = check_value(f"constraints.{k}", cons[k])
@@ -348,18 +386,13 @@ def parse_search(text: str, source: str = "search file", path: Path | None = Non
         if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
             raise SearchError(f"{source}: [constraints] {k} must be a number >= 0, got {v!r}")
         cons[k] = float(v)
+    return cons
 
-    s = table("search", SEARCH_KEYS)
-    obj = s["objectives"]
-    if isinstance(obj, str):
-        obj = [obj]
-    if (not isinstance(obj, list) or obj not in (
-            [["val_acc"], ["corrupt_acc"], ["val_acc", "corrupt_acc"]]
-            + [["val_acc", c] for c in COSTS])):
-        raise SearchError(f"{source}: [search] objectives must be [\"val_acc\"], "
-                          f"[\"corrupt_acc\"], [\"val_acc\", \"corrupt_acc\"] or "
-                          f"[\"val_acc\", COST] with COST one of {', '.join(COSTS)}; got {obj!r}")
-    s["objectives"] = obj
+
+def _search_settings(raw: dict, source: str) -> dict:
+    """[search], checked key by key."""
+    s = _table(raw, "search", SEARCH_KEYS, source)
+    s["objectives"] = _objectives(s["objectives"], source)
     try:
         s["fidelity"] = check_fidelity(s["fidelity"], f"{source}: [search]")
     except ValueError as e:
@@ -373,6 +406,25 @@ def parse_search(text: str, source: str = "search file", path: Path | None = Non
         if s[k] not in choices:
             raise SearchError(f"{source}: [search] {k} '{s[k]}' is not one of "
                               + ", ".join(choices) + _suggest(str(s[k]), choices))
+    _check_search_numbers(s, source)
+    return s
+
+
+def _objectives(obj: Any, source: str) -> list[str]:
+    """[search] objectives as a list: one of the allowed combinations."""
+    if isinstance(obj, str):
+        obj = [obj]
+    if (not isinstance(obj, list) or obj not in (
+            [["val_acc"], ["corrupt_acc"], ["val_acc", "corrupt_acc"]]
+            + [["val_acc", c] for c in COSTS])):
+        raise SearchError(f"{source}: [search] objectives must be [\"val_acc\"], "
+                          f"[\"corrupt_acc\"], [\"val_acc\", \"corrupt_acc\"] or "
+                          f"[\"val_acc\", COST] with COST one of {', '.join(COSTS)}; got {obj!r}")
+    return obj
+
+
+def _check_search_numbers(s: dict, source: str) -> None:
+    """[search]'s integers and minutes (the minutes made floats in place)."""
     ints = {"min_epochs": 1, "reduction_factor": 2, "val_split": 1, "train_subset": 0,
             "seed": 0, "startup_trials": 0, "max_rejected_in_row": 1, "heartbeat": 1,
             "corrupt_images": 10}
@@ -389,22 +441,6 @@ def parse_search(text: str, source: str = "search file", path: Path | None = Non
         raise SearchError(f"{source}: [search] storage_wait_minutes must be a number >= 0, "
                           f"got {w!r}")
     s["storage_wait_minutes"] = float(w)
-
-    space, net = _parse_space(raw.get("space", {}), source, base_cfg["model"])
-    if s["min_epochs"] > max_epochs(space, base_recipe):
-        raise SearchError(f"{source}: [search] min_epochs {s['min_epochs']} is above the "
-                          "largest epochs the space allows")
-
-    enq = raw.get("enqueue", [])
-    if not isinstance(enq, list) or not all(isinstance(e, dict) for e in enq):
-        raise SearchError(f"{source}: [[enqueue]] entries must be tables")
-    spec = SearchSpec(name=name, description=str(raw.get("description", "")), base=base,
-                      base_recipe=base_recipe, constraints=cons, search=s, space=space,
-                      enqueue=[], source=source, text=text, model=net,
-                      model_args=copy.deepcopy(base_cfg["model_args"]) if net != "family" else {})
-    for i, e in enumerate(enq):
-        spec.enqueue.append(_enqueue_entry(spec, e, f"{source}: [[enqueue]] #{i + 1}"))
-    return spec
 
 
 def _parse_space(space_raw: Any, source: str, model: str) -> tuple[dict[str, Dim], str]:

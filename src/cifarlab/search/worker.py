@@ -13,6 +13,7 @@ import socket
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
@@ -99,6 +100,63 @@ class TrialError(RuntimeError):
     """A trial failed for a reason of its own (it is recorded; the search goes on)."""
 
 
+@dataclass
+class _Candidate:
+    """One trial's design on its way through the objective: what was drawn, its recipe, and
+    what the checks found."""
+
+    trial: optuna.Trial
+    t_start: float
+    args: dict  # the network's arguments
+    design: str  # a few words for it (`describe`)
+    label: str | None  # a queued design's label: always trained in full
+    raw: dict  # the trial's raw recipe ...
+    over: dict  # ... and its dotted overrides (`trial_recipe`)
+    cfg: dict  # both resolved
+    model_facts: dict = field(default_factory=dict)  # params, MACs, RF (`check_rules`)
+    cap: float | None = None  # the time rules' limit on training seconds (max_seconds)
+    cost_name: str | None = None  # the cost objective, if any
+
+
+class _EpochWatch:
+    """A trial's `epoch_callback`: records its validation curve (and, for the seconds
+    objective, the cost so far) and stops it early, by the pruner (one objective) or the
+    dominance rule at a rung (several); `why` says why it stopped (None: it did not)."""
+
+    def __init__(self, worker: Worker, c: _Candidate, epochs: int):
+        self.worker, self.c, self.epochs = worker, c, epochs
+        self.curve = {int(k): v for k, v in (c.trial.user_attrs.get("curve") or {}).items()}
+        self.why: str | None = None
+        self.t_train = time.time()  # reset after the proxy rung
+
+    def __call__(self, row: dict) -> bool:
+        w, trial, epochs, curve = self.worker, self.c.trial, self.epochs, self.curve
+        e, acc = int(row["epoch"]), row.get("val_acc")
+        trial.set_user_attr("seconds_used", time.time() - self.c.t_start)
+        if acc is None or not math.isfinite(acc):
+            return False
+        curve[e] = float(acc)
+        trial.set_user_attr("curve", {str(k): v for k, v in sorted(curve.items())})
+        if self.c.cost_name == "seconds":  # measured so far, extrapolated to the planned epochs
+            spent = time.time() - self.t_train
+            trial.set_user_attr("cost", spent / max(1, len(curve)) * epochs)
+        w.log(f"  trial {trial.number} epoch {e}/{epochs}  val acc {acc:.4f}")
+        if self.c.label or e >= epochs:
+            return False
+        if not w.spec.multi:
+            trial.report(float(acc), w.step0 + e)
+            if trial.should_prune():
+                self.why = (f"{w.spec.search['pruner']} pruner at epoch {e} "
+                            f"(val acc {acc:.4f})")
+                return True
+        elif e in w.rungs:
+            why = w._dominance(trial, float(acc), e)
+            if why:
+                self.why = f"dominance rule at epoch {e} (val acc {acc:.4f}): {why}"
+                return True
+        return False
+
+
 class Worker:
     """Runs trials of one study in this process (see `run_search`)."""
 
@@ -138,7 +196,8 @@ class Worker:
             self.base_model = create_model(b["model"], **b["model_args"])
         return self.base_model
 
-    def predict(self, model: torch.nn.Module, cfg: dict) -> tuple[float, float]:
+    def predict_train_seconds(self, model: torch.nn.Module,
+                              cfg: dict) -> tuple[float, float]:
         """(predicted training seconds of this trial, of the base recipe), timed together."""
         b, t = self.base_cfg["train"], cfg["train"]
         sc, sb = time_steps([(model, cfg), (self._base(), self.base_cfg)])
@@ -186,6 +245,22 @@ class Worker:
 
     def _objective(self, trial: optuna.Trial):
         t_start = time.time()
+        self._claim(trial)
+        c = self._draw(trial, t_start)
+        model, broken, values = self._check_design(c)
+        pred = None
+        if self._needs_time() and not broken:
+            pred = self._check_time(c, model, broken, values)
+        if broken:
+            self._reject(c, broken, values)
+        for k, v in values.items():
+            trial.set_constraint(k, min(v, 0.0))
+        self.rejected_in_row = 0
+        self._record_cost(c, pred)
+        return self._train(c)
+
+    def _claim(self, trial: optuna.Trial) -> None:
+        """Mark the trial as this worker's; clear what a failed attempt left on it."""
         self.current = trial.number
         trial.set_user_attr("worker", {"host": self.host, "pid": os.getpid(),
                                        "start": proc_start(os.getpid()), "since": time.time()})
@@ -193,6 +268,9 @@ class Worker:
         for k in ("rejected", "rejected_rules", "pruned", "failed", "error"):
             if k in trial.user_attrs:  # inherited from a failed attempt
                 trial.set_user_attr(k, None)
+
+    def _draw(self, trial: optuna.Trial, t_start: float) -> _Candidate:
+        """The trial's design and settings, sampled and recorded, and its recipe."""
         args, train = sample(self.spec.space, trial, self.spec.model_args)
         design = describe(self.spec, args)
         label = trial.user_attrs.get("label")
@@ -201,174 +279,188 @@ class Worker:
         trial.set_user_attr("design", design)
         raw, over = self.recipe(trial.number, args, train)
         cfg = resolve(copy.deepcopy(raw), over)
+        return _Candidate(trial=trial, t_start=t_start, args=args, design=design, label=label,
+                          raw=raw, over=over, cfg=cfg)
 
-        def reject(msgs: list[str], values: dict) -> None:
-            for k, v in values.items():
-                trial.set_constraint(k, v)
-            trial.set_user_attr("rejected", "; ".join(msgs))
-            trial.set_user_attr("rejected_rules", sorted({rule_key(m) for m in msgs}))
-            trial.set_user_attr("seconds_used", time.time() - t_start)
-            self.rejected_in_row += 1
-            f = trial.user_attrs
-            facts = (f"  {f['params']:,} params, {_fmt_count(f['macs'])} MACs, RF "
-                     f"{f['receptive_field']}" if "params" in f else "")
-            self.log(f"trial {trial.number} rejected: {'; '.join(msgs)}  [{design}]{facts}")
-            raise optuna.TrialPruned("rejected: " + "; ".join(msgs))
+    def _reject(self, c: _Candidate, msgs: list[str], values: dict) -> None:
+        """Record why the design is refused untrained, and prune the trial (always raises)."""
+        trial = c.trial
+        for k, v in values.items():
+            trial.set_constraint(k, v)
+        trial.set_user_attr("rejected", "; ".join(msgs))
+        trial.set_user_attr("rejected_rules", sorted({rule_key(m) for m in msgs}))
+        trial.set_user_attr("seconds_used", time.time() - c.t_start)
+        self.rejected_in_row += 1
+        f = trial.user_attrs
+        size = (f"  {f['params']:,} params, {_fmt_count(f['macs'])} MACs, RF "
+                f"{f['receptive_field']}" if "params" in f else "")
+        self.log(f"trial {trial.number} rejected: {'; '.join(msgs)}  [{c.design}]{size}")
+        raise optuna.TrialPruned("rejected: " + "; ".join(msgs))
 
+    def _check_design(self, c: _Candidate) -> tuple[torch.nn.Module, list[str], dict]:
+        """(model, broken rules, constraint values): the network built and traced against the
+        rules, then whether it trains (also at the proxy rung's resolution). A design that
+        cannot be built or traced is rejected here."""
         try:
-            model = create_model(self.spec.model, **args)
-            facts, broken, values = check_rules(model, self.cons)
+            model = create_model(self.spec.model, **c.args)
+            c.model_facts, broken, values = check_rules(model, self.cons)
         except CifarlabError as e:
-            reject([f"invalid design: {e}"], {"design": 1.0})
+            self._reject(c, [f"invalid design: {e}"], {"design": 1.0})
         except Exception as e:  # the trace (one forward pass) fails: a shape error
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            reject([f"untrainable: a forward pass fails ({type(e).__name__}: {first[:200]})"],
-                   {"trainable": 1.0})
+            self._reject(c, [f"untrainable: a forward pass fails ({type(e).__name__}: "
+                             f"{first[:200]})"], {"trainable": 1.0})
         for k in ("params", "macs", "receptive_field"):
-            trial.set_user_attr(k, facts[k])
+            c.trial.set_user_attr(k, c.model_facts[k])
         if not broken:
-            broken = untrainable(model, cfg)
+            broken = untrainable(model, c.cfg)
             if not broken and self.fid.get("low_res"):  # the proxy trains at low_res px
-                proxy = resolve(copy.deepcopy(raw), {**over, **proxy_overrides(self.fid)})
+                proxy = resolve(copy.deepcopy(c.raw), {**c.over, **proxy_overrides(self.fid)})
                 broken = [f"{m} (the proxy rung's fidelity.low_res)"
                           for m in untrainable(model, proxy)]
             values["trainable"] = 1.0 if broken else 0.0
+        return model, broken, values
+
+    def _needs_time(self) -> bool:
+        """Whether a trial's training time must be predicted (a time rule or objective)."""
         c = self.cons
-        cap = None
-        need_time = (c["max_train_seconds"] or c["max_train_time_vs_base"]
-                     or "seconds" in self.spec.objectives)
-        pred = None
-        if need_time and not broken:
-            pred, pred_base = self.predict(model, cfg)
-            pred *= self.calibration()
-            pred_base *= self.calibration()
-            trial.set_user_attr("predicted_seconds", pred)
-            trial.set_user_attr("base_predicted_seconds", pred_base)
-            if c["max_train_seconds"]:
-                lim = c["max_train_seconds"]
-                values["time_seconds"] = (pred - lim) / lim
-                cap = 1.25 * lim
-                if pred > lim and not label:
-                    broken.append(f"time budget: predicted {pred:.0f} s of training, more "
-                                  f"than max_train_seconds {lim:.0f}")
-            if c["max_train_time_vs_base"]:
-                lim = c["max_train_time_vs_base"]
-                ratio = pred / pred_base
-                trial.set_user_attr("time_vs_base", ratio)
-                values["time_vs_base"] = (ratio - lim) / lim
-                cap = min(cap or math.inf, 1.5 * lim * pred_base)
-                if ratio > lim and not label:
-                    broken.append(f"time budget: predicted training time {ratio:.2f}x the "
-                                  f"base recipe's, more than max_train_time_vs_base {lim:g}")
-        if broken:
-            reject(broken, values)
-        for k, v in values.items():
-            trial.set_constraint(k, min(v, 0.0))
-        self.rejected_in_row = 0
-        cost_name = self.spec.cost
+        return bool(c["max_train_seconds"] or c["max_train_time_vs_base"]
+                    or "seconds" in self.spec.objectives)
+
+    def _check_time(self, c: _Candidate, model: torch.nn.Module, broken: list[str],
+                    values: dict) -> float:
+        """The predicted training seconds (calibrated), checked against the time rules:
+        adds to `broken` and `values`, sets the candidate's time cap. Returns the prediction."""
+        trial, label, cons = c.trial, c.label, self.cons
+        pred, pred_base = self.predict_train_seconds(model, c.cfg)
+        pred *= self.calibration()
+        pred_base *= self.calibration()
+        trial.set_user_attr("predicted_seconds", pred)
+        trial.set_user_attr("base_predicted_seconds", pred_base)
+        if cons["max_train_seconds"]:
+            lim = cons["max_train_seconds"]
+            values["time_seconds"] = (pred - lim) / lim
+            c.cap = 1.25 * lim
+            if pred > lim and not label:
+                broken.append(f"time budget: predicted {pred:.0f} s of training, more "
+                              f"than max_train_seconds {lim:.0f}")
+        if cons["max_train_time_vs_base"]:
+            lim = cons["max_train_time_vs_base"]
+            ratio = pred / pred_base
+            trial.set_user_attr("time_vs_base", ratio)
+            values["time_vs_base"] = (ratio - lim) / lim
+            c.cap = min(c.cap or math.inf, 1.5 * lim * pred_base)
+            if ratio > lim and not label:
+                broken.append(f"time budget: predicted training time {ratio:.2f}x the "
+                              f"base recipe's, more than max_train_time_vs_base {lim:g}")
+        return pred
+
+    def _record_cost(self, c: _Candidate, pred: float | None) -> None:
+        """The cost objective known before training (params, MACs, predicted seconds)."""
+        c.cost_name = self.spec.cost
         cost = None
-        if cost_name in ("params", "macs"):
-            cost = float(facts[cost_name])
-        elif cost_name == "seconds":
+        if c.cost_name in ("params", "macs"):
+            cost = float(c.model_facts[c.cost_name])
+        elif c.cost_name == "seconds":
             cost = pred
         if cost is not None:
-            trial.set_user_attr("cost", cost)
-        return self._train(trial, cfg, raw, over, facts, design, label, cap, cost_name,
-                           t_start)
+            c.trial.set_user_attr("cost", cost)
 
-    def _train(self, trial, cfg, raw, over, facts, design, label, cap, cost_name, t_start):
-        from ..api import train as api_train
+    # -- training a trial -------------------------------------------------------------------
+    def _train(self, c: _Candidate):
+        """Train the accepted design (after its proxy rung, if any) and return the trial's
+        objective values; TrialPruned when a rule stops it early."""
+        epochs = c.cfg["train"]["epochs"]
+        watch = _EpochWatch(self, c, epochs)
+        self._log_training(c)
+        if self.fid:
+            self._proxy(c.trial, c.raw, c.over, c.label)  # TrialPruned when not promoted
+            watch.t_train = time.time()
+        metrics = self._run_training(c, watch)
+        return self._objective_values(c, metrics, watch.why, epochs)
 
-        epochs = cfg["train"]["epochs"]
-        curve = {int(k): v for k, v in (trial.user_attrs.get("curve") or {}).items()}
-        stop: dict[str, str] = {}
-        t_train = time.time()
+    def _log_training(self, c: _Candidate) -> None:
+        """One line: the design, its searched training settings, its size and time."""
+        trial, f = c.trial, c.model_facts
         searched = {TRAIN_DIMS.get(k) or k for k, d in self.spec.space.items()
                     if d.kind != "fixed" and k not in ARCH_DIMS and not k.startswith(MODEL_ARG)}
         if "augment" in searched:
             searched |= {"augment.crop_pad", "augment.cutout"}
         words = _train_words({k: v for k, v in trial.user_attrs["train"].items()
                               if k in searched})
-        self.log(f"trial {trial.number} training: {design}  {words}"
-                 f"  {facts['params']:,} params, {_fmt_count(facts['macs'])} MACs, "
-                 f"RF {facts['receptive_field']}"
+        self.log(f"trial {trial.number} training: {c.design}  {words}"
+                 f"  {f['params']:,} params, {_fmt_count(f['macs'])} MACs, "
+                 f"RF {f['receptive_field']}"
                  + (f", predicted {trial.user_attrs['predicted_seconds'] / 60:.1f} min"
                     if trial.user_attrs.get("predicted_seconds") else "")
-                 + (f"  [{label}]" if label else ""))
+                 + (f"  [{c.label}]" if c.label else ""))
 
-        def on_epoch(row: dict) -> bool:
-            e, acc = int(row["epoch"]), row.get("val_acc")
-            trial.set_user_attr("seconds_used", time.time() - t_start)
-            if acc is None or not math.isfinite(acc):
-                return False
-            curve[e] = float(acc)
-            trial.set_user_attr("curve", {str(k): v for k, v in sorted(curve.items())})
-            if cost_name == "seconds":  # measured so far, extrapolated to the planned epochs
-                spent = time.time() - t_train
-                trial.set_user_attr("cost", spent / max(1, len(curve)) * epochs)
-            self.log(f"  trial {trial.number} epoch {e}/{epochs}  val acc {acc:.4f}")
-            if label or e >= epochs:
-                return False
-            if not self.spec.multi:
-                trial.report(float(acc), self.step0 + e)
-                if trial.should_prune():
-                    stop["why"] = (f"{self.spec.search['pruner']} pruner at epoch {e} "
-                                   f"(val acc {acc:.4f})")
-                    return True
-            elif e in self.rungs:
-                why = self._dominance(trial, float(acc), e)
-                if why:
-                    stop["why"] = f"dominance rule at epoch {e} (val acc {acc:.4f}): {why}"
-                    return True
-            return False
-
-        if self.fid:
-            self._proxy(trial, raw, over, label)  # TrialPruned when not promoted
-            t_train = time.time()
+    def _run_training(self, c: _Candidate, watch: _EpochWatch) -> dict:
+        """The run's metrics: a retried trial resumes its run directory when it can, else
+        the trial trains afresh."""
+        trial = c.trial
         prev = trial.user_attrs.get("run_dir")
         retried = get_trial(self.storage, self.study, trial.number).system_attrs.get(
             "failed_trial")
         resume = (prev if retried is not None and prev and (Path(prev) / "last.pt").is_file()
                   else None)
-        name = f"trial-{trial.number:04d}"
         kw = dict(data=self.data, progress=False, plots=False, log=self._engine_log,
-                  max_seconds=cap, epoch_callback=on_epoch)
-        metrics = None
-        if resume:
-            trial.set_user_attr("run_dir", str(resume))
-            self.log(f"  trial {trial.number}: resuming {resume} (retry of trial {retried})")
-            try:
-                metrics = api_train(resume=resume, **kw)
-            except optuna.TrialPruned:
-                raise
-            except CifarlabError as e:
-                if "diverged" in str(e):
-                    raise
-                self.log(f"  trial {trial.number}: cannot resume {resume} ({e}); "
-                         "training afresh")
-                metrics = None
+                  max_seconds=c.cap, epoch_callback=watch)
+        metrics = self._resume(trial, resume, retried, kw) if resume else None
         if metrics is None:
-            run_dir = self.trials_dir / name
-            trial.set_user_attr("run_dir", str(run_dir))
-            try:
-                metrics = api_train(copy.deepcopy(raw), runs_dir=self.trials_dir, name=name,
-                                    **kw, **over)
-            except CifarlabError as e:
-                if "diverged" not in str(e):
-                    raise
-                trial.set_user_attr("pruned", f"diverged ({e})")
-                trial.set_user_attr("seconds_used", time.time() - t_start)
-                self.log(f"trial {trial.number} pruned: training diverged")
-                raise optuna.TrialPruned(str(e)) from None
-            trial.set_user_attr("run_dir", metrics.get("run_dir", str(run_dir)))
+            metrics = self._train_afresh(c, kw)
+        return metrics
+
+    def _resume(self, trial: optuna.Trial, resume: str, retried, kw: dict) -> dict | None:
+        """Continue a failed attempt's run; None when it cannot be resumed."""
+        from ..api import train as api_train
+
+        trial.set_user_attr("run_dir", str(resume))
+        self.log(f"  trial {trial.number}: resuming {resume} (retry of trial {retried})")
+        try:
+            return api_train(resume=resume, **kw)
+        except optuna.TrialPruned:
+            raise
+        except CifarlabError as e:
+            if "diverged" in str(e):
+                raise
+            self.log(f"  trial {trial.number}: cannot resume {resume} ({e}); "
+                     "training afresh")
+            return None
+
+    def _train_afresh(self, c: _Candidate, kw: dict) -> dict:
+        """Train the trial into trials/trial-NNNN; a diverged run prunes it."""
+        from ..api import train as api_train
+
+        trial = c.trial
+        name = f"trial-{trial.number:04d}"
+        run_dir = self.trials_dir / name
+        trial.set_user_attr("run_dir", str(run_dir))
+        try:
+            metrics = api_train(copy.deepcopy(c.raw), runs_dir=self.trials_dir, name=name,
+                                **kw, **c.over)
+        except CifarlabError as e:
+            if "diverged" not in str(e):
+                raise
+            trial.set_user_attr("pruned", f"diverged ({e})")
+            trial.set_user_attr("seconds_used", time.time() - c.t_start)
+            self.log(f"trial {trial.number} pruned: training diverged")
+            raise optuna.TrialPruned(str(e)) from None
+        trial.set_user_attr("run_dir", metrics.get("run_dir", str(run_dir)))
+        return metrics
+
+    def _objective_values(self, c: _Candidate, metrics: dict, why: str | None, epochs: int):
+        """Record the run's figures; prune a run stopped early (a rule, the time budget);
+        else the objective value(s) in the spec's order."""
+        trial = c.trial
         val = metrics.get("val_acc")
         trial.set_user_attr("val_acc", val)
         trial.set_user_attr("train_seconds", metrics.get("train_seconds"))
         trial.set_user_attr("epochs_done", metrics.get("epochs"))
-        trial.set_user_attr("seconds_used", time.time() - t_start)
-        if stop:
-            trial.set_user_attr("pruned", stop["why"])
-            raise optuna.TrialPruned(stop["why"])
+        trial.set_user_attr("seconds_used", time.time() - c.t_start)
+        if why:
+            trial.set_user_attr("pruned", why)
+            raise optuna.TrialPruned(why)
         if metrics.get("epochs", epochs) < epochs:
             why = (f"time budget: stopped after {metrics.get('epochs')} of {epochs} epochs "
                    f"({metrics.get('train_seconds', 0):.0f} s)")
@@ -378,11 +470,11 @@ class Worker:
             raise RuntimeError("training returned no validation accuracy")
         values = {"val_acc": float(val)}
         if "corrupt_acc" in self.spec.objectives:
-            values["corrupt_acc"] = self._corrupt_acc(trial, cfg)
-        if cost_name:
-            values[cost_name] = (float(metrics["train_seconds"]) if cost_name == "seconds"
-                                 else float(facts[cost_name]))
-            trial.set_user_attr("cost", values[cost_name])
+            values["corrupt_acc"] = self._corrupt_acc(trial, c.cfg)
+        if c.cost_name:
+            values[c.cost_name] = (float(metrics["train_seconds"]) if c.cost_name == "seconds"
+                                   else float(c.model_facts[c.cost_name]))
+            trial.set_user_attr("cost", values[c.cost_name])
         out = tuple(values[o] for o in self.spec.objectives)
         return out if self.spec.multi else out[0]
 
