@@ -1,4 +1,4 @@
-"""The Muon optimizer (cifarlab.muon): Newton-Schulz, the param split, SGD parity, resuming."""
+"""The Muon optimizer (cifarlab.optim): Newton-Schulz, the param split, SGD parity, resuming."""
 
 import io
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from cifarlab.models import create_model
-from cifarlab.muon import Muon, muon_param_groups, muon_scale, newton_schulz
+from cifarlab.optim import Muon, muon_param_groups, muon_scale, newton_schulz
 
 # After five quintic steps from a matrix of Frobenius norm 1 every singular value that started
 # above ~1% of the norm ends in about [0.68, 1.2] (bf16 rounding widens it a little).
