@@ -138,7 +138,7 @@ def test_model_built_and_traced_once(shared_cifar_dir, tmp_path, monkeypatch):
         return real_create(*a, **k)
 
     monkeypatch.setattr(analysis, "trace", trace)
-    monkeypatch.setattr("cifarlab.api.create_model", create)
+    monkeypatch.setattr("cifarlab.training.create_model", create)
     cifarlab.train("fast-50k", data_dir=shared_cifar_dir, runs_dir=tmp_path, epochs=1,
                    batch_size=100, procs=1, progress=False, plots=False, log=lambda s: None)
     assert counts == {"trace": 1, "create": 1}

@@ -459,9 +459,9 @@ def test_every_rule_of_the_vocabulary_rejects_with_its_reason(tmp_path, train_on
                                    CifarlabError("train.low_res 24: does not take it")])
 def test_a_trial_whose_training_raises_fails_alone(tmp_path, train_only_dir, monkeypatch,
                                                    error):
-    import cifarlab.api
+    import cifarlab.training
 
-    real, calls = cifarlab.api.train, []
+    real, calls = cifarlab.training.train, []
 
     def flaky(*a, **k):
         calls.append(1)
@@ -469,7 +469,7 @@ def test_a_trial_whose_training_raises_fails_alone(tmp_path, train_only_dir, mon
             raise error
         return real(*a, **k)
 
-    monkeypatch.setattr(cifarlab.api, "train", flaky)
+    monkeypatch.setattr(cifarlab.training, "train", flaky)
     f = write_search(tmp_path, epochs="1")
     lines: list[str] = []
     s = run_search(f, trials=1, runs_dir=tmp_path / "runs", data_dir=train_only_dir,

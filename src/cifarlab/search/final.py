@@ -34,12 +34,12 @@ def _train_trial(spec: SearchSpec, study: str, t: FrozenTrial, runs_dir: Path, n
                  data, extra: dict | None = None, max_seconds: float | None = None) -> dict:
     """Trial t's recipe on the search's protocol (full schedule, no pruning) with `extra`
     overrides; its metrics."""
-    from ..api import train as api_train
+    from ..training import train as train_run
 
     raw, over = trial_recipe(spec, study, t.number, t.user_attrs["model_args"],
                              t.user_attrs.get("train") or {})
     over.update(extra or {})
-    return api_train(copy.deepcopy(raw), runs_dir=runs_dir, name=name, data=data,
+    return train_run(copy.deepcopy(raw), runs_dir=runs_dir, name=name, data=data,
                      progress=False, plots=False, log=lambda s: None, max_seconds=max_seconds,
                      **over)
 

@@ -413,12 +413,12 @@ class Worker:
 
     def _resume(self, trial: optuna.Trial, resume: str, retried, kw: dict) -> dict | None:
         """Continue a failed attempt's run; None when it cannot be resumed."""
-        from ..api import train as api_train
+        from ..training import train as train_run
 
         trial.set_user_attr("run_dir", str(resume))
         self.log(f"  trial {trial.number}: resuming {resume} (retry of trial {retried})")
         try:
-            return api_train(resume=resume, **kw)
+            return train_run(resume=resume, **kw)
         except optuna.TrialPruned:
             raise
         except CifarlabError as e:
@@ -430,14 +430,14 @@ class Worker:
 
     def _train_afresh(self, c: _Candidate, kw: dict) -> dict:
         """Train the trial into trials/trial-NNNN; a diverged run prunes it."""
-        from ..api import train as api_train
+        from ..training import train as train_run
 
         trial = c.trial
         name = f"trial-{trial.number:04d}"
         run_dir = self.trials_dir / name
         trial.set_user_attr("run_dir", str(run_dir))
         try:
-            metrics = api_train(copy.deepcopy(c.raw), runs_dir=self.trials_dir, name=name,
+            metrics = train_run(copy.deepcopy(c.raw), runs_dir=self.trials_dir, name=name,
                                 **kw, **c.over)
         except CifarlabError as e:
             if "diverged" not in str(e):
@@ -503,12 +503,12 @@ class Worker:
         """The proxy rung (`fidelity.py`): train the trial's design cheaply (a retry keeps the
         proxy its first attempt finished), record `proxy_acc`, and let the pruner (or the
         dominance rule) decide whether it goes on to the full schedule."""
-        from ..api import train as api_train
+        from ..training import train as train_run
 
         acc = trial.user_attrs.get("proxy_acc")
         if not isinstance(acc, int | float):
             t0 = time.time()
-            m = api_train(copy.deepcopy(raw), runs_dir=self.trials_dir,
+            m = train_run(copy.deepcopy(raw), runs_dir=self.trials_dir,
                           name=f"trial-{trial.number:04d}-proxy", data=self.data,
                           progress=False, plots=False, log=self._engine_log,
                           **{**over, **proxy_overrides(self.fid)})
