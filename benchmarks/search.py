@@ -3,8 +3,10 @@
     .venv/bin/python -m benchmarks.search --data-dir ../shared/data \\
         --runs-dir /tmp/searchbench --max-minutes 90   # per rule set: 2 searches + 9 trainings
 
-For each rule set - seed 001's full rules (`seed001-rules`, hand recipe fast-seed001) and
-seed 000's < 50k parameters (`under-50k`, hand recipe fast-50k) - one invocation:
+For each rule set - seed 001's full rules (`seed001-rules`, hand recipe fast-seed001), seed
+000's < 50k parameters (`under-50k`, hand recipe fast-50k) and cifarlab's own `edge-8m`, which no
+hand recipe targets (its base fast-50k breaks its rules and is trained as the time reference
+only) - one invocation:
 
 1. runs the built-in search file with a fixed budget (`--max-minutes`, default the file's): trials
    train on the training set minus the file's validation split and are selected on it; the
@@ -28,10 +30,12 @@ overrides; several workers are started by `cifarlab.search.workers.run_workers`,
 `cifarlab search --workers N` starts them). Everything goes to benchmarks/results/search.json
 (`--out` elsewhere), rewritten after each step: per rule set `hand`, `searched`, `random` (each with
 `test_accs` and `train_seconds`, one per seed), `proxy_spearman`, `budget_minutes` and the rule
-set's own commit, date, machine and command. The study directories and a state file live in
-`--runs-dir`, so an interrupted invocation, started again with the same arguments, resumes: a
-search continues where it was, finished searches and trainings are kept, a finished rule set is
-not run again, and a cut-short training run is started again.
+set's own commit, date, machine and command, and its `verdict` (`verdict()`: the searched
+design against the hand recipe and random search, from the final trainings). The study
+directories and a state file live in `--runs-dir`, so an interrupted invocation, started again
+with the same arguments, resumes: a search continues where it was, finished searches and
+trainings are kept, a finished rule set is not run again, and a cut-short training run is
+started again.
 
 `--quick` proves the plumbing in a few minutes (tiny subsets, 1-2 epochs, its own study names);
 its numbers mean nothing.
@@ -60,7 +64,9 @@ from cifarlab.search.trials import outcome, summary
 
 from .common import RESULTS, add_data_dir, arg_parser, provenance, timed_train, write_json
 
-RULE_SETS = {"seed001-rules": "fast-seed001", "under-50k": "fast-50k"}
+# rule set -> its hand recipe; edge-8m is cifarlab's own, which no hand recipe targets: its base
+# fast-50k breaks its rules and is trained as the time reference only
+RULE_SETS = {"seed001-rules": "fast-seed001", "under-50k": "fast-50k", "edge-8m": "fast-50k"}
 
 
 def quick_text(name: str, runs_dir: Path) -> str:
@@ -267,15 +273,15 @@ def final_trainings(name: str, hand: str, recipes: dict, runs: Path, over: dict,
             save()
 
 
-def rules_broken(spec: SP.SearchSpec, recipe: dict) -> list[str]:
-    from cifarlab.analysis import check_constraints
+def rules_broken(spec: SP.SearchSpec, recipe: dict | str) -> list[str]:
+    """The rules of the search file a recipe (a dict, or a recipe's name) breaks."""
     from cifarlab.models import create_model
+    from cifarlab.recipe import resolve
 
-    c = spec.constraints
+    if isinstance(recipe, str):
+        recipe = resolve(recipe)
     model = create_model(recipe["model"], **recipe["model_args"])
-    return check_constraints(model, max_params=c["max_params"] or None,
-                             min_receptive_field=c["min_receptive_field"] or None,
-                             require=c["require"], forbid=c["forbid"])
+    return rules.check_rules(model, spec.constraints)[1]
 
 
 def rule_set(name: str, hand: str, args, state: dict, save, search_data, final_data) -> dict:
@@ -333,12 +339,35 @@ def rule_set_record(name: str, hand: str, spec: SP.SearchSpec, st: dict) -> dict
         return out
 
     return {**provenance(), "search_file": name, "hand_recipe": hand,
+            "hand_rules_broken": rules_broken(spec, hand),
             "budget_minutes": st["search"].get("budget_minutes") or spec.search["minutes"],
             "proxy_spearman": st.get("proxy_spearman"),
             "fidelity": spec.search["fidelity"] or None,
             "sampler": spec.search["sampler"], "pruner": spec.search["pruner"],
             "hand": runs_of("hand"), "searched": runs_of("searched"),
             "random": runs_of("random")}
+
+
+def verdict(r: dict) -> dict:
+    """The issue's questions, answered from a finished rule set's final trainings: the searched
+    design's mean test accuracy over the hand recipe's and random search's (points), its mean
+    wall time over the hand recipe's, whether its worst seed beats the hand recipe's best; and
+    whether it beats the hand recipe by >= 0.5 / 1.0 point at <= 1.0x time (None where the hand
+    recipe breaks the rules: a time reference only) and random search at all."""
+    mean = {who: statistics.mean(r[who]["test_accs"]) for who in WHO}
+    time_ratio = statistics.mean(r["searched"]["seconds"]) / statistics.mean(r["hand"]["seconds"])
+    over_hand = 100 * (mean["searched"] - mean["hand"])
+    rivals = not r.get("hand_rules_broken")
+    return {"searched_minus_hand_points": over_hand,
+            "searched_minus_random_points": 100 * (mean["searched"] - mean["random"]),
+            "time_vs_hand": time_ratio,
+            "worst_searched_above_best_hand": min(r["searched"]["test_accs"])
+            > max(r["hand"]["test_accs"]),
+            "beats_hand_by_0_5_at_equal_time": (over_hand >= 0.5 and time_ratio <= 1.0)
+            if rivals else None,
+            "beats_hand_by_1_0_at_equal_time": (over_hand >= 1.0 and time_ratio <= 1.0)
+            if rivals else None,
+            "beats_random": mean["searched"] > mean["random"]}
 
 
 # ------------------------------------------------------------------------------ stopping
@@ -429,7 +458,8 @@ def main(argv: list[str] | None = None) -> None:
         done = state.get("results", {})
         return {**provenance(), "quick": args.quick, "legs": state["legs"],
                 "workers": state.get("workers"),
-                "rule_sets": copy.deepcopy(done),
+                "rule_sets": {n: {**copy.deepcopy(v), "verdict": verdict(v)}
+                              for n, v in done.items()},
                 # searches under way: what is recorded so far, no verdict yet
                 "in_progress": {n: copy.deepcopy(v) for n, v in state.items()
                                 if n in RULE_SETS and n not in done}}

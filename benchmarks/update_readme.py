@@ -483,7 +483,10 @@ def search_seeded_rows(sets: dict) -> list[str]:
             cells += [f"**{acc}**" if who == "searched" else acc,
                       f"{statistics.mean(w['train_seconds']):.0f} s"]
         rho = s.get("proxy_spearman")
-        out.append(f"| `{name}` | `{s['hand_recipe']}` | " + " | ".join(cells)
+        hand = f"`{s['hand_recipe']}`" + (" (time reference: breaks "
+                                          + ", ".join(b.split(":")[0] for b in broken) + ")"
+                                          if (broken := s.get("hand_rules_broken")) else "")
+        out.append(f"| `{name}` | {hand} | " + " | ".join(cells)
                    + f" | {s['budget_minutes']:g} min each | "
                    + (f"{rho:.2f}" if rho is not None else "– (no proxy rung)") + " |")
     out.append("")
@@ -495,6 +498,8 @@ def search_seeded_rows(sets: dict) -> list[str]:
                        f"{w['design']}; {w['params']:,} params, {w['macs'] / 1e6:.1f}M MACs, "
                        f"RF {w['receptive_field']}; rules "
                        + ("met" if not w.get("rules_broken") else "**broken**") + ".")
+        if v := s.get("verdict"):
+            out.append(_verdict_line(name, v))
         out.append(f"- `{name}` measured at `{s['commit'][:12]}`, {s['date'][:10]}, on "
                    f"{s['machine']} (`{s['command']}`).")
     n = len(next(iter(sets.values()))["hand"]["test_accs"])
@@ -506,6 +511,20 @@ def search_seeded_rows(sets: dict) -> list[str]:
             "final trainings. Proxy Spearman: rank correlation between the proxy rung's and "
             "full-fidelity validation accuracy over designs of the search."]
     return out
+
+
+def _verdict_line(name: str, v: dict) -> str:
+    """One rule set's verdict (benchmarks.search.verdict) in words."""
+    def yes(x) -> str:
+        return "n/a" if x is None else ("**yes**" if x else "no")
+
+    return (f"- `{name}` verdict: searched − hand {v['searched_minus_hand_points']:+.2f} points "
+            f"at {v['time_vs_hand']:.2f}× the hand recipe's time (≥ 0.5 points at ≤ 1.0×: "
+            f"{yes(v['beats_hand_by_0_5_at_equal_time'])}; ≥ 1.0: "
+            f"{yes(v['beats_hand_by_1_0_at_equal_time'])}; worst searched seed above the best "
+            f"hand seed: {yes(v['worst_searched_above_best_hand'])}); searched − random "
+            f"{v['searched_minus_random_points']:+.2f} points (beats random search: "
+            f"{yes(v['beats_random'])}).")
 
 
 def robustness_section() -> list[str]:

@@ -314,7 +314,19 @@ def test_bench_search_compares_search_random_search_and_hand_with_seeds(tmp_path
     assert r2["searched"]["test_accs"] == r["searched"]["test_accs"]
 
     old = json.loads((ROOT / "benchmarks" / "results" / "search.json").read_text())
-    old["rule_sets"]["new-rules"] = r
+    assert r["hand_rules_broken"] == []  # fast-50k meets under-50k's rules
+    v = bench_search.verdict(r)
+    assert v["searched_minus_hand_points"] == pytest.approx(10.0)
+    assert v["searched_minus_random_points"] == pytest.approx(10.0)
+    assert v["time_vs_hand"] == pytest.approx(1.0) and v["worst_searched_above_best_hand"]
+    assert v["beats_hand_by_0_5_at_equal_time"] and v["beats_random"]
+    old["rule_sets"]["new-rules"] = {**r, "verdict": v}
+    # a rule set whose hand recipe breaks its rules: a time reference, no verdict against it
+    ref = {**r, "hand_rules_broken": ["max_macs 8000000: model has 10,739,952 MACs"]}
+    ref["searched"] = {**r["searched"], "seconds": [13.0, 14.0, 15.0]}  # 1.18x: too slow
+    vr = bench_search.verdict(ref)
+    assert vr["beats_hand_by_0_5_at_equal_time"] is None and vr["time_vs_hand"] > 1.0
+    old["rule_sets"]["own-rules"] = {**ref, "verdict": vr}
     (tmp_path / "search.json").write_text(json.dumps(old, default=str))
     monkeypatch.setattr(update_readme, "RESULTS", tmp_path)
     out = update_readme.search_section()
@@ -322,4 +334,10 @@ def test_bench_search_compares_search_random_search_and_hand_with_seeds(tmp_path
     assert row.startswith("| `new-rules` | `fast-50k` | 51.00% ± 1.00 | 11 s | 51.00% ± 1.00 | "
                           "11 s | **61.00% ± 1.00** | 11 s | 1.5 min each |")
     assert any(line.startswith("| `under-50k` | `fast-50k` |") for line in out)  # old record
+    assert any(line.startswith("- `new-rules` verdict: searched − hand +10.00 points at 1.00×")
+               and "≥ 0.5 points at ≤ 1.0×: **yes**" in line for line in out)
+    assert any(line.startswith("| `own-rules` | `fast-50k` (time reference: breaks max_macs "
+                               "8000000) |") for line in out)
+    assert any(line.startswith("- `own-rules` verdict:") and "≥ 0.5 points at ≤ 1.0×: n/a" in
+               line for line in out)
     assert any("random search winner, trial" in line for line in out)

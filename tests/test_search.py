@@ -179,10 +179,29 @@ def test_bad_search_files_fail_in_one_line(tmp_path, text, words):
     assert "\n" not in str(e.value)
 
 
+def test_edge_8m_is_a_rule_set_no_hand_recipe_meets():
+    """cifarlab's own rule set: no design queued, its base (fast-50k) only a time reference that
+    breaks its rules, while designs of its space meet them all."""
+    from cifarlab.models import create_model
+
+    spec = SP.load_search("edge-8m")
+    assert spec.enqueue == [] and spec.constraints["max_macs"] == 8_000_000
+    base = resolve("fast-50k")
+    _, broken, _ = rules.check_rules(create_model(base["model"], **base["model_args"]),
+                                     spec.constraints)
+    assert [rules.rule_key(b) for b in broken] == ["max_macs", "require strided_conv"]
+    ok = create_model("family", stem=8, widths=[48, 8, 32, 40], depths=[1, 2, 2, 2],
+                      blocks=["plain", "residual", "residual", "branch"],
+                      downsample=["avgpool", "none", "stride", "none"],
+                      dilation=[2, 1, 1, [1, 2]], head="gap")
+    facts, broken, _ = rules.check_rules(ok, spec.constraints)
+    assert broken == [] and facts["macs"] <= 8_000_000 and facts["receptive_field"] >= 32
+
+
 def test_missing_search_file_and_unknown_builtin(tmp_path):
     with pytest.raises(CifarlabError, match="no such file"):
         SP.load_search(tmp_path / "nope.toml")
-    with pytest.raises(CifarlabError, match="built-in: seed001-rules, under-50k"):
+    with pytest.raises(CifarlabError, match="built-in: edge-8m, seed001-rules, under-50k"):
         SP.load_search("nope")
 
 

@@ -8,7 +8,7 @@ neither torch nor optuna; the work is in the other modules of this package).
                          [--fill-budget] [--data-dir D]
     cifarlab search proxy STUDY [--storage URL] [--runs-dir DIR] [--designs N] [--data-dir D]
 
-FILE is a search file (TOML) or a built-in one by name (seed001-rules, under-50k); STUDY a
+FILE is a search file (TOML) or a built-in one by name (seed001-rules, under-50k, edge-8m); STUDY a
 study directory (runs/NAME, holding study.db) or a study name. `python -m cifarlab.search.cli`
 takes the same arguments (what `--workers` starts).
 """
@@ -33,9 +33,9 @@ USAGE = """cifarlab search FILE [--study NAME] [--storage URL] [--max-minutes M]
 
 DESCRIPTION = """Find the best network a rule set allows (Optuna). FILE names a base recipe,
 the rules ([constraints]), the budget ([search]) and the dimensions ([space]); built-in files:
-seed001-rules, under-50k. Candidates that break a rule are rejected before training; trials
-train on the training set minus a validation split (the test set is never read) and are pruned
-early when hopeless. The study lives in RUNS_DIR/NAME/study.db (or --storage URL, e.g. a
+seed001-rules, under-50k, edge-8m. Candidates that break a rule are rejected before training;
+trials train on the training set minus a validation split (the test set is never read) and are
+pruned early when hopeless. The study lives in RUNS_DIR/NAME/study.db (or --storage URL, e.g. a
 PostgreSQL server shared by workers on several machines); running the same command again
 resumes it. `report` writes an HTML page, `best` the winner as an ordinary recipe
 (`--fill-budget`: its schedule scaled to the time budget, picked on validation), `proxy` the

@@ -543,7 +543,8 @@ def _check_model_args(model: str, names: list[str], source: str) -> None:
 
 
 def load_search(path_or_name: str | os.PathLike) -> SearchSpec:
-    """A search file by path, or a built-in one by name (`seed001-rules`, `under-50k`)."""
+    """A search file by path, or a built-in one by name (`seed001-rules`, `under-50k`,
+    `edge-8m`)."""
     text, source, path = _read_search_text(path_or_name)
     return parse_search(text, source, path)
 
