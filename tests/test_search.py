@@ -535,6 +535,34 @@ def test_killed_search_resumes_the_running_trial(tmp_path, train_only_dir):
     assert sum(1 for t in trials if t.state == TrialState.COMPLETE) >= 2
 
 
+DRAW = """
+import sys
+from cifarlab.search import space as SP, storage
+spec = SP.load_search(sys.argv[1])
+study, _ = storage.create_or_load(spec, spec.name, sys.argv[2], None, lambda s: None)
+print(SP.sample(spec.space, study.ask())[1]["optim.lr"])
+"""
+
+
+def test_each_worker_and_each_sitting_draws_designs_of_its_own(tmp_path):
+    """With the file's seed in every process, two workers on one study drew the same designs
+    (a random search trained a few designs again and again), and so did a resumed sitting."""
+    f = write_search(tmp_path, extra="")
+    f.write_text(f.read_text().replace('pruner = "hyperband"',
+                                       'pruner = "hyperband"\nsampler = "random"'))
+    spec = SP.load_search(f)
+    (tmp_path / "runs" / "t").mkdir(parents=True)
+    url = storage.default_storage(tmp_path / "runs" / "t")
+    study, _ = storage.create_or_load(spec, "t", url, None, _silent)  # creates: the file's seed
+    first = SP.sample(spec.space, study.ask())[1]["optim.lr"]
+    again, _ = storage.create_or_load(spec, "t", url, None, _silent)  # a second sitting
+    assert SP.sample(spec.space, again.ask())[1]["optim.lr"] != first
+    workers = [subprocess.Popen([sys.executable, "-c", DRAW, str(f), url], text=True,
+                                stdout=subprocess.PIPE) for _ in range(2)]
+    lrs = [float(p.communicate(timeout=120)[0].split()[-1]) for p in workers]
+    assert len({first, *lrs}) == 3 and all(0.05 <= x <= 0.2 for x in lrs)
+
+
 def test_a_killed_worker_is_replaced_and_its_trial_resumes(tmp_path, train_only_dir):
     f = write_search(tmp_path, epochs="3")
     runs = tmp_path / "runs"

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import math
+import os
 import warnings
 
+import numpy as np
 import optuna
 
 from .fidelity import PROXY_STEP
@@ -43,6 +45,16 @@ def dominance_prune(peers: list[tuple[float, float]], acc: float, cost: float, e
         return (f"{better} of {len(cheaper)} trials that cost no more had a better val acc at "
                 f"this epoch (keeps the top 1/{eta})")
     return None
+
+
+def worker_seed(spec: SearchSpec, trials_so_far: int) -> int:
+    """The sampler's seed in a process that joins an existing study (another worker, or a
+    resumed sitting): the search file's `seed` mixed with this process's id and the number of
+    trials already in the study, so no two workers and no two sittings draw the same sequence.
+    (The process that creates the study uses the file's seed alone: a one-worker search from
+    scratch is reproducible.)"""
+    entropy = [spec.search["seed"], os.getpid(), trials_so_far]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 def make_sampler(spec: SearchSpec, seed: int | None = None):

@@ -264,6 +264,10 @@ def create_or_load(spec: SearchSpec, name: str, url: str, minutes: float | None,
                 raise SearchError(f"study '{name}' has other objectives than the search file")
             if minutes:
                 study.set_user_attr("budget_minutes", minutes)
+            # another worker, or a later sitting: a random stream of its own (the same seed in
+            # two workers would draw the same designs, and a resume would draw them again)
+            study.sampler = pruning.make_sampler(
+                spec, pruning.worker_seed(spec, len(study.get_trials(deepcopy=False))))
     return study, storage
 
 
