@@ -409,6 +409,29 @@ def test_data_parallel_processes(shared_cifar_dir, tmp_path, monkeypatch):
     assert not torch.distributed.is_initialized()
 
 
+def test_interrupting_rank0_stops_a_worker_waiting_in_a_collective():
+    """Ctrl-C or SIGTERM reaches rank 0 while the other rank waits in an all-reduce (C code,
+    where no Python signal handler runs, such as the one benchmarks.search installs and the
+    fork hands down): the worker is stopped at once, not after the 30-minute gloo timeout."""
+    from cifarlab import parallel
+
+    def fn():
+        if torch.distributed.get_rank() == 0:
+            time.sleep(1)
+            raise KeyboardInterrupt
+        torch.distributed.barrier()
+
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(128 + signum))
+    try:
+        start = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            parallel.launch_local(2, fn)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert time.monotonic() - start < 60
+    assert not torch.distributed.is_initialized()
+
+
 def test_data_parallel_errors(shared_cifar_dir, tmp_path, monkeypatch):
     quiet = dict(data_dir=shared_cifar_dir, runs_dir=tmp_path, progress=False,
                  log=lambda s: None, plots=False)

@@ -339,6 +339,32 @@ def test_time_budget_rule_rejects_slow_candidates(tmp_path, train_only_dir):
     assert t.user_attrs["time_vs_base"] > 0.01 and t.user_attrs["predicted_seconds"] > 0
 
 
+def test_a_trial_another_worker_ended_is_dropped_in_one_line(tmp_path, train_only_dir,
+                                                              monkeypatch):
+    """Another process fails this worker's running trial (a stale heartbeat seen elsewhere):
+    Optuna then refuses the trial's result ("Cannot tell a FAIL trial"), which stopped the
+    worker with a traceback; now one line says so and the worker goes on."""
+    f = write_search(tmp_path)
+    runs = tmp_path / "runs"
+    real = worker.Worker.objective
+    ended: list[int] = []
+
+    def ended_elsewhere_first(self, trial):
+        if not ended:  # as another worker would: its own connection to the study
+            ended.append(trial.number)
+            other = storage.open_storage(storage.default_storage(runs / "t"))
+            other.set_trial_state_values(storage.trial_id(other, trial.study, trial.number),
+                                         TrialState.FAIL)
+        return real(self, trial)
+
+    monkeypatch.setattr(worker.Worker, "objective", ended_elsewhere_first)
+    lines: list[str] = []
+    s = run_search(f, trials=1, runs_dir=runs, data_dir=train_only_dir, log=lines.append)
+    assert s["complete"] + s["pruned"] >= 1
+    assert any(x == f"trial {ended[0]}: another worker ended it (failed) while this one ran "
+               "it; this run's result is dropped" for x in lines), lines
+
+
 def test_single_objective_pruning_stops_trials_early(tmp_path, train_only_dir, monkeypatch):
     monkeypatch.setattr(pruning, "make_pruner",
                         lambda spec: optuna.pruners.ThresholdPruner(lower=2.0))
@@ -561,6 +587,34 @@ def test_each_worker_and_each_sitting_draws_designs_of_its_own(tmp_path):
                                 stdout=subprocess.PIPE) for _ in range(2)]
     lrs = [float(p.communicate(timeout=120)[0].split()[-1]) for p in workers]
     assert len({first, *lrs}) == 3 and all(0.05 <= x <= 0.2 for x in lrs)
+
+
+def _pop_five(url: str, barrier, out) -> None:
+    study = optuna.load_study(study_name="q", storage=storage.open_storage(url))
+    barrier.wait()  # all together: the race is in the first moments
+    out.put([study.ask().number for _ in range(5)])
+
+
+def test_workers_never_take_the_same_queued_trial_from_an_sqlite_file(tmp_path):
+    """Queued trials ([[enqueue]], retries of killed ones) are taken by one worker each. On an
+    SQLite file, Python's driver began the transaction only at the write, so two workers read
+    the same waiting trial and both trained it (seen: trial 0 of a search trained twice, and
+    one worker then died on "Cannot tell a FAIL trial"); now the read takes the write lock."""
+    import multiprocessing
+
+    url = storage.default_storage(tmp_path)
+    study = optuna.create_study(study_name="q", storage=storage.open_storage(url))
+    for i in range(20):
+        study.enqueue_trial({"x": i})
+    ctx = multiprocessing.get_context("fork")
+    barrier, out = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_pop_five, args=(url, barrier, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    taken = [n for _ in procs for n in out.get(timeout=120)]
+    for p in procs:
+        p.join(timeout=60)
+    assert sorted(taken) == list(range(20))  # each queued trial once, none twice
 
 
 def test_a_killed_worker_is_replaced_and_its_trial_resumes(tmp_path, train_only_dir):

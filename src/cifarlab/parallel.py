@@ -208,8 +208,8 @@ def launch_local(processes: int, fn: Callable[[], object]):
     finally:
         _eval_threads = None
         torch.set_num_threads(threads)
-        for c in children:
-            if c.is_alive():
-                c.terminate()
+        for c in children:  # SIGKILL: a worker waiting in a collective (C code) runs no
+            if c.is_alive():  # Python signal handler, so SIGTERM could leave it for TIMEOUT
+                c.kill()
                 c.join()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -205,6 +205,8 @@ class _Loop:
         except Exception as e:
             why = database_cause(e)
             if why is None:
+                if isinstance(e, ValueError | RuntimeError) and self.finished_elsewhere():
+                    return
                 raise
             raise StorageDown(f"storage {mask_url(self.url)}: {why}", why) from None
         if w.current is not None:
@@ -214,6 +216,21 @@ class _Loop:
                 line = status_line(self.study, t, self.budget_s, self.trials)
             if line:
                 self.log(line)
+
+
+    def finished_elsewhere(self) -> bool:
+        """After an error: was this worker's trial finished by another process while it ran
+        (failed and re-queued when its heartbeat went stale, say)? Then Optuna refuses its
+        result ("Cannot tell a FAIL trial"): one line, and the worker goes on."""
+        if self.w.current is None:
+            return False
+        with storage_errors(self.url):
+            t = get_trial(self.store, self.study, self.w.current)
+        if not t.state.is_finished():
+            return False
+        self.log(f"trial {t.number}: another worker ended it ({outcome(t)}) while this one "
+                 "ran it; this run's result is dropped")
+        return True
 
 
 @contextlib.contextmanager

@@ -60,7 +60,10 @@ def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.RDBS
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return optuna.storages.RDBStorage(url, engine_kwargs=kw, **hb)
+                store = optuna.storages.RDBStorage(url, engine_kwargs=kw, **hb)
+                if url.startswith("sqlite"):
+                    _serialize_sqlite(store.engine)
+                return store
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as e:
             # workers starting together on an empty database race to create Optuna's tables
             # ("duplicate key", "already exists", "UNIQUE constraint failed", "locked"): the
@@ -74,6 +77,25 @@ def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.RDBS
         why = db_reason(err)
         raise SearchError(f"storage {mask_url(shown)}: cannot open ({why})") from None
     raise AssertionError("unreachable")
+
+
+def _serialize_sqlite(engine) -> None:
+    """Make each transaction on an SQLite file take the write lock when it begins (BEGIN
+    IMMEDIATE). Python's sqlite3 driver opens a transaction only at the first write, so
+    Optuna's "read the waiting trial, mark it running" (SELECT ... FOR UPDATE elsewhere; SQLite
+    has no FOR UPDATE) let two workers read the same queued trial and both run it. SQLAlchemy's
+    recipe for pysqlite: the driver starts no transaction itself, the "begin" event does."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def no_driver_transactions(dbapi_connection, record):
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def begin_immediate(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the listeners: closed, reopened with them
 
 
 def _with_driver(url: str) -> str:
