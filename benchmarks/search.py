@@ -16,9 +16,10 @@ only) - one invocation:
    file's pruner, Hyperband: the fair comparison is the sampler alone), Optuna's RandomSampler;
 3. when the file has a proxy rung ([search] fidelity), measures its Spearman rank correlation
    with full fidelity over `--proxy-designs` designs (`cifarlab search proxy`);
-4. writes both winners as recipes (`cifarlab search best --fill-budget`: the final stage scales
-   each winner's epochs to the time budget and picks on the validation split; the same stage
-   for both) and checks them against the rules;
+4. writes both winners as recipes (`cifarlab search best --fill-budget`: the final stage times
+   the hand recipe and each winner's own and longer schedules on the validation split and picks
+   the best among those within the budget; the same stage for both) and checks them against
+   the rules;
 5. trains the hand recipe and both winners with 3 seeds each on the full training set, timed,
    each winner with the hand recipe's time (same seed) as its budget (`max_seconds`). The test
    set is read by these final trainings only: the searches get the training batches alone.
@@ -462,7 +463,9 @@ def main(argv: list[str] | None = None) -> None:
                               for n, v in done.items()},
                 # searches under way: what is recorded so far, no verdict yet
                 "in_progress": {n: copy.deepcopy(v) for n, v in state.items()
-                                if n in RULE_SETS and n not in done}}
+                                if n in RULE_SETS and n not in done},
+                # measurements thrown away and redone, with why (kept for anyone checking)
+                "discarded": state.get("discarded", [])}
 
     state.setdefault("legs", []).append(provenance())  # every invocation that added to it
 

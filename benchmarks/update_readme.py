@@ -405,43 +405,14 @@ def search_section() -> list[str]:
     if not p.exists():
         return ["No search benchmark recorded yet (`python -m benchmarks.search`)."]
     r = json.loads(p.read_text())
-    seeded = {n: s for n, s in r["rule_sets"].items() if "test_accs" in (s.get("hand") or {})}
-    old = {n: s for n, s in r["rule_sets"].items() if n not in seeded}
-    out = search_seeded_rows(seeded) if seeded else []
-    if old:
-        out += ["" if out else "", "| rule set | hand recipe | searched: test acc | time | "
-                "hand: test acc | time | rules met | search | trials complete / pruned / "
-                "rejected |", "|---|---|---|---|---|---|---|---|---|"]
-        for name, s in old.items():
-            out.append(
-                f"| `{name}` | `{s['hand_recipe']}` | **{pct(s['searched_test_acc'])}** | "
-                f"{s['searched_seconds']:.0f} s | {pct(s['hand_test_acc'])} | "
-                f"{s['hand_seconds']:.0f} s | {'yes' if s['rules_met'] else '**no**'} | "
-                f"{s['search_minutes']:.0f} min, {s['search_workers']} | "
-                f"{s['trials_complete']} / {s['trials_pruned']} / {s['trials_rejected']} |")
-        out.append("")
-        for name, s in old.items():
-            w, h = s["winner"], s["hand"]
-            out.append(f"- `{name}` winner, trial {w['trial']} (validation {pct(w['val_acc'])} "
-                       f"in the search): {w['design']}; {w['params']:,} params, "
-                       f"{w['macs'] / 1e6:.1f}M MACs, RF {w['receptive_field']}, "
-                       f"{w['epochs']} epochs trained (stopped by: {w['stopped_by'] or 'none'})"
-                       f". Hand recipe: {h['params']:,} params, {h['macs'] / 1e6:.1f}M MACs, "
-                       f"RF {h['receptive_field']}, {h['epochs']} epochs."
-                       + (" Trial 0 is the hand-written design itself (queued first): no "
-                          "searched design beat it on validation within the budget, so the "
-                          "two final trainings differ only in how the network is built "
-                          "(`family` vs the hand-written model class) and in run-to-run noise."
-                          if w["trial"] == 0 else ""))
-        out += ["", "Designs chosen on a validation split held out of the training set (the "
-                "search file's `val_split`); the test set is read once, by the two final "
-                "trainings (winner and hand "
-                "recipe, full training set, same time budget, same machine: `trained_on`)."]
+    out = search_seeded_rows(r["rule_sets"]) if r["rule_sets"] else []
     for name, s in r.get("in_progress", {}).items():
         summ = s.get("search") or {}
         out.append(f"- `{name}`: search under way ({summ.get('minutes_used', 0):.0f} min used, "
                    f"{summ.get('complete', 0)} complete, {summ.get('pruned', 0)} pruned, "
                    f"{summ.get('rejected', 0)} rejected); no test accuracy yet.")
+    for d in r.get("discarded", []):
+        out.append(f"- Discarded and redone: {d['what']} ({d['why']}).")
     w = r.get("workers")
     if w:
         one, many = w[f"1x{w['cores']}"], w[f"{w['cores']}x1"]

@@ -122,37 +122,24 @@ def test_every_recorded_row_names_its_provenance():
         assert "verifiable" in r or r["legs"][0].get("cifarlab")
 
 
-def test_search_section_from_a_finished_and_a_running_search(tmp_path, monkeypatch):
+def test_search_section_of_a_running_search_and_discarded_measurements(tmp_path, monkeypatch):
+    """Before any rule set finishes: the search under way, the measurements thrown away and
+    why, and the provenance (a finished rule set's rows: the benchmark test below)."""
     prov = {"commit": "a" * 40, "date": "2026-11-28T15:00:00+00:00", "machine": "M",
             "command": "python -m benchmarks.search"}
-    done = {"hand_recipe": "fast-50k", "searched_test_acc": 0.8123, "hand_test_acc": 0.81,
-            "searched_seconds": 200.0, "hand_seconds": 205.0, "rules_met": True,
-            "search_minutes": 60.2, "search_workers": "2 x 1 thread(s)",
-            "trials_complete": 30, "trials_pruned": 50, "trials_rejected": 7,
-            "winner": {"trial": 12, "val_acc": 0.8, "design": "stem 24 | 3x plain 48",
-                       "params": 45000, "macs": 30e6, "receptive_field": 50, "epochs": 12,
-                       "stopped_by": None},
-            "hand": {"params": 49658, "macs": 25e6, "receptive_field": 60, "epochs": 14}}
-    rec = {**prov, "legs": [prov], "rule_sets": {"under-50k": done},
+    rec = {**prov, "legs": [prov], "rule_sets": {},
            "in_progress": {"seed001-rules": {"search": {"minutes_used": 12.0, "complete": 3,
                                                         "pruned": 4, "rejected": 5}}},
+           "discarded": [{"what": "a random search", "why": "its workers drew alike",
+                          "record": None}],
            "workers": None}
     (tmp_path / "search.json").write_text(json.dumps(rec))
     monkeypatch.setattr(update_readme, "RESULTS", tmp_path)
     out = update_readme.search_section()
-    assert out[0].startswith("| rule set |")
-    assert out[2] == ("| `under-50k` | `fast-50k` | **81.23%** | 200 s | 81.00% | 205 s | yes | "
-                      "60 min, 2 x 1 thread(s) | 30 / 50 / 7 |")
-    assert any(line.startswith("- `under-50k` winner, trial 12 (validation 80.00% in the "
-                               "search): stem 24 | 3x plain 48; 45,000 params, 30.0M MACs, "
-                               "RF 50, 12 epochs") for line in out)
-    assert not any("Trial 0 is the hand-written design" in line for line in out)
-    done["winner"]["trial"] = 0
-    (tmp_path / "search.json").write_text(json.dumps(rec))
-    assert any("Trial 0 is the hand-written design itself" in line
-               for line in update_readme.search_section())
-    assert "- `seed001-rules`: search under way (12 min used, 3 complete, 4 pruned, 5 rejected)" \
-        "; no test accuracy yet." in out
+    assert out[0] == ("- `seed001-rules`: search under way (12 min used, 3 complete, 4 pruned, "
+                      "5 rejected); no test accuracy yet.")
+    assert out[1] == "- Discarded and redone: a random search (its workers drew alike)."
+    assert out[-1].startswith("Measured on M, commits `aaaaaaaaaaaa` (`python -m benchmarks.")
 
 
 def test_bench_search_sigterm_stops_the_parent_and_quietly_ends_forked_children():
@@ -277,9 +264,10 @@ def test_bench_search_compares_search_random_search_and_hand_with_seeds(tmp_path
     def fake_fill(study, t, runs_dir, data=None):  # the tiny file has no time rule to fill
         assert data is not None and runs_dir.parent.name == study.study_name
         fills.append(study.study_name)
-        own = {"overrides": {}, "epochs": 1, "val_acc": t.values[0], "stopped_by": None,
-               "note": "the trial itself"}
-        return {"headroom": 1.0, "candidates": [own], "chosen": {}, "val_split": 100}
+        own = {"overrides": {}, "epochs": 1, "val_acc": t.values[0], "train_seconds": 9.0,
+               "fits": True, "stopped_by": None, "run_dir": str(runs_dir)}
+        return {"headroom": 1.0, "budget_seconds": 10.0, "base_seconds": 10.0, "processes": 1,
+                "candidates": [own], "chosen": {}, "val_split": 100}
 
     monkeypatch.setattr(bench_search, "run_search", counting_search)
     monkeypatch.setattr(bench_search, "fill_budget", fake_fill)
@@ -333,7 +321,8 @@ def test_bench_search_compares_search_random_search_and_hand_with_seeds(tmp_path
     row = next(line for line in out if line.startswith("| `new-rules`"))
     assert row.startswith("| `new-rules` | `fast-50k` | 51.00% ± 1.00 | 11 s | 51.00% ± 1.00 | "
                           "11 s | **61.00% ± 1.00** | 11 s | 1.5 min each |")
-    assert any(line.startswith("| `under-50k` | `fast-50k` |") for line in out)  # old record
+    for name in set(old["rule_sets"]) - {"new-rules", "own-rules"}:  # the recorded ones
+        assert any(line.startswith(f"| `{name}` | ") for line in out)
     assert any(line.startswith("- `new-rules` verdict: searched − hand +10.00 points at 1.00×")
                and "≥ 0.5 points at ≤ 1.0×: **yes**" in line for line in out)
     assert any(line.startswith("| `own-rules` | `fast-50k` (time reference: breaks max_macs "

@@ -1050,23 +1050,28 @@ def test_scaled_schedules_fill_the_headroom():
     from cifarlab.search import final
 
     cfg = {"train": {"epochs": 8, "low_res": 24, "low_res_epochs": 4}}
+    # the trial's own schedule, and around the predicted 8 / 0.74 = 10.8 epochs: 9, 10, 11
     assert final.scaled_schedules(cfg, 1 / 0.74) == [
-        {"train.epochs": 9, "train.low_res_epochs": 4},
-        {"train.epochs": 10, "train.low_res_epochs": 5}]
-    assert final.scaled_schedules(cfg, 1.05) == []  # nothing more fits
+        {}, {"train.epochs": 9, "train.low_res_epochs": 4},
+        {"train.epochs": 10, "train.low_res_epochs": 5},
+        {"train.epochs": 11, "train.low_res_epochs": 6}]
+    # predicted to leave no room for a 9th epoch: measured all the same (predictions err)
+    assert final.scaled_schedules(cfg, 1.05) == [{}, {"train.epochs": 9,
+                                                      "train.low_res_epochs": 4}]
     # a trial too short for its low-res epochs trained none: its longer schedules neither
     # (an FC head that does not take 24 px trained at 32 px only)
     short = {"train": {"epochs": 1, "low_res": 24, "low_res_epochs": 4}}
     assert final.scaled_schedules(short, 2.1) == [
-        {"train.epochs": 2, "train.low_res": 0, "train.low_res_epochs": 0}]
+        {}, {"train.epochs": 2, "train.low_res": 0, "train.low_res_epochs": 0},
+        {"train.epochs": 3, "train.low_res": 0, "train.low_res_epochs": 0}]
     spec = SimpleNamespace(constraints={"max_train_time_vs_base": 1.0, "max_train_seconds": 0})
     assert final.headroom(spec, SimpleNamespace(user_attrs={"time_vs_base": 0.5})) == 2.0
     with pytest.raises(CifarlabError, match="--fill-budget needs the search's time rule"):
         final.headroom(spec, SimpleNamespace(user_attrs={}))
 
 
-def test_best_fill_budget_trains_scaled_schedules_on_validation(tmp_path, train_only_dir,
-                                                                monkeypatch):
+def test_best_fill_budget_times_the_base_and_each_schedule(tmp_path, train_only_dir,
+                                                           monkeypatch):
     import tomllib
 
     from cifarlab.search import final
@@ -1074,19 +1079,59 @@ def test_best_fill_budget_trains_scaled_schedules_on_validation(tmp_path, train_
     f = write_search(tmp_path, epochs="1", constraints="max_train_time_vs_base = 100.0")
     runs = tmp_path / "runs"
     run_search(f, trials=1, runs_dir=runs, data_dir=train_only_dir, log=_silent)
-    monkeypatch.setattr(final, "headroom", lambda spec, t: 2.5)  # room for 2 epochs, not 3
+    monkeypatch.setattr(final, "headroom", lambda spec, t: 2.5)  # around 2 epochs: 2 and 3
     out = tmp_path / "w.toml"
     args = build_parser().parse_args(["best", "t", "--runs-dir", str(runs), "--out", str(out),
                                       "--fill-budget", "--data-dir", str(train_only_dir)])
     assert run_search_command(args) == 0
     fill = json.loads(out.with_suffix(".fill.json").read_text())
-    assert [c["epochs"] for c in fill["candidates"]] == [1, 2]
-    assert fill["candidates"][0]["note"] == "the trial itself"
-    scaled = fill["candidates"][1]
-    m = json.loads((Path(scaled["run_dir"]) / "metrics.json").read_text())
-    assert m["val_images"] == 100 and m["test_images"] == 0 and m["epochs"] == 2
+    assert [c["epochs"] for c in fill["candidates"]] == [1, 2, 3]
+    assert fill["candidates"][0]["overrides"] == {}  # the trial's own schedule, timed alike
+    assert fill["budget_seconds"] == pytest.approx(100 * fill["base_seconds"])
+    assert fill["processes"] == 2  # fast-50k's, as the winner will train
+    base = json.loads((runs / "t" / "fill-budget" / "fill-base" / "metrics.json").read_text())
+    assert base["train_seconds"] == pytest.approx(fill["base_seconds"])
+    assert base["val_images"] == 100 and base["test_images"] == 0
+    for c in fill["candidates"]:
+        m = json.loads((Path(c["run_dir"]) / "metrics.json").read_text())
+        assert m["val_images"] == 100 and m["test_images"] == 0 and m["epochs"] == c["epochs"]
+        assert c["fits"] is (c["train_seconds"] <= fill["budget_seconds"])
     best = max(fill["candidates"], key=lambda c: (c["val_acc"], -c["epochs"]))
     assert fill["chosen"] == best["overrides"]
     text = out.read_text()
-    assert "--fill-budget: predicted training time left room for 2.50x" in text
+    assert f"--fill-budget: budget {fill['budget_seconds']:.0f} s of training" in text
     assert tomllib.loads(text)["train"]["epochs"] == best["epochs"]
+
+
+def test_fill_budget_picks_on_validation_among_schedules_within_the_budget(monkeypatch):
+    """The longest schedule validates best but trains past the measured budget: not chosen;
+    one stopped by time before its last epoch neither."""
+    from types import SimpleNamespace
+
+    from cifarlab.search import final
+
+    spec = SimpleNamespace(constraints={"max_train_time_vs_base": 1.0, "max_train_seconds": 0},
+                           base_recipe={}, search={"val_split": 100})
+    trial = SimpleNamespace(number=7, user_attrs={"model_args": {}, "train": {}})
+    # epochs planned -> (val acc, train seconds, epochs trained)
+    run = {1: (0.60, 50.0, 1), 2: (0.62, 95.0, 2), 3: (0.70, 140.0, 3), 4: (0.71, 110.0, 3)}
+
+    def fake_train(spec, study, t, runs_dir, name, data, extra, max_seconds):
+        planned = extra.get("train.epochs", 1)
+        acc, secs, done = run[planned]
+        return {"val_acc": acc, "train_seconds": secs, "epochs": done, "run_dir": name,
+                "stopped_by": None if done == planned else "time"}
+
+    monkeypatch.setattr(final, "spec_of", lambda study: spec)
+    monkeypatch.setattr(final, "headroom", lambda spec, t: 3.0)
+    monkeypatch.setattr(final, "trial_recipe", lambda *a: ({}, {}))
+    monkeypatch.setattr(final, "resolve", lambda raw, over=None: {
+        "train": {"epochs": 1, "low_res": 0, "low_res_epochs": 0, "processes": 2}})
+    monkeypatch.setattr(final, "measured_budget", lambda *a: (100.0, 100.0))
+    monkeypatch.setattr(final, "_train_trial", fake_train)
+    r = final.fill_budget(SimpleNamespace(study_name="s"), trial, Path("."), data=object(),
+                          log=_silent)
+    assert [c["epochs"] for c in r["candidates"]] == [1, 2, 3, 3]
+    assert [c["fits"] for c in r["candidates"]] == [True, True, False, False]
+    assert r["chosen"] == {"train.epochs": 2, "train.low_res": 0, "train.low_res_epochs": 0}
+    assert r["budget_seconds"] == 100.0 and r["processes"] == 2

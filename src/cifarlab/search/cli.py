@@ -165,8 +165,8 @@ def _best(a: argparse.Namespace) -> int:
           f", {r['design']}")
     if r["fill"]:
         chosen = r["fill"]["chosen"]
-        print(f"fill budget: {len(r['fill']['candidates'])} schedule(s) compared on validation "
-              f"(headroom {r['fill']['headroom']:.2f}x): "
+        print(f"fill budget: {len(r['fill']['candidates'])} schedule(s) timed against a "
+              f"budget of {r['fill']['budget_seconds']:.0f} s and compared on validation: "
               + (f"{chosen['train.epochs']} epochs chosen" if chosen else
                  "the trial's own schedule kept")
               + f"; see {Path(r['path']).with_suffix('.fill.json')}")

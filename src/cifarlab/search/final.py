@@ -6,9 +6,10 @@ split; the test set is never read):
   (`cifarlab search proxy STUDY`);
 - `fill_budget`: the winner's schedule scaled to the time budget. With
   `max_train_time_vs_base = 1.0` the hand recipe's whole time is the budget, and a winner
-  predicted at 0.74x of it leaves time unused: its epochs (and its low-resolution epochs, in
-  proportion) are scaled by up to budget / predicted time; the scaled candidates are trained
-  and the best validation accuracy wins (the winner's own schedule is the trial itself).
+  that trains in 0.9x of it leaves time unused. The base recipe, the trial's own schedule and
+  longer ones (epochs around budget / predicted time, low-resolution epochs in proportion) are
+  trained one after another, alike, so the budget and each schedule's time are measured; the
+  best validation accuracy among those within the budget wins.
   `cifarlab search best STUDY --out W.toml --fill-budget`.
 """
 
@@ -27,7 +28,7 @@ from ..recipe import low_res_epochs, resolve
 from .fidelity import measure_proxy
 from .space import SearchError, SearchSpec
 from .storage import spec_of
-from .worker import load_train_data, trial_recipe
+from .worker import load_train_data, protocol, trial_recipe
 
 
 def _train_trial(spec: SearchSpec, study: str, t: FrozenTrial, runs_dir: Path, name: str,
@@ -85,53 +86,76 @@ def headroom(spec: SearchSpec, t: FrozenTrial) -> float:
 
 
 def scaled_schedules(cfg: dict, room: float) -> list[dict]:
-    """Overrides of the scaled candidates: epochs x up to `room` (the most that fits and one
-    halfway), low-resolution epochs in proportion; [] when nothing more fits."""
+    """Overrides of the schedules to measure: the trial's own (`{}`) and longer ones around
+    `room` x its epochs (the prediction is a few steps' timing, off by several percent either
+    way: the most it predicts to fit, one fewer and one more), low-resolution epochs in
+    proportion."""
     t = cfg["train"]
     e0, low0 = t["epochs"], low_res_epochs(t)  # the low-res epochs the trial trained
     top = math.floor(e0 * room + 1e-9)
-    out = []
-    for e in sorted({top, round(e0 * (1 + room) / 2)}):
-        if e <= e0:
-            continue
+    out: list[dict] = [{}]
+    for e in range(max(e0 + 1, top - 1), max(e0 + 1, top + 1) + 1):
         # in proportion; none when the trial had none (its network may not take low_res px)
-        over = {"train.epochs": e, "train.low_res_epochs": max(1, round(low0 * e / e0))} \
-            if low0 else {"train.epochs": e, "train.low_res": 0, "train.low_res_epochs": 0}
-        out.append(over)
+        out.append({"train.epochs": e, "train.low_res_epochs": max(1, round(low0 * e / e0))}
+                   if low0 else {"train.epochs": e, "train.low_res": 0,
+                                 "train.low_res_epochs": 0})
     return out
+
+
+def measured_budget(spec: SearchSpec, runs_dir: Path, data, same: dict,
+                    log: Callable[[str], None]) -> tuple[float, float | None]:
+    """(the budget in training seconds, the base recipe's measured seconds or None): the time
+    rule applied to the base recipe trained here, as the candidates are."""
+    from ..training import train as train_run
+
+    c = spec.constraints
+    budgets, base_s = [], None
+    if c["max_train_time_vs_base"]:
+        log(f"fill budget: timing the base recipe '{spec.base}' (the budget)")
+        m = train_run(copy.deepcopy(spec.base_recipe), runs_dir=runs_dir, name="fill-base",
+                      data=data, progress=False, plots=False, log=lambda s: None,
+                      **{**protocol(spec), **same})
+        base_s = float(m["train_seconds"])
+        budgets.append(c["max_train_time_vs_base"] * base_s)
+    if c["max_train_seconds"]:
+        budgets.append(float(c["max_train_seconds"]))
+    return min(budgets), base_s
 
 
 def fill_budget(study: optuna.Study, t: FrozenTrial, runs_dir: Path, data=None,
                 data_dir: str | os.PathLike | None = None,
                 log: Callable[[str], None] = print) -> dict:
-    """Scale trial t's schedule to the time budget and pick on validation. Returns
-    {'headroom', 'candidates': [{'overrides', 'val_acc', 'epochs', 'train_seconds',
-    'stopped_by', 'run_dir'}...], 'chosen': overrides ({} = the trial's own schedule)}."""
+    """Scale trial t's schedule to the time budget and pick on validation: the base recipe
+    and the schedules of `scaled_schedules` are trained one after another here, all alike
+    (the search's protocol with the base recipe's processes, as the winner will train), so
+    the budget and each schedule's time are measured, not predicted; the best validation
+    accuracy among the schedules that train within the budget wins (the machine should be
+    otherwise idle). Returns {'headroom' (predicted), 'budget_seconds', 'base_seconds',
+    'processes', 'candidates': [{'overrides', 'epochs', 'val_acc', 'train_seconds', 'fits',
+    'stopped_by', 'run_dir'}...], 'chosen': overrides ({}: the trial's own schedule)}."""
     spec = spec_of(study)
     room = headroom(spec, t)
     raw, over = trial_recipe(spec, study.study_name, t.number, t.user_attrs["model_args"],
                              t.user_attrs.get("train") or {})
     cfg = resolve(copy.deepcopy(raw), over)
-    own = {"overrides": {}, "epochs": cfg["train"]["epochs"], "val_acc": t.user_attrs.get(
-        "val_acc"), "train_seconds": t.user_attrs.get("train_seconds"), "stopped_by": None,
-        "run_dir": t.user_attrs.get("run_dir"), "note": "the trial itself"}
-    cands = [own]
-    scaled = scaled_schedules(cfg, room)
-    if scaled and data is None:
+    same = {"train.processes": resolve(copy.deepcopy(spec.base_recipe))["train"]["processes"]}
+    if data is None:
         data = load_train_data(data_dir)
-    base_s = t.user_attrs.get("base_predicted_seconds")
-    cap = (1.1 * spec.constraints["max_train_time_vs_base"] * base_s
-           if spec.constraints["max_train_time_vs_base"] and base_s else None)
-    for i, o in enumerate(scaled):
-        log(f"fill budget: trial {t.number} with {o['train.epochs']} epochs instead of "
-            f"{own['epochs']} (headroom {room:.2f}x)")
-        m = _train_trial(spec, study.study_name, t, runs_dir, f"fill-{t.number:04d}-{i + 1}",
-                         data, o, max_seconds=cap)
+    budget, base_s = measured_budget(spec, runs_dir, data, same, log)
+    cands = []
+    for i, o in enumerate(scaled_schedules(cfg, room)):
+        e = o.get("train.epochs", cfg["train"]["epochs"])
+        log(f"fill budget: trial {t.number} with {e} epochs (its own: "
+            f"{cfg['train']['epochs']}; predicted headroom {room:.2f}x, budget {budget:.0f} s)")
+        m = _train_trial(spec, study.study_name, t, runs_dir, f"fill-{t.number:04d}-{i}",
+                         data, {**o, **same}, max_seconds=1.1 * budget)
+        secs = m.get("train_seconds")
+        done = m.get("epochs") == e and isinstance(m.get("val_acc"), int | float)
         cands.append({"overrides": o, "epochs": m.get("epochs"), "val_acc": m.get("val_acc"),
-                      "train_seconds": m.get("train_seconds"), "stopped_by":
-                      m.get("stopped_by"), "run_dir": m.get("run_dir")})
-    ok = [c for c in cands if isinstance(c["val_acc"], int | float)
-          and (not c["overrides"] or c["epochs"] == c["overrides"]["train.epochs"])]
-    best = max(ok, key=lambda c: (c["val_acc"], -c["epochs"])) if ok else own
-    return {"headroom": room, "candidates": cands, "chosen": best["overrides"],
+                      "train_seconds": secs, "fits": bool(done and secs <= budget),
+                      "stopped_by": m.get("stopped_by"), "run_dir": m.get("run_dir")})
+    ok = [c for c in cands if c["fits"]]
+    best = max(ok, key=lambda c: (c["val_acc"], -c["epochs"]))["overrides"] if ok else {}
+    return {"headroom": room, "budget_seconds": budget, "base_seconds": base_s,
+            "processes": same["train.processes"], "candidates": cands, "chosen": best,
             "val_split": spec.search["val_split"]}

@@ -103,14 +103,19 @@ def write_best(study: optuna.Study, out: str | os.PathLike, number: int | None =
 
 
 def _fill_lines(filled: dict) -> list[str]:
-    """The header's account of `--fill-budget`: each schedule compared on validation."""
-    lines = [f"--fill-budget: predicted training time left room for {filled['headroom']:.2f}x; "
-             "compared on validation:"]
+    """The header's account of `--fill-budget`: each schedule's time and validation accuracy."""
+    base = filled.get("base_seconds")
+    lines = [f"--fill-budget: budget {filled['budget_seconds']:.0f} s of training"
+             + (f" (the base recipe trained here in {base:.0f} s)" if base else "")
+             + f"; each schedule trained alike ({filled['processes']} process(es)), compared "
+             "on validation among those within it:"]
     for c in filled["candidates"]:
-        acc = c["val_acc"]
+        acc, secs = c["val_acc"], c["train_seconds"]
         lines.append(f"  {c['epochs']} epochs: val acc "
                      + (f"{acc:.4f}" if isinstance(acc, int | float) else "-")
-                     + (f" ({c['note']})" if c.get("note") else "")
+                     + (f", {secs:.0f} s" if isinstance(secs, int | float) else "")
+                     + ("" if c["fits"] else " (over the budget)")
+                     + (" (the trial's own schedule)" if not c["overrides"] else "")
                      + (f", stopped by {c['stopped_by']}" if c.get("stopped_by") else "")
                      + ("  <- chosen" if c["overrides"] == filled["chosen"] else ""))
     return lines

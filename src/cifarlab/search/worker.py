@@ -86,14 +86,19 @@ def trial_recipe(spec: SearchSpec, study: str, number: int, args: dict,
     raw["model"] = spec.model
     raw["model_args"] = copy.deepcopy(args)
     raw["constraints"] = rules_table(spec.constraints)
+    return raw, {**train, **protocol(spec)}
+
+
+def protocol(spec: SearchSpec) -> dict:
+    """The overrides every search training gets: the validation split, no test set, every
+    epoch evaluated, one process (workers run side by side), the search's seed."""
     s = spec.search
-    over = dict(train)
-    over.update({"data.val_split": s["val_split"], "train.test_eval": "never",
-                 "train.eval_every": 1, "train.processes": 1, "train.target": 0.0,
-                 "train.seed": s["seed"]})
+    over = {"data.val_split": s["val_split"], "train.test_eval": "never",
+            "train.eval_every": 1, "train.processes": 1, "train.target": 0.0,
+            "train.seed": s["seed"]}
     if s["train_subset"]:
         over["data.train_subset"] = s["train_subset"]
-    return raw, over
+    return over
 
 
 class TrialError(RuntimeError):
