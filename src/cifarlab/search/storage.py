@@ -255,7 +255,6 @@ def create_or_load(spec: SearchSpec, name: str, url: str, minutes: float | None,
             created = True
         except optuna.exceptions.DuplicatedStudyError:
             study = optuna.load_study(study_name=name, storage=storage,
-                                      sampler=pruning.make_sampler(spec),
                                       pruner=pruning.make_pruner(spec))
             created = False
         if created:
@@ -266,6 +265,7 @@ def create_or_load(spec: SearchSpec, name: str, url: str, minutes: float | None,
             for e in spec.enqueue:
                 study.enqueue_trial(e["params"], user_attrs={"label": e["label"]}
                                     if e["label"] else None, skip_if_exists=True)
+            seed = None  # the process that creates the study: the file's seed
             log(f"study '{name}' created in {mask_url(url)}"
                 + (f"; {len(spec.enqueue)} design(s) queued first" if spec.enqueue else ""))
         else:
@@ -288,8 +288,8 @@ def create_or_load(spec: SearchSpec, name: str, url: str, minutes: float | None,
                 study.set_user_attr("budget_minutes", minutes)
             # another worker, or a later sitting: a random stream of its own (the same seed in
             # two workers would draw the same designs, and a resume would draw them again)
-            study.sampler = pruning.make_sampler(
-                spec, pruning.worker_seed(spec, len(study.get_trials(deepcopy=False))))
+            seed = pruning.worker_seed(spec, len(study.get_trials(deepcopy=False)))
+        study.sampler = pruning.make_sampler(spec, seed, study)  # bound to the study
     return study, storage
 
 
