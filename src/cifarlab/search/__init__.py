@@ -9,7 +9,8 @@ One trial:
      required / forbidden layers) and, when the file sets a time budget, its training time is
      predicted from a few timed steps. A candidate that breaks a rule is *rejected*: it costs no
      training, and the rules it broke are recorded (a user attribute) and given to the sampler
-     as constraint values (`Trial.set_constraint`), so TPE learns where the feasible region is.
+     as constraint values (`Trial.set_constraint`), so TPE learns where the feasible region is
+     (its "good" group: the best tenth of the trained designs, `pruning.trained_gamma`).
   3. Training on the training set minus a validation split; the test set is never loaded.
      Validation accuracy is reported after every epoch and the trial is stopped early when it
      is hopeless: Optuna's Hyperband / successive halving for one objective, and for several
