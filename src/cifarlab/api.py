@@ -171,7 +171,8 @@ def search_best(study: str, out: str | os.PathLike | None, *, storage: str | Non
                 runs_dir: str | os.PathLike = "runs", trial: int | None = None,
                 fill_budget: bool = False, data_dir: str | os.PathLike | None = None) -> dict:
     """The winner (or `trial`) written as an ordinary recipe at `out`; with `fill_budget`, its
-    schedule scaled to the search's time budget and picked on validation first."""
+    schedule scaled to the search's time budget (measured: `search.final.fill_budget`) and
+    picked on validation first."""
     from .search.storage import load_study, resolve_study
     from .search.winner import write_best
 

@@ -38,8 +38,9 @@ trials train on the training set minus a validation split (the test set is never
 pruned early when hopeless. The study lives in RUNS_DIR/NAME/study.db (or --storage URL, e.g. a
 PostgreSQL server shared by workers on several machines); running the same command again
 resumes it. `report` writes an HTML page, `best` the winner as an ordinary recipe
-(`--fill-budget`: its schedule scaled to the time budget, picked on validation), `proxy` the
-rank correlation between the proxy rung ([search] fidelity) and full-fidelity accuracy."""
+(`--fill-budget`: its schedule scaled to the measured time budget, picked on validation),
+`proxy` the rank correlation between the proxy rung ([search] fidelity) and full-fidelity
+accuracy."""
 
 RUN_ONLY = ("study", "max_minutes", "trials", "workers", "threads", "queued_only",
             "storage_wait")
@@ -100,8 +101,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    "recipe file to write (.toml)")
     p.add_argument("--trial", type=int, help="best: this trial instead of the winner")
     p.add_argument("--fill-budget", action="store_true", default=None,
-                   help="best: scale the winner's epochs to the search's time budget, train "
-                   "the scaled schedules on the validation split and keep the best")
+                   help="best: time the base recipe (the budget) and the winner's own and "
+                   "longer schedules on the validation split, keep the best within the budget "
+                   "(run it on an otherwise idle machine)")
     p.add_argument("--designs", type=_positive(int), help="proxy: how many designs, spread "
                    "over the proxy ranking (default 12)")
 
