@@ -239,6 +239,21 @@ def search(spec: SP.SearchSpec, args, runs: Path, data, workers: int, threads: i
     return summary(storage.load_study(spec.name, storage.default_storage(runs / spec.name)))
 
 
+def searches_so_far(args, runs: Path, state: dict) -> None:
+    """For --write-only: each unfinished search of the chosen rule sets, as far as its study
+    got (its summary, `finished` false), into `state` (not saved)."""
+    for name in args.rule_sets:
+        if name in state.get("results", {}):
+            continue
+        spec = spec_for(name, args.quick, runs)
+        rnd = SP.parse_search(random_text(spec), f"random {name}")
+        for key, sp in (("search", spec), ("random_search", rnd)):
+            done = ((state.get(name) or {}).get(key) or {}).get("finished")
+            if not done and (runs / sp.name / storage.STUDY_FILE).exists():
+                study = storage.load_study(sp.name, storage.default_storage(runs / sp.name))
+                state.setdefault(name, {})[key] = {**summary(study), "finished": False}
+
+
 def proxy_worth(spec: SP.SearchSpec, args, runs: Path, data) -> float | None:
     """Spearman of the proxy rung against full fidelity over --proxy-designs designs of the
     searched study (None: the search file has no proxy rung, or --proxy-designs 0)."""
@@ -434,6 +449,9 @@ def parse_args(argv: list[str] | None = None):
                     "full schedule to measure the proxy rung's Spearman correlation, when the "
                     "search file has one ([search] fidelity; default 12, 0: skip)")
     ap.add_argument("--quick", action="store_true", help="minutes, not hours: plumbing only")
+    ap.add_argument("--write-only", action="store_true", help="write the results file from "
+                    "the state (finished rule sets, searches under way as far as they got, "
+                    "what was discarded) and stop: nothing is run")
     ap.add_argument("--out", type=Path, help="results file (default "
                     "benchmarks/results/search.json)")
     return ap.parse_args(argv)
@@ -467,7 +485,12 @@ def main(argv: list[str] | None = None) -> None:
                 # measurements thrown away and redone, with why (kept for anyone checking)
                 "discarded": state.get("discarded", [])}
 
-    state.setdefault("legs", []).append(provenance())  # every invocation that added to it
+    if args.write_only:
+        searches_so_far(args, runs, state)
+        print(f"wrote {write_out(args.out, result())}")
+        return
+    state.setdefault("legs", []).append(provenance())  # every invocation that added to it,
+    save_state(state_path, state)  # kept at once: a sitting stopped mid-search saves no more
 
     if not args.skip_workers and "workers" not in state:
         print("== trials per hour: one worker with every thread vs one per core")

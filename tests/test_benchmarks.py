@@ -142,6 +142,32 @@ def test_search_section_of_a_running_search_and_discarded_measurements(tmp_path,
     assert out[-1].startswith("Measured on M, commits `aaaaaaaaaaaa` (`python -m benchmarks.")
 
 
+def test_bench_search_write_only_publishes_the_state_without_running(tmp_path):
+    """--write-only: a search stopped mid-way is published as far as it got (its study's
+    summary, not finished), with what was discarded; nothing runs, the state is unchanged."""
+    from cifarlab.search import space as SP
+    from cifarlab.search import storage
+
+    runs = tmp_path / "runs"
+    (runs / "under-50k").mkdir(parents=True)
+    spec = SP.load_search("under-50k")
+    storage.create_or_load(spec, "under-50k", storage.default_storage(runs / "under-50k"), None,
+                           lambda s: None)  # a study with its queued design, nothing trained
+    state = {"legs": [{"commit": "b" * 40}], "discarded": [{"what": "w", "why": "y",
+                                                             "record": None}]}
+    (runs / "bench-search.json").write_text(json.dumps(state))
+    out = tmp_path / "search.json"
+    bench_search.main(["--runs-dir", str(runs), "--write-only", "--out", str(out),
+                       "--rule-sets", "under-50k", "seed001-rules"])
+    r = json.loads(out.read_text())
+    assert r["rule_sets"] == {} and list(r["in_progress"]) == ["under-50k"]
+    s = r["in_progress"]["under-50k"]["search"]
+    assert s["finished"] is False and s["trials"] == 1 and s["waiting"] == 1
+    assert "random_search" not in r["in_progress"]["under-50k"]  # not started: no study
+    assert r["discarded"] == state["discarded"] and r["legs"] == state["legs"]
+    assert json.loads((runs / "bench-search.json").read_text()) == state
+
+
 def test_bench_search_sigterm_stops_the_parent_and_quietly_ends_forked_children():
     code = r"""
 import os, signal, sys, time
