@@ -98,6 +98,19 @@ def spec_for(name: str, quick: bool, runs_dir: Path) -> SP.SearchSpec:
     return SP.load_search(name)
 
 
+def searches_of(name: str, quick: bool, runs_dir: Path) -> tuple[tuple[str, SP.SearchSpec], ...]:
+    """A rule set's two searches, keyed as the state keeps them: its search file, and the same
+    file with Optuna's RandomSampler."""
+    spec = spec_for(name, quick, runs_dir)
+    return (("search", spec),
+            ("random_search", SP.parse_search(random_text(spec), f"random {name}")))
+
+
+def study_of(sp: SP.SearchSpec, runs: Path):
+    """A search's study in the runs directory."""
+    return storage.load_study(sp.name, storage.default_storage(runs / sp.name))
+
+
 def load_state(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
@@ -236,7 +249,7 @@ def search(spec: SP.SearchSpec, args, runs: Path, data, workers: int, threads: i
         f.write_text(spec.text)
         run_workers(f, spec, spec.name, runs, workers, threads, args.data_dir,
                     minutes=minutes, trials=trials)
-    return summary(storage.load_study(spec.name, storage.default_storage(runs / spec.name)))
+    return summary(study_of(spec, runs))
 
 
 def searches_so_far(args, runs: Path, state: dict) -> None:
@@ -245,13 +258,11 @@ def searches_so_far(args, runs: Path, state: dict) -> None:
     for name in args.rule_sets:
         if name in state.get("results", {}):
             continue
-        spec = spec_for(name, args.quick, runs)
-        rnd = SP.parse_search(random_text(spec), f"random {name}")
-        for key, sp in (("search", spec), ("random_search", rnd)):
+        for key, sp in searches_of(name, args.quick, runs):
             done = ((state.get(name) or {}).get(key) or {}).get("finished")
             if not done and (runs / sp.name / storage.STUDY_FILE).exists():
-                study = storage.load_study(sp.name, storage.default_storage(runs / sp.name))
-                state.setdefault(name, {})[key] = {**summary(study), "finished": False}
+                state.setdefault(name, {})[key] = {**summary(study_of(sp, runs)),
+                                                   "finished": False}
 
 
 def proxy_worth(spec: SP.SearchSpec, args, runs: Path, data) -> float | None:
@@ -261,7 +272,7 @@ def proxy_worth(spec: SP.SearchSpec, args, runs: Path, data) -> float | None:
         return None
     from cifarlab.search.final import proxy_check
 
-    st = storage.load_study(spec.name, storage.default_storage(runs / spec.name))
+    st = study_of(spec, runs)
     return proxy_check(st, runs / spec.name, args.proxy_designs, data=data)["spearman"]
 
 
@@ -305,13 +316,13 @@ def rule_set(name: str, hand: str, args, state: dict, save, search_data, final_d
     pruner; the proxy's worth; then hand, searched and random winners trained with 3 seeds at
     equal time. Every finished part is kept in `state` (a later sitting resumes)."""
     runs = Path(args.runs_dir)
-    spec = spec_for(name, args.quick, runs)
-    rnd = SP.parse_search(random_text(spec), f"random {name}")
+    searches = searches_of(name, args.quick, runs)
+    (_, spec), (_, rnd) = searches
     st_state = state.setdefault(name, {})
     faster = (state.get("workers") or {}).get("faster", "1x0")
     workers = args.workers or int(faster.split("x")[0])
     threads = max(1, (os.cpu_count() or 1) // workers)
-    for key, sp in (("search", spec), ("random_search", rnd)):
+    for key, sp in searches:
         if key not in st_state or not st_state[key].get("finished"):
             print(f"== {name}: {sp.search['sampler']} search (study {sp.name}, {workers} "
                   f"worker(s) x {threads} thread(s))")
@@ -325,7 +336,7 @@ def rule_set(name: str, hand: str, args, state: dict, save, search_data, final_d
     for who, sp in (("searched", spec), ("random", rnd)):
         recipes[who] = runs / f"{name}-{who}.toml"
         if who not in winners or not recipes[who].exists():
-            st = storage.load_study(sp.name, storage.default_storage(runs / sp.name))
+            st = study_of(sp, runs)
             w = winner.write_best(st, recipes[who], fill=lambda t, st=st, sp=sp: fill_budget(
                 st, t, runs / sp.name / "fill-budget", data=search_data))
             winners[who] = {"trial": w["trial"], "val_acc": w["values"][0],

@@ -31,18 +31,24 @@ from .storage import spec_of
 from .worker import load_train_data, protocol, trial_recipe
 
 
+def _train_quietly(raw: dict, over: dict, runs_dir: Path, name: str, data,
+                   max_seconds: float | None = None) -> dict:
+    """One training run of a recipe with dotted overrides, no progress bar, plots or log
+    lines; its metrics."""
+    from ..training import train as train_run
+
+    return train_run(copy.deepcopy(raw), runs_dir=runs_dir, name=name, data=data,
+                     progress=False, plots=False, log=lambda s: None, max_seconds=max_seconds,
+                     **over)
+
+
 def _train_trial(spec: SearchSpec, study: str, t: FrozenTrial, runs_dir: Path, name: str,
                  data, extra: dict | None = None, max_seconds: float | None = None) -> dict:
     """Trial t's recipe on the search's protocol (full schedule, no pruning) with `extra`
     overrides; its metrics."""
-    from ..training import train as train_run
-
     raw, over = trial_recipe(spec, study, t.number, t.user_attrs["model_args"],
                              t.user_attrs.get("train") or {})
-    over.update(extra or {})
-    return train_run(copy.deepcopy(raw), runs_dir=runs_dir, name=name, data=data,
-                     progress=False, plots=False, log=lambda s: None, max_seconds=max_seconds,
-                     **over)
+    return _train_quietly(raw, {**over, **(extra or {})}, runs_dir, name, data, max_seconds)
 
 
 def proxy_check(study: optuna.Study, study_dir: Path, designs: int = 12, data=None,
@@ -106,15 +112,12 @@ def measured_budget(spec: SearchSpec, runs_dir: Path, data, same: dict,
                     log: Callable[[str], None]) -> tuple[float, float | None]:
     """(the budget in training seconds, the base recipe's measured seconds or None): the time
     rule applied to the base recipe trained here, as the candidates are."""
-    from ..training import train as train_run
-
     c = spec.constraints
     budgets, base_s = [], None
     if c["max_train_time_vs_base"]:
         log(f"fill budget: timing the base recipe '{spec.base}' (the budget)")
-        m = train_run(copy.deepcopy(spec.base_recipe), runs_dir=runs_dir, name="fill-base",
-                      data=data, progress=False, plots=False, log=lambda s: None,
-                      **{**protocol(spec), **same})
+        m = _train_quietly(spec.base_recipe, {**protocol(spec), **same}, runs_dir, "fill-base",
+                           data)
         base_s = float(m["train_seconds"])
         budgets.append(c["max_train_time_vs_base"] * base_s)
     if c["max_train_seconds"]:

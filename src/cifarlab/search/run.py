@@ -217,7 +217,6 @@ class _Loop:
             if line:
                 self.log(line)
 
-
     def finished_elsewhere(self) -> bool:
         """After an error: was this worker's trial finished by another process while it ran
         (failed and re-queued when its heartbeat went stale, say)? Then Optuna refuses its
