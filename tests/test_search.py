@@ -136,6 +136,12 @@ def test_builtin_search_files_start_from_the_shipped_recipes(name, ref):
     assert layers(model) == layers(shipped)
     _, broken, _ = rules.check_rules(model, spec.constraints)
     assert broken == [] and rules.untrainable(model, trial0) == []
+    # a batch the base recipe's processes (the winner's) cannot share is found before training
+    odd = resolve(raw, {**over, "train.batch_size": 255})
+    assert rules.untrainable(model, odd) == []
+    assert rules.untrainable(model, odd, final_processes=2) == [
+        "untrainable: train.batch_size 255 does not split evenly over 2 processes "
+        "(the base recipe's, with which the winner trains)"]
     # and every other key of the recipe: the searched ones drawn at its values, the rest
     # from the base recipe (Muon, the epochs, low_res, pct_start, flips, test-time flip)
     a, b = _flat(trial0), _flat(recipe)

@@ -53,9 +53,10 @@ def rule_key(message: str) -> str:
     return words[0] if words else head
 
 
-def untrainable(model: torch.nn.Module, cfg: dict) -> list[str]:
+def untrainable(model: torch.nn.Module, cfg: dict, final_processes: int = 1) -> list[str]:
     """Why a candidate that meets the rules still could not train under its recipe `cfg`
-    (empty: it can), found before training: a batch the processes cannot share, an image size
+    (empty: it can), found before training: a batch the processes cannot share (the trial's,
+    or the `final_processes` the winner trains with: the base recipe's), an image size
     of progressive resizing (`train.low_res`) the network does not take, a training step that
     raises (a shape error, a loss the outputs do not fit). One step of two random images at
     each size it trains at, on a copy (`step_timer`)."""
@@ -66,6 +67,9 @@ def untrainable(model: torch.nn.Module, cfg: dict) -> list[str]:
     split = batch_split_error(t["batch_size"], t["processes"])
     if split:
         return [f"untrainable: {split}"]
+    split = batch_split_error(t["batch_size"], final_processes)
+    if split:
+        return [f"untrainable: {split} (the base recipe's, with which the winner trains)"]
     sizes = [32] + ([t["low_res"]] if low_res_epochs(t) else [])
     for size in sizes:
         try:

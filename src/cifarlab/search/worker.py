@@ -318,7 +318,7 @@ class Worker:
         for k in ("params", "macs", "receptive_field"):
             c.trial.set_user_attr(k, c.model_facts[k])
         if not broken:
-            broken = untrainable(model, c.cfg)
+            broken = untrainable(model, c.cfg, self.base_cfg["train"]["processes"])
             if not broken and self.fid.get("low_res"):  # the proxy trains at low_res px
                 proxy = resolve(copy.deepcopy(c.raw), {**c.over, **proxy_overrides(self.fid)})
                 broken = [f"{m} (the proxy rung's fidelity.low_res)"
