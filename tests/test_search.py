@@ -1077,26 +1077,27 @@ def test_proxy_worth_is_a_rank_correlation_over_the_whole_ranking(tmp_path):
 
 # --------------------------------------------------------------------------- filling the budget
 
-def test_scaled_schedules_fill_the_headroom():
+def test_fill_schedules_around_the_measured_room():
     from types import SimpleNamespace
 
     from cifarlab.search import final
 
     cfg = {"train": {"epochs": 8, "low_res": 24, "low_res_epochs": 4}}
-    # the trial's own schedule, and around the predicted 8 / 0.74 = 10.8 epochs: 9, 10, 11
-    assert final.scaled_schedules(cfg, 1 / 0.74) == [
-        {}, {"train.epochs": 9, "train.low_res_epochs": 4},
-        {"train.epochs": 10, "train.low_res_epochs": 5},
-        {"train.epochs": 11, "train.low_res_epochs": 6}]
-    # predicted to leave no room for a 9th epoch: measured all the same (predictions err)
-    assert final.scaled_schedules(cfg, 1.05) == [{}, {"train.epochs": 9,
-                                                      "train.low_res_epochs": 4}]
-    # a trial too short for its low-res epochs trained none: its longer schedules neither
+    assert final.schedule(cfg, 8) == {}  # the trial's own
+    assert final.schedule(cfg, 11) == {"train.epochs": 11, "train.low_res_epochs": 6}
+    assert final.schedule(cfg, 6) == {"train.epochs": 6, "train.low_res_epochs": 3}
+    # room for 8 / 0.74 = 10.8 epochs: 9, 10, 11
+    assert final.epochs_around(8, 1 / 0.74) == [9, 10, 11]
+    # no room for a 9th epoch: measured all the same (timings err)
+    assert final.epochs_around(8, 1.05) == [9]
+    # its own schedule over the budget: 8 x 0.9 = 7.2 epochs: 7 and 6 (shorter ones only)
+    assert final.epochs_around(8, 0.9) == [7, 6]
+    assert final.epochs_around(2, 0.4) == [1]
+    # a trial too short for its low-res epochs trained none: its other schedules neither
     # (an FC head that does not take 24 px trained at 32 px only)
     short = {"train": {"epochs": 1, "low_res": 24, "low_res_epochs": 4}}
-    assert final.scaled_schedules(short, 2.1) == [
-        {}, {"train.epochs": 2, "train.low_res": 0, "train.low_res_epochs": 0},
-        {"train.epochs": 3, "train.low_res": 0, "train.low_res_epochs": 0}]
+    assert final.schedule(short, 3) == {"train.epochs": 3, "train.low_res": 0,
+                                        "train.low_res_epochs": 0}
     spec = SimpleNamespace(constraints={"max_train_time_vs_base": 1.0, "max_train_seconds": 0})
     assert final.headroom(spec, SimpleNamespace(user_attrs={"time_vs_base": 0.5})) == 2.0
     with pytest.raises(CifarlabError, match="--fill-budget needs the search's time rule"):
@@ -1112,7 +1113,7 @@ def test_best_fill_budget_times_the_base_and_each_schedule(tmp_path, train_only_
     f = write_search(tmp_path, epochs="1", constraints="max_train_time_vs_base = 100.0")
     runs = tmp_path / "runs"
     run_search(f, trials=1, runs_dir=runs, data_dir=train_only_dir, log=_silent)
-    monkeypatch.setattr(final, "headroom", lambda spec, t: 2.5)  # around 2 epochs: 2 and 3
+    monkeypatch.setattr(final, "epochs_around", lambda e0, room: [2, 3])  # room: 100x base
     out = tmp_path / "w.toml"
     args = build_parser().parse_args(["best", "t", "--runs-dir", str(runs), "--out", str(out),
                                       "--fill-budget", "--data-dir", str(train_only_dir)])
@@ -1136,9 +1137,9 @@ def test_best_fill_budget_times_the_base_and_each_schedule(tmp_path, train_only_
     assert tomllib.loads(text)["train"]["epochs"] == best["epochs"]
 
 
-def test_fill_budget_picks_on_validation_among_schedules_within_the_budget(monkeypatch):
-    """The longest schedule validates best but trains past the measured budget: not chosen;
-    one stopped by time before its last epoch neither."""
+def _fake_fill(monkeypatch, epochs: int, run: dict):
+    """final.fill_budget with trainings faked: `run` maps planned epochs to (val acc, train
+    seconds, epochs trained); a 100 s budget; the trial's own schedule `epochs` long."""
     from types import SimpleNamespace
 
     from cifarlab.search import final
@@ -1146,25 +1147,53 @@ def test_fill_budget_picks_on_validation_among_schedules_within_the_budget(monke
     spec = SimpleNamespace(constraints={"max_train_time_vs_base": 1.0, "max_train_seconds": 0},
                            base_recipe={}, search={"val_split": 100})
     trial = SimpleNamespace(number=7, user_attrs={"model_args": {}, "train": {}})
-    # epochs planned -> (val acc, train seconds, epochs trained)
-    run = {1: (0.60, 50.0, 1), 2: (0.62, 95.0, 2), 3: (0.70, 140.0, 3), 4: (0.71, 110.0, 3)}
 
     def fake_train(spec, study, t, runs_dir, name, data, extra, max_seconds):
-        planned = extra.get("train.epochs", 1)
+        planned = extra.get("train.epochs", epochs)
         acc, secs, done = run[planned]
         return {"val_acc": acc, "train_seconds": secs, "epochs": done, "run_dir": name,
                 "stopped_by": None if done == planned else "time"}
 
     monkeypatch.setattr(final, "spec_of", lambda study: spec)
-    monkeypatch.setattr(final, "headroom", lambda spec, t: 3.0)
+    monkeypatch.setattr(final, "headroom", lambda spec, t: 3.0)  # the search's: not used
     monkeypatch.setattr(final, "trial_recipe", lambda *a: ({}, {}))
     monkeypatch.setattr(final, "resolve", lambda raw, over=None: {
-        "train": {"epochs": 1, "low_res": 0, "low_res_epochs": 0, "processes": 2}})
+        "train": {"epochs": epochs, "low_res": 0, "low_res_epochs": 0, "processes": 2}})
     monkeypatch.setattr(final, "measured_budget", lambda *a: (100.0, 100.0))
     monkeypatch.setattr(final, "_train_trial", fake_train)
-    r = final.fill_budget(SimpleNamespace(study_name="s"), trial, Path("."), data=object(),
-                          log=_silent)
-    assert [c["epochs"] for c in r["candidates"]] == [1, 2, 3, 3]
-    assert [c["fits"] for c in r["candidates"]] == [True, True, False, False]
+    return final.fill_budget(SimpleNamespace(study_name="s"), trial, Path("."), data=object(),
+                             log=_silent)
+
+
+def test_fill_budget_picks_on_validation_among_schedules_within_the_budget(monkeypatch):
+    """Room for 98 / 33 = 2.97 epochs: 2 and 3 measured. The longest schedule validates best
+    but was stopped by time before its last epoch: not chosen; one within 98% is."""
+    run = {1: (0.60, 33.0, 1), 2: (0.62, 97.0, 2), 3: (0.70, 110.0, 2)}
+    r = _fake_fill(monkeypatch, 1, run)
+    assert [c["planned_epochs"] for c in r["candidates"]] == [1, 2, 3]
+    assert [c["epochs"] for c in r["candidates"]] == [1, 2, 2]
+    assert [c["fits"] for c in r["candidates"]] == [True, True, False]
     assert r["chosen"] == {"train.epochs": 2, "train.low_res": 0, "train.low_res_epochs": 0}
-    assert r["budget_seconds"] == 100.0 and r["processes"] == 2
+    assert r["budget_seconds"] == 100.0 and r["processes"] == 2 and r["fit"] == 0.98
+    assert r["measured_headroom"] == pytest.approx(98 / 33)
+
+
+def test_fill_budget_shortens_a_schedule_that_overruns_the_budget(monkeypatch):
+    """The search predicted room, but the trial's own 4 epochs take 120 s of a 100 s budget:
+    shorter schedules are measured (98 / 120 x 4 = 3.3: 3 and 2), and while none fits,
+    shorter still; the best that fits is chosen."""
+    from cifarlab.search.winner import _fill_lines
+
+    run = {4: (0.80, 120.0, 4), 3: (0.78, 110.0, 3), 2: (0.75, 99.0, 2), 1: (0.70, 60.0, 1)}
+    r = _fake_fill(monkeypatch, 4, run)
+    assert [c["planned_epochs"] for c in r["candidates"]] == [4, 3, 2, 1]
+    assert [c["fits"] for c in r["candidates"]] == [False, False, False, True]
+    assert r["chosen"] == {"train.epochs": 1, "train.low_res": 0, "train.low_res_epochs": 0}
+    # nothing fits at all: the shortest measured is written, and the header says so
+    r = _fake_fill(monkeypatch, 2, {2: (0.8, 300.0, 2), 1: (0.7, 150.0, 1)})
+    assert [c["planned_epochs"] for c in r["candidates"]] == [2, 1]
+    assert r["chosen"] == {"train.epochs": 1, "train.low_res": 0, "train.low_res_epochs": 0}
+    lines = _fill_lines(r)
+    assert lines[-1] == "  none fits the budget: the shortest schedule measured is written"
+    assert lines[2].startswith("  1 epochs: val acc 0.7000, 150 s (over the budget)")
+    assert lines[2].endswith("<- chosen")

@@ -6,8 +6,9 @@ split; the test set is never read):
   (`cifarlab search proxy STUDY`);
 - `fill_budget`: the winner's schedule scaled to the time budget. With
   `max_train_time_vs_base = 1.0` the hand recipe's whole time is the budget, and a winner
-  that trains in 0.9x of it leaves time unused. The base recipe, the trial's own schedule and
-  longer ones (epochs around budget / predicted time, low-resolution epochs in proportion) are
+  that trains in 0.9x of it leaves time unused, and one the search's few-step timing let
+  through may train slightly over it. The base recipe, the trial's own schedule and schedules
+  around the room it leaves (longer or shorter; low-resolution epochs in proportion) are
   trained one after another, alike, so the budget and each schedule's time are measured; the
   best validation accuracy among those within the budget wins.
   `cifarlab search best STUDY --out W.toml --fill-budget`.
@@ -29,6 +30,9 @@ from .fidelity import measure_proxy
 from .space import SearchError, SearchSpec
 from .storage import spec_of
 from .worker import load_train_data, protocol, trial_recipe
+
+FIT = 0.98  # a schedule fits within 98% of the budget: timing varies by a few % run to run
+MAX_FILL_RUNS = 6  # schedules measured at most (besides the base recipe)
 
 
 def _train_quietly(raw: dict, over: dict, runs_dir: Path, name: str, data,
@@ -91,21 +95,27 @@ def headroom(spec: SearchSpec, t: FrozenTrial) -> float:
     return min(ratios)
 
 
-def scaled_schedules(cfg: dict, room: float) -> list[dict]:
-    """Overrides of the schedules to measure: the trial's own (`{}`) and longer ones around
-    `room` x its epochs (the prediction is a few steps' timing, off by several percent either
-    way: the most it predicts to fit, one fewer and one more), low-resolution epochs in
-    proportion."""
+def schedule(cfg: dict, e: int) -> dict:
+    """Overrides that train the trial's recipe `cfg` for `e` epochs ({} for its own), its
+    low-resolution epochs in proportion; none when the trial had none (its network may not
+    take low_res px)."""
     t = cfg["train"]
     e0, low0 = t["epochs"], low_res_epochs(t)  # the low-res epochs the trial trained
+    if e == e0:
+        return {}
+    if low0:
+        return {"train.epochs": e, "train.low_res_epochs": max(1, round(low0 * e / e0))}
+    return {"train.epochs": e, "train.low_res": 0, "train.low_res_epochs": 0}
+
+
+def epochs_around(e0: int, room: float) -> list[int]:
+    """Epochs to measure beside the trial's own `e0`, given `room` = budget / its time: the
+    most that should fit, one fewer and one more (timing is off by several percent either
+    way); longer schedules only when its own fits, shorter ones only when it does not."""
     top = math.floor(e0 * room + 1e-9)
-    out: list[dict] = [{}]
-    for e in range(max(e0 + 1, top - 1), max(e0 + 1, top + 1) + 1):
-        # in proportion; none when the trial had none (its network may not take low_res px)
-        out.append({"train.epochs": e, "train.low_res_epochs": max(1, round(low0 * e / e0))}
-                   if low0 else {"train.epochs": e, "train.low_res": 0,
-                                 "train.low_res_epochs": 0})
-    return out
+    if room >= 1:
+        return list(range(max(e0 + 1, top - 1), max(e0 + 1, top + 1) + 1))
+    return [e for e in (top + 1, top, top - 1) if 1 <= e < e0]
 
 
 def measured_budget(spec: SearchSpec, runs_dir: Path, data, same: dict,
@@ -128,37 +138,58 @@ def measured_budget(spec: SearchSpec, runs_dir: Path, data, same: dict,
 def fill_budget(study: optuna.Study, t: FrozenTrial, runs_dir: Path, data=None,
                 data_dir: str | os.PathLike | None = None,
                 log: Callable[[str], None] = print) -> dict:
-    """Scale trial t's schedule to the time budget and pick on validation: the base recipe
-    and the schedules of `scaled_schedules` are trained one after another here, all alike
-    (the search's protocol with the base recipe's processes, as the winner will train), so
-    the budget and each schedule's time are measured, not predicted; the best validation
-    accuracy among the schedules that train within the budget wins (the machine should be
-    otherwise idle). Returns {'headroom' (predicted), 'budget_seconds', 'base_seconds',
-    'processes', 'candidates': [{'overrides', 'epochs', 'val_acc', 'train_seconds', 'fits',
-    'stopped_by', 'run_dir'}...], 'chosen': overrides ({}: the trial's own schedule)}."""
+    """Scale trial t's schedule to the time budget and pick on validation. Trained one after
+    another here, all alike (the search's protocol with the base recipe's processes, as the
+    winner will train), so times are measured, not predicted: the base recipe (the budget),
+    the trial's own schedule, then `epochs_around` its measured room (longer when it fits,
+    shorter when not), then shorter still while none fits. A schedule fits when it trains
+    all its epochs within FIT of the budget (a margin for run-to-run timing noise); the best
+    validation accuracy among those that fit wins (the machine should be otherwise idle).
+    Returns {'headroom' (predicted by the search), 'measured_headroom', 'budget_seconds',
+    'base_seconds', 'processes', 'candidates': [{'overrides', 'planned_epochs', 'epochs',
+    'val_acc', 'train_seconds', 'fits', 'stopped_by', 'run_dir'}...], 'chosen': overrides
+    ({}: the trial's own schedule; the shortest measured when none fits)}."""
     spec = spec_of(study)
     room = headroom(spec, t)
     raw, over = trial_recipe(spec, study.study_name, t.number, t.user_attrs["model_args"],
                              t.user_attrs.get("train") or {})
     cfg = resolve(copy.deepcopy(raw), over)
+    e0 = cfg["train"]["epochs"]
     same = {"train.processes": resolve(copy.deepcopy(spec.base_recipe))["train"]["processes"]}
     if data is None:
         data = load_train_data(data_dir)
     budget, base_s = measured_budget(spec, runs_dir, data, same, log)
-    cands = []
-    for i, o in enumerate(scaled_schedules(cfg, room)):
-        e = o.get("train.epochs", cfg["train"]["epochs"])
-        log(f"fill budget: trial {t.number} with {e} epochs (its own: "
-            f"{cfg['train']['epochs']}; predicted headroom {room:.2f}x, budget {budget:.0f} s)")
-        m = _train_trial(spec, study.study_name, t, runs_dir, f"fill-{t.number:04d}-{i}",
+    cands: list[dict] = []
+
+    def measure(e: int) -> dict:
+        o = schedule(cfg, e)
+        log(f"fill budget: trial {t.number} with {e} epochs (its own: {e0}; predicted "
+            f"headroom {room:.2f}x, budget {budget:.0f} s)")
+        m = _train_trial(spec, study.study_name, t, runs_dir, f"fill-{t.number:04d}-{len(cands)}",
                          data, {**o, **same}, max_seconds=1.1 * budget)
-        secs = m.get("train_seconds")
-        done = m.get("epochs") == e and isinstance(m.get("val_acc"), int | float)
-        cands.append({"overrides": o, "epochs": m.get("epochs"), "val_acc": m.get("val_acc"),
-                      "train_seconds": secs, "fits": bool(done and secs <= budget),
+        secs, done = m.get("train_seconds"), m.get("epochs") or 0
+        ok = done == e and isinstance(m.get("val_acc"), int | float)
+        cands.append({"overrides": o, "planned_epochs": e, "epochs": m.get("epochs"),
+                      "val_acc": m.get("val_acc"), "train_seconds": secs,
+                      "fits": bool(ok and secs <= FIT * budget),
                       "stopped_by": m.get("stopped_by"), "run_dir": m.get("run_dir")})
+        return cands[-1]
+
+    own = measure(e0)
+    # its full schedule's time, from the epochs it trained when stopped by time
+    full = own["train_seconds"] * e0 / max(1, own["epochs"] or 0)
+    measured_room = FIT * budget / full
+    for e in epochs_around(e0, measured_room):
+        measure(e)
+    while not any(c["fits"] for c in cands) and len(cands) < MAX_FILL_RUNS:
+        shortest = min(c["planned_epochs"] for c in cands)
+        if shortest <= 1:
+            break
+        measure(shortest - 1)
     ok = [c for c in cands if c["fits"]]
-    best = max(ok, key=lambda c: (c["val_acc"], -c["epochs"]))["overrides"] if ok else {}
-    return {"headroom": room, "budget_seconds": budget, "base_seconds": base_s,
-            "processes": same["train.processes"], "candidates": cands, "chosen": best,
-            "val_split": spec.search["val_split"]}
+    best = (max(ok, key=lambda c: (c["val_acc"], -c["epochs"])) if ok
+            else min(cands, key=lambda c: c["planned_epochs"]))["overrides"]
+    return {"headroom": room, "measured_headroom": measured_room, "fit": FIT,
+            "budget_seconds": budget,
+            "base_seconds": base_s, "processes": same["train.processes"],
+            "candidates": cands, "chosen": best, "val_split": spec.search["val_split"]}

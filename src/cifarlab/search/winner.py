@@ -108,14 +108,18 @@ def _fill_lines(filled: dict) -> list[str]:
     lines = [f"--fill-budget: budget {filled['budget_seconds']:.0f} s of training"
              + (f" (the base recipe trained here in {base:.0f} s)" if base else "")
              + f"; each schedule trained alike ({filled['processes']} process(es)), compared "
-             "on validation among those within it:"]
+             f"on validation among those within {filled.get('fit', 1.0):.0%} of it:"]
     for c in filled["candidates"]:
         acc, secs = c["val_acc"], c["train_seconds"]
-        lines.append(f"  {c['epochs']} epochs: val acc "
+        planned = c.get("planned_epochs", c["epochs"])  # fill records before it existed
+        lines.append(f"  {planned} epochs: val acc "
                      + (f"{acc:.4f}" if isinstance(acc, int | float) else "-")
                      + (f", {secs:.0f} s" if isinstance(secs, int | float) else "")
                      + ("" if c["fits"] else " (over the budget)")
                      + (" (the trial's own schedule)" if not c["overrides"] else "")
-                     + (f", stopped by {c['stopped_by']}" if c.get("stopped_by") else "")
+                     + (f", stopped by {c['stopped_by']} after {c['epochs']} epochs"
+                        if c.get("stopped_by") else "")
                      + ("  <- chosen" if c["overrides"] == filled["chosen"] else ""))
+    if not any(c["fits"] for c in filled["candidates"]):
+        lines.append("  none fits the budget: the shortest schedule measured is written")
     return lines
