@@ -1123,9 +1123,15 @@ def test_best_fill_budget_times_the_base_and_each_schedule(tmp_path, train_only_
     assert fill["candidates"][0]["overrides"] == {}  # the trial's own schedule, timed alike
     assert fill["budget_seconds"] == pytest.approx(100 * fill["base_seconds"])
     assert fill["processes"] == 2  # fast-50k's, as the winner will train
-    base = json.loads((runs / "t" / "fill-budget" / "fill-base" / "metrics.json").read_text())
-    assert base["train_seconds"] == pytest.approx(fill["base_seconds"])
-    assert base["val_images"] == 100 and base["test_images"] == 0
+    # the base recipe timed before and after the schedules; the budget from the mean
+    before, after = (json.loads((runs / "t" / "fill-budget" / n / "metrics.json").read_text())
+                     for n in ("fill-base", "fill-base-after"))
+    assert fill["base_runs"] == [before["train_seconds"], after["train_seconds"]]
+    assert fill["base_seconds"] == pytest.approx((before["train_seconds"]
+                                                  + after["train_seconds"]) / 2)
+    assert fill["drift"] == pytest.approx(after["train_seconds"] / before["train_seconds"] - 1)
+    for base in (before, after):
+        assert base["val_images"] == 100 and base["test_images"] == 0
     for c in fill["candidates"]:
         m = json.loads((Path(c["run_dir"]) / "metrics.json").read_text())
         assert m["val_images"] == 100 and m["test_images"] == 0 and m["epochs"] == c["epochs"]
@@ -1137,9 +1143,10 @@ def test_best_fill_budget_times_the_base_and_each_schedule(tmp_path, train_only_
     assert tomllib.loads(text)["train"]["epochs"] == best["epochs"]
 
 
-def _fake_fill(monkeypatch, epochs: int, run: dict):
+def _fake_fill(monkeypatch, epochs: int, run: dict, bases=(100.0, 100.0), log=_silent):
     """final.fill_budget with trainings faked: `run` maps planned epochs to (val acc, train
-    seconds, epochs trained); a 100 s budget; the trial's own schedule `epochs` long."""
+    seconds, epochs trained); the base recipe timed at `bases` (before, after: the budget, x
+    1.0); the trial's own schedule `epochs` long."""
     from types import SimpleNamespace
 
     from cifarlab.search import final
@@ -1159,10 +1166,11 @@ def _fake_fill(monkeypatch, epochs: int, run: dict):
     monkeypatch.setattr(final, "trial_recipe", lambda *a: ({}, {}))
     monkeypatch.setattr(final, "resolve", lambda raw, over=None: {
         "train": {"epochs": epochs, "low_res": 0, "low_res_epochs": 0, "processes": 2}})
-    monkeypatch.setattr(final, "measured_budget", lambda *a: (100.0, 100.0))
+    timings = iter(bases)
+    monkeypatch.setattr(final, "time_base", lambda *a: next(timings))
     monkeypatch.setattr(final, "_train_trial", fake_train)
     return final.fill_budget(SimpleNamespace(study_name="s"), trial, Path("."), data=object(),
-                             log=_silent)
+                             log=log)
 
 
 def test_fill_budget_picks_on_validation_among_schedules_within_the_budget(monkeypatch):
@@ -1175,6 +1183,7 @@ def test_fill_budget_picks_on_validation_among_schedules_within_the_budget(monke
     assert [c["fits"] for c in r["candidates"]] == [True, True, False]
     assert r["chosen"] == {"train.epochs": 2, "train.low_res": 0, "train.low_res_epochs": 0}
     assert r["budget_seconds"] == 100.0 and r["processes"] == 2 and r["fit"] == 0.98
+    assert r["base_runs"] == [100.0, 100.0] and r["drift"] == 0.0
     assert r["measured_headroom"] == pytest.approx(98 / 33)
 
 
@@ -1197,3 +1206,17 @@ def test_fill_budget_shortens_a_schedule_that_overruns_the_budget(monkeypatch):
     assert lines[-1] == "  none fits the budget: the shortest schedule measured is written"
     assert lines[2].startswith("  1 epochs: val acc 0.7000, 150 s (over the budget)")
     assert lines[2].endswith("<- chosen")
+
+
+def test_fill_budget_times_the_base_again_when_the_machine_drifts(monkeypatch):
+    """The base recipe trains in 100 s before the schedules and 120 s after (the machine got
+    slower): the budget is their mean, 110 s, and what fits is judged against it."""
+    run = {1: (0.60, 33.0, 1), 2: (0.62, 97.0, 2), 3: (0.70, 105.0, 3)}
+    lines = []
+    r = _fake_fill(monkeypatch, 1, run, bases=(100.0, 120.0), log=lines.append)
+    assert r["base_runs"] == [100.0, 120.0] and r["drift"] == pytest.approx(0.2)
+    assert r["budget_seconds"] == pytest.approx(110.0)
+    assert [c["fits"] for c in r["candidates"]] == [True, True, True]
+    assert r["chosen"] == {"train.epochs": 3, "train.low_res": 0, "train.low_res_epochs": 0}
+    assert any("the base recipe trained 20% slower after the schedules than before" in x
+               for x in lines)

@@ -33,6 +33,7 @@ from .worker import load_train_data, protocol, trial_recipe
 
 FIT = 0.98  # a schedule fits within 98% of the budget: timing varies by a few % run to run
 MAX_FILL_RUNS = 6  # schedules measured at most (besides the base recipe)
+DRIFT_WARN = 0.05  # the base recipe's two timings differ by more: said in the log
 
 
 def _train_quietly(raw: dict, over: dict, runs_dir: Path, name: str, data,
@@ -118,21 +119,22 @@ def epochs_around(e0: int, room: float) -> list[int]:
     return [e for e in (top + 1, top, top - 1) if 1 <= e < e0]
 
 
-def measured_budget(spec: SearchSpec, runs_dir: Path, data, same: dict,
-                    log: Callable[[str], None]) -> tuple[float, float | None]:
-    """(the budget in training seconds, the base recipe's measured seconds or None): the time
-    rule applied to the base recipe trained here, as the candidates are."""
+def budget_of(spec: SearchSpec, base_seconds: float | None) -> float:
+    """The time rule's budget in training seconds, given the base recipe's measured time."""
     c = spec.constraints
-    budgets, base_s = [], None
-    if c["max_train_time_vs_base"]:
-        log(f"fill budget: timing the base recipe '{spec.base}' (the budget)")
-        m = _train_quietly(spec.base_recipe, {**protocol(spec), **same}, runs_dir, "fill-base",
-                           data)
-        base_s = float(m["train_seconds"])
-        budgets.append(c["max_train_time_vs_base"] * base_s)
-    if c["max_train_seconds"]:
-        budgets.append(float(c["max_train_seconds"]))
-    return min(budgets), base_s
+    budgets = [c["max_train_time_vs_base"] * base_seconds] if base_seconds else []
+    return min(budgets + ([float(c["max_train_seconds"])] if c["max_train_seconds"] else []))
+
+
+def time_base(spec: SearchSpec, runs_dir: Path, data, same: dict, name: str,
+              log: Callable[[str], None]) -> float | None:
+    """The base recipe's training seconds, trained here as the candidates are (None when the
+    time rule does not need it: `max_train_seconds` alone)."""
+    if not spec.constraints["max_train_time_vs_base"]:
+        return None
+    log(f"fill budget: timing the base recipe '{spec.base}' (the budget)")
+    m = _train_quietly(spec.base_recipe, {**protocol(spec), **same}, runs_dir, name, data)
+    return float(m["train_seconds"])
 
 
 def fill_budget(study: optuna.Study, t: FrozenTrial, runs_dir: Path, data=None,
@@ -142,13 +144,16 @@ def fill_budget(study: optuna.Study, t: FrozenTrial, runs_dir: Path, data=None,
     another here, all alike (the search's protocol with the base recipe's processes, as the
     winner will train), so times are measured, not predicted: the base recipe (the budget),
     the trial's own schedule, then `epochs_around` its measured room (longer when it fits,
-    shorter when not), then shorter still while none fits. A schedule fits when it trains
-    all its epochs within FIT of the budget (a margin for run-to-run timing noise); the best
-    validation accuracy among those that fit wins (the machine should be otherwise idle).
-    Returns {'headroom' (predicted by the search), 'measured_headroom', 'budget_seconds',
-    'base_seconds', 'processes', 'candidates': [{'overrides', 'planned_epochs', 'epochs',
-    'val_acc', 'train_seconds', 'fits', 'stopped_by', 'run_dir'}...], 'chosen': overrides
-    ({}: the trial's own schedule; the shortest measured when none fits)}."""
+    shorter when not), then shorter still while none fits, then the base recipe again (the
+    machine's speed drifts over minutes: the budget comes from the mean of the two, their
+    difference is kept as 'drift'). A schedule fits when it trains all its epochs within FIT
+    of the budget (a margin for run-to-run noise); the best validation accuracy among those
+    that fit wins (the machine should be otherwise idle). Returns {'headroom' (predicted by
+    the search), 'measured_headroom', 'fit', 'budget_seconds', 'base_seconds' (the mean),
+    'base_runs', 'drift', 'processes', 'candidates': [{'overrides', 'planned_epochs',
+    'epochs', 'val_acc', 'train_seconds', 'trained_all', 'fits', 'stopped_by', 'run_dir'}
+    ...], 'chosen': overrides ({}: the trial's own schedule; the shortest measured when none
+    fits)}."""
     spec = spec_of(study)
     room = headroom(spec, t)
     raw, over = trial_recipe(spec, study.study_name, t.number, t.user_attrs["model_args"],
@@ -158,7 +163,8 @@ def fill_budget(study: optuna.Study, t: FrozenTrial, runs_dir: Path, data=None,
     same = {"train.processes": resolve(copy.deepcopy(spec.base_recipe))["train"]["processes"]}
     if data is None:
         data = load_train_data(data_dir)
-    budget, base_s = measured_budget(spec, runs_dir, data, same, log)
+    base = [time_base(spec, runs_dir, data, same, "fill-base", log)]
+    budget = budget_of(spec, base[0])
     cands: list[dict] = []
 
     def measure(e: int) -> dict:
@@ -170,7 +176,7 @@ def fill_budget(study: optuna.Study, t: FrozenTrial, runs_dir: Path, data=None,
         secs, done = m.get("train_seconds"), m.get("epochs") or 0
         ok = done == e and isinstance(m.get("val_acc"), int | float)
         cands.append({"overrides": o, "planned_epochs": e, "epochs": m.get("epochs"),
-                      "val_acc": m.get("val_acc"), "train_seconds": secs,
+                      "val_acc": m.get("val_acc"), "train_seconds": secs, "trained_all": ok,
                       "fits": bool(ok and secs <= FIT * budget),
                       "stopped_by": m.get("stopped_by"), "run_dir": m.get("run_dir")})
         return cands[-1]
@@ -186,10 +192,23 @@ def fill_budget(study: optuna.Study, t: FrozenTrial, runs_dir: Path, data=None,
         if shortest <= 1:
             break
         measure(shortest - 1)
+    drift = None
+    if base[0]:  # the machine's speed drifts over minutes: time the base again, use the mean
+        base.append(time_base(spec, runs_dir, data, same, "fill-base-after", log))
+        drift = base[1] / base[0] - 1
+        if abs(drift) > DRIFT_WARN:
+            log(f"fill budget: the base recipe trained {abs(100 * drift):.0f}% "
+                f"{'slower' if drift > 0 else 'faster'} after the schedules than before: this "
+                "machine's speed drifted, the choice is uncertain (run it again on an "
+                "otherwise idle machine)")
+        budget = budget_of(spec, sum(base) / 2)
+        for c in cands:
+            c["fits"] = bool(c["trained_all"] and c["train_seconds"] <= FIT * budget)
     ok = [c for c in cands if c["fits"]]
     best = (max(ok, key=lambda c: (c["val_acc"], -c["epochs"])) if ok
             else min(cands, key=lambda c: c["planned_epochs"]))["overrides"]
     return {"headroom": room, "measured_headroom": measured_room, "fit": FIT,
-            "budget_seconds": budget,
-            "base_seconds": base_s, "processes": same["train.processes"],
-            "candidates": cands, "chosen": best, "val_split": spec.search["val_split"]}
+            "budget_seconds": budget, "base_seconds": sum(base) / 2 if base[0] else None,
+            "base_runs": base if base[0] else [], "drift": drift,
+            "processes": same["train.processes"], "candidates": cands, "chosen": best,
+            "val_split": spec.search["val_split"]}
