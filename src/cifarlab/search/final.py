@@ -167,19 +167,22 @@ def fill_budget(study: optuna.Study, t: FrozenTrial, runs_dir: Path, data=None,
     budget = budget_of(spec, base[0])
     cands: list[dict] = []
 
+    def fits(c: dict) -> bool:  # all its epochs trained, within FIT of the budget
+        return bool(c["trained_all"] and c["train_seconds"] <= FIT * budget)
+
     def measure(e: int) -> dict:
         o = schedule(cfg, e)
         log(f"fill budget: trial {t.number} with {e} epochs (its own: {e0}; predicted "
             f"headroom {room:.2f}x, budget {budget:.0f} s)")
         m = _train_trial(spec, study.study_name, t, runs_dir, f"fill-{t.number:04d}-{len(cands)}",
                          data, {**o, **same}, max_seconds=1.1 * budget)
-        secs, done = m.get("train_seconds"), m.get("epochs") or 0
-        ok = done == e and isinstance(m.get("val_acc"), int | float)
-        cands.append({"overrides": o, "planned_epochs": e, "epochs": m.get("epochs"),
-                      "val_acc": m.get("val_acc"), "train_seconds": secs, "trained_all": ok,
-                      "fits": bool(ok and secs <= FIT * budget),
-                      "stopped_by": m.get("stopped_by"), "run_dir": m.get("run_dir")})
-        return cands[-1]
+        c = {"overrides": o, "planned_epochs": e, "epochs": m.get("epochs"),
+             "val_acc": m.get("val_acc"), "train_seconds": m.get("train_seconds"),
+             "trained_all": m.get("epochs") == e and isinstance(m.get("val_acc"), int | float),
+             "stopped_by": m.get("stopped_by"), "run_dir": m.get("run_dir")}
+        c["fits"] = fits(c)
+        cands.append(c)
+        return c
 
     own = measure(e0)
     # its full schedule's time, from the epochs it trained when stopped by time
@@ -203,7 +206,7 @@ def fill_budget(study: optuna.Study, t: FrozenTrial, runs_dir: Path, data=None,
                 "otherwise idle machine)")
         budget = budget_of(spec, sum(base) / 2)
         for c in cands:
-            c["fits"] = bool(c["trained_all"] and c["train_seconds"] <= FIT * budget)
+            c["fits"] = fits(c)
     ok = [c for c in cands if c["fits"]]
     best = (max(ok, key=lambda c: (c["val_acc"], -c["epochs"])) if ok
             else min(cands, key=lambda c: c["planned_epochs"]))["overrides"]

@@ -104,12 +104,11 @@ def write_best(study: optuna.Study, out: str | os.PathLike, number: int | None =
 
 def _fill_lines(filled: dict) -> list[str]:
     """The header's account of `--fill-budget`: each schedule's time and validation accuracy."""
-    base = filled.get("base_seconds")
-    runs = " and ".join(f"{b:.0f}" for b in filled.get("base_runs") or [base])
+    base = filled.get("base_runs") or [b for b in [filled.get("base_seconds")] if b]
+    timed = " and ".join(f"{b:.0f}" for b in base)
     lines = [f"--fill-budget: budget {filled['budget_seconds']:.0f} s of training"
-             + (f" (the base recipe trained here in {runs} s, before and after)"
-                if len(filled.get("base_runs") or []) > 1
-                else f" (the base recipe trained here in {base:.0f} s)" if base else "")
+             + (f" (the base recipe trained here in {timed} s"
+                + (", before and after)" if len(base) > 1 else ")") if base else "")
              + f"; each schedule trained alike ({filled['processes']} process(es)), compared "
              f"on validation among those within {filled.get('fit', 1.0):.0%} of it:"]
     for c in filled["candidates"]:
