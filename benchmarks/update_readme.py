@@ -202,6 +202,38 @@ def speed_section() -> list[str]:
     return out or ["No speed benchmark recorded yet."]
 
 
+def kernels_section() -> list[str]:
+    """benchmarks/results/kernels.json (benchmarks.kernels): per CPU model and recipe, where one
+    worker's training step spends its time and which oneDNN kernels run."""
+    p = RESULTS / "kernels.json"
+    if not p.exists():
+        return []
+    out = ["| CPU | recipe | images/s per worker | oneDNN share of the step (AMX / AVX-512 / "
+           "other) | largest torch operators (self time) | AMX tile fill of the MACs | "
+           "depthwise MACs |", "|---|---|---|---|---|---|---|"]
+    def share(x: float) -> str:
+        return f"{100 * x:.0f}%"
+
+    entries = json.loads(p.read_text())["by_cpu"]
+    for model, e in entries.items():
+        for name, r in e["recipes"].items():
+            isa = " / ".join(share(r["isa"][k]) for k in ("amx", "avx512", "other"))
+            ops = ", ".join(f"`{o['op']}` {share(o['share'])}" for o in r["ops"][:4])
+            t = r["tiles"]
+            out.append(f"| {model} | `{name}` | {r['images_per_second']:.0f} (batch "
+                       f"{r['batch_per_worker']}) | {share(r['onednn_share'])} ({isa}) | {ops} | "
+                       f"{share(t['amx_fill'])} | {share(t['depthwise_mac_share'])} |")
+    out += ["", "One single-threaded worker's full-size training steps, profiled by `python -m "
+            "benchmarks.kernels` (torch.profiler and oneDNN's verbose log; the profiler's "
+            "per-operator overhead overstates small operators). The tile fill is static: the "
+            "share of AMX's 32 x 16 bf16 channel blocks a network's dense convolutions use, "
+            "weighted by MACs (depthwise convolutions never run on AMX). Measured on "
+            + "; ".join(f"{e['machine']} at {e['commit'][:7]}, {e['date'][:10]}"
+                        for e in entries.values())
+            + ". From `benchmarks/results/kernels.json`.", ""]
+    return out
+
+
 def levers_section() -> list[str]:
     """One table per benchmarks/results/levers-RECIPE.json (benchmarks.levers)."""
     out: list[str] = []
@@ -542,7 +574,7 @@ def readme_results() -> str:
     body = ["### Default recipe", "", *default_section(), "", "### Time to accuracy", "",
             *time_to_accuracy_section(), "", *(["### Speed levers", "", *levers]
                                               if levers else []),
-            "### Throughput", "", *speed_section(), "",
+            "### Throughput", "", *speed_section(), "", *kernels_section(),
             "### Design search", "", *search_section(), "",
             "### Inference: PyTorch and ONNX (fp32, int8)", "", *inference_section(), "",
             "### Robustness under corruption", "", *robustness_section(), "",

@@ -111,6 +111,8 @@ def test_every_recorded_row_names_its_provenance():
             rows += [(p.name, r) for r in data["runs"]]
             if data.get("anchor"):
                 rows.append((p.name, data["anchor"]))
+        elif isinstance(data.get("by_cpu"), dict):  # kernels.json: one entry per CPU model
+            rows += [(p.name, r) for r in data["by_cpu"].values()]
         else:
             rows.append((p.name, data))
     assert rows
@@ -356,3 +358,82 @@ def test_bench_search_compares_search_random_search_and_hand_with_seeds(tmp_path
     assert any(line.startswith("- `own-rules` verdict:") and "≥ 0.5 points at ≤ 1.0×: n/a" in
                line for line in out)
     assert any("random search winner, trial" in line for line in out)
+
+
+ONEDNN_LOG = """\
+onednn_verbose,v1,info,oneDNN v3.7.1 (commit 8d263e693366ef8db40acc569cc7d8edf644556d)
+onednn_verbose,v1,primitive,create:cache_miss,cpu,convolution,brg_conv_fwd:avx512_core_amx,\
+forward_training,src:bf16::blocked:acdb::f0,,alg:convolution_direct,mb256_ic32oc32_ih32oh32kh3,0.5
+onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx512_core_amx,forward_training,\
+src:bf16::blocked:acdb::f0 dst:bf16::blocked:acdb::f0,,alg:convolution_direct,mb256_ic32oc32,3
+onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx512_core_amx,forward_training,\
+src:bf16::blocked:acdb::f0 dst:bf16::blocked:acdb::f0,,alg:convolution_direct,mb256_ic32oc32,1
+onednn_verbose,primitive,exec,cpu,reorder,jit:uni,undef,src:f32::blocked:abcd::f0,,,4x3x3x3,0.5
+onednn_verbose,v1,primitive,exec,cpu,convolution,jit:avx512_core_bf16,backward_weights,\
+src:bf16::blocked:acdb::f0,,alg:convolution_direct,g128mb256_ic128oc128,not-a-number
+a line the program printed itself
+"""
+
+
+def test_kernels_parses_onednn_exec_lines_and_shares_them_by_isa():
+    from benchmarks import kernels
+
+    execs = kernels.parse_verbose(ONEDNN_LOG.splitlines())
+    assert [(e["primitive"], e["ms"]) for e in execs] == [
+        ("convolution", 3.0), ("convolution", 1.0), ("reorder", 0.5)]  # no create, no junk
+    assert execs[0]["impl"] == "brg_conv_fwd:avx512_core_amx"
+    assert execs[0]["prop"] == "forward_training" and execs[0]["problem"] == "mb256_ic32oc32"
+    rows, isa = kernels.summarize_onednn(execs, wall_ms=10.0)
+    assert rows[0] == {"primitive": "convolution", "impl": "brg_conv_fwd:avx512_core_amx",
+                       "prop": "forward_training", "ms": 4.0, "calls": 2, "share": 0.4}
+    assert isa == {"amx": 0.4, "avx512": 0.0, "other": 0.05}
+    assert kernels.isa_of("jit:avx512_core_bf16") == "avx512"
+
+
+def test_kernels_tile_fill_of_a_network():
+    from torch import nn
+
+    from benchmarks import kernels
+
+    assert kernels.tile_fill(32, 16, 1) == 1.0
+    assert kernels.tile_fill(24, 24, 1) == pytest.approx(0.75 * 0.75)
+    assert kernels.tile_fill(3, 32, 1) == pytest.approx(3 / 32)
+    assert kernels.tile_fill(64, 64, 64) == 0.0  # depthwise: never on AMX
+    net = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(32, 32, 3, padding=1, groups=32),
+                        nn.Conv2d(32, 64, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(64, 10))
+    t = kernels.conv_tiles(net)
+    assert [(c["in"], c["out"], c["groups"]) for c in t["convs"]] == [
+        (3, 32, 1), (32, 32, 32), (32, 64, 1)]
+    macs = [3 * 32 * 9 * 1024, 32 * 9 * 1024, 32 * 64 * 1024]
+    total = sum(macs) + 64 * 10
+    assert [c["mac_share"] for c in t["convs"]] == pytest.approx([m / total for m in macs])
+    assert t["depthwise_mac_share"] == pytest.approx(macs[1] / total)
+    assert t["amx_fill"] == pytest.approx((macs[0] * 3 / 32 + macs[2]) / total)
+
+
+def test_bench_kernels_profiles_a_recipe_in_a_child(shared_cifar_dir, tmp_path):
+    """A tiny real run: one worker's steps profiled, oneDNN's log parsed, kept per CPU model."""
+    out = tmp_path / "kernels.json"
+    out.write_text(json.dumps({"by_cpu": {"another CPU": {"recipes": {}}}}))
+    r = subprocess.run([sys.executable, "-m", "benchmarks.kernels", "fast-50k", "--steps", "2",
+                        "--data-dir", str(shared_cifar_dir), "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    by_cpu = json.loads(out.read_text())["by_cpu"]
+    from torch import nn
+
+    from cifarlab.api import network
+    from cifarlab.provenance import cpu
+
+    assert set(by_cpu) == {"another CPU", cpu()["model"]}
+    e = by_cpu[cpu()["model"]]
+    assert e["commit"] and e["cpu"]["model"] and " -m benchmarks.kernels " in e["command"]
+    k = e["recipes"]["fast-50k"]
+    assert k["batch_per_worker"] == 256 and k["steps"] == 2 and k["images_per_second"] > 0
+    assert k["ops"] and all(0 <= o["share"] <= 1 for o in k["ops"])
+    assert any(o["primitive"] == "convolution" for o in k["onednn"])  # bf16 convs go to oneDNN
+    assert 0 < k["onednn_share"] == pytest.approx(sum(k["isa"].values())) <= 1
+    convs = [m for m in network(recipe="fast-50k").modules() if isinstance(m, nn.Conv2d)]
+    assert len(k["tiles"]["convs"]) == len(convs) and 0 < k["tiles"]["amx_fill"] < 1
+    assert "fast-50k:" in r.stdout
