@@ -15,7 +15,8 @@ primitive execution with its implementation and milliseconds). The gradient all-
 workers is not in it (one process); evaluation is one batch of 100 test images without TTA.
 
 Recorded per recipe: `ops` (torch operators by self CPU time, share of the profiled fit),
-`onednn` (oneDNN executions grouped by primitive, implementation and direction: milliseconds,
+`onednn` (oneDNN executions grouped by primitive, implementation, direction and source data
+type -- bf16, or f32 where a conv runs in fp32 (layers.py) --: milliseconds,
 calls, share of the profiled fit's wall time), `isa` (the shares of the fit spent in AMX,
 AVX-512 and other oneDNN kernels), and `tiles`: every convolution of the network, statically,
 with its share of the network's MACs and how well it fills AMX's bf16 tiles (a dense conv
@@ -66,9 +67,10 @@ def tile_fill(cin: int, cout: int, groups: int) -> float:
     return cin / (math.ceil(cin / AMX_K) * AMX_K) * cout / (math.ceil(cout / AMX_N) * AMX_N)
 
 
-def conv_tiles(model) -> dict:
+def conv_tiles(model, fp32: frozenset[str] | set[str] = frozenset()) -> dict:
     """Every conv of `model` (one 32x32 image): channels, groups, share of the MACs, tile fill;
-    and the MAC-weighted fill of the whole network (`amx_fill`)."""
+    and the MAC-weighted fill of the whole network (`amx_fill`). `fp32`: the qualified names
+    of the convs that train in fp32 on this CPU (layers.py), which use no bf16 tiles either."""
     from cifarlab.analysis import trace
 
     events = trace(model).events
@@ -76,16 +78,20 @@ def conv_tiles(model) -> dict:
     total = sum(e.macs for e in events) or 1
     rows = [{"layer": e.ref, "in": e.in_channels, "out": e.out_channels, "groups": e.groups,
              "kernel": e.kernel, "stride": e.stride, "mac_share": e.macs / total,
-             "tile_fill": tile_fill(e.in_channels, e.out_channels, e.groups)} for e in convs]
+             "fp32": e.module in fp32,
+             "tile_fill": 0.0 if e.module in fp32 else
+             tile_fill(e.in_channels, e.out_channels, e.groups)} for e in convs]
     return {"convs": rows,
             "amx_fill": sum(r["mac_share"] * r["tile_fill"] for r in rows),
-            "depthwise_mac_share": sum(r["mac_share"] for r in rows if r["groups"] != 1)}
+            "depthwise_mac_share": sum(r["mac_share"] for r in rows if r["groups"] != 1),
+            "fp32_mac_share": sum(r["mac_share"] for r in rows if r["fp32"])}
 
 
 # ----------------------------------------------------------------------------- oneDNN log
 
 def parse_verbose(lines) -> list[dict]:
-    """oneDNN verbose `exec` lines -> [{primitive, impl, prop, problem, ms}] (other lines, and
+    """oneDNN verbose `exec` lines -> [{primitive, impl, prop, dtype, problem, ms}] (dtype: the
+    source's data type) (other lines, and
     creation lines, skipped). Format (v3, comma-separated): marker, [v1,] [timestamp,]
     [primitive,] exec, engine, primitive, implementation, propagation, memory descriptors,
     attributes, auxiliary, problem, milliseconds."""
@@ -99,8 +105,9 @@ def parse_verbose(lines) -> list[dict]:
             ms = float(f[-1])
         except ValueError:
             continue
+        src = f[i + 5].split("src:", 1)[-1] if "src:" in f[i + 5] else ""
         out.append({"primitive": f[i + 2], "impl": f[i + 3], "prop": f[i + 4],
-                    "problem": f[-2], "ms": ms})
+                    "dtype": src.split(":", 1)[0] or "?", "problem": f[-2], "ms": ms})
     return out
 
 
@@ -112,13 +119,14 @@ def isa_of(impl: str) -> str:
 
 
 def summarize_onednn(execs: list[dict], wall_ms: float) -> tuple[list[dict], dict]:
-    """Grouped by (primitive, implementation, propagation), largest first; and the share of
-    `wall_ms` spent in each ISA's kernels."""
+    """Grouped by (primitive, implementation, propagation, source data type), largest first;
+    and the share of `wall_ms` spent in each ISA's kernels."""
     groups: dict[tuple, list[float]] = defaultdict(list)
     for e in execs:
-        groups[(e["primitive"], e["impl"], e["prop"])].append(e["ms"])
-    rows = sorted(({"primitive": p, "impl": i, "prop": d, "ms": sum(v), "calls": len(v),
-                    "share": sum(v) / wall_ms} for (p, i, d), v in groups.items()),
+        groups[(e["primitive"], e["impl"], e["prop"], e["dtype"])].append(e["ms"])
+    rows = sorted(({"primitive": p, "impl": i, "prop": d, "dtype": t, "ms": sum(v),
+                    "calls": len(v), "share": sum(v) / wall_ms}
+                   for (p, i, d, t), v in groups.items()),
                   key=lambda r: -r["ms"])
     isa: dict[str, float] = defaultdict(float)
     for r in rows:
@@ -137,6 +145,7 @@ def child(recipe: str, steps: int, data_dir: str | None, verbose_log: str) -> di
 
     import cifarlab
     from cifarlab.api import network
+    from cifarlab.layers import use_fp32_where_bf16_fails
     from cifarlab.recipe import resolve
 
     torch.set_num_threads(1)
@@ -172,13 +181,14 @@ def child(recipe: str, steps: int, data_dir: str | None, verbose_log: str) -> di
         os.close(fd)
     ops = sorted(((a.key, a.self_cpu_time_total / 1000, a.count) for a in prof.key_averages()),
                  key=lambda r: -r[1])
-    model = network(recipe=recipe)
+    model = network(recipe=recipe)  # which of its convs the engine trained in fp32 here:
+    fp32 = set(use_fp32_where_bf16_fails(model)) if t["precision"] == "bf16" else set()
     return {"batch_per_worker": batch, "steps": steps,
             "precision": t["precision"], "channels_last": t["channels_last"],
             "images_per_second": plain["images_per_second"], "profiled_wall_ms": wall_ms,
             "ops": [{"op": k, "self_ms": ms, "calls": n, "share": ms / wall_ms}
                     for k, ms, n in ops[:TOP_OPS]],
-            "tiles": conv_tiles(model)}
+            "tiles": conv_tiles(model, fp32)}
 
 
 def measure(recipe: str, steps: int, data_dir: str | None) -> dict:
@@ -210,7 +220,8 @@ def report(entry: dict) -> str:
                   f"step ({isa}); AMX tile fill of the MACs {r['tiles']['amx_fill']:.0%}, "
                   f"depthwise {r['tiles']['depthwise_mac_share']:.0%} of the MACs"]
         lines += [f"    {o['share']:6.1%}  {o['op']}" for o in r["ops"][:8]]
-        lines += [f"    {k['share']:6.1%}  oneDNN {k['primitive']} {k['prop']} {k['impl']}"
+        lines += [f"    {k['share']:6.1%}  oneDNN {k['primitive']} {k['dtype']} {k['prop']} "
+                  f"{k['impl']}"
                   for k in r["onednn"][:6]]
     return "\n".join(lines)
 

@@ -210,7 +210,7 @@ def kernels_section() -> list[str]:
         return []
     out = ["| CPU | recipe | images/s per worker | oneDNN share of the step (AMX / AVX-512 / "
            "other) | largest torch operators (self time) | AMX tile fill of the MACs | "
-           "depthwise MACs |", "|---|---|---|---|---|---|---|"]
+           "MACs in depthwise / in fp32 convs |", "|---|---|---|---|---|---|---|"]
     def share(x: float) -> str:
         return f"{100 * x:.0f}%"
 
@@ -222,12 +222,14 @@ def kernels_section() -> list[str]:
             t = r["tiles"]
             out.append(f"| {model} | `{name}` | {r['images_per_second']:.0f} (batch "
                        f"{r['batch_per_worker']}) | {share(r['onednn_share'])} ({isa}) | {ops} | "
-                       f"{share(t['amx_fill'])} | {share(t['depthwise_mac_share'])} |")
+                       f"{share(t['amx_fill'])} | {share(t['depthwise_mac_share'])} / "
+                       f"{share(t['fp32_mac_share'])} |")
     out += ["", "One single-threaded worker's full-size training steps, profiled by `python -m "
             "benchmarks.kernels` (torch.profiler and oneDNN's verbose log; the profiler's "
             "per-operator overhead overstates small operators). The tile fill is static: the "
             "share of AMX's 32 x 16 bf16 channel blocks a network's dense convolutions use, "
-            "weighted by MACs (depthwise convolutions never run on AMX). Measured on "
+            "weighted by MACs (depthwise convolutions never run on AMX; convs whose bf16 weight "
+            "gradient this CPU gets wrong train in fp32 and count as unfilled). Measured on "
             + "; ".join(f"{e['machine']} at {e['commit'][:7]}, {e['date'][:10]}"
                         for e in entries.values())
             + ". From `benchmarks/results/kernels.json`.", ""]

@@ -383,9 +383,11 @@ def test_kernels_parses_onednn_exec_lines_and_shares_them_by_isa():
         ("convolution", 3.0), ("convolution", 1.0), ("reorder", 0.5)]  # no create, no junk
     assert execs[0]["impl"] == "brg_conv_fwd:avx512_core_amx"
     assert execs[0]["prop"] == "forward_training" and execs[0]["problem"] == "mb256_ic32oc32"
+    assert [e["dtype"] for e in execs] == ["bf16", "bf16", "f32"]
     rows, isa = kernels.summarize_onednn(execs, wall_ms=10.0)
     assert rows[0] == {"primitive": "convolution", "impl": "brg_conv_fwd:avx512_core_amx",
-                       "prop": "forward_training", "ms": 4.0, "calls": 2, "share": 0.4}
+                       "prop": "forward_training", "dtype": "bf16", "ms": 4.0, "calls": 2,
+                       "share": 0.4}
     assert isa == {"amx": 0.4, "avx512": 0.0, "other": 0.05}
     assert kernels.isa_of("jit:avx512_core_bf16") == "avx512"
 
@@ -410,6 +412,11 @@ def test_kernels_tile_fill_of_a_network():
     assert [c["mac_share"] for c in t["convs"]] == pytest.approx([m / total for m in macs])
     assert t["depthwise_mac_share"] == pytest.approx(macs[1] / total)
     assert t["amx_fill"] == pytest.approx((macs[0] * 3 / 32 + macs[2]) / total)
+    assert t["fp32_mac_share"] == 0 and not any(c["fp32"] for c in t["convs"])
+    t = kernels.conv_tiles(net, fp32={"2"})  # a conv that trains in fp32 uses no bf16 tiles
+    assert [c["fp32"] for c in t["convs"]] == [False, False, True]
+    assert t["amx_fill"] == pytest.approx(macs[0] * 3 / 32 / total)
+    assert t["fp32_mac_share"] == pytest.approx(macs[2] / total)
 
 
 def test_bench_kernels_profiles_a_recipe_in_a_child(shared_cifar_dir, tmp_path):
