@@ -1143,7 +1143,8 @@ def test_best_fill_budget_times_the_base_and_each_schedule(tmp_path, train_only_
     assert tomllib.loads(text)["train"]["epochs"] == best["epochs"]
 
 
-def _fake_fill(monkeypatch, epochs: int, run: dict, bases=(100.0, 100.0), log=_silent):
+def _fake_fill(monkeypatch, epochs: int, run: dict, bases=(100.0, 100.0), log=_silent,
+               label: str | None = None, constraints: dict | None = None):
     """final.fill_budget with trainings faked: `run` maps planned epochs to (val acc, train
     seconds, epochs trained); the base recipe timed at `bases` (before, after: the budget, x
     1.0); the trial's own schedule `epochs` long."""
@@ -1151,9 +1152,11 @@ def _fake_fill(monkeypatch, epochs: int, run: dict, bases=(100.0, 100.0), log=_s
 
     from cifarlab.search import final
 
-    spec = SimpleNamespace(constraints={"max_train_time_vs_base": 1.0, "max_train_seconds": 0},
-                           base_recipe={}, search={"val_split": 100})
-    trial = SimpleNamespace(number=7, user_attrs={"model_args": {}, "train": {}})
+    spec = SimpleNamespace(constraints=constraints or {"max_train_time_vs_base": 1.0,
+                                                       "max_train_seconds": 0},
+                           base_recipe={"name": "hand"}, search={"val_split": 100})
+    trial = SimpleNamespace(number=7, user_attrs={"model_args": {}, "train": {},
+                                                  **({"label": label} if label else {})})
 
     def fake_train(spec, study, t, runs_dir, name, data, extra, max_seconds):
         planned = extra.get("train.epochs", epochs)
@@ -1208,6 +1211,27 @@ def test_fill_budget_shortens_a_schedule_that_overruns_the_budget(monkeypatch):
     assert lines[2].endswith("<- chosen")
 
 
+def test_fill_budget_keeps_the_base_recipes_own_design_untimed(monkeypatch):
+    """The winner is the hand recipe queued as trial 0 (labelled with the base recipe's name):
+    its time is the budget by definition, so nothing is trained and its schedule is kept (timed
+    against a 98% margin it would only be shortened by noise). Any other label, or a budget
+    below the base recipe's time, is filled as usual."""
+    from cifarlab.search.winner import _fill_lines
+
+    lines = []
+    r = _fake_fill(monkeypatch, 4, {}, label="hand", log=lines.append)
+    assert r["base_design"] is True and r["candidates"] == [] and r["chosen"] == {}
+    assert lines == ["fill budget: trial 7 is the base recipe's own design and schedule "
+                     "(enqueued as 'hand'): it is the budget, nothing to fill"]
+    assert "its time is the budget, so the schedule is kept" in _fill_lines(r)[0]
+    run = {2: (0.7, 45.0, 2), 3: (0.75, 67.0, 3), 4: (0.80, 90.0, 4), 5: (0.81, 97.0, 5)}
+    r = _fake_fill(monkeypatch, 4, run, label="another design")
+    assert "base_design" not in r and len(r["candidates"]) >= 2
+    r = _fake_fill(monkeypatch, 4, run, label="hand",
+                   constraints={"max_train_time_vs_base": 0.9, "max_train_seconds": 0})
+    assert "base_design" not in r and r["budget_seconds"] == pytest.approx(90.0)
+
+
 def test_fill_budget_times_the_base_again_when_the_machine_drifts(monkeypatch):
     """The base recipe trains in 100 s before the schedules and 120 s after (the machine got
     slower): the budget is their mean, 110 s, and what fits is judged against it."""
@@ -1220,3 +1244,96 @@ def test_fill_budget_times_the_base_again_when_the_machine_drifts(monkeypatch):
     assert r["chosen"] == {"train.epochs": 3, "train.low_res": 0, "train.low_res_epochs": 0}
     assert any("the base recipe trained 20% slower after the schedules than before" in x
                for x in lines)
+
+
+# ------------------------------------------------------------------------ local steps
+
+def test_mutate_moves_two_values_one_step_within_their_ranges():
+    import numpy as np
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    dists = {"width": IntDistribution(4, 16, step=4), "batch": IntDistribution(16, 256, log=True),
+             "lr": FloatDistribution(0.05, 0.2, log=True), "ls": FloatDistribution(0.0, 0.2),
+             "block": CategoricalDistribution(["a", "b", "c"]),
+             "fixed": CategoricalDistribution(["only"])}
+    params = {"width": 16, "batch": 100, "lr": 0.1, "ls": 0.1, "block": "a", "fixed": "only"}
+    steps = {"width": {12}, "batch": {80, 125}, "lr": {0.08, 0.125}, "ls": {0.08, 0.12},
+             "block": {"b", "c"}}  # width is at its top: it can only go down
+    seen = set()
+    for seed in range(40):
+        out = pruning.mutate(params, dists, np.random.default_rng(seed))
+        changed = {k for k in params if out[k] != params[k]}
+        assert len(changed) == 2 and "fixed" not in changed
+        for k in changed:
+            assert any(out[k] == pytest.approx(v) for v in steps[k]), (k, out[k])
+            assert dists[k]._contains(dists[k].to_internal_repr(out[k]))
+        seen |= changed
+    assert seen == set(steps)  # every searched value gets moved sometimes
+    same = [pruning.mutate(params, dists, np.random.default_rng(7)) for _ in range(2)]
+    assert same[0] == same[1]  # the worker's generator decides
+
+
+def _study_with(values: list[float]):
+    from optuna.distributions import IntDistribution
+
+    st = optuna.create_study(direction="maximize")
+    for i, v in enumerate(values):
+        st.add_trial(optuna.trial.create_trial(
+            params={"width": 4 + 4 * i}, distributions={"width": IntDistribution(4, 64, step=4)},
+            value=v))
+    return st
+
+
+def test_queue_neighbour_queues_a_neighbour_of_one_of_the_best_designs():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    def spec(p=0.99, sampler="tpe", startup=2):
+        return SimpleNamespace(search={"mutate": p, "sampler": sampler,
+                                       "startup_trials": startup})
+
+    st = _study_with([0.5, 0.9, 0.7, 0.8, 0.6])
+    rng = np.random.default_rng(0)
+    parent = pruning.queue_neighbour(st, spec(), rng)
+    assert parent.number in (1, 3, 2)  # the best three
+    waiting = [t for t in st.get_trials(deepcopy=False) if t.state == TrialState.WAITING]
+    assert len(waiting) == 1 and waiting[0].user_attrs["neighbour_of"] == parent.number
+    assert abs(waiting[0].system_attrs["fixed_params"]["width"] - parent.params["width"]) == 4
+    # nothing more while a queued trial waits (a retry, the hand design, this neighbour)
+    assert pruning.queue_neighbour(st, spec(), rng) is None
+    for s in (spec(p=0.0), spec(sampler="random"), spec(startup=6)):  # off; the random
+        assert pruning.queue_neighbour(_study_with([0.5] * 5), s, rng) is None  # baseline;
+    assert pruning.queue_neighbour(_study_with([]), spec(startup=0), rng) is None  # too early
+
+
+def test_search_file_mutate_must_be_a_share(tmp_path):
+    for bad in ("1", "-0.1", '"half"', "true"):
+        f = write_search(tmp_path)
+        f.write_text(f.read_text().replace("startup_trials = 2", f"startup_trials = 2\n"
+                                           f"mutate = {bad}"))
+        with pytest.raises(SP.SearchError, match=r"\[search\] mutate .* must be >= 0 and < 1"):
+            SP.load_search(f)
+    assert SP.load_search(write_search(tmp_path)).search["mutate"] == 0.0
+
+
+def test_a_search_with_local_steps_trains_neighbours_of_its_best(tmp_path, train_only_dir):
+    f = write_search(tmp_path)
+    f.write_text(f.read_text().replace("startup_trials = 2", "startup_trials = 1\nmutate = 0.9"))
+    runs = tmp_path / "runs"
+    lines: list[str] = []
+    run_search(f, trials=4, runs_dir=runs, data_dir=train_only_dir, log=lines.append)
+    ts = _trials(runs / "t")
+    nb = [t for t in ts if "neighbour_of" in t.user_attrs]
+    assert nb, [t.user_attrs.get("design") for t in ts]
+    for t in nb:
+        parent = ts[t.user_attrs["neighbour_of"]]
+        assert parent.state == TrialState.COMPLETE
+        changed = {k for k, v in parent.params.items() if k in t.params and t.params[k] != v}
+        assert len(changed) <= 2 and (changed or set(t.params) != set(parent.params))
+    assert any(f"[neighbour of trial {nb[0].user_attrs['neighbour_of']}]" in x for x in lines
+               if f"trial {nb[0].number} training:" in x) or outcome(nb[0]) == "rejected"

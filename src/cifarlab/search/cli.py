@@ -165,7 +165,9 @@ def _best(a: argparse.Namespace) -> int:
                         trial=a.trial, fill_budget=bool(a.fill_budget), data_dir=a.data_dir)
     print(f"wrote {r['path']}: trial {r['trial']} ({values_text(r['objectives'], r['values'])})"
           f", {r['design']}")
-    if r["fill"]:
+    if r["fill"] and r["fill"].get("base_design"):
+        print("fill budget: the base recipe's own design: its schedule is the budget, kept")
+    elif r["fill"]:
         chosen = r["fill"]["chosen"]
         print(f"fill budget: {len(r['fill']['candidates'])} schedule(s) timed against a "
               f"budget of {r['fill']['budget_seconds']:.0f} s and compared on validation: "

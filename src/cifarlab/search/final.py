@@ -137,6 +137,16 @@ def time_base(spec: SearchSpec, runs_dir: Path, data, same: dict, name: str,
     return float(m["train_seconds"])
 
 
+def is_base_design(spec: SearchSpec, t: FrozenTrial) -> bool:
+    """Trial t is the base recipe itself: a queued design labelled with the base recipe's name
+    (the hand-written answer as trial 0), under a time rule whose budget is the base recipe's
+    whole time. Its schedule takes the budget by definition; timing it against a margin would
+    only shorten the hand recipe by noise."""
+    c = spec.constraints
+    return (t.user_attrs.get("label") == spec.base_recipe.get("name")
+            and (c["max_train_time_vs_base"] or 0) >= 1 and not c["max_train_seconds"])
+
+
 def fill_budget(study: optuna.Study, t: FrozenTrial, runs_dir: Path, data=None,
                 data_dir: str | os.PathLike | None = None,
                 log: Callable[[str], None] = print) -> dict:
@@ -148,7 +158,9 @@ def fill_budget(study: optuna.Study, t: FrozenTrial, runs_dir: Path, data=None,
     machine's speed drifts over minutes: the budget comes from the mean of the two, their
     difference is kept as 'drift'). A schedule fits when it trains all its epochs within FIT
     of the budget (a margin for run-to-run noise); the best validation accuracy among those
-    that fit wins (the machine should be otherwise idle). Returns {'headroom' (predicted by
+    that fit wins (the machine should be otherwise idle). The base recipe's own design
+    (`is_base_design`) keeps its schedule untimed: {'headroom', 'base_design': True,
+    'candidates': [], 'chosen': {}}. Otherwise returns {'headroom' (predicted by
     the search), 'measured_headroom', 'fit', 'budget_seconds', 'base_seconds' (the mean),
     'base_runs', 'drift', 'processes', 'candidates': [{'overrides', 'planned_epochs',
     'epochs', 'val_acc', 'train_seconds', 'trained_all', 'fits', 'stopped_by', 'run_dir'}
@@ -156,6 +168,11 @@ def fill_budget(study: optuna.Study, t: FrozenTrial, runs_dir: Path, data=None,
     fits)}."""
     spec = spec_of(study)
     room = headroom(spec, t)
+    if is_base_design(spec, t):
+        log(f"fill budget: trial {t.number} is the base recipe's own design and schedule "
+            f"(enqueued as '{t.user_attrs['label']}'): it is the budget, nothing to fill")
+        return {"headroom": room, "base_design": True, "candidates": [], "chosen": {},
+                "val_split": spec.search["val_split"]}
     raw, over = trial_recipe(spec, study.study_name, t.number, t.user_attrs["model_args"],
                              t.user_attrs.get("train") or {})
     cfg = resolve(copy.deepcopy(raw), over)

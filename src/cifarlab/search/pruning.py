@@ -1,5 +1,6 @@
-"""The search method: Optuna's sampler and pruner for a search file, and for several objectives
-(which Optuna's pruners do not handle) cifarlab's own early stop, `dominance_prune`."""
+"""The search method: Optuna's sampler and pruner for a search file, for several objectives
+(which Optuna's pruners do not handle) cifarlab's own early stop, `dominance_prune`, and the
+local step, `queue_neighbour`: small changes to the best designs trained so far."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import warnings
 
 import numpy as np
 import optuna
-from optuna.trial import TrialState
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
 
 from .fidelity import PROXY_STEP
 from .space import SearchSpec, max_epochs
@@ -90,6 +92,87 @@ def make_sampler(spec: SearchSpec, seed: int | None = None, study: optuna.Study 
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s["startup_trials"],
                                           multivariate=True, group=True, constant_liar=True,
                                           **extra)
+
+
+STEP = 1.25       # a neighbour's factor on a log scale
+LINEAR_STEP = 0.1  # ... and its share of the range on a linear one
+PARENTS = 3       # single objective: neighbours of the best few trained designs
+
+
+def _move(d, v, up: bool):
+    """Value `v` one small step up or down within distribution `d` (None when it cannot)."""
+    if isinstance(d, IntDistribution):
+        if d.log:
+            new = max(v + 1, round(v * STEP)) if up else min(v - 1, round(v / STEP))
+        else:
+            new = v + d.step if up else v - d.step
+    elif d.log:
+        new = v * STEP if up else v / STEP
+    else:
+        new = v + LINEAR_STEP * (d.high - d.low) * (1 if up else -1)
+    new = min(d.high, max(d.low, new))
+    if isinstance(d, FloatDistribution) and d.step:
+        new = d.low + round((new - d.low) / d.step) * d.step
+    return None if new == v else new
+
+
+def mutate(params: dict, distributions: dict, rng: np.random.Generator,
+           changes: int = 2) -> dict:
+    """A neighbour of a design: `changes` of its searched values, picked at random, each moved
+    one small step within its distribution (an integer by its step, or a factor of STEP on a
+    log scale; a float by a factor of STEP (log) or LINEAR_STEP of its range; a choice to
+    another choice). A value at the end of its range moves the other way."""
+    out = dict(params)
+    names = sorted(n for n, d in distributions.items() if n in params and not d.single())
+    for name in map(str, rng.permutation(names)[:changes]):
+        d, v = distributions[name], params[name]
+        if isinstance(d, CategoricalDistribution):
+            others = [c for c in d.choices if c != v]
+            out[name] = others[int(rng.integers(len(others)))]
+            continue
+        up = bool(rng.integers(2))
+        for new in (_move(d, v, up), _move(d, v, not up), v):
+            if new is not None:
+                out[name] = new
+                break
+    return out
+
+
+def parents(study: optuna.Study, trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The designs a neighbour is made from: the best PARENTS complete trials (one
+    objective), or the Pareto front (several)."""
+    from .trials import best_trials
+
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
+    if done and len(done[0].values) == 1:
+        return sorted(done, key=lambda t: (-t.values[0], t.number))[:PARENTS]
+    return best_trials(study, trials)
+
+
+def queue_neighbour(study: optuna.Study, spec: SearchSpec, rng: np.random.Generator
+                    ) -> FrozenTrial | None:
+    """The local step (`[search] mutate` = p): with probability p, once `startup_trials`
+    designs have trained and nothing else is queued, queue a neighbour (`mutate`) of one of the
+    best designs (`parents`) as the next trial; the sampler draws any value the neighbour
+    needs that its parent lacked (a stage it adds); a neighbour already tried is not queued
+    again. Random search never takes it (the baseline is the sampler alone). Returns the
+    parent, or None."""
+    p = spec.search["mutate"]
+    if not p or spec.search["sampler"] == "random" or rng.random() >= p:
+        return None
+    trials = study.get_trials(deepcopy=False)
+    trained = sum(1 for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+                  and not t.user_attrs.get("rejected"))
+    if trained < spec.search["startup_trials"] or any(
+            t.state == TrialState.WAITING for t in trials):
+        return None
+    ps = parents(study, trials)
+    if not ps:
+        return None
+    parent = ps[int(rng.integers(len(ps)))]
+    study.enqueue_trial(mutate(parent.params, parent.distributions, rng),
+                        user_attrs={"neighbour_of": parent.number}, skip_if_exists=True)
+    return parent
 
 
 def make_pruner(spec: SearchSpec):

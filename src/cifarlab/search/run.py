@@ -16,11 +16,13 @@ import threading
 import warnings
 from collections.abc import Callable
 
+import numpy as np
 import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import CifarlabError
+from .pruning import queue_neighbour
 from .space import SearchError, SearchSpec, load_search
 from .storage import (
     StorageDown,
@@ -146,6 +148,7 @@ class _Loop:
         self.budget_s = 60 * float(study.user_attrs.get("budget_minutes")
                                    or self.spec.search["minutes"])
         self.failures = 0  # trials failed in a row
+        self.rng = np.random.default_rng([self.spec.search["seed"], os.getpid()])  # mutate
 
     def run(self) -> None:
         while True:
@@ -196,6 +199,8 @@ class _Loop:
         try:
             with storage_errors(self.url), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
+                if not self.queued_only:
+                    queue_neighbour(self.study, self.spec, self.rng)
                 self.study.optimize(w.objective, n_trials=1, catch=(TrialError,))
         except StorageDown:
             raise

@@ -66,7 +66,8 @@ SEARCH_KEYS = {"objectives": ["val_acc"], "minutes": 60.0, "sampler": "tpe",
                "pruner": "hyperband", "min_epochs": 2, "reduction_factor": 3,
                "val_split": 5000, "train_subset": 0, "seed": 0, "startup_trials": 10,
                "max_rejected_in_row": 300, "heartbeat": 30, "storage_wait_minutes": 5.0,
-               "corrupt_images": 1000, "corrupt_severities": [1, 3, 5], "fidelity": {}}
+               "corrupt_images": 1000, "corrupt_severities": [1, 3, 5], "fidelity": {},
+               "mutate": 0.0}
 TOP_KEYS = ("name", "description", "base", "constraints", "search", "space", "enqueue")
 MODEL_ARG = "model_args."  # [space] model_args.NAME: an argument of the base's own network
 
@@ -441,6 +442,11 @@ def _check_search_numbers(s: dict, source: str) -> None:
         raise SearchError(f"{source}: [search] storage_wait_minutes must be a number >= 0, "
                           f"got {w!r}")
     s["storage_wait_minutes"] = float(w)
+    m = s["mutate"]
+    if isinstance(m, bool) or not isinstance(m, int | float) or not 0 <= m < 1:
+        raise SearchError(f"{source}: [search] mutate (the share of trials proposed as a small "
+                          f"change to one of the best designs) must be >= 0 and < 1, got {m!r}")
+    s["mutate"] = float(m)
 
 
 def _parse_space(space_raw: Any, source: str, model: str) -> tuple[dict[str, Dim], str]:

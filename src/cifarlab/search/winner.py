@@ -104,6 +104,9 @@ def write_best(study: optuna.Study, out: str | os.PathLike, number: int | None =
 
 def _fill_lines(filled: dict) -> list[str]:
     """The header's account of `--fill-budget`: each schedule's time and validation accuracy."""
+    if filled.get("base_design"):
+        return ["--fill-budget: this trial is the base recipe's own design and schedule (queued "
+                "as the hand-written answer): its time is the budget, so the schedule is kept."]
     base = filled.get("base_runs") or [b for b in [filled.get("base_seconds")] if b]
     timed = " and ".join(f"{b:.0f}" for b in base)
     lines = [f"--fill-budget: budget {filled['budget_seconds']:.0f} s of training"

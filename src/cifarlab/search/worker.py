@@ -398,7 +398,9 @@ class Worker:
                  f"RF {f['receptive_field']}"
                  + (f", predicted {trial.user_attrs['predicted_seconds'] / 60:.1f} min"
                     if trial.user_attrs.get("predicted_seconds") else "")
-                 + (f"  [{c.label}]" if c.label else ""))
+                 + (f"  [{c.label}]" if c.label else "")
+                 + (f"  [neighbour of trial {trial.user_attrs['neighbour_of']}]"
+                    if "neighbour_of" in trial.user_attrs else ""))
 
     def _run_training(self, c: _Candidate, watch: _EpochWatch) -> dict:
         """The run's metrics: a retried trial resumes its run directory when it can, else
