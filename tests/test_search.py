@@ -1283,7 +1283,7 @@ def _study_with(values: list[float]):
     st = optuna.create_study(direction="maximize")
     for i, v in enumerate(values):
         st.add_trial(optuna.trial.create_trial(
-            params={"width": 4 + 4 * i}, distributions={"width": IntDistribution(4, 64, step=4)},
+            params={"width": 8 + 8 * i}, distributions={"width": IntDistribution(4, 64, step=4)},
             value=v))
     return st
 
@@ -1292,6 +1292,7 @@ def test_queue_neighbour_queues_a_neighbour_of_one_of_the_best_designs():
     from types import SimpleNamespace
 
     import numpy as np
+    from optuna.distributions import IntDistribution
 
     def spec(p=0.99, sampler="tpe", startup=2):
         return SimpleNamespace(search={"mutate": p, "sampler": sampler,
@@ -1309,6 +1310,24 @@ def test_queue_neighbour_queues_a_neighbour_of_one_of_the_best_designs():
     for s in (spec(p=0.0), spec(sampler="random"), spec(startup=6)):  # off; the random
         assert pruning.queue_neighbour(_study_with([0.5] * 5), s, rng) is None  # baseline;
     assert pruning.queue_neighbour(_study_with([]), spec(startup=0), rng) is None  # too early
+    st = _study_with([0.5, 0.9, 0.7, 0.8, 0.6])  # widths 8, 16, ..., 40
+    st.add_trial(optuna.trial.create_trial(  # 12 and 20 (the neighbours of 16) tried already
+        params={"width": 12}, distributions={"width": IntDistribution(4, 64, step=4)},
+        value=0.1))
+    st.add_trial(optuna.trial.create_trial(
+        params={"width": 20}, distributions={"width": IntDistribution(4, 64, step=4)},
+        value=0.1))
+    queued = skipped = 0
+    for _ in range(30):
+        parent = pruning.queue_neighbour(st, spec(), rng)
+        waiting = [t for t in st.get_trials() if t.state == TrialState.WAITING]
+        if parent is not None and parent.number == 1:
+            assert not waiting  # both neighbours of trial 1 were tried: nothing queued
+            skipped += 1
+        queued += len(waiting)
+        for _ in waiting:  # train what was queued (badly), so the next call may queue again
+            st.tell(st.ask(), 0.0)
+    assert queued and skipped
 
 
 def test_search_file_mutate_must_be_a_share(tmp_path):
@@ -1337,3 +1356,38 @@ def test_a_search_with_local_steps_trains_neighbours_of_its_best(tmp_path, train
         assert len(changed) <= 2 and (changed or set(t.params) != set(parent.params))
     assert any(f"[neighbour of trial {nb[0].user_attrs['neighbour_of']}]" in x for x in lines
                if f"trial {nb[0].number} training:" in x) or outcome(nb[0]) == "rejected"
+
+
+def test_a_long_run_of_rejections_stops_only_a_search_that_never_met_the_rules(monkeypatch):
+    """300 rejections in a row stopped a random search under seed001-rules whose sampler had
+    drawn feasible designs before (random draws meet those rules rarely). The limit now stops a
+    search only while no design the sampler drew has met the rules (the queued, labelled ones
+    do not count); otherwise one line, and the search goes on."""
+    from types import SimpleNamespace
+
+    from optuna.distributions import IntDistribution
+
+    from cifarlab.search import run as run_mod
+
+    monkeypatch.setattr(run_mod, "reap_local", lambda *a: 0)
+    st = optuna.create_study(direction="maximize")
+    st.set_user_attr("budget_minutes", 10)
+    st.add_trial(optuna.trial.create_trial(
+        params={"w": 8}, distributions={"w": IntDistribution(4, 64)}, value=0.8,
+        user_attrs={"label": "hand"}))
+    lines: list[str] = []
+    w = SimpleNamespace(spec=SimpleNamespace(search={"max_rejected_in_row": 3, "minutes": 10,
+                                                     "seed": 0}),
+                        log=lines.append, rejected_in_row=3, host="h", last_error=None)
+    loop = run_mod._Loop(st, None, "sqlite://", w, None, False, 0)
+    with pytest.raises(SP.SearchError, match="rejected 3 candidates in a row and no design the "
+                       "sampler drew has met them"):
+        loop.stop_reason()  # only the queued hand design has trained
+    st.add_trial(optuna.trial.create_trial(
+        params={"w": 16}, distributions={"w": IntDistribution(4, 64)}, value=0.7))
+    assert loop.stop_reason() is None
+    assert lines == ["the rules rejected 3 candidates in a row; 1 drawn design(s) met them so "
+                     "far: the feasible part of the space is small for this sampler; going on "
+                     "(rejections cost search time)"]
+    w.rejected_in_row = 4
+    assert loop.stop_reason() is None and len(lines) == 1  # said once per 3 in a row

@@ -182,10 +182,18 @@ class _Loop:
             return f"{trained} trials trained"
         if self.queued_only and not any(t.state == TrialState.WAITING for t in all_t):
             return "no queued trial left"
-        if self.w.rejected_in_row >= self.spec.search["max_rejected_in_row"]:
-            raise SearchError(f"the rules rejected {self.w.rejected_in_row} candidates in a "
-                              "row: the space has (almost) no design that meets them; "
-                              "widen [space] or relax [constraints]")
+        limit = self.spec.search["max_rejected_in_row"]
+        if self.w.rejected_in_row >= limit and self.w.rejected_in_row % limit == 0:
+            drawn = sum(1 for t in all_t if outcome(t) in ("complete", "pruned")
+                        and "label" not in t.user_attrs)
+            if not drawn:
+                raise SearchError(f"the rules rejected {self.w.rejected_in_row} candidates in "
+                                  "a row and no design the sampler drew has met them: the space "
+                                  "has (almost) no design that meets them; widen [space] or "
+                                  "relax [constraints]")
+            self.log(f"the rules rejected {self.w.rejected_in_row} candidates in a "
+                     f"row; {drawn} drawn design(s) met them so far: the feasible part of the "
+                     "space is small for this sampler; going on (rejections cost search time)")
         if self.failures >= 3:
             raise SearchError(f"three trials in a row failed (the last: {self.w.last_error}); "
                               "stopping (the study is kept; fix the cause and run the same "
