@@ -16,7 +16,7 @@ workers is not in it (one process); evaluation is one batch of 100 test images w
 
 Recorded per recipe: `ops` (torch operators by self CPU time, share of the profiled fit),
 `onednn` (oneDNN executions grouped by primitive, implementation, direction and source data
-type -- bf16, or f32 where a conv runs in fp32 (layers.py) --: milliseconds,
+type -- bf16, or f32 where a conv runs in fp32 --: milliseconds,
 calls, share of the profiled fit's wall time), `isa` (the shares of the fit spent in AMX,
 AVX-512 and other oneDNN kernels), and `tiles`: every convolution of the network, statically,
 with its share of the network's MACs and how well it fills AMX's bf16 tiles (a dense conv
@@ -70,7 +70,8 @@ def tile_fill(cin: int, cout: int, groups: int) -> float:
 def conv_tiles(model, fp32: frozenset[str] | set[str] = frozenset()) -> dict:
     """Every conv of `model` (one 32x32 image): channels, groups, share of the MACs, tile fill;
     and the MAC-weighted fill of the whole network (`amx_fill`). `fp32`: the qualified names
-    of the convs that train in fp32 on this CPU (layers.py), which use no bf16 tiles either."""
+    of the convs that train in fp32 on this CPU (depthwise ones, the family's dilated ones and
+    any whose bf16 weight gradient this CPU gets wrong: layers.py), which use no bf16 tiles."""
     from cifarlab.analysis import trace
 
     events = trace(model).events
@@ -145,7 +146,8 @@ def child(recipe: str, steps: int, data_dir: str | None, verbose_log: str) -> di
 
     import cifarlab
     from cifarlab.api import network
-    from cifarlab.layers import use_fp32_where_bf16_fails
+    from cifarlab.layers import Fp32Conv2d, for_cpu_training
+    from cifarlab.models.family import DilatedConv2d
     from cifarlab.recipe import resolve
 
     torch.set_num_threads(1)
@@ -182,7 +184,10 @@ def child(recipe: str, steps: int, data_dir: str | None, verbose_log: str) -> di
     ops = sorted(((a.key, a.self_cpu_time_total / 1000, a.count) for a in prof.key_averages()),
                  key=lambda r: -r[1])
     model = network(recipe=recipe)  # which of its convs the engine trained in fp32 here:
-    fp32 = set(use_fp32_where_bf16_fails(model)) if t["precision"] == "bf16" else set()
+    bf16 = t["precision"] == "bf16"  # depthwise, dilated (family) and probed-wrong ones
+    for_cpu_training(model, t["fast_dropout"], bf16_sizes=(32,) if bf16 else ())
+    fp32 = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and (
+        not bf16 or isinstance(m, Fp32Conv2d | DilatedConv2d))}
     return {"batch_per_worker": batch, "steps": steps,
             "precision": t["precision"], "channels_last": t["channels_last"],
             "images_per_second": plain["images_per_second"], "profiled_wall_ms": wall_ms,
