@@ -15,6 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .fidelity import PROXY_STEP
 from .space import SearchSpec, max_epochs
+from .trials import best_trials, trained
 
 
 def rungs(min_epochs: int, eta: int, max_epochs: int) -> list[int]:
@@ -69,10 +70,9 @@ def trained_gamma(study: optuna.Study):
     against a minimum of 45). Rejected designs stay in the "bad" group: TPE learns to avoid
     them, and to sample near the trained designs that did well."""
     def gamma(n: int) -> int:
-        trained = sum(1 for t in study.get_trials(
-            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-            if not t.user_attrs.get("rejected"))
-        return min(math.ceil(0.1 * trained), 25)
+        n = len(trained(study.get_trials(deepcopy=False,
+                                         states=(TrialState.COMPLETE, TrialState.PRUNED))))
+        return min(math.ceil(0.1 * n), 25)
     return gamma
 
 
@@ -141,8 +141,6 @@ def mutate(params: dict, distributions: dict, rng: np.random.Generator,
 def parents(study: optuna.Study, trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """The designs a neighbour is made from: the best PARENTS complete trials (one
     objective), or the Pareto front (several)."""
-    from .trials import best_trials
-
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
     if done and len(done[0].values) == 1:
         return sorted(done, key=lambda t: (-t.values[0], t.number))[:PARENTS]
@@ -161,9 +159,7 @@ def queue_neighbour(study: optuna.Study, spec: SearchSpec, rng: np.random.Genera
     if not p or spec.search["sampler"] == "random" or rng.random() >= p:
         return None
     trials = study.get_trials(deepcopy=False)
-    trained = sum(1 for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-                  and not t.user_attrs.get("rejected"))
-    if trained < spec.search["startup_trials"] or any(
+    if len(trained(trials)) < spec.search["startup_trials"] or any(
             t.state == TrialState.WAITING for t in trials):
         return None
     ps = parents(study, trials)

@@ -37,7 +37,7 @@ from .storage import (
     study_dir_for,
     wait_for_storage,
 )
-from .trials import best_trials, outcome, search_seconds, summary, trial_seconds
+from .trials import best_trials, outcome, search_seconds, summary, trained, trial_seconds
 from .worker import TrialError, Worker, load_train_data
 from .workers import reap_local
 
@@ -46,7 +46,7 @@ def status_line(study: optuna.Study, t: FrozenTrial | None, budget_s: float,
                  trials_cap: int | None) -> str:
     trials = study.get_trials(deepcopy=False)
     used = search_seconds(trials)
-    trained = sum(1 for x in trials if outcome(x) in ("complete", "pruned"))
+    n_trained = len(trained(trials))
     parts = []
     if t is not None:
         o = outcome(t)
@@ -66,7 +66,7 @@ def status_line(study: optuna.Study, t: FrozenTrial | None, budget_s: float,
     left = max(0.0, budget_s - used)
     b = f"budget {used / 60:.1f}/{budget_s / 60:.0f} min, ~{left / 60:.0f} min left"
     if trials_cap:
-        b += f", {trained}/{trials_cap} trials"
+        b += f", {n_trained}/{trials_cap} trials"
     best = best_trials(study, trials)
     if best:
         name = (study.metric_names or ["val_acc"])[0].replace("_", " ")
@@ -171,21 +171,20 @@ class _Loop:
             reap_local(self.study, self.store, self.w.host, self.log)
             all_t = self.study.get_trials(deepcopy=False)
             used = search_seconds(all_t)
-            trained = sum(1 for t in all_t if outcome(t) in ("complete", "pruned"))
+            n_trained = len(trained(all_t))
             self.budget_s = 60 * float(self.study.user_attrs.get("budget_minutes")
                                        or self.budget_s / 60)
         if used >= self.budget_s:
             return f"budget of {self.budget_s / 60:.0f} min used"
         retry_waiting = any(t.state == TrialState.WAITING and "failed_trial" in t.system_attrs
                             for t in all_t)  # a killed trial's rest: finished before stopping
-        if self.trials is not None and trained >= self.trials and not retry_waiting:
-            return f"{trained} trials trained"
+        if self.trials is not None and n_trained >= self.trials and not retry_waiting:
+            return f"{n_trained} trials trained"
         if self.queued_only and not any(t.state == TrialState.WAITING for t in all_t):
             return "no queued trial left"
         limit = self.spec.search["max_rejected_in_row"]
         if self.w.rejected_in_row >= limit and self.w.rejected_in_row % limit == 0:
-            drawn = sum(1 for t in all_t if outcome(t) in ("complete", "pruned")
-                        and "label" not in t.user_attrs)
+            drawn = sum(1 for t in trained(all_t) if "label" not in t.user_attrs)
             if not drawn:
                 raise SearchError(f"the rules rejected {self.w.rejected_in_row} candidates in "
                                   "a row and no design the sampler drew has met them: the space "

@@ -19,6 +19,11 @@ def outcome(t: FrozenTrial) -> str:
             TrialState.WAITING: "waiting"}.get(t.state, t.state.name.lower())
 
 
+def trained(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials that trained (complete or pruned; the rejected ones never did)."""
+    return [t for t in trials if outcome(t) in ("complete", "pruned")]
+
+
 def trial_seconds(t: FrozenTrial) -> float:
     """Worker time a trial took (finished) or has taken so far (its last update)."""
     if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.datetime_start \
@@ -108,6 +113,5 @@ def budget_left(study: optuna.Study, spec, trials_cap: int | None = None) -> boo
         minutes = study.user_attrs.get("budget_minutes") or spec.search["minutes"]
     except Exception:
         return True
-    trained = sum(1 for t in trials if outcome(t) in ("complete", "pruned"))
     return (search_seconds(trials) < 60 * float(minutes)
-            and (trials_cap is None or trained < trials_cap))
+            and (trials_cap is None or len(trained(trials)) < trials_cap))
