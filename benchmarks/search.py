@@ -276,16 +276,34 @@ def proxy_worth(spec: SP.SearchSpec, args, runs: Path, data) -> float | None:
     return proxy_check(st, runs / spec.name, args.proxy_designs, data=data)["spearman"]
 
 
+def same_training(a: Path, b: Path) -> bool:
+    """Whether two recipe files train the same network the same way (all but their name and
+    description equal): e.g. both searches returned the same queued design."""
+    def body(path: Path) -> dict:
+        raw = tomllib.loads(Path(path).read_text())
+        return {k: v for k, v in raw.items() if k not in ("name", "description")}
+
+    return body(a) == body(b)
+
+
 def final_trainings(name: str, hand: str, recipes: dict, runs: Path, over: dict, st_state: dict,
                     save, final_data) -> None:
     """Each of hand / searched / random with each seed on the full training set (the test set
     read once, here only); a winner's time budget is the hand recipe's time with that seed.
-    Each finished training is kept in the state (resumable)."""
+    When random search returned the very recipe the search did, its trainings are the
+    searched ones (`same_recipe_as`), not trained twice. Each finished training is kept in the
+    state (resumable)."""
     done = st_state.setdefault("final", {})
+    twins = same_training(recipes["searched"], recipes["random"])
     for seed in SEEDS:
         for who in WHO:
             key = f"{who}-{seed}"
             if key in done:
+                continue
+            if who == "random" and twins:
+                print(f"== {name}: final training random, seed {seed}: the searched recipe's")
+                done[key] = {**done[f"searched-{seed}"], "same_recipe_as": "searched"}
+                save()
                 continue
             cap = None if who == "hand" else done[f"hand-{seed}"]["seconds"]
             print(f"== {name}: final training {who}, seed {seed}"
@@ -360,6 +378,8 @@ def rule_set_record(name: str, hand: str, spec: SP.SearchSpec, st: dict) -> dict
                "stopped_by": [r["stopped_by"] for r in rows],
                "params": rows[0]["params"], "macs": rows[0]["macs"],
                "receptive_field": rows[0]["receptive_field"], "seeds": list(SEEDS)}
+        if rows[0].get("same_recipe_as"):
+            out["same_recipe_as"] = rows[0]["same_recipe_as"]
         if who != "hand":
             out.update(st["winners"][who])
             out["search"] = st["search" if who == "searched" else "random_search"]
@@ -394,7 +414,8 @@ def verdict(r: dict) -> dict:
             if rivals else None,
             "beats_hand_by_1_0_at_equal_time": (over_hand >= 1.0 and time_ratio <= 1.0)
             if rivals else None,
-            "beats_random": mean["searched"] > mean["random"]}
+            "beats_random": mean["searched"] > mean["random"],
+            "same_recipe_as_random": r["random"].get("same_recipe_as") == "searched"}
 
 
 # ------------------------------------------------------------------------------ stopping

@@ -502,7 +502,11 @@ def search_seeded_rows(sets: dict) -> list[str]:
                        f"winner, trial {w['trial']} (validation {pct(w['val_acc'])}): "
                        f"{w['design']}; {w['params']:,} params, {w['macs'] / 1e6:.1f}M MACs, "
                        f"RF {w['receptive_field']}; rules "
-                       + ("met" if not w.get("rules_broken") else "**broken**") + ".")
+                       + ("met" if not w.get("rules_broken") else "**broken**")
+                       + ("; the hand recipe's own design, queued first"
+                          if (w.get("fill") or {}).get("base_design") else "")
+                       + ("; the same recipe as the search's winner, so its final trainings "
+                          "are the searched ones" if w.get("same_recipe_as") else "") + ".")
         if v := s.get("verdict"):
             out.append(_verdict_line(name, v))
         out.append(f"- `{name}` measured at `{s['commit'][:12]}`, {s['date'][:10]}, on "

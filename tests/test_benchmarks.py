@@ -170,6 +170,46 @@ def test_bench_search_write_only_publishes_the_state_without_running(tmp_path):
     assert json.loads((runs / "bench-search.json").read_text()) == state
 
 
+def test_bench_search_trains_a_recipe_both_searches_returned_once(tmp_path, monkeypatch):
+    """When random search returned the very recipe the search did (e.g. both kept the queued
+    hand design), its final trainings are the searched ones, marked, not trained twice; the
+    verdict says so and does not count the tie as a win."""
+    body = 'model = "family"\n\n[model_args]\nstem = 16\n'
+    searched, rnd = tmp_path / "x-searched.toml", tmp_path / "x-random.toml"
+    searched.write_text('name = "x-searched"\ndescription = "trial 4"\n' + body)
+    rnd.write_text('name = "x-random"\ndescription = "trial 0"\n' + body)
+    trained = []
+
+    def fake_train(recipe, data, runs_dir, name, overrides, max_seconds=None):
+        trained.append(name)
+        m = {"test_acc": 0.8 + 0.01 * overrides["seed"], "train_seconds": 10.0, "epochs": 2,
+             "run_dir": name, "params": 100, "macs": 1e6, "receptive_field": 5,
+             "stopped_by": None}
+        return m, 11.0
+
+    monkeypatch.setattr(bench_search, "timed_train", fake_train)
+    recipes = {"searched": searched, "random": rnd}
+    st: dict = {}
+    bench_search.final_trainings("x", "fast-50k", recipes, tmp_path, {}, st, lambda: None,
+                                 lambda: "FULL")
+    assert trained == [f"x-{who}-{s}" for s in (0, 1, 2) for who in ("hand", "searched")]
+    for s in (0, 1, 2):
+        assert st["final"][f"random-{s}"] == {**st["final"][f"searched-{s}"],
+                                              "same_recipe_as": "searched"}
+    runs = {who: {"test_accs": [st["final"][f"{who}-{s}"]["test_acc"] for s in (0, 1, 2)],
+                  "seconds": [11.0] * 3} for who in ("hand", "searched", "random")}
+    runs["random"]["same_recipe_as"] = "searched"
+    v = bench_search.verdict(runs)
+    assert v["same_recipe_as_random"] and not v["beats_random"]
+    assert v["searched_minus_random_points"] == 0
+    # another recipe: trained on its own
+    rnd.write_text('name = "x-random"\n' + body.replace("stem = 16", "stem = 24"))
+    trained.clear()
+    bench_search.final_trainings("x", "fast-50k", recipes, tmp_path, {}, {}, lambda: None,
+                                 lambda: "FULL")
+    assert len(trained) == 9 and "x-random-2" in trained
+
+
 def test_bench_search_sigterm_stops_the_parent_and_quietly_ends_forked_children():
     code = r"""
 import os, signal, sys, time
@@ -294,8 +334,11 @@ def test_bench_search_compares_search_random_search_and_hand_with_seeds(tmp_path
         fills.append(study.study_name)
         own = {"overrides": {}, "epochs": 1, "val_acc": t.values[0], "train_seconds": 9.0,
                "fits": True, "stopped_by": None, "run_dir": str(runs_dir)}
+        # another schedule for the random winner: the two recipes differ even when both
+        # searches kept the same design (that case: the next test)
+        chosen = {"train.epochs": 3} if study.study_name.endswith("-random") else {}
         return {"headroom": 1.0, "budget_seconds": 10.0, "base_seconds": 10.0, "processes": 1,
-                "candidates": [own], "chosen": {}, "val_split": 100}
+                "candidates": [own], "chosen": chosen, "val_split": 100}
 
     monkeypatch.setattr(bench_search, "run_search", counting_search)
     monkeypatch.setattr(bench_search, "fill_budget", fake_fill)
