@@ -70,8 +70,8 @@ def tile_fill(cin: int, cout: int, groups: int) -> float:
 def conv_tiles(model, fp32: frozenset[str] | set[str] = frozenset()) -> dict:
     """Every conv of `model` (one 32x32 image): channels, groups, share of the MACs, tile fill;
     and the MAC-weighted fill of the whole network (`amx_fill`). `fp32`: the qualified names
-    of the convs that train in fp32 on this CPU (depthwise ones, the family's dilated ones and
-    any whose bf16 weight gradient this CPU gets wrong: layers.py), which use no bf16 tiles."""
+    of the convs that train in fp32 on this CPU (depthwise ones and any whose bf16 weight
+    gradient this CPU gets wrong: layers.py), which use no bf16 tiles."""
     from cifarlab.analysis import trace
 
     events = trace(model).events
@@ -147,7 +147,6 @@ def child(recipe: str, steps: int, data_dir: str | None, verbose_log: str) -> di
     import cifarlab
     from cifarlab.api import network
     from cifarlab.layers import Fp32Conv2d, for_cpu_training
-    from cifarlab.models.family import DilatedConv2d
     from cifarlab.recipe import resolve
 
     torch.set_num_threads(1)
@@ -184,10 +183,10 @@ def child(recipe: str, steps: int, data_dir: str | None, verbose_log: str) -> di
     ops = sorted(((a.key, a.self_cpu_time_total / 1000, a.count) for a in prof.key_averages()),
                  key=lambda r: -r[1])
     model = network(recipe=recipe)  # which of its convs the engine trained in fp32 here:
-    bf16 = t["precision"] == "bf16"  # depthwise, dilated (family) and probed-wrong ones
+    bf16 = t["precision"] == "bf16"  # depthwise and probed-wrong ones
     for_cpu_training(model, t["fast_dropout"], bf16_sizes=(32,) if bf16 else ())
     fp32 = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and (
-        not bf16 or isinstance(m, Fp32Conv2d | DilatedConv2d))}
+        not bf16 or isinstance(m, Fp32Conv2d))}
     return {"batch_per_worker": batch, "steps": steps,
             "precision": t["precision"], "channels_last": t["channels_last"],
             "images_per_second": plain["images_per_second"], "profiled_wall_ms": wall_ms,

@@ -66,28 +66,13 @@ class FamilyError(CifarlabError):
     """Invalid `family` model arguments."""
 
 
-class DilatedConv2d(nn.Conv2d):
-    """A dilated nn.Conv2d that computes in float32 even under bf16 autocast on the CPU.
-
-    torch 2.13's CPU bf16 kernels return wrong or NaN weight gradients for dilated convs on
-    channels_last 32x32 maps (e.g. 24 -> 32 channels, dilation 2: 81% relative error; a
-    depthwise 128-channel conv with dilation 2: NaN), while float32 is exact and, for these
-    layers, no slower; tests/test_family.py checks both. Everything else stays in bf16.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            with torch.autocast("cpu", enabled=False):
-                return super().forward(x.float())
-        return super().forward(x)
-
-
 def _conv(cin: int, cout: int, k: int = 3, stride: int = 1, dilation: int = 1,
           groups: int = 1, padding: int | None = None) -> nn.Conv2d:
-    """Conv without bias, 'same' padding; a DilatedConv2d when dilated."""
-    cls = DilatedConv2d if dilation > 1 else nn.Conv2d
-    return cls(cin, cout, k, stride=stride, padding=(k // 2) * dilation if padding is None
-               else padding, dilation=dilation, groups=groups, bias=False)
+    """Conv without bias, 'same' padding. Under CPU bf16 training, a dilated conv whose bf16
+    weight gradient is wrong on this CPU runs in fp32 (`layers.use_fp32_where_bf16_fails`)."""
+    return nn.Conv2d(cin, cout, k, stride=stride,
+                     padding=(k // 2) * dilation if padding is None else padding,
+                     dilation=dilation, groups=groups, bias=False)
 
 
 def _cbr(cin: int, cout: int, k: int = 3, stride: int = 1, dilation: int = 1,
