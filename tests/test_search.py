@@ -1029,7 +1029,33 @@ def test_the_proxy_rung_comes_first_and_promotes_through_the_pruner(tmp_path, tr
     assert "run_dir" not in t.user_attrs and "curve" not in t.user_attrs
 
 
+def test_the_proxy_pruner_decides_at_the_proxy_rung_only():
+    """`pruner = "proxy"`: successive halving on the proxy accuracies (step 1); a promoted
+    design is never stopped at a later epoch, however poor its early epochs look."""
+    study = optuna.create_study(direction="maximize",
+                                pruner=pruning.ProxyRungPruner(reduction_factor=3))
+    verdicts = {}
+    for proxy in (0.50, 0.60, 0.70, 0.40, 0.65, 0.68):
+        t = study.ask()
+        t.report(proxy, 1)
+        verdicts[proxy] = t.should_prune()
+        if verdicts[proxy]:
+            study.tell(t, state=TrialState.PRUNED)
+            continue
+        for e in range(1, 6):  # full-fidelity epochs, far below every proxy
+            t.report(0.01 * e, 1 + e)
+            assert not t.should_prune()
+        study.tell(t, 0.8)
+    # each goes on when among the best n // 3 of the n proxies so far (at least the best)
+    assert verdicts == {0.50: False, 0.60: False, 0.70: False, 0.40: True, 0.65: True,
+                        0.68: False}
+
+
 def test_fidelity_settings_are_checked(tmp_path):
+    f = write_search(tmp_path)
+    f.write_text(f.read_text().replace('pruner = "hyperband"', 'pruner = "proxy"'))
+    with pytest.raises(CifarlabError, match="pruner 'proxy' decides at the proxy rung only"):
+        SP.load_search(f)
     for bad, words in (("fidelity = { epochs = 0 }", "fidelity.epochs must be an integer"),
                        ("fidelity = { subset = 10 }", "unknown key 'subset'"),
                        ("fidelity = { low_res = 40 }", "fidelity.low_res must be 0")):

@@ -41,7 +41,7 @@ SEARCH_VERSION = 1
 COSTS = ("macs", "params", "seconds")
 ACCURACIES = ("val_acc", "corrupt_acc")  # corrupt_acc: accuracy on corrupted validation images
 SAMPLERS = ("tpe", "nsga2", "random")
-PRUNERS = ("hyperband", "halving", "median", "none")
+PRUNERS = ("hyperband", "halving", "median", "proxy", "none")
 
 # architecture dimensions: default (used when [space] does not name it), per stage or not
 ARCH_DIMS: dict[str, tuple[Any, bool]] = {
@@ -407,6 +407,10 @@ def _search_settings(raw: dict, source: str) -> dict:
         if s[k] not in choices:
             raise SearchError(f"{source}: [search] {k} '{s[k]}' is not one of "
                               + ", ".join(choices) + _suggest(str(s[k]), choices))
+    if s["pruner"] == "proxy" and not s["fidelity"]:
+        raise SearchError(f"{source}: [search] pruner 'proxy' decides at the proxy rung only: "
+                          "set [search] fidelity too, e.g. fidelity = { train_subset = 10000, "
+                          "epochs = 3 }")
     _check_search_numbers(s, source)
     return s
 

@@ -177,8 +177,8 @@ class Worker:
         self.base_model = None
         self.trials_dir = study_dir / "trials"
         s = spec.search
-        self.rungs = pruning.rungs(s["min_epochs"], s["reduction_factor"],
-                           max_epochs(spec.space, spec.base_recipe))
+        self.rungs = [] if s["pruner"] == "proxy" else pruning.rungs(
+            s["min_epochs"], s["reduction_factor"], max_epochs(spec.space, spec.base_recipe))
         self.n_val = s["val_split"]  # held out of the full set first, then the subset drawn
         self.n_train = max(1, len(data.train) - self.n_val)
         if s["train_subset"]:
