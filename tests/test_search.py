@@ -5,6 +5,7 @@ Every search here trains a handful of tiny networks for 1-2 epochs on the synthe
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -261,6 +262,10 @@ def test_time_prediction_orders_models():
     cfg = resolve("fast-50k", {"train.batch_size": 32})
     ts, tb = timing.time_steps([(small, cfg), (big, cfg)], rounds=2)
     assert 0 < ts < tb
+    seen: list[list[float]] = []  # `enough` is asked after each round, and stops the timing
+    timing.time_steps([(small, cfg), (big, cfg)], rounds=3,
+                      enough=lambda best: seen.append(list(best)) or len(seen) == 2)
+    assert len(seen) == 2 and all(0 < v < math.inf for v in seen[1])
     p = timing.predict_seconds(tb, 1000, 32, 3, 100, True)
     assert p > 3 * (1000 // 32) * tb
 
@@ -329,11 +334,18 @@ def test_rules_reject_before_training_and_teach_the_sampler(tmp_path, train_only
                                   for t in _trials(runs / "t")}]
 
 
-def test_time_budget_rule_rejects_slow_candidates(tmp_path, train_only_dir):
+def test_time_budget_rule_rejects_slow_candidates(tmp_path, train_only_dir, monkeypatch):
     extra = REF.replace('label = "ref"\n', "")  # not a labelled reference: the rule applies
     f = write_search(tmp_path, extra=extra, constraints="max_train_time_vs_base = 0.01")
     f.write_text(f.read_text().replace("startup_trials = 2", "startup_trials = 2\n"
                                        "max_rejected_in_row = 1"))
+    asked: list[bool] = []  # what the worker's `enough` said after each round of timing
+    real = worker.time_steps
+
+    def spy(models, rounds=3, enough=None):
+        return real(models, rounds, lambda best: asked.append(enough(best)) or asked[-1])
+
+    monkeypatch.setattr(worker, "time_steps", spy)
     with pytest.raises(CifarlabError, match="rejected 1 candidates in a row"):
         run_search(f, trials=1, runs_dir=tmp_path / "runs", data_dir=train_only_dir,
                      log=_silent)
@@ -341,6 +353,7 @@ def test_time_budget_rule_rejects_slow_candidates(tmp_path, train_only_dir):
     assert t.user_attrs["rejected_rules"] == ["time budget"]
     assert "max_train_time_vs_base 0.01" in t.user_attrs["rejected"]
     assert t.user_attrs["time_vs_base"] > 0.01 and t.user_attrs["predicted_seconds"] > 0
+    assert asked == [True]  # far over the limit after one round: not timed three times
 
 
 def test_a_trial_another_worker_ended_is_dropped_in_one_line(tmp_path, train_only_dir,

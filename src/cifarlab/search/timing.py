@@ -46,10 +46,12 @@ def step_timer(model: torch.nn.Module, cfg: dict, batch_size: int | None = None,
     return step
 
 
-def time_steps(models: list[tuple[torch.nn.Module, dict]], rounds: int = 3) -> list[float]:
+def time_steps(models: list[tuple[torch.nn.Module, dict]], rounds: int = 3,
+               enough: Callable[[list[float]], bool] | None = None) -> list[float]:
     """Seconds per training step of each (model, resolved recipe), measured interleaved (one
     step of each per round, after a warm-up step) and taking each one's fastest round, so
-    that a busy machine slows them alike."""
+    that a busy machine slows them alike. `enough(best so far)`: stop after a round when it
+    says more rounds cannot change the answer (a design far over a time rule)."""
     timers = [step_timer(m, cfg) for m, cfg in models]
     for t in timers:
         t()
@@ -57,6 +59,8 @@ def time_steps(models: list[tuple[torch.nn.Module, dict]], rounds: int = 3) -> l
     for _ in range(rounds):
         for i, t in enumerate(timers):
             best[i] = min(best[i], t())
+        if enough is not None and enough(best):
+            break
     return best
 
 

@@ -201,19 +201,26 @@ class Worker:
             self.base_model = create_model(b["model"], **b["model_args"])
         return self.base_model
 
-    def predict_train_seconds(self, model: torch.nn.Module,
-                              cfg: dict) -> tuple[float, float]:
-        """(predicted training seconds of this trial, of the base recipe), timed together."""
+    def predict_train_seconds(self, model: torch.nn.Module, cfg: dict,
+                              hopeless: Callable[[float, float], bool] | None = None
+                              ) -> tuple[float, float]:
+        """(predicted training seconds of this trial, of the base recipe), timed together;
+        the timing stops after the first round where `hopeless(these predictions)`."""
         b, t = self.base_cfg["train"], cfg["train"]
-        sc, sb = time_steps([(model, cfg), (self._base(), self.base_cfg)])
-        # other work can only slow a measurement down: the base's fastest one so far is the
-        # truest (a busy moment must not make a slow candidate look cheap)
-        sb = self.base_step = min(self.base_step, sb)
-        pc = predict_seconds(sc, self.n_train, t["batch_size"], t["epochs"], self.n_val,
-                             t["tta"])
-        pb = predict_seconds(sb, self.n_train, b["batch_size"], b["epochs"], self.n_val,
-                             b["tta"])
-        return pc, pb
+
+        def predict(sc: float, sb: float) -> tuple[float, float]:
+            # other work can only slow a measurement down: the base's fastest one so far is
+            # the truest (a busy moment must not make a slow candidate look cheap)
+            sb = min(self.base_step, sb)
+            return (predict_seconds(sc, self.n_train, t["batch_size"], t["epochs"], self.n_val,
+                                    t["tta"]),
+                    predict_seconds(sb, self.n_train, b["batch_size"], b["epochs"], self.n_val,
+                                    b["tta"]))
+
+        sc, sb = time_steps([(model, cfg), (self._base(), self.base_cfg)],
+                            enough=hopeless and (lambda best: hopeless(*predict(*best))))
+        self.base_step = min(self.base_step, sb)
+        return predict(sc, sb)
 
     def calibration(self) -> float:
         """Median of measured / predicted training time over this study's trials (1 before
@@ -337,9 +344,19 @@ class Worker:
         """The predicted training seconds (calibrated), checked against the time rules:
         adds to `broken` and `values`, sets the candidate's time cap. Returns the prediction."""
         trial, label, cons = c.trial, c.label, self.cons
-        pred, pred_base = self.predict_train_seconds(model, c.cfg)
-        pred *= self.calibration()
-        pred_base *= self.calibration()
+        cal = self.calibration()
+
+        def hopeless(pred: float, pred_base: float) -> bool:
+            """Twice over a time rule after a round: the fastest of more rounds would not
+            bring it under (seen: hundreds of designs 2-10x over, timed 8 s each)."""
+            return not label and (
+                bool(cons["max_train_seconds"]) and pred * cal > 2 * cons["max_train_seconds"]
+                or bool(cons["max_train_time_vs_base"])
+                and pred / pred_base > 2 * cons["max_train_time_vs_base"])
+
+        pred, pred_base = self.predict_train_seconds(model, c.cfg, hopeless)
+        pred *= cal
+        pred_base *= cal
         trial.set_user_attr("predicted_seconds", pred)
         trial.set_user_attr("base_predicted_seconds", pred_base)
         if cons["max_train_seconds"]:
