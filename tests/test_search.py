@@ -1397,33 +1397,38 @@ def test_a_search_with_local_steps_trains_neighbours_of_its_best(tmp_path, train
 
 def test_a_long_run_of_rejections_stops_only_a_search_that_never_met_the_rules(monkeypatch):
     """300 rejections in a row stopped a random search under seed001-rules whose sampler had
-    drawn feasible designs before (random draws meet those rules rarely). The limit now stops a
-    search only while no design the sampler drew has met the rules (the queued, labelled ones
-    do not count); otherwise one line, and the search goes on."""
+    drawn feasible designs before (random draws meet those rules rarely), and later one TPE
+    worker of a search whose queued hand design was still training (the sampler had drawn no
+    feasible design in its first 300). The limit (now 1000 by default) stops a search only
+    while no design has met the rules: a queued design that meets them, trained or training,
+    shows the space has such designs; then one line, and the search goes on."""
     from types import SimpleNamespace
 
     from optuna.distributions import IntDistribution
 
     from cifarlab.search import run as run_mod
 
+    assert SP.SEARCH_KEYS["max_rejected_in_row"] == 1000
     monkeypatch.setattr(run_mod, "reap_local", lambda *a: 0)
     st = optuna.create_study(direction="maximize")
     st.set_user_attr("budget_minutes", 10)
-    st.add_trial(optuna.trial.create_trial(
-        params={"w": 8}, distributions={"w": IntDistribution(4, 64)}, value=0.8,
-        user_attrs={"label": "hand"}))
+    dist = {"w": IntDistribution(4, 64)}
+    st.add_trial(optuna.trial.create_trial(  # rejected by the rules: not a design that met them
+        params={"w": 8}, distributions=dist, state=TrialState.PRUNED,
+        user_attrs={"rejected": "max_params"}))
+    running = st.ask({"w": IntDistribution(4, 64)})  # the queued design, its checks not done
+    running.set_user_attr("label", "hand")
     lines: list[str] = []
     w = SimpleNamespace(spec=SimpleNamespace(search={"max_rejected_in_row": 3, "minutes": 10,
                                                      "seed": 0}),
                         log=lines.append, rejected_in_row=3, host="h", last_error=None)
     loop = run_mod._Loop(st, None, "sqlite://", w, None, False, 0)
-    with pytest.raises(SP.SearchError, match="rejected 3 candidates in a row and no design the "
-                       "sampler drew has met them"):
-        loop.stop_reason()  # only the queued hand design has trained
-    st.add_trial(optuna.trial.create_trial(
-        params={"w": 16}, distributions={"w": IntDistribution(4, 64)}, value=0.7))
+    with pytest.raises(SP.SearchError, match="rejected 3 candidates in a row and no design has "
+                       "met them"):
+        loop.stop_reason()
+    running.set_user_attr("met_rules", True)  # the queued design passed its checks: training
     assert loop.stop_reason() is None
-    assert lines == ["the rules rejected 3 candidates in a row; 1 drawn design(s) met them so "
+    assert lines == ["the rules rejected 3 candidates in a row; 1 design(s) met them so "
                      "far: the feasible part of the space is small for this sampler; going on "
                      "(rejections cost search time)"]
     w.rejected_in_row = 4

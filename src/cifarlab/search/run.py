@@ -37,7 +37,7 @@ from .storage import (
     study_dir_for,
     wait_for_storage,
 )
-from .trials import best_trials, outcome, search_seconds, summary, trained, trial_seconds
+from .trials import best_trials, met_rules, outcome, search_seconds, summary, trained, trial_seconds
 from .worker import TrialError, Worker, load_train_data
 from .workers import reap_local
 
@@ -184,14 +184,14 @@ class _Loop:
             return "no queued trial left"
         limit = self.spec.search["max_rejected_in_row"]
         if self.w.rejected_in_row >= limit and self.w.rejected_in_row % limit == 0:
-            drawn = sum(1 for t in trained(all_t) if "label" not in t.user_attrs)
-            if not drawn:
+            met = len(met_rules(all_t))
+            if not met:
                 raise SearchError(f"the rules rejected {self.w.rejected_in_row} candidates in "
-                                  "a row and no design the sampler drew has met them: the space "
-                                  "has (almost) no design that meets them; widen [space] or "
-                                  "relax [constraints]")
+                                  "a row and no design has met them: the space has (almost) "
+                                  "no design that meets them; widen [space] or relax "
+                                  "[constraints]")
             self.log(f"the rules rejected {self.w.rejected_in_row} candidates in a "
-                     f"row; {drawn} drawn design(s) met them so far: the feasible part of the "
+                     f"row; {met} design(s) met them so far: the feasible part of the "
                      "space is small for this sampler; going on (rejections cost search time)")
         if self.failures >= 3:
             raise SearchError(f"three trials in a row failed (the last: {self.w.last_error}); "

@@ -65,7 +65,7 @@ CONSTRAINT_KEYS = {"max_params": 0, "max_macs": 0, "min_receptive_field": 0, "re
 SEARCH_KEYS = {"objectives": ["val_acc"], "minutes": 60.0, "sampler": "tpe",
                "pruner": "hyperband", "min_epochs": 2, "reduction_factor": 3,
                "val_split": 5000, "train_subset": 0, "seed": 0, "startup_trials": 10,
-               "max_rejected_in_row": 300, "heartbeat": 30, "storage_wait_minutes": 5.0,
+               "max_rejected_in_row": 1000, "heartbeat": 30, "storage_wait_minutes": 5.0,
                "corrupt_images": 1000, "corrupt_severities": [1, 3, 5], "fidelity": {},
                "mutate": 0.0}
 TOP_KEYS = ("name", "description", "base", "constraints", "search", "space", "enqueue")

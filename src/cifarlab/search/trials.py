@@ -24,6 +24,14 @@ def trained(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     return [t for t in trials if outcome(t) in ("complete", "pruned")]
 
 
+def met_rules(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials whose design met the rules: trained, or training now (`met_rules`, set when
+    the checks pass). A queued design counts: it is in the space, so the space has designs
+    that meet the rules, however rarely a sampler draws them."""
+    return [t for t in trials if outcome(t) in ("complete", "pruned")
+            or outcome(t) == "running" and t.user_attrs.get("met_rules")]
+
+
 def trial_seconds(t: FrozenTrial) -> float:
     """Worker time a trial took (finished) or has taken so far (its last update)."""
     if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.datetime_start \

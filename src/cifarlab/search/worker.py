@@ -267,6 +267,7 @@ class Worker:
             self._reject(c, broken, values)
         for k, v in values.items():
             trial.set_constraint(k, min(v, 0.0))
+        trial.set_user_attr("met_rules", True)
         self.rejected_in_row = 0
         self._record_cost(c, pred)
         return self._train(c)
