@@ -446,17 +446,20 @@ def measure_anchor_and_roof(a, path: Path, state: dict, data, prov: dict) -> Non
 
 
 def time_runs(a, path: Path, state: dict, data, shas: dict[str, str]) -> None:
-    """Every recipe with every seed not recorded yet, each ratio to this leg's anchor; the
-    results file rewritten after each."""
+    """Every recipe with every seed not recorded yet on this CPU model (a run timed on another
+    one does not count here), each ratio to this leg's anchor; the results file rewritten
+    after each."""
     inv = state["invocation"]
     overrides = inv.get("overrides", {})
     anchor_s, anchor_i = state["anchor"]["seconds"], len(state["anchors"]) - 1
     runs_dir = a.runs_dir or tempfile.mkdtemp(prefix="cifarlab-speed-")
-    done = {(r["recipe"], r["seed"]) for r in state["runs"]}
+    cpu = cpu_of(state["anchor"])  # a run counts as done on the CPU model it was timed on
+    done = {(r["recipe"], r["seed"]) for r in state["runs"]
+            if cpu_of(state["anchors"][r.get("anchor", 0)]) == cpu}
     for name in inv["recipes"]:
         for seed in inv["seeds"]:
             if (name, seed) in done:
-                print(f"{name} seed {seed}: recorded already", flush=True)
+                print(f"{name} seed {seed}: recorded already on {cpu}", flush=True)
                 continue
             m, seconds = timed_train(name, data, runs_dir, f"{name}-seed{seed}", overrides,
                                      seed=seed, device=inv["device"])

@@ -361,3 +361,24 @@ def test_a_verdict_holds_on_every_cpu_model():
     assert s["required_met"] is False
     fast = [{**r, "ratio_to_anchor": 0.1} for r in runs]
     assert bench_speed.summarize(fast, anchors)["fast-50k"]["required_met"] is True
+
+
+def test_resume_on_another_cpu_model_times_every_run_there(env, monkeypatch):
+    """Runs recorded on one CPU model do not count as done on another: a resumed invocation on
+    a new CPU model runs its anchor seeds and every recipe and seed again, and each CPU model
+    gets its own verdicts."""
+    bench_speed.main(["fast-50k", "--seeds", "0", "1", "2", *env["args"]])
+    assert len(env["calls"]) == 3
+    xeon = {"model": "Intel Xeon", "amx_bf16": True, "amx_tile": True, "avx512_bf16": True}
+    monkeypatch.setattr(bench_speed, "provenance_cpu", lambda: xeon)
+    prov = bench_speed.provenance()
+    monkeypatch.setattr(bench_speed, "provenance",
+                        lambda: {**prov, "machine": "Intel Xeon, 2 cores"})
+    bench_speed.main(["--resume", *env["args"]])
+    out = json.loads(env["out"].read_text())
+    assert len(env["calls"]) == 6 and len(anchor_calls(env)) == 6  # 3 anchor seeds each
+    assert [r["anchor"] for r in out["runs"]] == [0, 0, 0, 1, 1, 1]
+    assert set(out["by_cpu"]) == {out["anchors"][0]["cpu"]["model"], "Intel Xeon"}
+    assert out["by_cpu"]["Intel Xeon"]["recipes"]["fast-50k"]["n_runs"] == 3
+    bench_speed.main(["--resume", *env["args"]])  # the same CPU model again: nothing to time
+    assert len(env["calls"]) == 6
