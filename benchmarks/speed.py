@@ -71,19 +71,31 @@ from .targets import MIN_SEEDS, TARGETS, THROUGHPUT_REQUIRED_RATIO
 ANCHOR_HOURS = 6  # a resumed leg runs the anchor again when the last one is older (or elsewhere)
 
 
+NOT_TRAINING = ("description",)  # resolved recipe keys that do not change how it trains
+
+
 def recipe_sha(recipe: str, overrides: dict) -> str:
-    """A fingerprint of the recipe as it resolves now (with the invocation's overrides)."""
-    text = json.dumps(resolve(recipe, overrides), sort_keys=True, default=str)
+    """A fingerprint of the recipe as it resolves now (with the invocation's overrides),
+    its wording (NOT_TRAINING) left out."""
+    cfg = {k: v for k, v in resolve(recipe, overrides).items() if k not in NOT_TRAINING}
+    text = json.dumps(cfg, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def drop_changed(state: dict, shas: dict[str, str]) -> None:
-    """A resumed invocation keeps a run only if its recipe still resolves the same (runs
-    recorded without a fingerprint cannot show it): the others move to `superseded_runs`
-    and are timed again."""
+def drop_changed(state: dict, shas: dict[str, str], cpu: str) -> None:
+    """A resumed invocation keeps a run of this CPU model only if its recipe still resolves
+    the same (runs recorded without a fingerprint cannot show it): the others move to
+    `superseded_runs` and are timed again. A run of another CPU model cannot be timed again
+    here: it stays, marked `stale_recipe` (its CPU model's figures are of the recipe as it
+    was), until a leg on its own CPU model times it again."""
     keep = []
     for r in state["runs"]:
-        if r.get("recipe_sha") == shas.get(r["recipe"]):
+        same = r.get("recipe_sha") == shas.get(r["recipe"])
+        if same or cpu_of(state["anchors"][r.get("anchor", 0)]) != cpu:
+            if not same and not r.get("stale_recipe"):
+                print(f"{r['recipe']} seed {r['seed']}: the recipe has changed since it was "
+                      f"timed on another CPU model; kept, marked stale", flush=True)
+            r["stale_recipe"] = not same
             keep.append(r)
         else:
             print(f"{r['recipe']} seed {r['seed']}: the recipe has changed since it was "
@@ -146,7 +158,8 @@ def by_cpu(runs: list[dict], anchors: list[dict]) -> dict:
             if not rs:
                 continue
             s = {"ratio_to_anchor": statistics.median(r["ratio_to_anchor"] for r in rs),
-                 "worst_acc": min(r["test_acc"] for r in rs), "n_runs": len(rs)}
+                 "worst_acc": min(r["test_acc"] for r in rs), "n_runs": len(rs),
+                 "stale_runs": sum(bool(r.get("stale_recipe")) for r in rs)}
             t = TARGETS.get(name)
             if t:
                 acc = mean if t["acc"] == "anchor" else t["acc"]
@@ -421,7 +434,7 @@ def prepare(a, path: Path, prov: dict) -> tuple[dict, object, dict[str, str]]:
         shas = {name: recipe_sha(name, overrides) for name in inv["recipes"]}
     except CifarlabError as e:
         raise SystemExit(str(e)) from None
-    drop_changed(state, shas)
+    drop_changed(state, shas, provenance_cpu()["model"])
     retime(state, a.retime, prov["commit"])
     fill_train_macs(state["runs"], overrides)
     save(path, state)

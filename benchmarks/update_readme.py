@@ -349,7 +349,9 @@ def speed_table(data: dict, runs: dict) -> list[str]:
         cells = []
         for c in cpus:
             r = per_cpu[c]["recipes"].get(name)
-            cells.append(f" {r['ratio_to_anchor']:.3f}×, {pct(r['worst_acc'])} |" if r else " – |")
+            stale = " (recipe changed since)" if r and r.get("stale_runs") else ""
+            cells.append(f" {r['ratio_to_anchor']:.3f}×, {pct(r['worst_acc'])}{stale} |"
+                         if r else " – |")
         out.append(f"| {target} | `{name}` | {s['params']:,} | {secs} | "
                    + (f"**{ratio:.3f}×**" if ratio is not None else "–")
                    + f" | {pct(s['mean_acc'])} | {pct(s['worst_acc'])} | {s['n_runs']} |"

@@ -374,10 +374,16 @@ def test_resume_on_another_cpu_model_times_every_run_there(env, monkeypatch):
     prov = bench_speed.provenance()
     monkeypatch.setattr(bench_speed, "provenance",
                         lambda: {**prov, "machine": "Intel Xeon, 2 cores"})
+    monkeypatch.setattr(bench_speed, "recipe_sha", lambda name, overrides: "changed since")
     bench_speed.main(["--resume", *env["args"]])
     out = json.loads(env["out"].read_text())
     assert len(env["calls"]) == 6 and len(anchor_calls(env)) == 6  # 3 anchor seeds each
     assert [r["anchor"] for r in out["runs"]] == [0, 0, 0, 1, 1, 1]
+    # the other CPU model's runs cannot be timed again here: kept, marked stale
+    assert [r.get("stale_recipe") for r in out["runs"]] == [True] * 3 + [None] * 3
+    assert not out.get("superseded_runs")
+    amd = out["anchors"][0]["cpu"]["model"]
+    assert out["by_cpu"][amd]["recipes"]["fast-50k"]["stale_runs"] == 3
     assert set(out["by_cpu"]) == {out["anchors"][0]["cpu"]["model"], "Intel Xeon"}
     assert out["by_cpu"]["Intel Xeon"]["recipes"]["fast-50k"]["n_runs"] == 3
     bench_speed.main(["--resume", *env["args"]])  # the same CPU model again: nothing to time
