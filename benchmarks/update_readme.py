@@ -612,8 +612,12 @@ def summary_block() -> str:
     for name, s in runs.items():
         cells = [(c["recipes"].get(name)) for c in per_cpu.values()]
         out.append(f"| `{name}` | {resolve(name)['description']} | {s['params']:,} |"
-                   + "".join(f" {pct(r['worst_acc'])}, {r['ratio_to_anchor']:.2f}× |" if r
+                   + "".join(f" {pct(r['worst_acc'])}, {r['ratio_to_anchor']:.2f}×"
+                             + " *" * bool(r.get("stale_runs")) + " |" if r
                              else " – |" for r in cells))
+    if any(r.get("stale_runs") for c in per_cpu.values() for r in c["recipes"].values()):
+        out += ["", "\\* timed with the recipe as it was: it resolves differently since "
+                "(`stale_recipe` runs in speed.json), not timed again on that CPU model yet."]
     anchor = "; ".join(f"{c}: " + (pct(v["anchor_mean_acc"]) if v["anchor_mean_acc"]
                                    is not None else "accuracy of 3 seeds pending")
                        for c, v in per_cpu.items())
