@@ -245,13 +245,28 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(child(a.child, a.steps, a.data_dir, a.verbose_log)))
         return
     prov = {**provenance(), "cpu": cpu()}
-    entry = {**prov, "recipes": {name: measure(name, a.steps, a.data_dir)
+    stamp = {k: prov[k] for k in STAMP}
+    entry = {**prov, "recipes": {name: {**measure(name, a.steps, a.data_dir), **stamp}
                                  for name in a.recipes}}
     print(report(entry))
     path = Path(a.out)
     old = json.loads(path.read_text()) if path.exists() else {}
-    by_cpu = {**old.get("by_cpu", {}), prov["cpu"]["model"]: entry}
+    by_cpu = old.get("by_cpu", {})
+    by_cpu[prov["cpu"]["model"]] = merged(by_cpu.get(prov["cpu"]["model"]), entry)
     print(write_json(path, {"by_cpu": by_cpu}))
+
+
+STAMP = ("commit", "date", "command")  # each recipe's own measurement
+
+
+def merged(old: dict | None, entry: dict) -> dict:
+    """A CPU model's entry after this invocation: its recipes replace those of the same name;
+    the others stay, each with the commit, date and command it was measured with."""
+    if not old:
+        return entry
+    kept = {name: {**{k: old[k] for k in STAMP if k in old}, **r}
+            for name, r in old["recipes"].items() if name not in entry["recipes"]}
+    return {**entry, "recipes": {**kept, **entry["recipes"]}}
 
 
 if __name__ == "__main__":

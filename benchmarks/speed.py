@@ -19,9 +19,12 @@ invocation.
 The file is rewritten after the anchor and after every run. If the invocation is interrupted,
 `--resume` (same `--out`) continues it: the finished runs are kept and the run that was cut
 short is started again (a timing cannot be resumed). A run is kept only while its recipe
-resolves the same (`recipe_sha`); one whose recipe has changed since moves to
-`superseded_runs` and is timed again; so do, with `--retime NAME`, the runs of a recipe
-that resolves the same but should be timed with the code as it is now. A resumed leg keeps
+resolves the same (`recipe_sha`, its description left out); one of this leg's CPU model
+whose recipe has changed since moves to `superseded_runs` and is timed again (one of another
+CPU model stays, marked `stale_recipe`, until a leg on that CPU model times it again); so do,
+with `--retime NAME`, the runs of a recipe that resolves the same but should be timed with
+the code as it is now. A run counts as done only on the CPU model it was timed on: a resumed
+invocation on a new CPU model times every recipe and seed there. A resumed leg keeps
 the last anchor only on the same machine, not rebooted since (`boot_id`), within ANCHOR_HOURS
 of it; otherwise (another session, another CPU: these machines drift 2x between days) it runs
 the anchor again first. Every run records which anchor (`anchors[i]`) its ratio is taken

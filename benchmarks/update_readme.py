@@ -230,8 +230,9 @@ def kernels_section() -> list[str]:
             "share of AMX's 32 x 16 bf16 channel blocks a network's dense convolutions use, "
             "weighted by MACs (depthwise convolutions never run on AMX; convs whose bf16 weight "
             "gradient this CPU gets wrong train in fp32 and count as unfilled). Measured on "
-            + "; ".join(f"{e['machine']} at {e['commit'][:7]}, {e['date'][:10]}"
-                        for e in entries.values())
+            + "; ".join(f"{e['machine']} at " + ", ".join(sorted(
+                {f"{r.get('commit', e['commit'])[:7]}, {r.get('date', e['date'])[:10]}"
+                 for r in e["recipes"].values()})) for e in entries.values())
             + ". From `benchmarks/results/kernels.json`.", ""]
     return out
 

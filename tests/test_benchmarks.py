@@ -435,6 +435,29 @@ def test_kernels_parses_onednn_exec_lines_and_shares_them_by_isa():
     assert kernels.isa_of("jit:avx512_core_bf16") == "avx512"
 
 
+def test_kernels_keeps_the_other_recipes_of_a_cpu_model(tmp_path, monkeypatch):
+    """Profiling one recipe replaces that recipe's entry only: the CPU model's other recipes
+    stay, each with the commit and date it was measured with."""
+    from benchmarks import kernels
+
+    def fake_measure(recipe, steps, data_dir):
+        return {"images_per_second": 100.0, "batch_per_worker": 8, "onednn_share": 0.5,
+                "isa": {"amx": 0.5, "avx512": 0.0, "other": 0.0}, "ops": [], "onednn": [],
+                "tiles": {"amx_fill": 1.0, "depthwise_mac_share": 0.0}}
+
+    monkeypatch.setattr(kernels, "measure", fake_measure)
+    out = tmp_path / "kernels.json"
+    prov = kernels.provenance()
+    monkeypatch.setattr(kernels, "provenance", lambda: {**prov, "commit": "a" * 40})
+    kernels.main(["fast-50k", "fast-seed001", "--out", str(out)])
+    monkeypatch.setattr(kernels, "provenance", lambda: {**prov, "commit": "b" * 40})
+    kernels.main(["fast-seed001", "fast-top", "--out", str(out)])
+    (entry,) = json.loads(out.read_text())["by_cpu"].values()
+    assert {n: r["commit"][0] for n, r in entry["recipes"].items()} == {
+        "fast-50k": "a", "fast-seed001": "b", "fast-top": "b"}
+    assert entry["commit"][0] == "b"
+
+
 def test_kernels_tile_fill_of_a_network():
     from torch import nn
 
