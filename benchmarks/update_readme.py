@@ -614,6 +614,7 @@ def summary_block() -> str:
         cells = [(c["recipes"].get(name)) for c in per_cpu.values()]
         out.append(f"| `{name}` | {resolve(name)['description']} | {s['params']:,} |"
                    + "".join(f" {pct(r['worst_acc'])}, {r['ratio_to_anchor']:.2f}×"
+                             + f" ({r['n_runs']} of 3 seeds)" * (r["n_runs"] < 3)
                              + " *" * bool(r.get("stale_runs")) + " |" if r
                              else " – |" for r in cells))
     if any(r.get("stale_runs") for c in per_cpu.values() for r in c["recipes"].values()):
