@@ -94,7 +94,7 @@ def drop_changed(state: dict, shas: dict[str, str], cpu: str) -> None:
     keep = []
     for r in state["runs"]:
         same = r.get("recipe_sha") == shas.get(r["recipe"])
-        if same or cpu_of(state["anchors"][r.get("anchor", 0)]) != cpu:
+        if same or run_cpu(r, state["anchors"]) != cpu:
             if not same and not r.get("stale_recipe"):
                 print(f"{r['recipe']} seed {r['seed']}: the recipe has changed since it was "
                       f"timed on another CPU model; kept, marked stale", flush=True)
@@ -135,6 +135,11 @@ def cpu_of(record: dict) -> str:
     return (record.get("cpu") or {}).get("model") or record["machine"].split(",")[0]
 
 
+def run_cpu(run: dict, anchors: list[dict]) -> str:
+    """The CPU model a run was timed on: its anchor's."""
+    return cpu_of(anchors[run.get("anchor", 0)])
+
+
 def anchor_seed_accs(anchors: list[dict], cpu: str) -> dict[int, float]:
     """Seed -> the anchor's accuracy on this CPU model (deterministic for a seed and CPU
     model: the first recorded run of each seed counts)."""
@@ -156,8 +161,7 @@ def by_cpu(runs: list[dict], anchors: list[dict]) -> dict:
         mean = statistics.fmean(accs.values()) if len(accs) >= ANCHOR_SEEDS else None
         recipes = {}
         for name in sorted({r["recipe"] for r in runs}):
-            rs = [r for r in runs if r["recipe"] == name and cpu_of(anchors[r.get("anchor", 0)])
-                  == cpu]
+            rs = [r for r in runs if r["recipe"] == name and run_cpu(r, anchors) == cpu]
             if not rs:
                 continue
             s = {"ratio_to_anchor": statistics.median(r["ratio_to_anchor"] for r in rs),
@@ -471,7 +475,7 @@ def time_runs(a, path: Path, state: dict, data, shas: dict[str, str]) -> None:
     runs_dir = a.runs_dir or tempfile.mkdtemp(prefix="cifarlab-speed-")
     cpu = cpu_of(state["anchor"])  # a run counts as done on the CPU model it was timed on
     done = {(r["recipe"], r["seed"]) for r in state["runs"]
-            if cpu_of(state["anchors"][r.get("anchor", 0)]) == cpu}
+            if run_cpu(r, state["anchors"]) == cpu}
     for name in inv["recipes"]:
         for seed in inv["seeds"]:
             if (name, seed) in done:
