@@ -36,7 +36,9 @@ design against the hand recipe and random search, from the final trainings). The
 directories and a state file live in `--runs-dir`, so an interrupted invocation, started again
 with the same arguments, resumes: a search continues where it was, finished searches and
 trainings are kept, a finished rule set is not run again, and a cut-short training run is
-started again.
+started again. When that runs directory is gone (a new machine), `--continue-results` starts a
+new one from the results file: finished rule sets stay, searches that were under way are
+moved to `discarded` and start again.
 
 `--quick` proves the plumbing in a few minutes (tiny subsets, 1-2 epochs, its own study names);
 its numbers mean nothing.
@@ -113,6 +115,23 @@ def study_of(sp: SP.SearchSpec, runs: Path):
 
 def load_state(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def state_from_results(results: dict, runs: Path) -> dict:
+    """A state for a new runs directory that continues a results file (`--continue-results`:
+    the machine that held the old runs directory is gone): its finished rule sets, legs,
+    worker comparison and discarded measurements are kept; a search under way whose runs
+    directory is not here cannot resume, so it is moved to `discarded` with why."""
+    state = {"legs": list(results.get("legs", [])), "workers": results.get("workers"),
+             "discarded": list(results.get("discarded", [])),
+             "results": {n: {k: v for k, v in r.items() if k != "verdict"}
+                         for n, r in (results.get("rule_sets") or {}).items()}}
+    for name, record in (results.get("in_progress") or {}).items():
+        state["discarded"].append({
+            "what": f"{name}: the searches under way ({', '.join(record)}), as far as they got",
+            "why": f"their runs directory was on a machine that is gone; started again from "
+                   f"scratch in {runs}", "record": record})
+    return state
 
 
 def save_state(path: Path, state: dict) -> None:
@@ -486,6 +505,9 @@ def parse_args(argv: list[str] | None = None):
                     "what was discarded) and stop: nothing is run")
     ap.add_argument("--out", type=Path, help="results file (default "
                     "benchmarks/results/search.json)")
+    ap.add_argument("--continue-results", action="store_true", help="a new --runs-dir "
+                    "continues the results file: its finished rule sets are kept, searches "
+                    "under way there are discarded (with why) and start again here")
     return ap.parse_args(argv)
 
 
@@ -500,6 +522,9 @@ def main(argv: list[str] | None = None) -> None:
     runs.mkdir(parents=True, exist_ok=True)
     state_path = runs / ("bench-search-quick.json" if args.quick else "bench-search.json")
     state = load_state(state_path)
+    if args.continue_results and not state:
+        state = state_from_results(json.loads((args.out or RESULTS / "search.json").read_text()),
+                                   runs)
 
     def save() -> None:
         save_state(state_path, state)

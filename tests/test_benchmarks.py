@@ -170,6 +170,28 @@ def test_bench_search_write_only_publishes_the_state_without_running(tmp_path):
     assert json.loads((runs / "bench-search.json").read_text()) == state
 
 
+def test_bench_search_continue_results_keeps_finished_rule_sets_in_a_new_runs_dir(tmp_path):
+    """--continue-results: a new runs directory (the old one went with its machine) starts
+    from the results file: finished rule sets (verdicts recomputed), legs and discarded
+    measurements are kept; a search that was under way is discarded with its record."""
+    published = json.loads((common.RESULTS / "search.json").read_text())
+    old = {**published, "rule_sets": {"under-50k": published["rule_sets"]["under-50k"]},
+           "in_progress": {"seed001-rules": {"search": {"finished": True, "complete": 3}}}}
+    out = tmp_path / "search.json"
+    out.write_text(json.dumps(old))
+    bench_search.main(["--runs-dir", str(tmp_path / "new"), "--continue-results",
+                       "--write-only", "--out", str(out),
+                       "--rule-sets", "under-50k", "seed001-rules"])
+    r = json.loads(out.read_text())
+    assert r["rule_sets"] == old["rule_sets"] and r["in_progress"] == {}
+    assert r["legs"] == old["legs"] and r["workers"] == old["workers"]
+    assert r["discarded"][:-1] == old["discarded"]
+    gone = r["discarded"][-1]
+    assert gone["what"].startswith("seed001-rules: the searches under way (search)")
+    assert "a machine that is gone" in gone["why"] and str(tmp_path / "new") in gone["why"]
+    assert gone["record"] == old["in_progress"]["seed001-rules"]
+
+
 def test_bench_search_trains_a_recipe_both_searches_returned_once(tmp_path, monkeypatch):
     """When random search returned the very recipe the search did (e.g. both kept the queued
     hand design), its final trainings are the searched ones, marked, not trained twice; the

@@ -1333,7 +1333,7 @@ def test_queue_neighbour_queues_a_neighbour_of_one_of_the_best_designs():
 
     def spec(p=0.99, sampler="tpe", startup=2):
         return SimpleNamespace(search={"mutate": p, "sampler": sampler,
-                                       "startup_trials": startup})
+                                       "startup_trials": startup}, derived=())
 
     st = _study_with([0.5, 0.9, 0.7, 0.8, 0.6])
     rng = np.random.default_rng(0)
@@ -1365,6 +1365,67 @@ def test_queue_neighbour_queues_a_neighbour_of_one_of_the_best_designs():
         for _ in waiting:  # train what was queued (badly), so the next call may queue again
             st.tell(st.ask(), 0.0)
     assert queued and skipped
+
+
+def _fill_time_search(tmp_path: Path, limit: float, extra: str = "") -> Path:
+    f = write_search(tmp_path, extra=extra, epochs="{ low = 1, high = 3 }",
+                     constraints=f"max_train_time_vs_base = {limit}")
+    f.write_text(f.read_text().replace("startup_trials = 2", "startup_trials = 2\n"
+                                       "fill_time = true\nmax_rejected_in_row = 1"))
+    return f
+
+
+def test_search_file_fill_time_needs_a_time_rule_and_an_epochs_range(tmp_path):
+    assert SP.load_search(_fill_time_search(tmp_path, 1.0)).derived == ("epochs",)
+    assert SP.load_search(write_search(tmp_path)).derived == ()
+    f = _fill_time_search(tmp_path, 1.0)
+    f.write_text(f.read_text().replace("max_train_time_vs_base = 1.0", ""))
+    with pytest.raises(SP.SearchError, match="fill_time fills a time rule"):
+        SP.load_search(f)
+    f = _fill_time_search(tmp_path, 1.0)
+    f.write_text(f.read_text().replace("epochs = { low = 1, high = 3 }", "epochs = 2"))
+    with pytest.raises(SP.SearchError, match=r"within \[space\] epochs: give it a range"):
+        SP.load_search(f)
+    f = _fill_time_search(tmp_path, 1.0)
+    f.write_text(f.read_text().replace("fill_time = true", 'fill_time = "yes"'))
+    with pytest.raises(SP.SearchError, match="fill_time must be true or false"):
+        SP.load_search(f)
+
+
+def test_fill_time_trains_each_design_for_the_most_epochs_its_time_allows(
+        tmp_path, train_only_dir, monkeypatch):
+    """Every candidate is predicted at 10 s an epoch against a base recipe of 100 s: under
+    max_train_time_vs_base 0.25 it trains 2 epochs (2.5 fit), its low-resolution epochs in
+    proportion to the base recipe's (fast-50k: 4 of 9 -> 1 of 2); epochs are not drawn. Under
+    0.05 not even the fewest epochs (1) fit: rejected by the time rule."""
+    from cifarlab.search import fidelity
+
+    monkeypatch.setattr(worker.Worker, "predict_train_seconds",
+                        lambda self, model, cfg, hopeless=None:
+                        (10.0 * cfg["train"]["epochs"], 100.0))
+    runs = tmp_path / "runs"
+    run_search(_fill_time_search(tmp_path, 0.25), trials=2, runs_dir=runs,
+               data_dir=train_only_dir, log=_silent)
+    done = [t for t in _trials(runs / "t") if outcome(t) == "complete"]
+    assert len(done) == 2
+    for t in done:
+        assert "epochs" not in t.params
+        assert t.user_attrs["train"]["train.epochs"] == 2
+        assert t.user_attrs["train"]["train.low_res_epochs"] == 1
+        assert t.user_attrs["epochs_done"] == 2
+        assert t.user_attrs["predicted_seconds"] == pytest.approx(20.0)
+        assert t.user_attrs["time_vs_base"] == pytest.approx(0.2)
+    with pytest.raises(CifarlabError, match="rejected 1 candidates in a row"):
+        run_search(_fill_time_search(tmp_path, 0.05), trials=1, runs_dir=tmp_path / "r2",
+                   data_dir=train_only_dir, log=_silent)
+    t = _trials(tmp_path / "r2" / "t")[0]
+    assert t.user_attrs["rejected_rules"] == ["time budget"]
+    assert t.user_attrs["train"]["train.epochs"] == 1
+    # the proxy rung's epochs scale with the trial's (every proxy costs about the same)
+    assert fidelity.proxy_epochs({"epochs": 3}, 20 / 8) == 8
+    assert fidelity.proxy_epochs({"epochs": 3}, 0.1) == 1
+    assert fidelity.proxy_overrides({"epochs": 3, "train_subset": 10, "low_res": 0},
+                                    2.0)["train.epochs"] == 6
 
 
 def test_search_file_mutate_must_be_a_share(tmp_path):

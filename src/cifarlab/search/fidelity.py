@@ -53,11 +53,18 @@ def check_fidelity(raw, where: str) -> dict:
     return out
 
 
-def proxy_overrides(fidelity: dict) -> dict:
-    """Recipe overrides that turn a trial's recipe into its proxy."""
-    lr = fidelity["low_res"]
-    return {"data.train_subset": fidelity["train_subset"], "train.epochs": fidelity["epochs"],
-            "train.low_res": lr, "train.low_res_epochs": fidelity["epochs"] if lr else 0,
+def proxy_epochs(fidelity: dict, scale: float = 1.0) -> int:
+    """The proxy's epochs: fidelity.epochs times `scale` (at least 1). With `[search]
+    fill_time` the scale is the trial's epochs over the base recipe's, so that every proxy
+    costs about the same time, as every full trial does."""
+    return max(1, round(fidelity["epochs"] * scale))
+
+
+def proxy_overrides(fidelity: dict, scale: float = 1.0) -> dict:
+    """Recipe overrides that turn a trial's recipe into its proxy (`proxy_epochs`)."""
+    lr, e = fidelity["low_res"], proxy_epochs(fidelity, scale)
+    return {"data.train_subset": fidelity["train_subset"], "train.epochs": e,
+            "train.low_res": lr, "train.low_res_epochs": e if lr else 0,
             "train.eval_every": 0}
 
 

@@ -25,10 +25,11 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial
 
-from ..recipe import low_res_epochs, resolve
+from ..recipe import resolve
 from .fidelity import measure_proxy
 from .space import SearchError, SearchSpec
 from .storage import spec_of
+from .timing import schedule
 from .worker import load_train_data, protocol, trial_recipe
 
 FIT = 0.98  # a schedule fits within 98% of the budget: timing varies by a few % run to run
@@ -94,19 +95,6 @@ def headroom(spec: SearchSpec, t: FrozenTrial) -> float:
                           "max_train_time_vs_base or max_train_seconds) and the trial's "
                           "predicted time")
     return min(ratios)
-
-
-def schedule(cfg: dict, e: int) -> dict:
-    """Overrides that train the trial's recipe `cfg` for `e` epochs ({} for its own), its
-    low-resolution epochs in proportion; none when the trial had none (its network may not
-    take low_res px)."""
-    t = cfg["train"]
-    e0, low0 = t["epochs"], low_res_epochs(t)  # the low-res epochs the trial trained
-    if e == e0:
-        return {}
-    if low0:
-        return {"train.epochs": e, "train.low_res_epochs": max(1, round(low0 * e / e0))}
-    return {"train.epochs": e, "train.low_res": 0, "train.low_res_epochs": 0}
 
 
 def epochs_around(e0: int, room: float) -> list[int]:

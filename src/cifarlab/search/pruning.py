@@ -166,7 +166,8 @@ def queue_neighbour(study: optuna.Study, spec: SearchSpec, rng: np.random.Genera
     if not ps:
         return None
     parent = ps[int(rng.integers(len(ps)))]
-    study.enqueue_trial(mutate(parent.params, parent.distributions, rng),
+    drawn = {k: d for k, d in parent.distributions.items() if k not in spec.derived}
+    study.enqueue_trial(mutate(parent.params, drawn, rng),
                         user_attrs={"neighbour_of": parent.number}, skip_if_exists=True)
     return parent
 

@@ -67,7 +67,7 @@ SEARCH_KEYS = {"objectives": ["val_acc"], "minutes": 60.0, "sampler": "tpe",
                "val_split": 5000, "train_subset": 0, "seed": 0, "startup_trials": 10,
                "max_rejected_in_row": 1000, "heartbeat": 30, "storage_wait_minutes": 5.0,
                "corrupt_images": 1000, "corrupt_severities": [1, 3, 5], "fidelity": {},
-               "mutate": 0.0}
+               "mutate": 0.0, "fill_time": False}
 TOP_KEYS = ("name", "description", "base", "constraints", "search", "space", "enqueue")
 MODEL_ARG = "model_args."  # [space] model_args.NAME: an argument of the base's own network
 
@@ -248,6 +248,12 @@ class SearchSpec:
         return next((o for o in self.objectives if o in COSTS), None)
 
     @property
+    def derived(self) -> tuple[str, ...]:
+        """Dimensions a trial does not draw but derives (`[search] fill_time`: its epochs,
+        the most its predicted time allows within the space's range)."""
+        return ("epochs",) if self.search["fill_time"] else ()
+
+    @property
     def directions(self) -> list[str]:
         return ["minimize" if o in COSTS else "maximize" for o in self.objectives]
 
@@ -311,6 +317,7 @@ def parse_search(text: str, source: str = "search file", path: Path | None = Non
     if s["min_epochs"] > max_epochs(space, base_recipe):
         raise SearchError(f"{source}: [search] min_epochs {s['min_epochs']} is above the "
                           "largest epochs the space allows")
+    _check_fill_time(s, cons, space, source)
 
     enq = raw.get("enqueue", [])
     if not isinstance(enq, list) or not all(isinstance(e, dict) for e in enq):
@@ -413,6 +420,24 @@ def _search_settings(raw: dict, source: str) -> dict:
                           "epochs = 3 }")
     _check_search_numbers(s, source)
     return s
+
+
+def _check_fill_time(s: dict, cons: dict, space: dict[str, Dim], source: str) -> None:
+    """`[search] fill_time = true`: every trial trains the most epochs its predicted time
+    allows under the time rule (a design cheap per epoch trains longer), so designs are
+    compared at equal training time. Needs a time rule and an epochs range to fill."""
+    f = s["fill_time"]
+    if not isinstance(f, bool):
+        raise SearchError(f"{source}: [search] fill_time must be true or false, got {f!r}")
+    if not f:
+        return
+    if not (cons["max_train_time_vs_base"] or cons["max_train_seconds"]):
+        raise SearchError(f"{source}: [search] fill_time fills a time rule: set [constraints] "
+                          "max_train_time_vs_base or max_train_seconds too")
+    d = space.get("epochs")
+    if d is None or d.kind != "int":
+        raise SearchError(f"{source}: [search] fill_time picks each trial's epochs within "
+                          "[space] epochs: give it a range, e.g. epochs = { low = 8, high = 20 }")
 
 
 def _objectives(obj: Any, source: str) -> list[str]:
@@ -580,12 +605,13 @@ def _middle(depth: int, d: int) -> int | list[int]:
     return [d if j == depth // 2 else 1 for j in range(depth)]
 
 
-def sample(space: dict[str, Dim], trial: Any, base_args: dict | None = None
-           ) -> tuple[dict, dict]:
+def sample(space: dict[str, Dim], trial: Any, base_args: dict | None = None,
+           derived: tuple[str, ...] = ()) -> tuple[dict, dict]:
     """(model_args, searched training settings as dotted recipe keys) for a trial (anything
     with Optuna's suggest_* methods): the `family` network's arguments, or, for a space of
     `model_args.NAME` dimensions (the base recipe's own network), the base's arguments
-    `base_args` with the searched ones drawn."""
+    `base_args` with the searched ones drawn. The `derived` training dimensions are not
+    drawn (the worker sets them: `SearchSpec.derived`)."""
     if "stages" in space:
         args = _family_args(space, trial)
     else:
@@ -595,7 +621,7 @@ def sample(space: dict[str, Dim], trial: Any, base_args: dict | None = None
                 args[name[len(MODEL_ARG):]] = d.suggest(trial, name)
     train: dict[str, Any] = {}
     for name, d in space.items():
-        if name in ARCH_DIMS or name.startswith(MODEL_ARG):
+        if name in ARCH_DIMS or name.startswith(MODEL_ARG) or name in derived:
             continue
         v = d.suggest(trial, name)
         if name == "augment":

@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 import torch
 
+from ..recipe import low_res_epochs
+
 
 def step_timer(model: torch.nn.Module, cfg: dict, batch_size: int | None = None,
                size: int = 32) -> Callable[[], float]:
@@ -24,8 +26,6 @@ def step_timer(model: torch.nn.Module, cfg: dict, batch_size: int | None = None,
     from ..engine import grad_clipper, train_step
     from ..layers import for_cpu_training
     from ..optim import build_optimizer, loss_fn
-    from ..recipe import low_res_epochs
-
     t = cfg["train"]
     bs = batch_size or t["batch_size"]
     sizes = (32, t["low_res"]) if low_res_epochs(t) else (32,)
@@ -72,3 +72,16 @@ def predict_seconds(step_s: float, n_train: int, batch_size: int, epochs: int, n
     steps = max(1, n_train // batch_size)
     per_image = step_s / batch_size
     return epochs * (steps * step_s * 1.1 + n_val * (2 if tta else 1) * per_image / 3)
+
+
+def schedule(cfg: dict, e: int) -> dict:
+    """Overrides that train the trial's recipe `cfg` for `e` epochs ({} for its own), its
+    low-resolution epochs in proportion; none when the trial had none (its network may not
+    take low_res px)."""
+    t = cfg["train"]
+    e0, low0 = t["epochs"], low_res_epochs(t)  # the low-res epochs the trial trained
+    if e == e0:
+        return {}
+    if low0:
+        return {"train.epochs": e, "train.low_res_epochs": max(1, round(low0 * e / e0))}
+    return {"train.epochs": e, "train.low_res": 0, "train.low_res_epochs": 0}

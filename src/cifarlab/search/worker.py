@@ -25,11 +25,11 @@ from ..models import create_model
 from ..models import family as fam
 from ..recipe import resolve
 from . import pruning
-from .fidelity import PROXY_STEP, proxy_overrides
+from .fidelity import PROXY_STEP, proxy_epochs, proxy_overrides
 from .rules import check_rules, rule_key, rules_table, untrainable
 from .space import ARCH_DIMS, MODEL_ARG, TRAIN_DIMS, SearchSpec, max_epochs, sample
 from .storage import database_cause, get_trial
-from .timing import predict_seconds, time_steps
+from .timing import predict_seconds, schedule, time_steps
 from .workers import proc_start
 
 
@@ -284,9 +284,10 @@ class Worker:
 
     def _draw(self, trial: optuna.Trial, t_start: float) -> _Candidate:
         """The trial's design and settings, sampled and recorded, and its recipe."""
-        args, train = sample(self.spec.space, trial, self.spec.model_args)
+        label = trial.user_attrs.get("label")  # a queued design keeps its own epochs
+        args, train = sample(self.spec.space, trial, self.spec.model_args,
+                             () if label else self.spec.derived)
         design = describe(self.spec, args)
-        label = trial.user_attrs.get("label")
         trial.set_user_attr("model_args", args)
         trial.set_user_attr("train", train)
         trial.set_user_attr("design", design)
@@ -346,10 +347,14 @@ class Worker:
         adds to `broken` and `values`, sets the candidate's time cap. Returns the prediction."""
         trial, label, cons = c.trial, c.label, self.cons
         cal = self.calibration()
+        fill = bool(self.spec.derived) and not label  # fill_time: epochs set from the time
+        fewest = self.spec.space["epochs"].low / c.cfg["train"]["epochs"] if fill else 1.0
 
         def hopeless(pred: float, pred_base: float) -> bool:
-            """Twice over a time rule after a round: the fastest of more rounds would not
-            bring it under (seen: hundreds of designs 2-10x over, timed 8 s each)."""
+            """Twice over a time rule after a round (with fill_time, at the fewest epochs):
+            the fastest of more rounds would not bring it under (seen: hundreds of designs
+            2-10x over, timed 8 s each)."""
+            pred *= fewest
             return not label and (
                 bool(cons["max_train_seconds"]) and pred * cal > 2 * cons["max_train_seconds"]
                 or bool(cons["max_train_time_vs_base"])
@@ -358,6 +363,8 @@ class Worker:
         pred, pred_base = self.predict_train_seconds(model, c.cfg, hopeless)
         pred *= cal
         pred_base *= cal
+        if fill:
+            pred = self._fill_time(c, pred, pred_base)
         trial.set_user_attr("predicted_seconds", pred)
         trial.set_user_attr("base_predicted_seconds", pred_base)
         if cons["max_train_seconds"]:
@@ -378,6 +385,27 @@ class Worker:
                               f"base recipe's, more than max_train_time_vs_base {lim:g}")
         return pred
 
+    def _fill_time(self, c: _Candidate, pred: float, pred_base: float) -> float:
+        """`[search] fill_time`: the trial trains the most epochs (within the space's range)
+        whose predicted time meets the time rules, its low-resolution epochs in proportion
+        (`timing.schedule`, as the final stage scales a schedule); recorded in the trial's
+        training settings. Returns the predicted seconds of that schedule (at the fewest
+        epochs when none fits: the time rules then reject it)."""
+        cons, d, e0 = self.cons, self.spec.space["epochs"], c.cfg["train"]["epochs"]
+        per_epoch = pred / e0
+        room = []
+        if cons["max_train_time_vs_base"]:
+            room.append(cons["max_train_time_vs_base"] * pred_base / per_epoch)
+        if cons["max_train_seconds"]:
+            room.append(cons["max_train_seconds"] / per_epoch)
+        e = int(min(d.high, max(d.low, math.floor(min(room) + 1e-9))))
+        over = schedule(c.cfg, e)
+        c.over = {**c.over, **over}
+        c.cfg = resolve(copy.deepcopy(c.raw), c.over)
+        train = {**c.trial.user_attrs["train"], **over, "train.epochs": e}
+        c.trial.set_user_attr("train", train)
+        return per_epoch * e
+
     def _record_cost(self, c: _Candidate, pred: float | None) -> None:
         """The cost objective known before training (params, MACs, predicted seconds)."""
         c.cost_name = self.spec.cost
@@ -397,7 +425,7 @@ class Worker:
         watch = _EpochWatch(self, c, epochs)
         self._log_training(c)
         if self.fid:
-            self._proxy(c.trial, c.raw, c.over, c.label)  # TrialPruned when not promoted
+            self._proxy(c)  # TrialPruned when not promoted
             watch.t_train = time.time()
         metrics = self._run_training(c, watch)
         return self._objective_values(c, metrics, watch.why, epochs)
@@ -524,19 +552,23 @@ class Worker:
                  f"({r['seconds']:.0f} s)")
         return float(r["corrupt_acc"])
 
-    def _proxy(self, trial: optuna.Trial, raw: dict, over: dict, label: str | None) -> None:
+    def _proxy(self, c: _Candidate) -> None:
         """The proxy rung (`fidelity.py`): train the trial's design cheaply (a retry keeps the
         proxy its first attempt finished), record `proxy_acc`, and let the pruner (or the
-        dominance rule) decide whether it goes on to the full schedule."""
+        dominance rule) decide whether it goes on to the full schedule. With fill_time the
+        proxy's epochs scale with the trial's (`fidelity.proxy_epochs`)."""
         from ..training import train as train_run
 
+        trial, label = c.trial, c.label
+        scale = (c.cfg["train"]["epochs"] / self.base_cfg["train"]["epochs"]
+                 if self.spec.derived else 1.0)
         acc = trial.user_attrs.get("proxy_acc")
         if not isinstance(acc, int | float):
             t0 = time.time()
-            m = train_run(copy.deepcopy(raw), runs_dir=self.trials_dir,
+            m = train_run(copy.deepcopy(c.raw), runs_dir=self.trials_dir,
                           name=f"trial-{trial.number:04d}-proxy", data=self.data,
                           progress=False, plots=False, log=self._engine_log,
-                          **{**over, **proxy_overrides(self.fid)})
+                          **{**c.over, **proxy_overrides(self.fid, scale)})
             acc = m.get("val_acc")
             if acc is None or not math.isfinite(acc):
                 raise RuntimeError("the proxy run returned no validation accuracy")
@@ -544,7 +576,7 @@ class Worker:
             trial.set_user_attr("proxy_seconds", time.time() - t0)
             trial.set_user_attr("proxy_run_dir", m.get("run_dir"))
         f = self.fid
-        self.log(f"  trial {trial.number} proxy ({f['epochs']} epochs on "
+        self.log(f"  trial {trial.number} proxy ({proxy_epochs(f, scale)} epochs on "
                  f"{f['train_subset']:,} images" + (f", {f['low_res']} px" if f["low_res"]
                                                     else "") + f"): val acc {acc:.4f}")
         if label:
