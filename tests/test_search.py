@@ -1032,11 +1032,23 @@ def test_the_proxy_rung_comes_first_and_promotes_through_the_pruner(tmp_path, tr
             assert set(t.intermediate_values) == {1, 2}
             assert t.intermediate_values[1] == pytest.approx(t.user_attrs["proxy_acc"])
             assert t.intermediate_values[2] == pytest.approx(t.user_attrs["curve"]["1"])
-    # a pruner that stops everything: only the queued design goes past its proxy
-    monkeypatch.setattr(pruning, "make_pruner",
-                        lambda spec: optuna.pruners.ThresholdPruner(lower=2.0))
-    s = run_search(f, trials=3, runs_dir=runs, data_dir=train_only_dir, log=_silent)
+    # a pruner that stops everything: only the queued design goes past its proxy; it is
+    # asked too (Optuna's pruners record a rung's value when asked: the hand design's proxy
+    # is a competitor of the first designs drawn), but not stopped
+    asked: list[int] = []
+
+    class Spy(optuna.pruners.ThresholdPruner):
+        def prune(self, study, trial):
+            asked.append(trial.number)
+            return super().prune(study, trial)
+
+    monkeypatch.setattr(pruning, "make_pruner", lambda spec: Spy(lower=2.0))
+    runs = tmp_path / "runs2"
+    s = run_search(f, trials=2, runs_dir=runs, data_dir=train_only_dir, log=_silent)
     (t,) = [t for t in _trials(runs / "t") if outcome(t) == "pruned"]
+    (hand,) = [t for t in _trials(runs / "t") if outcome(t) == "complete"]
+    assert hand.user_attrs["label"] == "ref" and asked[:2] == [0, 1]
+    assert hand.intermediate_values[1] == pytest.approx(hand.user_attrs["proxy_acc"])
     assert s["pruned"] == 1 and "not promoted from the proxy rung" in t.user_attrs["pruned"]
     assert t.intermediate_values == {1: pytest.approx(t.user_attrs["proxy_acc"])}
     assert "run_dir" not in t.user_attrs and "curve" not in t.user_attrs

@@ -579,14 +579,15 @@ class Worker:
         self.log(f"  trial {trial.number} proxy ({proxy_epochs(f, scale)} epochs on "
                  f"{f['train_subset']:,} images" + (f", {f['low_res']} px" if f["low_res"]
                                                     else "") + f"): val acc {acc:.4f}")
-        if label:
-            return  # a queued design always runs in full
         why = None
         if not self.spec.multi:
             trial.report(float(acc), PROXY_STEP)
-            if trial.should_prune():
+            # asked for a queued design too, which always runs in full: Optuna's pruner
+            # records the value when asked, so the hand design's proxy is one the others
+            # must compete with from the first trials on
+            if trial.should_prune() and not label:
                 why = f"{self.spec.search['pruner']} pruner"
-        else:
+        elif not label:
             why = self._dominance(trial, float(acc), "proxy")
             why = why and f"dominance rule: {why}"
         if why:
