@@ -12,6 +12,8 @@ import json
 import re
 from pathlib import Path
 
+from .targets import MIN_SEEDS
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -302,10 +304,10 @@ def anchor_lines(data: dict, anchors: list[dict]) -> list[str]:
         out += ["No anchor was run with these figures (written before issue 17); measured on "
                 + ("; ".join(machines) or "an unrecorded machine") + ".", ""]
     per_cpu = data.get("by_cpu") or {}
-    out += ["Anchor accuracy per CPU model (the mean of 3 seeds; a recipe's target where it "
-            "is the anchor's): " + "; ".join(
+    out += [f"Anchor accuracy per CPU model (the mean of {MIN_SEEDS} seeds; a recipe's target "
+            "where it is the anchor's): " + "; ".join(
                 f"{c}: " + (pct(v["anchor_mean_acc"]) if v["anchor_mean_acc"] is not None else
-                            f"pending ({len(v['anchor_seed_accs'])} of 3 seeds)")
+                            f"pending ({len(v['anchor_seed_accs'])} of {MIN_SEEDS} seeds)")
                 for c, v in per_cpu.items()) + ".", ""] if per_cpu else []
     return out
 
@@ -323,8 +325,8 @@ def verdicts(s: dict) -> tuple[str, str]:
         req = verdict(s.get("required_met"), f"≥ {pct(acc)}, ≤ {s['required_ratio']:g}×")
         goal = verdict(s.get("goal_met"), f"≥ {pct(goal_acc)}, ≤ {s['goal_ratio']:g}×",
                        required=False)
-        if s.get("n_runs", 0) < 3 or s.get("overrides"):
-            note = "overrides" if s.get("overrides") else f"{s['n_runs']} of 3 seeds"
+        if s.get("n_runs", 0) < MIN_SEEDS or s.get("overrides"):
+            note = "overrides" if s.get("overrides") else f"{s['n_runs']} of {MIN_SEEDS} seeds"
             req, goal = req + f", {note}", goal + f", {note}"
     elif "required_met" in s:  # an issue-5 summary (absolute seconds)
         req = verdict(s["required_met"], f"≤ {s['required_seconds']} s")
@@ -608,20 +610,20 @@ def summary_block() -> str:
 
     per_cpu = data.get("by_cpu") or {}
     out = ["| recipe | what it is for | params |"
-           + "".join(f" {c}: worst of 3 seeds, time × anchor |" for c in per_cpu),
+           + "".join(f" {c}: worst of {MIN_SEEDS} seeds, time × anchor |" for c in per_cpu),
            "|---|---|---|" + "---|" * len(per_cpu)]
     for name, s in runs.items():
         cells = [(c["recipes"].get(name)) for c in per_cpu.values()]
         out.append(f"| `{name}` | {resolve(name)['description']} | {s['params']:,} |"
                    + "".join(f" {pct(r['worst_acc'])}, {r['ratio_to_anchor']:.2f}×"
-                             + f" ({r['n_runs']} of 3 seeds)" * (r["n_runs"] < 3)
+                             + f" ({r['n_runs']} of {MIN_SEEDS} seeds)" * (r["n_runs"] < MIN_SEEDS)
                              + " *" * bool(r.get("stale_runs")) + " |" if r
                              else " – |" for r in cells))
     if any(r.get("stale_runs") for c in per_cpu.values() for r in c["recipes"].values()):
         out += ["", "\\* timed with the recipe as it was: it resolves differently since "
                 "(`stale_recipe` runs in speed.json), not timed again on that CPU model yet."]
     anchor = "; ".join(f"{c}: " + (pct(v["anchor_mean_acc"]) if v["anchor_mean_acc"]
-                                   is not None else "accuracy of 3 seeds pending")
+                                   is not None else f"accuracy of {MIN_SEEDS} seeds pending")
                        for c, v in per_cpu.items())
     out += ["", f"Anchor: airbench94's CPU port (`../shared/anchors/airbench94_cpu.py`; {anchor}"
             "); a recipe's time is divided by the anchor's, measured beside it in the same "
