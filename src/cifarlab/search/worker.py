@@ -354,11 +354,7 @@ class Worker:
             """Twice over a time rule after a round (with fill_time, at the fewest epochs):
             the fastest of more rounds would not bring it under (seen: hundreds of designs
             2-10x over, timed 8 s each)."""
-            pred *= fewest
-            return not label and (
-                bool(cons["max_train_seconds"]) and pred * cal > 2 * cons["max_train_seconds"]
-                or bool(cons["max_train_time_vs_base"])
-                and pred / pred_base > 2 * cons["max_train_time_vs_base"])
+            return not label and bool(self._over_time(pred * cal * fewest, pred_base * cal, 2))
 
         pred, pred_base = self.predict_train_seconds(model, c.cfg, hopeless)
         pred *= cal
@@ -371,19 +367,28 @@ class Worker:
             lim = cons["max_train_seconds"]
             values["time_seconds"] = (pred - lim) / lim
             c.cap = 1.25 * lim
-            if pred > lim and not label:
-                broken.append(f"time budget: predicted {pred:.0f} s of training, more "
-                              f"than max_train_seconds {lim:.0f}")
         if cons["max_train_time_vs_base"]:
             lim = cons["max_train_time_vs_base"]
-            ratio = pred / pred_base
-            trial.set_user_attr("time_vs_base", ratio)
-            values["time_vs_base"] = (ratio - lim) / lim
+            trial.set_user_attr("time_vs_base", pred / pred_base)
+            values["time_vs_base"] = (pred / pred_base - lim) / lim
             c.cap = min(c.cap or math.inf, 1.5 * lim * pred_base)
-            if ratio > lim and not label:
-                broken.append(f"time budget: predicted training time {ratio:.2f}x the "
-                              f"base recipe's, more than max_train_time_vs_base {lim:g}")
+        if not label:
+            broken += self._over_time(pred, pred_base)
         return pred
+
+    def _over_time(self, pred: float, pred_base: float, factor: float = 1) -> list[str]:
+        """The time rules that a predicted `pred` training seconds (the base recipe's:
+        `pred_base`) breaks by more than `factor` x their limit, as rejection reasons."""
+        cons, out = self.cons, []
+        lim = cons["max_train_seconds"]
+        if lim and pred > factor * lim:
+            out.append(f"time budget: predicted {pred:.0f} s of training, more than "
+                       f"max_train_seconds {lim:.0f}")
+        lim = cons["max_train_time_vs_base"]
+        if lim and pred / pred_base > factor * lim:
+            out.append(f"time budget: predicted training time {pred / pred_base:.2f}x the "
+                       f"base recipe's, more than max_train_time_vs_base {lim:g}")
+        return out
 
     def _fill_time(self, c: _Candidate, pred: float, pred_base: float) -> float:
         """`[search] fill_time`: the trial trains the most epochs (within the space's range)
