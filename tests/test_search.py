@@ -1406,7 +1406,8 @@ def test_search_file_fill_time_needs_a_time_rule_and_an_epochs_range(tmp_path):
 
 def test_fill_time_trains_each_design_for_the_most_epochs_its_time_allows(
         tmp_path, train_only_dir, monkeypatch):
-    """Every candidate is predicted at 10 s an epoch against a base recipe of 100 s: under
+    """Every candidate is predicted at 100 s an epoch against a base recipe of 1000 s (the
+    time cap, 1.5x the budget, is then far above what the tiny trainings take): under
     max_train_time_vs_base 0.25 it trains 2 epochs (2.5 fit), its low-resolution epochs in
     proportion to the base recipe's (fast-50k: 4 of 9 -> 1 of 2); epochs are not drawn. Under
     0.05 not even the fewest epochs (1) fit: rejected by the time rule."""
@@ -1414,7 +1415,7 @@ def test_fill_time_trains_each_design_for_the_most_epochs_its_time_allows(
 
     monkeypatch.setattr(worker.Worker, "predict_train_seconds",
                         lambda self, model, cfg, hopeless=None:
-                        (10.0 * cfg["train"]["epochs"], 100.0))
+                        (100.0 * cfg["train"]["epochs"], 1000.0))
     runs = tmp_path / "runs"
     run_search(_fill_time_search(tmp_path, 0.25), trials=2, runs_dir=runs,
                data_dir=train_only_dir, log=_silent)
@@ -1425,7 +1426,7 @@ def test_fill_time_trains_each_design_for_the_most_epochs_its_time_allows(
         assert t.user_attrs["train"]["train.epochs"] == 2
         assert t.user_attrs["train"]["train.low_res_epochs"] == 1
         assert t.user_attrs["epochs_done"] == 2
-        assert t.user_attrs["predicted_seconds"] == pytest.approx(20.0)
+        assert t.user_attrs["predicted_seconds"] == pytest.approx(200.0)
         assert t.user_attrs["time_vs_base"] == pytest.approx(0.2)
     with pytest.raises(CifarlabError, match="rejected 1 candidates in a row"):
         run_search(_fill_time_search(tmp_path, 0.05), trials=1, runs_dir=tmp_path / "r2",
