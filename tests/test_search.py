@@ -1441,6 +1441,21 @@ def test_fill_time_trains_each_design_for_the_most_epochs_its_time_allows(
                                     2.0)["train.epochs"] == 6
 
 
+def test_local_steps_pick_the_best_parent_most_often():
+    import numpy as np
+
+    st = _study_with([0.5, 0.9, 0.7, 0.8, 0.6])
+    ps = pruning.parents(st, st.get_trials())
+    assert [t.number for t in ps] == [1, 3, 2]
+    rng = np.random.default_rng(0)
+    picks = [pruning.pick_parent(ps, rng).number for _ in range(2000)]
+    share = {n: picks.count(n) / len(picks) for n in (1, 3, 2)}
+    # weights 1, 1/2, 1/3 -> 6/11, 3/11, 2/11
+    assert share[1] == pytest.approx(6 / 11, abs=0.04)
+    assert share[3] == pytest.approx(3 / 11, abs=0.04)
+    assert share[2] == pytest.approx(2 / 11, abs=0.04)
+
+
 def test_search_file_mutate_must_be_a_share(tmp_path):
     for bad in ("1", "-0.1", '"half"', "true"):
         f = write_search(tmp_path)

@@ -147,14 +147,22 @@ def parents(study: optuna.Study, trials: list[FrozenTrial]) -> list[FrozenTrial]
     return best_trials(study, trials)
 
 
+def pick_parent(ps: list[FrozenTrial], rng: np.random.Generator) -> FrozenTrial:
+    """One of `parents`: with one objective the better it ranks, the likelier (weights 1, 1/2,
+    1/3: the best is picked about half the time; seen: a hand design far ahead of the rest got
+    only a third of the local steps); the designs of a Pareto front alike."""
+    w = 1 / np.arange(1, len(ps) + 1) if len(ps[0].values) == 1 else np.ones(len(ps))
+    return ps[int(rng.choice(len(ps), p=w / w.sum()))]
+
+
 def queue_neighbour(study: optuna.Study, spec: SearchSpec, rng: np.random.Generator
                     ) -> FrozenTrial | None:
     """The local step (`[search] mutate` = p): with probability p, once `startup_trials`
     designs have trained and nothing else is queued, queue a neighbour (`mutate`) of one of the
-    best designs (`parents`) as the next trial; the sampler draws any value the neighbour
-    needs that its parent lacked (a stage it adds); a neighbour already tried is not queued
-    again. Random search never takes it (the baseline is the sampler alone). Returns the
-    parent, or None."""
+    best designs (`parents`; with one objective, picked with weight 1/rank) as the next trial;
+    the sampler draws any value the neighbour needs that its parent lacked (a stage it adds);
+    a neighbour already tried is not queued again. Random search never takes it (the baseline
+    is the sampler alone). Returns the parent, or None."""
     p = spec.search["mutate"]
     if not p or spec.search["sampler"] == "random" or rng.random() >= p:
         return None
@@ -165,7 +173,7 @@ def queue_neighbour(study: optuna.Study, spec: SearchSpec, rng: np.random.Genera
     ps = parents(study, trials)
     if not ps:
         return None
-    parent = ps[int(rng.integers(len(ps)))]
+    parent = pick_parent(ps, rng)
     drawn = {k: d for k, d in parent.distributions.items() if k not in spec.derived}
     study.enqueue_trial(mutate(parent.params, drawn, rng),
                         user_attrs={"neighbour_of": parent.number}, skip_if_exists=True)
