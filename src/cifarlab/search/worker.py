@@ -120,6 +120,7 @@ class _Candidate:
     cfg: dict  # both resolved
     model_facts: dict = field(default_factory=dict)  # params, MACs, RF (`check_rules`)
     cap: float | None = None  # the time rules' limit on training seconds (max_seconds)
+    prev_epochs: int | None = None  # a retried trial's epochs from its first attempt
     cost_name: str | None = None  # the cost objective, if any
 
 
@@ -285,6 +286,9 @@ class Worker:
     def _draw(self, trial: optuna.Trial, t_start: float) -> _Candidate:
         """The trial's design and settings, sampled and recorded, and its recipe."""
         label = trial.user_attrs.get("label")  # a queued design keeps its own epochs
+        # a retry (Optuna copies the failed attempt's user attributes) keeps its schedule: its
+        # run directory resumes with it
+        prev_epochs = (trial.user_attrs.get("train") or {}).get("train.epochs")
         args, train = sample(self.spec.space, trial, self.spec.model_args,
                              () if label else self.spec.derived)
         design = describe(self.spec, args)
@@ -294,7 +298,8 @@ class Worker:
         raw, over = self.recipe(trial.number, args, train)
         cfg = resolve(copy.deepcopy(raw), over)
         return _Candidate(trial=trial, t_start=t_start, args=args, design=design, label=label,
-                          raw=raw, over=over, cfg=cfg)
+                          raw=raw, over=over, cfg=cfg,
+                          prev_epochs=prev_epochs if isinstance(prev_epochs, int) else None)
 
     def _reject(self, c: _Candidate, msgs: list[str], values: dict) -> None:
         """Record why the design is refused untrained, and prune the trial (always raises)."""
@@ -372,7 +377,7 @@ class Worker:
             trial.set_user_attr("time_vs_base", pred / pred_base)
             values["time_vs_base"] = (pred / pred_base - lim) / lim
             c.cap = min(c.cap or math.inf, 1.5 * lim * pred_base)
-        if not label:
+        if not label and not c.prev_epochs:  # a retry met the time rules in its first attempt
             broken += self._over_time(pred, pred_base)
         return pred
 
@@ -394,8 +399,9 @@ class Worker:
         """`[search] fill_time`: the trial trains the most epochs (within the space's range)
         whose predicted time meets the time rules, its low-resolution epochs in proportion
         (`timing.schedule`, as the final stage scales a schedule); recorded in the trial's
-        training settings. Returns the predicted seconds of that schedule (at the fewest
-        epochs when none fits: the time rules then reject it)."""
+        training settings; a retried trial keeps its first attempt's epochs. Returns the
+        predicted seconds of that schedule (at the fewest epochs when none fits: the time
+        rules then reject it)."""
         cons, d, e0 = self.cons, self.spec.space["epochs"], c.cfg["train"]["epochs"]
         per_epoch = pred / e0
         room = []
@@ -403,7 +409,7 @@ class Worker:
             room.append(cons["max_train_time_vs_base"] * pred_base / per_epoch)
         if cons["max_train_seconds"]:
             room.append(cons["max_train_seconds"] / per_epoch)
-        e = int(min(d.high, max(d.low, math.floor(min(room) + 1e-9))))
+        e = c.prev_epochs or int(min(d.high, max(d.low, math.floor(min(room) + 1e-9))))
         over = schedule(c.cfg, e)
         c.over = {**c.over, **over}
         c.cfg = resolve(copy.deepcopy(c.raw), c.over)
