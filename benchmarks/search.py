@@ -138,10 +138,6 @@ def save_state(path: Path, state: dict) -> None:
     write_json(path, state, indent=1)
 
 
-def write_out(out: Path | None, result: dict) -> Path:
-    return write_json(out or RESULTS / "search.json", result)
-
-
 def run_workers(spec_file: Path, spec: SP.SearchSpec, study: str, runs_dir: Path,
                 workers: int, threads: int, data_dir: str | None, minutes: float | None = None,
                 trials: int | None = None, queued_only: bool = False) -> None:
@@ -503,8 +499,8 @@ def parse_args(argv: list[str] | None = None):
     ap.add_argument("--write-only", action="store_true", help="write the results file from "
                     "the state (finished rule sets, searches under way as far as they got, "
                     "what was discarded) and stop: nothing is run")
-    ap.add_argument("--out", type=Path, help="results file (default "
-                    "benchmarks/results/search.json)")
+    ap.add_argument("--out", type=Path, default=RESULTS / "search.json",
+                    help="results file (default benchmarks/results/search.json)")
     ap.add_argument("--continue-results", action="store_true", help="a new --runs-dir "
                     "continues the results file: its finished rule sets are kept, searches "
                     "under way there are discarded (with why) and start again here")
@@ -523,12 +519,11 @@ def main(argv: list[str] | None = None) -> None:
     state_path = runs / ("bench-search-quick.json" if args.quick else "bench-search.json")
     state = load_state(state_path)
     if args.continue_results and not state:
-        state = state_from_results(json.loads((args.out or RESULTS / "search.json").read_text()),
-                                   runs)
+        state = state_from_results(json.loads(args.out.read_text()), runs)
 
     def save() -> None:
         save_state(state_path, state)
-        write_out(args.out, result())
+        write_json(args.out, result())
 
     def result() -> dict:
         done = state.get("results", {})
@@ -544,7 +539,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.write_only:
         searches_so_far(args, runs, state)
-        print(f"wrote {write_out(args.out, result())}")
+        print(f"wrote {write_json(args.out, result())}")
         return
     state.setdefault("legs", []).append(provenance())  # every invocation that added to it,
     save_state(state_path, state)  # kept at once: a sitting stopped mid-search saves no more
@@ -572,7 +567,7 @@ def main(argv: list[str] | None = None) -> None:
         save()
         print(f"== {name}: " + "; ".join(
             f"{who} {statistics.mean(r[who]['test_accs']):.4f}" for who in WHO))
-    path = write_out(args.out, result())
+    path = write_json(args.out, result())
     print(f"wrote {path}")
 
 

@@ -29,7 +29,7 @@ from ..recipe import resolve
 from .fidelity import measure_proxy
 from .space import SearchError, SearchSpec
 from .storage import spec_of
-from .timing import schedule
+from .timing import room, schedule
 from .worker import load_train_data, protocol, trial_recipe
 
 FIT = 0.98  # a schedule fits within 98% of the budget: timing varies by a few % run to run
@@ -84,17 +84,13 @@ def proxy_check(study: optuna.Study, study_dir: Path, designs: int = 12, data=No
 def headroom(spec: SearchSpec, t: FrozenTrial) -> float:
     """Budget / the trial's predicted training time (>= 1 when it fits), from the search's
     time rule; SearchError when the search has none."""
-    c, ua = spec.constraints, t.user_attrs
-    ratios = []
-    if c["max_train_time_vs_base"] and isinstance(ua.get("time_vs_base"), int | float):
-        ratios.append(c["max_train_time_vs_base"] / ua["time_vs_base"])
-    if c["max_train_seconds"] and isinstance(ua.get("predicted_seconds"), int | float):
-        ratios.append(c["max_train_seconds"] / ua["predicted_seconds"])
-    if not ratios:
+    ua = t.user_attrs
+    r = room(spec.constraints, ua.get("predicted_seconds"), ua.get("time_vs_base"))
+    if r is None:
         raise SearchError("--fill-budget needs the search's time rule ([constraints] "
                           "max_train_time_vs_base or max_train_seconds) and the trial's "
                           "predicted time")
-    return min(ratios)
+    return r
 
 
 def epochs_around(e0: int, room: float) -> list[int]:
