@@ -29,7 +29,7 @@ from ..recipe import resolve
 from .fidelity import measure_proxy
 from .space import SearchError, SearchSpec
 from .storage import spec_of
-from .timing import room, schedule
+from .timing import schedule, time_room
 from .worker import load_train_data, protocol, trial_recipe
 
 FIT = 0.98  # a schedule fits within 98% of the budget: timing varies by a few % run to run
@@ -85,7 +85,7 @@ def headroom(spec: SearchSpec, t: FrozenTrial) -> float:
     """Budget / the trial's predicted training time (>= 1 when it fits), from the search's
     time rule; SearchError when the search has none."""
     ua = t.user_attrs
-    r = room(spec.constraints, ua.get("predicted_seconds"), ua.get("time_vs_base"))
+    r = time_room(spec.constraints, ua.get("predicted_seconds"), ua.get("time_vs_base"))
     if r is None:
         raise SearchError("--fill-budget needs the search's time rule ([constraints] "
                           "max_train_time_vs_base or max_train_seconds) and the trial's "

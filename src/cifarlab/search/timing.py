@@ -74,7 +74,7 @@ def predict_seconds(step_s: float, n_train: int, batch_size: int, epochs: int, n
     return epochs * (steps * step_s * 1.1 + n_val * (2 if tta else 1) * per_image / 3)
 
 
-def room(constraints: dict, seconds: float | None, vs_base: float | None) -> float | None:
+def time_room(constraints: dict, seconds: float | None, vs_base: float | None) -> float | None:
     """How many times a training of `seconds` (`vs_base` x the base recipe's) fits in the
     search's time rules (`max_train_seconds`, `max_train_time_vs_base`): the smaller of
     limit / value over the rules set and the values known; None when none applies."""

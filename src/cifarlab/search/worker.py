@@ -29,7 +29,7 @@ from .fidelity import PROXY_STEP, proxy_epochs, proxy_overrides
 from .rules import check_rules, rule_key, rules_table, untrainable
 from .space import ARCH_DIMS, MODEL_ARG, TRAIN_DIMS, SearchSpec, max_epochs, sample
 from .storage import database_cause, get_trial
-from .timing import predict_seconds, room, schedule, time_steps
+from .timing import predict_seconds, schedule, time_room, time_steps
 from .workers import proc_start
 
 
@@ -404,7 +404,7 @@ class Worker:
         rules then reject it)."""
         cons, d, e0 = self.cons, self.spec.space["epochs"], c.cfg["train"]["epochs"]
         per_epoch = pred / e0
-        fits = e0 * room(cons, pred, pred / pred_base)  # epochs within the time rules
+        fits = e0 * time_room(cons, pred, pred / pred_base)  # epochs within the time rules
         e = c.prev_epochs or int(min(d.high, max(d.low, math.floor(fits + 1e-9))))
         over = schedule(c.cfg, e)
         c.over = {**c.over, **over}
