@@ -1432,13 +1432,23 @@ def test_fill_time_trains_each_design_for_the_most_epochs_its_time_allows(
     # of its first attempt, whose run directory it resumes: not filled again, and not judged
     # again by the time rules (met in its first attempt; timing noise must not reject it)
     st = storage.load_study("t", storage.default_storage(runs / "t"))
-    st.enqueue_trial(done[0].params, user_attrs={"train": {"train.epochs": 3}})
+    st.enqueue_trial(done[0].params, user_attrs={"train": {"train.epochs": 3},
+                                                 "met_rules": True})
     run_search(_fill_time_search(tmp_path, 0.25), trials=3, runs_dir=runs,
                data_dir=train_only_dir, log=_silent)
     retry = _trials(runs / "t")[-1]
     assert retry.number == 2 and outcome(retry) == "complete"
     assert retry.user_attrs["train"]["train.epochs"] == 3
     assert retry.user_attrs["epochs_done"] == 3
+    # a retry of an attempt stopped before the rules were checked (`train` is recorded at the
+    # draw, before them) is filled and judged afresh: 2 epochs, as the time rule allows
+    st.enqueue_trial(done[0].params, user_attrs={"train": {"train.epochs": 3}})
+    run_search(_fill_time_search(tmp_path, 0.25), trials=4, runs_dir=runs,
+               data_dir=train_only_dir, log=_silent)
+    unchecked = _trials(runs / "t")[3]
+    assert outcome(unchecked) == "complete"
+    assert unchecked.user_attrs["train"]["train.epochs"] == 2
+    assert unchecked.user_attrs["time_vs_base"] == pytest.approx(0.2)
     with pytest.raises(CifarlabError, match="rejected 1 candidates in a row"):
         run_search(_fill_time_search(tmp_path, 0.05), trials=1, runs_dir=tmp_path / "r2",
                    data_dir=train_only_dir, log=_silent)

@@ -286,9 +286,11 @@ class Worker:
     def _draw(self, trial: optuna.Trial, t_start: float) -> _Candidate:
         """The trial's design and settings, sampled and recorded, and its recipe."""
         label = trial.user_attrs.get("label")  # a queued design keeps its own epochs
-        # a retry (Optuna copies the failed attempt's user attributes) keeps its schedule: its
-        # run directory resumes with it
-        prev_epochs = (trial.user_attrs.get("train") or {}).get("train.epochs")
+        # a retry (Optuna copies the failed attempt's user attributes) of an attempt that met
+        # the rules keeps its schedule: its run directory resumes with it. One stopped before
+        # the checks ended (`train` is recorded below, before them) is checked afresh.
+        first = trial.user_attrs.get("train") if trial.user_attrs.get("met_rules") else None
+        prev_epochs = (first or {}).get("train.epochs")
         args, train = sample(self.spec.space, trial, self.spec.model_args,
                              () if label else self.spec.derived)
         design = describe(self.spec, args)
