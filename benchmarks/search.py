@@ -134,6 +134,30 @@ def state_from_results(results: dict, runs: Path) -> dict:
     return state
 
 
+def redo(state: dict, name: str, why: str, runs: Path, quick: bool) -> None:
+    """`--redo NAME WHY`: rule set NAME is measured again from scratch; what the state holds
+    of it (finished or under way: searches, winners, final trainings) is moved to
+    `discarded` with WHY, once (an interrupted redo resumes, it is not discarded again). Its
+    studies must not be in this runs directory (they would resume): use a new one with
+    --continue-results."""
+    if [name, why] in state.setdefault("redone", []):
+        return
+    for _, sp in searches_of(name, quick, runs):
+        if (runs / sp.name).exists():
+            raise SystemExit(f"--redo {name}: {runs / sp.name} holds its study from before: "
+                             "give a new --runs-dir (with --continue-results)")
+    record = {k: v for k, v in (state.get("results", {}).pop(name, None)
+                                 or state.get(name) or {}).items() if k != "verdict"}
+    state.pop(name, None)
+    if record:
+        accs = "; ".join(f"{who} {100 * statistics.mean(record[who]['test_accs']):.2f}%"
+                         for who in WHO if (record.get(who) or {}).get("test_accs"))
+        state.setdefault("discarded", []).append({
+            "what": f"{name}: its searches, winners and final trainings as far as they got"
+                    + (f" ({accs})" if accs else ""), "why": why, "record": record})
+    state["redone"].append([name, why])
+
+
 def save_state(path: Path, state: dict) -> None:
     write_json(path, state, indent=1)
 
@@ -353,7 +377,9 @@ def rule_set(name: str, hand: str, args, state: dict, save, search_data, final_d
     (_, spec), (_, rnd) = searches
     st_state = state.setdefault(name, {})
     faster = (state.get("workers") or {}).get("faster", "1x0")
-    workers = args.workers or int(faster.split("x")[0])
+    procs = spec.search["processes"]  # trainings of several processes: one worker per share
+    workers = args.workers or (max(1, (os.cpu_count() or 1) // procs) if procs > 1
+                               else int(faster.split("x")[0]))
     threads = max(1, (os.cpu_count() or 1) // workers)
     for key, sp in searches:
         if key not in st_state or not st_state[key].get("finished"):
@@ -501,6 +527,10 @@ def parse_args(argv: list[str] | None = None):
                     "what was discarded) and stop: nothing is run")
     ap.add_argument("--out", type=Path, default=RESULTS / "search.json",
                     help="results file (default benchmarks/results/search.json)")
+    ap.add_argument("--redo", nargs=2, action="append", default=[],
+                    metavar=("RULE_SET", "WHY"), help="measure RULE_SET again from scratch: "
+                    "its record so far (finished or under way) is moved to `discarded` with "
+                    "WHY (a new --runs-dir, with --continue-results)")
     ap.add_argument("--continue-results", action="store_true", help="a new --runs-dir "
                     "continues the results file: its finished rule sets are kept, searches "
                     "under way there are discarded (with why) and start again here")
@@ -520,6 +550,10 @@ def main(argv: list[str] | None = None) -> None:
     state = load_state(state_path)
     if args.continue_results and not state:
         state = state_from_results(json.loads(args.out.read_text()), runs)
+    for name, why in args.redo:
+        if name not in RULE_SETS:
+            raise SystemExit(f"--redo {name}: no such rule set ({', '.join(RULE_SETS)})")
+        redo(state, name, why, runs, args.quick)
 
     def save() -> None:
         save_state(state_path, state)

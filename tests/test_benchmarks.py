@@ -192,6 +192,35 @@ def test_bench_search_continue_results_keeps_finished_rule_sets_in_a_new_runs_di
     assert gone["record"] == old["in_progress"]["seed001-rules"]
 
 
+def test_bench_search_redo_discards_a_rule_set_once_and_needs_a_new_runs_dir(tmp_path):
+    """--redo NAME WHY: a finished rule set is measured again; its record goes to `discarded`
+    with WHY and its test accuracies, once (a resumed redo keeps its new progress); its old
+    study in the runs directory is refused (it would resume)."""
+    published = json.loads((common.RESULTS / "search.json").read_text())
+    out = tmp_path / "search.json"
+    out.write_text(json.dumps(published))
+    bench_search.main(["--runs-dir", str(tmp_path / "new"), "--continue-results",
+                       "--write-only", "--out", str(out), "--rule-sets", *published["rule_sets"],
+                       "--redo", "seed001-rules", "its timing was wrong"])
+    r = json.loads(out.read_text())
+    assert "seed001-rules" not in r["rule_sets"] and "seed001-rules" not in r["in_progress"]
+    assert r["discarded"][:-1] == published["discarded"]
+    gone, old = r["discarded"][-1], published["rule_sets"]["seed001-rules"]
+    assert gone["why"] == "its timing was wrong" and gone["record"]["hand"] == old["hand"]
+    hand = 100 * sum(old["hand"]["test_accs"]) / len(old["hand"]["test_accs"])
+    assert gone["what"].startswith("seed001-rules: its searches") and f"hand {hand:.2f}%" in (
+        gone["what"])
+    state = {"results": {"seed001-rules": {"hand": {"test_accs": [0.5]}}},
+             "seed001-rules": {"search": {"finished": False}}}
+    bench_search.redo(state, "seed001-rules", "why", tmp_path / "runs", False)
+    state["seed001-rules"] = {"search": {"finished": True}}  # the redo's own progress
+    bench_search.redo(state, "seed001-rules", "why", tmp_path / "runs", False)
+    assert len(state["discarded"]) == 1 and state["seed001-rules"]["search"]["finished"]
+    (tmp_path / "old" / "seed001-rules").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="holds its study from before"):
+        bench_search.redo({}, "seed001-rules", "why", tmp_path / "old", False)
+
+
 def test_bench_search_trains_a_recipe_both_searches_returned_once(tmp_path, monkeypatch):
     """When random search returned the very recipe the search did (e.g. both kept the queued
     hand design), its final trainings are the searched ones, marked, not trained twice; the

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
 import cifarlab.models.family  # noqa: F401  (registers "family")
@@ -136,7 +137,7 @@ def test_builtin_search_files_start_from_the_shipped_recipes(name, ref):
     _, broken, _ = rules.check_rules(model, spec.constraints)
     assert broken == [] and rules.untrainable(model, trial0) == []
     # a batch the base recipe's processes (the winner's) cannot share is found before training
-    odd = resolve(raw, {**over, "train.batch_size": 255})
+    odd = resolve(raw, {**over, "train.batch_size": 255, "train.processes": 1})
     assert rules.untrainable(model, odd) == []
     assert rules.untrainable(model, odd, final_processes=2) == [
         "untrainable: train.batch_size 255 does not split evenly over 2 processes "
@@ -270,6 +271,54 @@ def test_time_prediction_orders_models():
     assert p > 3 * (1000 // 32) * tb
 
 
+def test_steps_are_timed_with_each_process_share_of_the_threads(monkeypatch):
+    """Trainings of several data-parallel processes give each process its share of the
+    threads: their steps are timed with that share, and the threads are given back."""
+    seen: list[int] = []
+
+    def timer(model, cfg):
+        return lambda: seen.append(torch.get_num_threads()) or 0.1
+
+    monkeypatch.setattr(timing, "step_timer", timer)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert timing.time_steps([(None, {}), (None, {})], rounds=1, processes=2) == [0.1, 0.1]
+        assert seen and set(seen) == {1} and torch.get_num_threads() == 2
+        seen.clear()
+        timing.time_steps([(None, {})], rounds=1)
+        assert set(seen) == {2}
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_search_trainings_take_the_search_files_processes(tmp_path, train_only_dir):
+    """`[search] processes = 2`: each trial trains in two data-parallel processes, as a base
+    recipe of two processes (the final trainings) does; 0 is refused."""
+    f = write_search(tmp_path)
+    f.write_text(f.read_text().replace("pruner =", "processes = 2\npruner ="))
+    runs = tmp_path / "runs"
+    s = run_search(f, trials=1, runs_dir=runs, data_dir=train_only_dir, log=_silent)
+    assert s["complete"] == 1 and s["failed"] == 0
+    t = _trials(runs / "t")[0]
+    cfg = json.loads((Path(t.user_attrs["run_dir"]) / "config.json").read_text())["recipe"]
+    assert cfg["train"]["processes"] == 2
+    # a batch the trial's processes cannot share is rejected with its reason, untrained
+    f.write_text(f.read_text().replace("batch_size = 64", "batch_size = 63")
+                 .replace('name = "t"', 'name = "odd"').replace('lr = 0.1', 'lr = 0.1\n'
+                                                                  'batch_size = 63')
+                 .replace("pruner =", "max_rejected_in_row = 1\npruner ="))
+    with pytest.raises(CifarlabError, match="rejected 1 candidates in a row"):
+        run_search(f, trials=1, runs_dir=runs, data_dir=train_only_dir, log=_silent)
+    t = _trials(runs / "odd", "odd")[0]
+    assert t.state == TrialState.PRUNED and t.user_attrs["rejected"] == (
+        "untrainable: train.batch_size 63 does not split evenly over 2 processes "
+        "(train.processes)")
+    bad = f.read_text().replace("processes = 2", "processes = 0")
+    with pytest.raises(SP.SearchError, match=r"\[search\] processes must be an integer >= 1"):
+        SP.parse_search(bad, "bad.toml")
+
+
 def test_winner_toml_round_trips():
     raw = {"name": "w", "model": "family", "model_args": {"widths": [8, [16, 16]],
                                                            "blocks": ["plain", "dwsep"]},
@@ -342,8 +391,9 @@ def test_time_budget_rule_rejects_slow_candidates(tmp_path, train_only_dir, monk
     asked: list[bool] = []  # what the worker's `enough` said after each round of timing
     real = worker.time_steps
 
-    def spy(models, rounds=3, enough=None):
-        return real(models, rounds, lambda best: asked.append(enough(best)) or asked[-1])
+    def spy(models, rounds=3, enough=None, processes=1):
+        return real(models, rounds, lambda best: asked.append(enough(best)) or asked[-1],
+                    processes)
 
     monkeypatch.setattr(worker, "time_steps", spy)
     with pytest.raises(CifarlabError, match="rejected 1 candidates in a row"):

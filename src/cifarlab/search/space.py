@@ -67,7 +67,7 @@ SEARCH_KEYS = {"objectives": ["val_acc"], "minutes": 60.0, "sampler": "tpe",
                "val_split": 5000, "train_subset": 0, "seed": 0, "startup_trials": 10,
                "max_rejected_in_row": 1000, "heartbeat": 30, "storage_wait_minutes": 5.0,
                "corrupt_images": 1000, "corrupt_severities": [1, 3, 5], "fidelity": {},
-               "mutate": 0.0, "fill_time": False}
+               "mutate": 0.0, "fill_time": False, "processes": 1}
 TOP_KEYS = ("name", "description", "base", "constraints", "search", "space", "enqueue")
 MODEL_ARG = "model_args."  # [space] model_args.NAME: an argument of the base's own network
 
@@ -457,7 +457,7 @@ def _check_search_numbers(s: dict, source: str) -> None:
     """[search]'s integers and minutes (the minutes made floats in place)."""
     ints = {"min_epochs": 1, "reduction_factor": 2, "val_split": 1, "train_subset": 0,
             "seed": 0, "startup_trials": 0, "max_rejected_in_row": 1, "heartbeat": 1,
-            "corrupt_images": 10}
+            "corrupt_images": 10, "processes": 1}
     for k, lo in ints.items():
         v = s[k]
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:

@@ -47,21 +47,30 @@ def step_timer(model: torch.nn.Module, cfg: dict, batch_size: int | None = None,
 
 
 def time_steps(models: list[tuple[torch.nn.Module, dict]], rounds: int = 3,
-               enough: Callable[[list[float]], bool] | None = None) -> list[float]:
+               enough: Callable[[list[float]], bool] | None = None,
+               processes: int = 1) -> list[float]:
     """Seconds per training step of each (model, resolved recipe), measured interleaved (one
     step of each per round, after a warm-up step) and taking each one's fastest round, so
     that a busy machine slows them alike. `enough(best so far)`: stop after a round when it
-    says more rounds cannot change the answer (a design far over a time rule)."""
-    timers = [step_timer(m, cfg) for m, cfg in models]
-    for t in timers:
-        t()
-    best = [math.inf] * len(timers)
-    for _ in range(rounds):
-        for i, t in enumerate(timers):
-            best[i] = min(best[i], t())
-        if enough is not None and enough(best):
-            break
-    return best
+    says more rounds cannot change the answer (a design far over a time rule). `processes`:
+    the trainings' data-parallel processes; each gets its share of this process's threads, and
+    the steps are timed with that share (the ranking of narrow and wide networks depends on
+    the threads a step has)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // processes))
+    try:
+        timers = [step_timer(m, cfg) for m, cfg in models]
+        for t in timers:
+            t()
+        best = [math.inf] * len(timers)
+        for _ in range(rounds):
+            for i, t in enumerate(timers):
+                best[i] = min(best[i], t())
+            if enough is not None and enough(best):
+                break
+        return best
+    finally:
+        torch.set_num_threads(threads)
 
 
 def predict_seconds(step_s: float, n_train: int, batch_size: int, epochs: int, n_val: int,

@@ -91,10 +91,11 @@ def trial_recipe(spec: SearchSpec, study: str, number: int, args: dict,
 
 def protocol(spec: SearchSpec) -> dict:
     """The overrides every search training gets: the validation split, no test set, every
-    epoch evaluated, one process (workers run side by side), the search's seed."""
+    epoch evaluated, `[search] processes` data-parallel processes (default one: workers run
+    side by side), the search's seed."""
     s = spec.search
     over = {"data.val_split": s["val_split"], "train.test_eval": "never",
-            "train.eval_every": 1, "train.processes": 1, "train.target": 0.0,
+            "train.eval_every": 1, "train.processes": s["processes"], "train.target": 0.0,
             "train.seed": s["seed"]}
     if s["train_subset"]:
         over["data.train_subset"] = s["train_subset"]
@@ -219,7 +220,8 @@ class Worker:
                                     b["tta"]))
 
         sc, sb = time_steps([(model, cfg), (self._base(), self.base_cfg)],
-                            enough=hopeless and (lambda best: hopeless(*predict(*best))))
+                            enough=hopeless and (lambda best: hopeless(*predict(*best))),
+                            processes=t["processes"])
         self.base_step = min(self.base_step, sb)
         return predict(sc, sb)
 
@@ -298,10 +300,14 @@ class Worker:
         trial.set_user_attr("train", train)
         trial.set_user_attr("design", design)
         raw, over = self.recipe(trial.number, args, train)
-        cfg = resolve(copy.deepcopy(raw), over)
-        return _Candidate(trial=trial, t_start=t_start, args=args, design=design, label=label,
-                          raw=raw, over=over, cfg=cfg,
-                          prev_epochs=prev_epochs if isinstance(prev_epochs, int) else None)
+        c = _Candidate(trial=trial, t_start=t_start, args=args, design=design, label=label,
+                       raw=raw, over=over, cfg={},
+                       prev_epochs=prev_epochs if isinstance(prev_epochs, int) else None)
+        try:
+            c.cfg = resolve(copy.deepcopy(raw), over)
+        except CifarlabError as e:  # settings that do not go together: a batch that the
+            self._reject(c, [f"untrainable: {e}"], {"trainable": 1.0})  # processes cannot share
+        return c
 
     def _reject(self, c: _Candidate, msgs: list[str], values: dict) -> None:
         """Record why the design is refused untrained, and prune the trial (always raises)."""

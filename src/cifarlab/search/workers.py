@@ -126,6 +126,11 @@ def run_workers(search: str, spec, name: str, workers: int, *, storage: str | No
     url = storage or default_storage(sdir)
     study, _ = create_or_load(spec, name, url, minutes, log)
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    procs, cores = spec.search["processes"], os.cpu_count() or 1
+    if workers * procs > cores:
+        log(f"note: {workers} workers x {procs} training processes ([search] processes) on "
+            f"{cores} cores slow each other down and distort the timed steps: --workers "
+            f"{max(1, cores // procs)} fits")
     cmd = [sys.executable, "-m", "cifarlab.search.cli", search, "--study", name,
            "--runs-dir", str(runs_dir), "--threads", str(threads)]
     for flag, value in (("--trials", trials), ("--data-dir", data_dir),
