@@ -269,6 +269,8 @@ def test_time_prediction_orders_models():
     assert len(seen) == 2 and all(0 < v < math.inf for v in seen[1])
     p = timing.predict_seconds(tb, 1000, 32, 3, 100, True)
     assert p > 3 * (1000 // 32) * tb
+    # two processes share each batch, side by side: half the time
+    assert timing.predict_seconds(tb, 1000, 32, 3, 100, True, processes=2) == pytest.approx(p / 2)
 
 
 def test_steps_are_timed_with_each_process_share_of_the_threads(monkeypatch):
@@ -1243,17 +1245,19 @@ def test_best_fill_budget_times_the_base_and_each_schedule(tmp_path, train_only_
 
 
 def _fake_fill(monkeypatch, epochs: int, run: dict, bases=(100.0, 100.0), log=_silent,
-               label: str | None = None, constraints: dict | None = None):
+               label: str | None = None, constraints: dict | None = None,
+               base_val: float | None = None):
     """final.fill_budget with trainings faked: `run` maps planned epochs to (val acc, train
     seconds, epochs trained); the base recipe timed at `bases` (before, after: the budget, x
-    1.0); the trial's own schedule `epochs` long."""
+    1.0), validating at `base_val`; the trial's own schedule `epochs` long."""
     from types import SimpleNamespace
 
     from cifarlab.search import final
 
     spec = SimpleNamespace(constraints=constraints or {"max_train_time_vs_base": 1.0,
                                                        "max_train_seconds": 0},
-                           base_recipe={"name": "hand"}, search={"val_split": 100})
+                           base="hand", base_recipe={"name": "hand"},
+                           search={"val_split": 100})
     trial = SimpleNamespace(number=7, user_attrs={"model_args": {}, "train": {},
                                                   **({"label": label} if label else {})})
 
@@ -1269,7 +1273,8 @@ def _fake_fill(monkeypatch, epochs: int, run: dict, bases=(100.0, 100.0), log=_s
     monkeypatch.setattr(final, "resolve", lambda raw, over=None: {
         "train": {"epochs": epochs, "low_res": 0, "low_res_epochs": 0, "processes": 2}})
     timings = iter(bases)
-    monkeypatch.setattr(final, "time_base", lambda *a: next(timings))
+    monkeypatch.setattr(final, "time_base", lambda *a: {"train_seconds": next(timings),
+                                                        "val_acc": base_val})
     monkeypatch.setattr(final, "_train_trial", fake_train)
     return final.fill_budget(SimpleNamespace(study_name="s"), trial, Path("."), data=object(),
                              log=log)
@@ -1343,6 +1348,65 @@ def test_fill_budget_times_the_base_again_when_the_machine_drifts(monkeypatch):
     assert r["chosen"] == {"train.epochs": 3, "train.low_res": 0, "train.low_res_epochs": 0}
     assert any("the base recipe trained 20% slower after the schedules than before" in x
                for x in lines)
+
+
+def test_fill_budget_says_when_the_base_recipe_validates_better(monkeypatch):
+    """The base recipe, trained alike with the budget's whole time, validates at least as well
+    as the trial's best schedule within the budget (or none fits): `base_wins`, and the header
+    says that the base design is written. Below it, or under a budget smaller than the base
+    recipe's time (the base is no answer there), the trial's schedule stands."""
+    from cifarlab.search.winner import _fill_lines
+
+    run = {1: (0.60, 33.0, 1), 2: (0.62, 97.0, 2), 3: (0.70, 110.0, 2)}
+    lines: list[str] = []
+    r = _fake_fill(monkeypatch, 1, run, base_val=0.62, log=lines.append)
+    assert r["base_wins"] is True and r["base_val_accs"] == [0.62, 0.62]
+    assert r["chosen"] == {"train.epochs": 2, "train.low_res": 0, "train.low_res_epochs": 0}
+    assert lines[-1] == ("fill budget: the base recipe 'hand' validated at 0.6200, above trial "
+                         "7's best schedule within the budget (0.6200)")
+    text = _fill_lines({**r, "winner_trial": 7})
+    assert text[-2] == "  the base recipe itself, trained alike: val acc 0.6200 and 0.6200"
+    assert "schedules of trial 7, the search's best" in text[-1]
+    assert not any(x.endswith("<- chosen") for x in text)
+    assert _fake_fill(monkeypatch, 1, run, base_val=0.61)["base_wins"] is False
+    none_fit = {2: (0.8, 300.0, 2), 1: (0.7, 150.0, 1)}
+    assert _fake_fill(monkeypatch, 2, none_fit, base_val=0.5)["base_wins"] is True
+    r = _fake_fill(monkeypatch, 1, run, base_val=0.9,
+                   constraints={"max_train_time_vs_base": 0.9, "max_train_seconds": 0})
+    assert r["base_wins"] is False
+
+
+def test_best_writes_the_base_design_when_it_validates_better(tmp_path, train_only_dir,
+                                                              monkeypatch):
+    """`search best --fill-budget`: when the fill stage finds the base recipe better on
+    validation, the study's own base trial (queued under the base recipe's name) is written,
+    with its own schedule, and the header says why."""
+    from cifarlab.search import winner
+
+    extra = REF.replace('label = "ref"', 'label = "fast-50k"')
+    f = write_search(tmp_path, extra=extra, constraints="max_train_time_vs_base = 1.0",
+                     epochs="1")
+    runs = tmp_path / "runs"
+    run_search(f, trials=2, runs_dir=runs, data_dir=train_only_dir, log=_silent)
+    st = storage.load_study("t", storage.default_storage(runs / "t"))
+    done = [t for t in st.get_trials() if t.state == TrialState.COMPLETE]
+    other = next(t for t in done if t.user_attrs.get("label") != "fast-50k")
+    monkeypatch.setattr(winner, "pick", lambda study, number=None: other)
+    filled = {"base_wins": True, "base_val_accs": [0.5, 0.5], "budget_seconds": 100.0,
+              "base_runs": [100.0, 100.0], "processes": 2, "fit": 0.98,
+              "chosen": {"train.epochs": 3}, "candidates": [
+                  {"overrides": {"train.epochs": 3}, "planned_epochs": 3, "epochs": 3,
+                   "val_acc": 0.4, "train_seconds": 90.0, "fits": True}]}
+    w = winner.write_best(st, tmp_path / "w.toml", fill=lambda t: filled)
+    base = next(t for t in done if t.user_attrs.get("label") == "fast-50k")
+    assert w["trial"] == base.number and w["fill"]["winner_trial"] == other.number
+    text = (tmp_path / "w.toml").read_text()
+    assert f"from study 't', trial {base.number}" in text
+    assert f"(schedules of trial {other.number}, the search's best)" in text
+    assert w["recipe"]["train"]["epochs"] == 1  # the base trial's own schedule
+    # a trial asked for by number is written as asked
+    w = winner.write_best(st, tmp_path / "n.toml", number=other.number, fill=lambda t: filled)
+    assert w["trial"] == other.number and "winner_trial" not in w["fill"]
 
 
 # ------------------------------------------------------------------------ local steps

@@ -10,7 +10,9 @@ split; the test set is never read):
   through may train slightly over it. The base recipe, the trial's own schedule and schedules
   around the room it leaves (longer or shorter; low-resolution epochs in proportion) are
   trained one after another, alike, so the budget and each schedule's time are measured; the
-  best validation accuracy among those within the budget wins.
+  best validation accuracy among those within the budget wins - unless the base recipe itself,
+  trained alike with the budget's whole time, validates at least as well (`base_wins`: then
+  `winner.write_best` writes the study's base trial instead).
   `cifarlab search best STUDY --out W.toml --fill-budget`.
 """
 
@@ -111,14 +113,20 @@ def budget_of(spec: SearchSpec, base_seconds: float | None) -> float:
 
 
 def time_base(spec: SearchSpec, runs_dir: Path, data, same: dict, name: str,
-              log: Callable[[str], None]) -> float | None:
-    """The base recipe's training seconds, trained here as the candidates are (None when the
-    time rule does not need it: `max_train_seconds` alone)."""
+              log: Callable[[str], None]) -> dict | None:
+    """The base recipe trained here as the candidates are: its metrics (its training seconds,
+    its validation accuracy); None when the time rule does not need it (`max_train_seconds`
+    alone)."""
     if not spec.constraints["max_train_time_vs_base"]:
         return None
     log(f"fill budget: timing the base recipe '{spec.base}' (the budget)")
-    m = _train_quietly(spec.base_recipe, {**protocol(spec), **same}, runs_dir, name, data)
-    return float(m["train_seconds"])
+    return _train_quietly(spec.base_recipe, {**protocol(spec), **same}, runs_dir, name, data)
+
+
+def base_is_an_answer(spec: SearchSpec) -> bool:
+    """The base recipe itself meets the time rule: its whole time is the budget."""
+    c = spec.constraints
+    return (c["max_train_time_vs_base"] or 0) >= 1 and not c["max_train_seconds"]
 
 
 def is_base_design(spec: SearchSpec, t: FrozenTrial) -> bool:
@@ -126,9 +134,14 @@ def is_base_design(spec: SearchSpec, t: FrozenTrial) -> bool:
     (the hand-written answer as trial 0), under a time rule whose budget is the base recipe's
     whole time. Its schedule takes the budget by definition; timing it against a margin would
     only shorten the hand recipe by noise."""
-    c = spec.constraints
-    return (t.user_attrs.get("label") == spec.base_recipe.get("name")
-            and (c["max_train_time_vs_base"] or 0) >= 1 and not c["max_train_seconds"])
+    return t.user_attrs.get("label") == spec.base_recipe.get("name") and base_is_an_answer(spec)
+
+
+def base_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The study's complete trial that is the base recipe itself (`is_base_design`), if any."""
+    spec = spec_of(study)
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return next((t for t in done if is_base_design(spec, t)), None)
 
 
 def fill_budget(study: optuna.Study, t: FrozenTrial, runs_dir: Path, data=None,
@@ -146,10 +159,12 @@ def fill_budget(study: optuna.Study, t: FrozenTrial, runs_dir: Path, data=None,
     (`is_base_design`) keeps its schedule untimed: {'headroom', 'base_design': True,
     'candidates': [], 'chosen': {}}. Otherwise returns {'headroom' (predicted by
     the search), 'measured_headroom', 'fit', 'budget_seconds', 'base_seconds' (the mean),
-    'base_runs', 'drift', 'processes', 'candidates': [{'overrides', 'planned_epochs',
-    'epochs', 'val_acc', 'train_seconds', 'trained_all', 'fits', 'stopped_by', 'run_dir'}
-    ...], 'chosen': overrides ({}: the trial's own schedule; the shortest measured when none
-    fits)}."""
+    'base_runs', 'drift', 'base_val_accs' (the base recipe's runs' validation accuracies),
+    'base_wins' (the base recipe meets the time rule and validates at least as well as the
+    chosen schedule, or none fits), 'processes', 'candidates': [{'overrides',
+    'planned_epochs', 'epochs', 'val_acc', 'train_seconds', 'trained_all', 'fits',
+    'stopped_by', 'run_dir'} ...], 'chosen': overrides ({}: the trial's own schedule; the
+    shortest measured when none fits)}."""
     spec = spec_of(study)
     room = headroom(spec, t)
     if is_base_design(spec, t):
@@ -164,7 +179,8 @@ def fill_budget(study: optuna.Study, t: FrozenTrial, runs_dir: Path, data=None,
     same = {"train.processes": resolve(copy.deepcopy(spec.base_recipe))["train"]["processes"]}
     if data is None:
         data = load_train_data(data_dir)
-    base = [time_base(spec, runs_dir, data, same, "fill-base", log)]
+    base_runs = [time_base(spec, runs_dir, data, same, "fill-base", log)]
+    base = [float(base_runs[0]["train_seconds"])] if base_runs[0] else [None]
     budget = budget_of(spec, base[0])
     cands: list[dict] = []
 
@@ -198,7 +214,8 @@ def fill_budget(study: optuna.Study, t: FrozenTrial, runs_dir: Path, data=None,
         measure(shortest - 1)
     drift = None
     if base[0]:  # the machine's speed drifts over minutes: time the base again, use the mean
-        base.append(time_base(spec, runs_dir, data, same, "fill-base-after", log))
+        base_runs.append(time_base(spec, runs_dir, data, same, "fill-base-after", log))
+        base.append(float(base_runs[1]["train_seconds"]))
         drift = base[1] / base[0] - 1
         if abs(drift) > DRIFT_WARN:
             log(f"fill budget: the base recipe trained {abs(100 * drift):.0f}% "
@@ -210,9 +227,23 @@ def fill_budget(study: optuna.Study, t: FrozenTrial, runs_dir: Path, data=None,
             c["fits"] = fits(c)
     ok = [c for c in cands if c["fits"]]
     best = (max(ok, key=lambda c: (c["val_acc"], -c["epochs"])) if ok
-            else min(cands, key=lambda c: c["planned_epochs"]))["overrides"]
+            else min(cands, key=lambda c: c["planned_epochs"]))
+    # the base recipe trained alike, with its whole time (the budget): when it meets the time
+    # rule and validates at least as well as every schedule of the trial that fits, it is the
+    # better answer
+    base_val = ([float(m["val_acc"]) for m in base_runs if m and isinstance(m.get("val_acc"),
+                                                                             int | float)])
+    base_val_acc = sum(base_val) / len(base_val) if base_val else None
+    base_wins = bool(base_is_an_answer(spec) and base_val_acc is not None
+                     and (not ok or base_val_acc >= best["val_acc"]))
+    if base_wins:
+        log(f"fill budget: the base recipe '{spec.base}' validated at {base_val_acc:.4f}, "
+            + (f"above trial {t.number}'s best schedule within the budget "
+               f"({best['val_acc']:.4f})" if ok
+               else f"and no schedule of trial {t.number} fits the budget"))
     return {"headroom": room, "measured_headroom": measured_room, "fit": FIT,
             "budget_seconds": budget, "base_seconds": sum(base) / 2 if base[0] else None,
             "base_runs": base if base[0] else [], "drift": drift,
-            "processes": same["train.processes"], "candidates": cands, "chosen": best,
-            "val_split": spec.search["val_split"]}
+            "base_val_accs": base_val, "base_wins": base_wins,
+            "processes": same["train.processes"], "candidates": cands,
+            "chosen": best["overrides"], "val_split": spec.search["val_split"]}

@@ -74,10 +74,13 @@ def time_steps(models: list[tuple[torch.nn.Module, dict]], rounds: int = 3,
 
 
 def predict_seconds(step_s: float, n_train: int, batch_size: int, epochs: int, n_val: int,
-                    tta: bool) -> float:
+                    tta: bool, processes: int = 1) -> float:
     """Training time from the time of one step: steps per epoch (the last partial batch is
     dropped), 10% for augmentation and bookkeeping, and a validation pass per epoch (a forward
-    pass costs about a third of a training step; twice with test-time flip)."""
+    pass costs about a third of a training step; twice with test-time flip). `processes`:
+    data-parallel processes sharing each batch side by side (the step was timed on the whole
+    batch with one process's share of the threads, `time_steps`)."""
+    step_s /= processes
     steps = max(1, n_train // batch_size)
     per_image = step_s / batch_size
     return epochs * (steps * step_s * 1.1 + n_val * (2 if tta else 1) * per_image / 3)

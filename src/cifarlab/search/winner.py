@@ -76,7 +76,14 @@ def write_best(study: optuna.Study, out: str | os.PathLike, number: int | None =
         raise SearchError(f"--out {out}: the recipe file must end in .toml")
     t = pick(study, number)
     filled = fill(t) if fill else None
-    raw = winner_recipe(study, t, out.stem, filled["chosen"] if filled else None)
+    schedule = filled["chosen"] if filled else None
+    if filled and filled.get("base_wins") and number is None:
+        from .final import base_trial  # the base recipe validated better, trained alike
+
+        b = base_trial(study)
+        if b is not None:
+            filled, t, schedule = {**filled, "winner_trial": t.number}, b, None
+    raw = winner_recipe(study, t, out.stem, schedule)
     ua = t.user_attrs
     header = "\n".join([
         f"Written by `cifarlab search best` from study '{study.study_name}', trial {t.number}",
@@ -124,7 +131,16 @@ def _fill_lines(filled: dict) -> list[str]:
                      + (" (the trial's own schedule)" if not c["overrides"] else "")
                      + (f", stopped by {c['stopped_by']} after {c['epochs']} epochs"
                         if c.get("stopped_by") else "")
-                     + ("  <- chosen" if c["overrides"] == filled["chosen"] else ""))
+                     + ("  <- chosen" if c["overrides"] == filled["chosen"]
+                        and filled.get("winner_trial") is None else ""))
     if not any(c["fits"] for c in filled["candidates"]):
         lines.append("  none fits the budget: the shortest schedule measured is written")
+    vals = filled.get("base_val_accs") or []
+    if vals:
+        lines.append("  the base recipe itself, trained alike: val acc "
+                     + " and ".join(f"{v:.4f}" for v in vals))
+    if filled.get("winner_trial") is not None:
+        lines.append(f"  (schedules of trial {filled['winner_trial']}, the search's best): the "
+                     "base recipe validated at least as well, so its own design (this trial) "
+                     "is written")
     return lines

@@ -215,9 +215,9 @@ class Worker:
             # the truest (a busy moment must not make a slow candidate look cheap)
             sb = min(self.base_step, sb)
             return (predict_seconds(sc, self.n_train, t["batch_size"], t["epochs"], self.n_val,
-                                    t["tta"]),
+                                    t["tta"], t["processes"]),
                     predict_seconds(sb, self.n_train, b["batch_size"], b["epochs"], self.n_val,
-                                    b["tta"]))
+                                    b["tta"], t["processes"]))
 
         sc, sb = time_steps([(model, cfg), (self._base(), self.base_cfg)],
                             enough=hopeless and (lambda best: hopeless(*predict(*best))),
