@@ -446,10 +446,22 @@ def search_section() -> list[str]:
     r = json.loads(p.read_text())
     out = search_seeded_rows(r["rule_sets"]) if r["rule_sets"] else []
     for name, s in r.get("in_progress", {}).items():
-        summ = s.get("search") or {}
-        out.append(f"- `{name}`: search under way ({summ.get('minutes_used', 0):.0f} min used, "
-                   f"{summ.get('complete', 0)} complete, {summ.get('pruned', 0)} pruned, "
-                   f"{summ.get('rejected', 0)} rejected); no test accuracy yet.")
+        parts = []
+        for key, what in (("search", "search"), ("random_search", "random search")):
+            summ = s.get(key)
+            if not summ:
+                continue
+            best = (summ.get("best") or [{}])[0]
+            parts.append(f"{what} {'finished' if summ.get('finished') else 'under way'} "
+                         f"({summ.get('minutes_used', 0):.0f} of "
+                         f"{summ.get('budget_minutes') or 0:.0f} min, "
+                         f"{summ.get('complete', 0)} complete, {summ.get('pruned', 0)} pruned, "
+                         f"{summ.get('rejected', 0)} rejected"
+                         + (f"; best so far trial {best['number']}, validation "
+                            f"{100 * best['val_acc']:.2f}%: {best['design']}"
+                            if best.get("val_acc") is not None else "") + ")")
+        out.append(f"- `{name}`, under way: " + ("; ".join(parts) or "nothing recorded yet")
+                   + "; no test accuracy yet.")
     for d in r.get("discarded", []):
         out.append(f"- Discarded and redone: {d['what']} ({d['why']}).")
     w = r.get("workers")

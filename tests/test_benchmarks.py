@@ -130,16 +130,22 @@ def test_search_section_of_a_running_search_and_discarded_measurements(tmp_path,
     prov = {"commit": "a" * 40, "date": "2026-11-28T15:00:00+00:00", "machine": "M",
             "command": "python -m benchmarks.search"}
     rec = {**prov, "legs": [prov], "rule_sets": {},
-           "in_progress": {"seed001-rules": {"search": {"minutes_used": 12.0, "complete": 3,
-                                                        "pruned": 4, "rejected": 5}}},
+           "in_progress": {"seed001-rules": {
+               "search": {"minutes_used": 90.2, "budget_minutes": 90.0, "complete": 3,
+                          "pruned": 4, "rejected": 5, "finished": True,
+                          "best": [{"number": 0, "val_acc": 0.8588, "design": "stem 32"}]},
+               "random_search": {"minutes_used": 12.0, "budget_minutes": 90.0,
+                                 "complete": 0, "pruned": 0, "rejected": 9, "best": []}}},
            "discarded": [{"what": "a random search", "why": "its workers drew alike",
                           "record": None}],
            "workers": None}
     (tmp_path / "search.json").write_text(json.dumps(rec))
     monkeypatch.setattr(update_readme, "RESULTS", tmp_path)
     out = update_readme.search_section()
-    assert out[0] == ("- `seed001-rules`: search under way (12 min used, 3 complete, 4 pruned, "
-                      "5 rejected); no test accuracy yet.")
+    assert out[0] == ("- `seed001-rules`, under way: search finished (90 of 90 min, 3 complete, "
+                      "4 pruned, 5 rejected; best so far trial 0, validation 85.88%: stem 32); "
+                      "random search under way (12 of 90 min, 0 complete, 0 pruned, 9 rejected);"
+                      " no test accuracy yet.")
     assert out[1] == "- Discarded and redone: a random search (its workers drew alike)."
     assert out[-1].startswith("Measured on M, commits `aaaaaaaaaaaa` (`python -m benchmarks.")
 
