@@ -179,9 +179,9 @@ def fill_budget(study: optuna.Study, t: FrozenTrial, runs_dir: Path, data=None,
     same = {"train.processes": resolve(copy.deepcopy(spec.base_recipe))["train"]["processes"]}
     if data is None:
         data = load_train_data(data_dir)
-    base_runs = [time_base(spec, runs_dir, data, same, "fill-base", log)]
-    base = [float(base_runs[0]["train_seconds"])] if base_runs[0] else [None]
-    budget = budget_of(spec, base[0])
+    first = time_base(spec, runs_dir, data, same, "fill-base", log)
+    base_runs = [first] if first else []  # the base recipe's runs (metrics): the budget
+    budget = budget_of(spec, float(first["train_seconds"]) if first else None)
     cands: list[dict] = []
 
     def fits(c: dict) -> bool:  # all its epochs trained, within FIT of the budget
@@ -213,9 +213,9 @@ def fill_budget(study: optuna.Study, t: FrozenTrial, runs_dir: Path, data=None,
             break
         measure(shortest - 1)
     drift = None
-    if base[0]:  # the machine's speed drifts over minutes: time the base again, use the mean
+    if base_runs:  # the machine's speed drifts over minutes: time the base again, use the mean
         base_runs.append(time_base(spec, runs_dir, data, same, "fill-base-after", log))
-        base.append(float(base_runs[1]["train_seconds"]))
+        base = [float(m["train_seconds"]) for m in base_runs]
         drift = base[1] / base[0] - 1
         if abs(drift) > DRIFT_WARN:
             log(f"fill budget: the base recipe trained {abs(100 * drift):.0f}% "
@@ -231,8 +231,9 @@ def fill_budget(study: optuna.Study, t: FrozenTrial, runs_dir: Path, data=None,
     # the base recipe trained alike, with its whole time (the budget): when it meets the time
     # rule and validates at least as well as every schedule of the trial that fits, it is the
     # better answer
-    base_val = ([float(m["val_acc"]) for m in base_runs if m and isinstance(m.get("val_acc"),
-                                                                             int | float)])
+    base = [float(m["train_seconds"]) for m in base_runs]
+    base_val = [float(m["val_acc"]) for m in base_runs
+                if isinstance(m.get("val_acc"), int | float)]
     base_val_acc = sum(base_val) / len(base_val) if base_val else None
     base_wins = bool(base_is_an_answer(spec) and base_val_acc is not None
                      and (not ok or base_val_acc >= best["val_acc"]))
@@ -242,8 +243,8 @@ def fill_budget(study: optuna.Study, t: FrozenTrial, runs_dir: Path, data=None,
                f"({best['val_acc']:.4f})" if ok
                else f"and no schedule of trial {t.number} fits the budget"))
     return {"headroom": room, "measured_headroom": measured_room, "fit": FIT,
-            "budget_seconds": budget, "base_seconds": sum(base) / 2 if base[0] else None,
-            "base_runs": base if base[0] else [], "drift": drift,
+            "budget_seconds": budget, "base_seconds": sum(base) / len(base) if base else None,
+            "base_runs": base, "drift": drift,
             "base_val_accs": base_val, "base_wins": base_wins,
             "processes": same["train.processes"], "candidates": cands,
             "chosen": best["overrides"], "val_split": spec.search["val_split"]}
