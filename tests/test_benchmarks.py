@@ -203,6 +203,10 @@ def test_bench_search_redo_discards_a_rule_set_once_and_needs_a_new_runs_dir(tmp
     with WHY and its test accuracies, once (a resumed redo keeps its new progress); its old
     study in the runs directory is refused (it would resume)."""
     published = json.loads((common.RESULTS / "search.json").read_text())
+    published["in_progress"] = {}  # a finished seed001-rules record, whatever is published
+    published["rule_sets"]["seed001-rules"] = {
+        who: {"test_accs": [0.85, 0.86], "train_seconds": [180.0, 181.0]}
+        for who in ("hand", "searched", "random")}
     out = tmp_path / "search.json"
     out.write_text(json.dumps(published))
     bench_search.main(["--runs-dir", str(tmp_path / "new"), "--continue-results",
