@@ -444,7 +444,7 @@ def search_section() -> list[str]:
     if not p.exists():
         return ["No search benchmark recorded yet (`python -m benchmarks.search`)."]
     r = json.loads(p.read_text())
-    out = search_seeded_rows(r["rule_sets"]) if r["rule_sets"] else []
+    out = search_seeded_rows(r["rule_sets"], r.get("legs") or []) if r["rule_sets"] else []
     for name, s in r.get("in_progress", {}).items():
         parts = []
         for key, what in (("search", "search"), ("random_search", "random search")):
@@ -489,7 +489,27 @@ def _mean_spread(xs: list[float]) -> str:
     return f"{pct(statistics.mean(xs))} ± {100 * sd:.2f}"
 
 
-def search_seeded_rows(sets: dict) -> list[str]:
+def _option(command: str, flag: str) -> list[str]:
+    """The values after `flag` in a recorded command line (up to the next option)."""
+    words = command.split()
+    if flag not in words:
+        return []
+    rest = words[words.index(flag) + 1:]
+    return rest[:next((i for i, w in enumerate(rest) if w.startswith("--")), len(rest))]
+
+
+def sittings_of(name: str, s: dict, legs: list[dict]) -> list[dict]:
+    """The legs (sittings) that can have added to rule set `name`'s record `s`: those in its
+    runs directory that name it (or every rule set), up to the record's date; at least the
+    record's own."""
+    runs = _option(s["command"], "--runs-dir")
+    mine = [g for g in legs if _option(g["command"], "--runs-dir") == runs
+            and name in (_option(g["command"], "--rule-sets") or [name])
+            and g["date"] <= s["date"]]
+    return mine or [s]
+
+
+def search_seeded_rows(sets: dict, legs: list[dict]) -> list[str]:
     """benchmarks.search's records with seeds: hand, random search and search per rule set, each
     the mean ± standard deviation of its seeds' test accuracies and its mean training time;
     the proxy rung's rank correlation and the budget."""
@@ -527,8 +547,11 @@ def search_seeded_rows(sets: dict) -> list[str]:
                           "are the searched ones" if w.get("same_recipe_as") else "") + ".")
         if v := s.get("verdict"):
             out.append(_verdict_line(name, v))
-        out.append(f"- `{name}` measured at `{s['commit'][:12]}`, {s['date'][:10]}, on "
-                   f"{s['machine']} (`{s['command']}`).")
+        sit = sittings_of(name, s, legs)
+        out.append(f"- `{name}` measured in {len(sit)} sitting{'s' * (len(sit) > 1)} "
+                   f"{sit[0]['date'][:10]} to {s['date'][:10]}, at commits "
+                   + ", ".join(dict.fromkeys(f"`{g['commit'][:12]}`" for g in sit))
+                   + f", on {s['machine']} (last: `{s['command']}`).")
     n = len(next(iter(sets.values()))["hand"]["test_accs"])
     out += ["", f"Test accuracy: mean ± standard deviation (points) over {n} seeds, each "
             "trained on the full training set; the winners' time budget is the hand recipe's "

@@ -464,6 +464,22 @@ def test_bench_search_compares_search_random_search_and_hand_with_seeds(tmp_path
     assert any("random search winner, trial" in line for line in out)
 
 
+
+def test_search_rule_set_names_every_sitting_that_added_to_it():
+    cmd = "python -m benchmarks.search --runs-dir {} --max-minutes 90 --rule-sets {} --workers 2"
+    legs = [{"commit": "a" * 40, "date": "2026-12-01T00:00", "command": cmd.format("/r1", "x y")},
+            {"commit": "b" * 40, "date": "2026-12-02T00:00", "command": cmd.format("/r2", "x")},
+            {"commit": "c" * 40, "date": "2026-12-03T00:00", "command": cmd.format("/r2", "y")},
+            {"commit": "d" * 40, "date": "2026-12-04T00:00",
+             "command": "python -m benchmarks.search --runs-dir /r2"},  # every rule set
+            {"commit": "e" * 40, "date": "2026-12-09T00:00", "command": cmd.format("/r2", "x")}]
+    x = {"commit": "d" * 40, "date": "2026-12-04T00:00", "command": cmd.format("/r2", "x")}
+    assert [g["commit"][0] for g in update_readme.sittings_of("x", x, legs)] == ["b", "d"]
+    y = {**x, "command": cmd.format("/r1", "x y"), "date": "2026-12-01T00:00"}
+    assert [g["commit"][0] for g in update_readme.sittings_of("y", y, legs)] == ["a"]
+    assert update_readme.sittings_of("x", x, []) == [x]  # no legs recorded: the record's own
+
+
 ONEDNN_LOG = """\
 onednn_verbose,v1,info,oneDNN v3.7.1 (commit 8d263e693366ef8db40acc569cc7d8edf644556d)
 onednn_verbose,v1,primitive,create:cache_miss,cpu,convolution,brg_conv_fwd:avx512_core_amx,\
