@@ -21,8 +21,11 @@ only) - one invocation:
    the best among those within the budget; the same stage for both) and checks them against
    the rules;
 5. trains the hand recipe and both winners with 3 seeds each on the full training set, timed,
-   each winner with the hand recipe's time (same seed) as its budget (`max_seconds`). The test
-   set is read by these final trainings only: the searches get the training batches alone.
+   each winner with the hand recipe's time (same seed) as its budget (`max_seconds`). A winner
+   that is the hand recipe itself (the search's base recipe's queued design, kept by the fill
+   stage) has the hand recipe's trainings, and random search's winner the searched one's when
+   both wrote the same recipe: the same recipe is not trained twice. The test set is read by
+   these final trainings only: the searches get the training batches alone.
 
 Before the searches it measures, on this machine, trials per hour of one worker with all the
 cores' threads against one single-threaded worker per core (the same fixed trials, queued in
@@ -325,13 +328,23 @@ def same_training(a: Path, b: Path) -> bool:
     return body(a) == body(b)
 
 
+def is_hand_design(spec: SP.SearchSpec, hand: str, winner_entry: dict) -> bool:
+    """Whether a search's written winner is the hand recipe itself: the search's base recipe is
+    the hand recipe and the fill stage kept or wrote the base recipe's own queued design and
+    schedule (`final.is_base_design`: `base_design`, or `winner_trial` when the base recipe
+    validated better than the winner's schedules)."""
+    f = winner_entry.get("fill") or {}
+    return spec.base == hand and bool(f.get("base_design") or f.get("winner_trial") is not None)
+
+
 def final_trainings(name: str, hand: str, recipes: dict, runs: Path, over: dict, st_state: dict,
-                    save, final_data) -> None:
+                    save, final_data, as_hand: frozenset = frozenset()) -> None:
     """Each of hand / searched / random with each seed on the full training set (the test set
     read once, here only); a winner's time budget is the hand recipe's time with that seed.
-    When random search returned the very recipe the search did, its trainings are the
-    searched ones (`same_recipe_as`), not trained twice. Each finished training is kept in the
-    state (resumable)."""
+    A winner in `as_hand` (the hand recipe itself, `is_hand_design`) has the hand recipe's
+    trainings, and when random search returned the very recipe the search did, its trainings
+    are the searched ones (`same_recipe_as`), not trained again. Each finished training is
+    kept in the state (resumable)."""
     done = st_state.setdefault("final", {})
     twins = same_training(recipes["searched"], recipes["random"])
     for seed in SEEDS:
@@ -339,9 +352,11 @@ def final_trainings(name: str, hand: str, recipes: dict, runs: Path, over: dict,
             key = f"{who}-{seed}"
             if key in done:
                 continue
-            if who == "random" and twins:
-                print(f"== {name}: final training random, seed {seed}: the searched recipe's")
-                done[key] = {**done[f"searched-{seed}"], "same_recipe_as": "searched"}
+            same = ("hand" if who in as_hand
+                    else "searched" if who == "random" and twins else None)
+            if same:
+                print(f"== {name}: final training {who}, seed {seed}: the {same} recipe's")
+                done[key] = {**done[f"{same}-{seed}"], "same_recipe_as": same}
                 save()
                 continue
             cap = None if who == "hand" else done[f"hand-{seed}"]["seconds"]
@@ -403,7 +418,8 @@ def rule_set(name: str, hand: str, args, state: dict, save, search_data, final_d
                             "fill": w["fill"], "rules_broken": rules_broken(spec, w["recipe"])}
             save()
     over = {"train_subset": 2000, "epochs": 2} if args.quick else {}
-    final_trainings(name, hand, recipes, runs, over, st_state, save, final_data)
+    as_hand = frozenset(w for w, e in winners.items() if is_hand_design(spec, hand, e))
+    final_trainings(name, hand, recipes, runs, over, st_state, save, final_data, as_hand)
     return rule_set_record(name, hand, spec, st_state)
 
 
@@ -456,7 +472,8 @@ def verdict(r: dict) -> dict:
             "beats_hand_by_1_0_at_equal_time": (over_hand >= 1.0 and time_ratio <= 1.0)
             if rivals else None,
             "beats_random": mean["searched"] > mean["random"],
-            "same_recipe_as_random": r["random"].get("same_recipe_as") == "searched"}
+            "same_recipe_as_random": r["random"].get("same_recipe_as") == "searched"
+            or r["random"].get("same_recipe_as") == r["searched"].get("same_recipe_as") == "hand"}
 
 
 # ------------------------------------------------------------------------------ stopping

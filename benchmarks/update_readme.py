@@ -543,8 +543,10 @@ def search_seeded_rows(sets: dict, legs: list[dict]) -> list[str]:
                        + ("met" if not w.get("rules_broken") else "**broken**")
                        + ("; the hand recipe's own design, queued first"
                           if (w.get("fill") or {}).get("base_design") else "")
-                       + ("; the same recipe as the search's winner, so its final trainings "
-                          "are the searched ones" if w.get("same_recipe_as") else "") + ".")
+                       + ({"searched": "; the same recipe as the search's winner, so its "
+                                       "final trainings are the searched ones",
+                           "hand": "; the hand recipe itself, so its final trainings are the "
+                                   "hand recipe's"}.get(w.get("same_recipe_as"), "")) + ".")
         if v := s.get("verdict"):
             out.append(_verdict_line(name, v))
         sit = sittings_of(name, s, legs)

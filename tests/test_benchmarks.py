@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -269,6 +270,26 @@ def test_bench_search_trains_a_recipe_both_searches_returned_once(tmp_path, monk
     bench_search.final_trainings("x", "fast-50k", recipes, tmp_path, {}, {}, lambda: None,
                                  lambda: "FULL")
     assert len(trained) == 9 and "x-random-2" in trained
+    # both winners the hand recipe itself (the fill stage kept the base's queued design):
+    # only the hand recipe trains, both winners have its trainings
+    spec = SimpleNamespace(base="fast-50k")
+    kept, wrote = {"fill": {"base_design": True}}, {"fill": {"base_wins": True, "winner_trial": 7}}
+    assert bench_search.is_hand_design(spec, "fast-50k", kept)
+    assert bench_search.is_hand_design(spec, "fast-50k", wrote)
+    assert not bench_search.is_hand_design(spec, "fast-50k", {"fill": {"base_wins": False}})
+    assert not bench_search.is_hand_design(spec, "other", kept)  # the base is not the hand one
+    trained.clear()
+    st = {}
+    bench_search.final_trainings("x", "fast-50k", recipes, tmp_path, {}, st, lambda: None,
+                                 lambda: "FULL", frozenset({"searched", "random"}))
+    assert trained == [f"x-hand-{s}" for s in (0, 1, 2)]
+    for who in ("searched", "random"):
+        assert st["final"][f"{who}-1"] == {**st["final"]["hand-1"], "same_recipe_as": "hand"}
+    runs = {who: {"test_accs": [st["final"][f"{who}-{s}"]["test_acc"] for s in (0, 1, 2)],
+                  "seconds": [11.0] * 3, "same_recipe_as": "hand"} for who in bench_search.WHO}
+    v = bench_search.verdict(runs)
+    assert v["same_recipe_as_random"] and not v["beats_random"]
+    assert v["searched_minus_hand_points"] == 0
 
 
 def test_bench_search_sigterm_stops_the_parent_and_quietly_ends_forked_children():
