@@ -485,7 +485,6 @@ def test_bench_search_compares_search_random_search_and_hand_with_seeds(tmp_path
     assert any("random search winner, trial" in line for line in out)
 
 
-
 def test_search_rule_set_names_every_sitting_that_added_to_it():
     cmd = "python -m benchmarks.search --runs-dir {} --max-minutes 90 --rule-sets {} --workers 2"
     legs = [{"commit": "a" * 40, "date": "2026-12-01T00:00", "command": cmd.format("/r1", "x y")},

@@ -215,7 +215,8 @@ def fill_budget(study: optuna.Study, t: FrozenTrial, runs_dir: Path, data=None,
     drift = None
     if base_runs:  # the machine's speed drifts over minutes: time the base again, use the mean
         base_runs.append(time_base(spec, runs_dir, data, same, "fill-base-after", log))
-        base = [float(m["train_seconds"]) for m in base_runs]
+    base = [float(m["train_seconds"]) for m in base_runs]  # the base recipe's seconds
+    if base:
         drift = base[1] / base[0] - 1
         if abs(drift) > DRIFT_WARN:
             log(f"fill budget: the base recipe trained {abs(100 * drift):.0f}% "
@@ -231,7 +232,6 @@ def fill_budget(study: optuna.Study, t: FrozenTrial, runs_dir: Path, data=None,
     # the base recipe trained alike, with its whole time (the budget): when it meets the time
     # rule and validates at least as well as every schedule of the trial that fits, it is the
     # better answer
-    base = [float(m["train_seconds"]) for m in base_runs]
     base_val = [float(m["val_acc"]) for m in base_runs
                 if isinstance(m.get("val_acc"), int | float)]
     base_val_acc = sum(base_val) / len(base_val) if base_val else None
