@@ -195,7 +195,7 @@ def test_edge_8m_is_a_rule_set_no_hand_recipe_meets():
     base = resolve("fast-50k")
     _, broken, _ = rules.check_rules(create_model(base["model"], **base["model_args"]),
                                      spec.constraints)
-    assert [rules.rule_key(b) for b in broken] == ["max_macs", "require strided_conv"]
+    assert [rules.rule_key(b) for b in broken] == ["require strided_conv"]
     ok = create_model("family", stem=8, widths=[48, 8, 32, 40], depths=[1, 2, 2, 2],
                       blocks=["plain", "residual", "residual", "branch"],
                       downsample=["avgpool", "none", "stride", "none"],
@@ -1494,7 +1494,9 @@ def test_queue_neighbour_queues_a_neighbour_of_one_of_the_best_designs():
 
 
 def _fill_time_search(tmp_path: Path, limit: float, extra: str = "") -> Path:
-    f = write_search(tmp_path, extra=extra, epochs="{ low = 1, high = 3 }",
+    """No pruning: these tests are about the epochs each trial trains, which a pruner could cut
+    short on the synthetic data's noise."""
+    f = write_search(tmp_path, extra=extra, epochs="{ low = 1, high = 3 }", pruner="none",
                      constraints=f"max_train_time_vs_base = {limit}")
     f.write_text(f.read_text().replace("startup_trials = 2", "startup_trials = 2\n"
                                        "fill_time = true\nmax_rejected_in_row = 1"))
@@ -1523,7 +1525,7 @@ def test_fill_time_trains_each_design_for_the_most_epochs_its_time_allows(
     """Every candidate is predicted at 100 s an epoch against a base recipe of 1000 s (the
     time cap, 1.5x the budget, is then far above what the tiny trainings take): under
     max_train_time_vs_base 0.25 it trains 2 epochs (2.5 fit), its low-resolution epochs in
-    proportion to the base recipe's (fast-50k: 4 of 9 -> 1 of 2); epochs are not drawn. Under
+    proportion to the base recipe's (fast-50k: 3 of 6 -> 1 of 2); epochs are not drawn. Under
     0.05 not even the fewest epochs (1) fit: rejected by the time rule."""
     from cifarlab.search import fidelity
 

@@ -9,9 +9,9 @@ generated once per worker and kept in memory (uint8, 3 KB an image: 138 MB by de
 A trial is scored after its last epoch as `cifarlab robustness` scores a run: one plain fp32
 forward pass of its checkpoint (no test-time augmentation), so the cost per trial is one
 forward pass over those images. Measured on the 2-core EPYC, one thread: making the 45,000
-images takes about 8 s (once per worker); scoring a fast-50k-sized network (10.7M MACs) about
-26 s per trial (0.57 s per 1,000 images), some 10-15% of a full-fidelity trial of that size.
-Fewer images or severities make it cheaper in proportion.
+images takes about 8 s (once per worker); scoring a 10.7M-MAC network (fast-50k's until
+issue 32) about 26 s per trial (0.57 s per 1,000 images), some 10-15% of a full-fidelity
+trial of that size. Fewer images or severities make it cheaper in proportion.
 `corrupt_acc` is the mean accuracy over every corruption and severity.
 """
 
