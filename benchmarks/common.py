@@ -4,6 +4,7 @@ the one timed training call, command-line pieces and child processes."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -106,6 +107,20 @@ def parse_sets(items: list[str], what: str = "") -> dict:
         return dict(parse_override(item) for item in items)
     except CifarlabError as e:
         raise SystemExit(f"{what}: {e}" if what else str(e)) from None
+
+
+NOT_TRAINING = ("description",)  # resolved recipe keys that do not change how it trains
+
+
+def recipe_sha(recipe: str, overrides: dict) -> str:
+    """A fingerprint of the recipe as it resolves now (with the invocation's overrides),
+    its wording (NOT_TRAINING) left out: a recorded measurement whose fingerprint differs
+    measured another recipe."""
+    from cifarlab.recipe import resolve
+
+    cfg = {k: v for k, v in resolve(recipe, overrides).items() if k not in NOT_TRAINING}
+    text = json.dumps(cfg, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------------ child processes

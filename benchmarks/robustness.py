@@ -9,8 +9,11 @@ scores the run with `cifarlab.robustness` (clean accuracy, mean corruption accur
 twice, without and with the robustness option (`augmix`: `augment.augmix = 3`, AugMix with the
 paper's settings, nothing tuned), in the same invocation. The full corrupted set's generation
 time is measured once. Rows go to benchmarks/results/robustness.json, written after each row;
-`--resume` keeps the finished rows (the same `--images` and seed) and does the rest.
-Nothing is chosen here: every figure is a measurement of a recipe as shipped.
+`--resume` keeps the finished rows (the same `--images` and seed) and does the rest. A row is
+kept only while its recipe resolves as it did (`recipe_sha`, as benchmarks.speed checks it);
+one whose recipe has changed since, or one of a recipe named with `--retrain` (rows recorded
+before the fingerprint cannot show it), moves to `superseded_rows`, counted nowhere, and is
+measured again. Nothing is chosen here: every figure is a measurement of a recipe as shipped.
 """
 
 from __future__ import annotations
@@ -26,7 +29,15 @@ from cifarlab.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from cifarlab.data import load_data
 from cifarlab.errors import CifarlabError
 
-from .common import RESULTS, add_data_dir, arg_parser, provenance, timed_train, write_json
+from .common import (
+    RESULTS,
+    add_data_dir,
+    arg_parser,
+    provenance,
+    recipe_sha,
+    timed_train,
+    write_json,
+)
 
 RECIPES = ["fast-50k", "fast-seed001", "default", "seed000-m1", "seed000-m3", "fast-top"]
 WITH_OPTION = ["fast-50k", "fast-seed001", "fast-top"]  # also trained with the option
@@ -58,7 +69,24 @@ def row_for(recipe: str, option: str, data, runs_dir: str, images: int | None) -
             "test_acc": m["test_acc"], "train_seconds": seconds, "epochs": m["epochs"],
             "params": m["params"], "images": r["images"], "subset": r["subset"],
             "scored_as": r["scored_as"], "run_dir": m["run_dir"],
+            "recipe_sha": recipe_sha(recipe, OPTIONS[option]),
             "load_average": os.getloadavg(), **provenance()}
+
+
+def drop_superseded(state: dict, retrain: list[str]) -> None:
+    """Rows of a recipe that resolves differently now (or is named in `retrain`) move to
+    `superseded_rows`: they measured another recipe and are measured again."""
+    keep = []
+    for r in state["rows"]:
+        changed = ("recipe_sha" in r
+                   and r["recipe_sha"] != recipe_sha(r["recipe"], OPTIONS[r["option"]]))
+        if changed or r["recipe"] in retrain:
+            why = "the recipe has changed since" if changed else "--retrain"
+            print(f"{r['recipe']} ({r['option']}): {why}; measuring it again", flush=True)
+            state.setdefault("superseded_rows", []).append(r)
+        else:
+            keep.append(r)
+    state["rows"] = keep
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -72,6 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--runs-dir", default=None)
     ap.add_argument("--out", default=str(RESULTS / "robustness.json"))
     ap.add_argument("--resume", action="store_true", help="keep the rows already in --out")
+    ap.add_argument("--retrain", nargs="+", default=[], metavar="RECIPE",
+                    help="with --resume: measure these recipes' rows again")
     a = ap.parse_args(argv)
     path = Path(a.out)
     state = json.loads(path.read_text()) if a.resume and path.exists() else {}
@@ -84,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     state.setdefault("images", a.images)
     state.setdefault("rows", [])
     state.setdefault("invocation", provenance())
+    drop_superseded(state, a.retrain)
     if "generation" not in state:
         print("generating the full corrupted test set once (timed, nothing kept) ...", flush=True)
         state["generation"] = {**generation_seconds(data.test.images), **provenance()}

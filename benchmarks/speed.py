@@ -41,7 +41,6 @@ otherwise idle machine: other work on the same cores inflates the seconds.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import statistics
@@ -66,23 +65,13 @@ from .common import (
     model_gflops,
     parse_sets,
     provenance,
+    recipe_sha,
     timed_train,
     write_json,
 )
 from .targets import MIN_SEEDS, TARGETS, THROUGHPUT_REQUIRED_RATIO
 
 ANCHOR_HOURS = 6  # a resumed leg runs the anchor again when the last one is older (or elsewhere)
-
-
-NOT_TRAINING = ("description",)  # resolved recipe keys that do not change how it trains
-
-
-def recipe_sha(recipe: str, overrides: dict) -> str:
-    """A fingerprint of the recipe as it resolves now (with the invocation's overrides),
-    its wording (NOT_TRAINING) left out."""
-    cfg = {k: v for k, v in resolve(recipe, overrides).items() if k not in NOT_TRAINING}
-    text = json.dumps(cfg, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def drop_changed(state: dict, shas: dict[str, str], cpu: str) -> None:

@@ -36,3 +36,19 @@ def test_rows_options_and_resume(tmp_path, cifar_dir, monkeypatch):
     # resumed: finished rows are kept, nothing is trained again
     bench_robustness.main([*args, "--resume"])
     assert len(trained) == 3 and len(json.loads(out.read_text())["rows"]) == 3
+    # a row whose recipe resolves differently now is measured again, the old one superseded;
+    # so are the rows of a recipe named with --retrain
+    real_sha = bench_robustness.recipe_sha
+    monkeypatch.setattr(bench_robustness, "recipe_sha", lambda recipe, over: real_sha(
+        recipe, over) + ("-edited" if recipe == "default" else ""))
+    bench_robustness.main([*args, "--resume"])
+    assert trained[3:] == [("default", 0)]
+    r = json.loads(out.read_text())
+    assert [(x["recipe"], x["option"]) for x in r["superseded_rows"]] == [("default", "none")]
+    assert [(x["recipe"], x["option"]) for x in r["rows"]] == [
+        ("fast-50k", "none"), ("fast-50k", "augmix"), ("default", "none")]
+    assert r["rows"][-1]["recipe_sha"].endswith("-edited")
+    bench_robustness.main([*args, "--resume", "--retrain", "fast-50k"])
+    assert trained[4:] == [("fast-50k", 0), ("fast-50k", 3)]
+    r = json.loads(out.read_text())
+    assert len(r["superseded_rows"]) == 3 and len(r["rows"]) == 3
