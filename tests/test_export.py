@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import INT8_FIXTURE_RECIPE
 from PIL import Image
 
 import cifarlab
@@ -32,8 +33,9 @@ def data(shared_cifar_dir):
 
 @pytest.fixture(scope="module")
 def run_dir(shared_cifar_dir, tmp_path_factory):
-    """fast-50k trained for one epoch on the tiny synthetic set (1,000 train / 200 test)."""
-    m = cifarlab.train("fast-50k", data_dir=shared_cifar_dir,
+    """The issue-17 fast-50k (conftest.INT8_FIXTURE_RECIPE) trained for one epoch on the tiny
+    synthetic set (1,000 train / 200 test)."""
+    m = cifarlab.train(INT8_FIXTURE_RECIPE, data_dir=shared_cifar_dir,
                        runs_dir=tmp_path_factory.mktemp("runs"), progress=False, plots=False,
                        log=quiet, epochs=1, batch_size=100, procs=1)
     return m["run_dir"]
@@ -101,7 +103,7 @@ def test_metadata(exported, run_dir, data):
     assert json.loads(md["std"]) == pytest.approx(meta["std"])
     assert md["output"] == "logits"
     assert md["tta"].startswith("not included")
-    assert md["recipe"] == "fast-50k" and md["model"] == "family"
+    assert md["recipe"] == "fast-50k-issue17" and md["model"] == "family"
     assert md["precision"] == "fp32" and md["cifarlab_commit"]
     md8 = {p.key: p.value for p in onnx.load(exported["int8"]).metadata_props}
     assert md8["precision"].startswith("int8") and "training images" in md8["precision"]

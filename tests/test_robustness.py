@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import INT8_FIXTURE_RECIPE
 
 import cifarlab
 from cifarlab.cli import main
@@ -30,9 +31,10 @@ def data(shared_cifar_dir):
 
 @pytest.fixture(scope="module")
 def run_dir(data, tmp_path_factory) -> Path:
-    """fast-50k trained for one epoch on the tiny synthetic set (as in test_export: the
-    session's engine runs are too weak for the int8 gate), exported (fp32 and int8)."""
-    m = cifarlab.train("fast-50k", data=data, runs_dir=tmp_path_factory.mktemp("runs"),
+    """The issue-17 fast-50k (conftest.INT8_FIXTURE_RECIPE) trained for one epoch on the tiny
+    synthetic set (as in test_export: the session's engine runs are too weak for the int8
+    gate), exported (fp32 and int8)."""
+    m = cifarlab.train(INT8_FIXTURE_RECIPE, data=data, runs_dir=tmp_path_factory.mktemp("runs"),
                        progress=False, plots=False, log=quiet, epochs=1, batch_size=100,
                        procs=1)
     export_onnx(m["run_dir"], int8=True, data=data, log=quiet)
