@@ -76,10 +76,15 @@ def row_for(recipe: str, option: str, data, runs_dir: str, images: int | None) -
 def drop_superseded(state: dict, retrain: list[str]) -> None:
     """Rows of a recipe that resolves differently now (or is named in `retrain`) move to
     `superseded_rows`: they measured another recipe and are measured again."""
+    def now(r: dict) -> str | None:
+        try:
+            return recipe_sha(r["recipe"], OPTIONS[r["option"]])
+        except CifarlabError:  # the recipe is gone
+            return None
+
     keep = []
     for r in state["rows"]:
-        changed = ("recipe_sha" in r
-                   and r["recipe_sha"] != recipe_sha(r["recipe"], OPTIONS[r["option"]]))
+        changed = "recipe_sha" in r and r["recipe_sha"] != now(r)
         if changed or r["recipe"] in retrain:
             why = "the recipe has changed since" if changed else "--retrain"
             print(f"{r['recipe']} ({r['option']}): {why}; measuring it again", flush=True)
