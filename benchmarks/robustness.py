@@ -11,9 +11,10 @@ paper's settings, nothing tuned), in the same invocation. The full corrupted set
 time is measured once. Rows go to benchmarks/results/robustness.json, written after each row;
 `--resume` keeps the finished rows (the same `--images` and seed) and does the rest. A row is
 kept only while its recipe resolves as it did (`recipe_sha`, as benchmarks.speed checks it);
-one whose recipe has changed since, or one of a recipe named with `--retrain` (rows recorded
-before the fingerprint cannot show it), moves to `superseded_rows`, counted nowhere, and is
-measured again. Nothing is chosen here: every figure is a measurement of a recipe as shipped.
+one whose recipe has changed since or is gone, or one of a recipe named with `--retrain` (rows
+recorded before the fingerprint cannot show it), moves to `superseded_rows`, counted nowhere,
+and is measured again when the invocation names its recipe. Nothing is chosen here: every
+figure is a measurement of a recipe as shipped.
 """
 
 from __future__ import annotations
@@ -73,9 +74,10 @@ def row_for(recipe: str, option: str, data, runs_dir: str, images: int | None) -
             "load_average": os.getloadavg(), **provenance()}
 
 
-def drop_superseded(state: dict, retrain: list[str]) -> None:
-    """Rows of a recipe that resolves differently now (or is named in `retrain`) move to
-    `superseded_rows`: they measured another recipe and are measured again."""
+def drop_superseded(state: dict, retrain: list[str]) -> bool:
+    """Rows of a recipe that resolves differently now, or no longer exists, (or is named in
+    `retrain`) move to `superseded_rows`: they measured another recipe; this invocation
+    measures them again if it names the recipe. Returns whether any row moved."""
     def now(r: dict) -> str | None:
         try:
             return recipe_sha(r["recipe"], OPTIONS[r["option"]])
@@ -84,14 +86,19 @@ def drop_superseded(state: dict, retrain: list[str]) -> None:
 
     keep = []
     for r in state["rows"]:
-        changed = "recipe_sha" in r and r["recipe_sha"] != now(r)
+        recorded = r.get("recipe_sha")  # None: recorded before the fingerprint
+        sha = now(r) if recorded else None
+        changed = bool(recorded) and recorded != sha
         if changed or r["recipe"] in retrain:
-            why = "the recipe has changed since" if changed else "--retrain"
-            print(f"{r['recipe']} ({r['option']}): {why}; measuring it again", flush=True)
+            why = ("--retrain" if not changed else "the recipe is gone" if sha is None
+                   else "the recipe has changed since")
+            print(f"{r['recipe']} ({r['option']}): {why}; moved to superseded_rows", flush=True)
             state.setdefault("superseded_rows", []).append(r)
         else:
             keep.append(r)
+    moved = len(keep) < len(state["rows"])
     state["rows"] = keep
+    return moved
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -119,7 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     state.setdefault("images", a.images)
     state.setdefault("rows", [])
     state.setdefault("invocation", provenance())
-    drop_superseded(state, a.retrain)
+    if drop_superseded(state, a.retrain):
+        write_json(path, state)
     if "generation" not in state:
         print("generating the full corrupted test set once (timed, nothing kept) ...", flush=True)
         state["generation"] = {**generation_seconds(data.test.images), **provenance()}

@@ -52,3 +52,11 @@ def test_rows_options_and_resume(tmp_path, cifar_dir, monkeypatch):
     assert trained[4:] == [("fast-50k", 0), ("fast-50k", 3)]
     r = json.loads(out.read_text())
     assert len(r["superseded_rows"]) == 3 and len(r["rows"]) == 3
+    # a row of a recipe that no longer exists is superseded, and that is written although
+    # nothing is trained
+    r["rows"].append({**r["rows"][0], "recipe": "gone", "recipe_sha": "abc"})
+    out.write_text(json.dumps(r))
+    bench_robustness.main([*args, "--resume"])
+    r = json.loads(out.read_text())
+    assert len(trained) == 6 and r["superseded_rows"][-1]["recipe"] == "gone"
+    assert [x["recipe"] for x in r["rows"]] == ["default", "fast-50k", "fast-50k"]
