@@ -185,6 +185,18 @@ def test_bad_search_files_fail_in_one_line(tmp_path, text, words):
     assert "\n" not in str(e.value)
 
 
+def test_benchmark_search_files_load():
+    """The search files run for a recipe's design (benchmarks/searches) stay valid: each loads,
+    with its base recipe (a built-in or a file beside it)."""
+    folder = Path(__file__).resolve().parents[1] / "benchmarks" / "searches"
+    files = [p for p in sorted(folder.glob("*.toml")) if "[search]" in p.read_text()]
+    assert [p.stem for p in files] == ["fast-50k-quicker", "fast-seed001-quicker"]
+    for p in files:
+        spec = SP.load_search(p)
+        assert spec.derived == ("epochs",) and spec.enqueue
+    assert SP.load_search(files[0]).base_recipe["name"] == "fast-50k-issue17"
+
+
 def test_edge_8m_is_a_rule_set_no_hand_recipe_meets():
     """cifarlab's own rule set: no design queued, its base (fast-50k) only a time reference that
     breaks its rules, while designs of its space meet them all."""
