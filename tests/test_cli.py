@@ -124,11 +124,11 @@ def test_check_and_summary_of_a_recipes_network():
     """Without MODEL, --recipe names the network: its model with its model_args."""
     ok = cli("check", "--recipe", "fast-50k")
     assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.startswith("fast-50k: 43,386 params") and "OK" in ok.stdout
-    assert "receptive field 98" in ok.stdout
+    assert ok.stdout.startswith("fast-50k: 49,178 params") and "OK" in ok.stdout
+    assert "receptive field 62" in ok.stdout
     bad = cli("check", "--recipe", "fast-50k", "--arg", "stem=64")  # --arg on top
     assert bad.returncode == 1 and "FAIL max_params 49999" in bad.stdout
     s = cli("summary", "--recipe", "fast-50k")
-    assert s.returncode == 0 and "Total params: 43,386" in s.stdout
+    assert s.returncode == 0 and "Total params: 49,178" in s.stdout
     one_line_error(cli("check"), "name a model, or a recipe")
     one_line_error(cli("summary", "--recipe", "no-such-recipe"), "no-such-recipe")
