@@ -143,7 +143,8 @@ def anchor_seed_accs(anchors: list[dict], cpu: str) -> dict[int, float]:
 def by_cpu(runs: list[dict], anchors: list[dict]) -> dict:
     """Per CPU model measured: the anchor's mean accuracy over ANCHOR_SEEDS seeds (None until
     there are as many), and per recipe the median ratio to the anchors of its own legs, the
-    worst accuracy and the verdicts on that CPU model."""
+    worst accuracy and the verdicts on that CPU model (undecided while any of its runs trained
+    the recipe otherwise: `overrides`, or `stale_recipe`, a recipe changed since)."""
     out = {}
     for cpu in sorted({cpu_of(a) for a in anchors}):
         accs = anchor_seed_accs(anchors, cpu)
@@ -160,8 +161,9 @@ def by_cpu(runs: list[dict], anchors: list[dict]) -> dict:
             if t:
                 acc = mean if t["acc"] == "anchor" else t["acc"]
                 goal_acc = acc if t["acc"] == "anchor" else t.get("goal_acc", acc)
-                decided = (len(rs) >= MIN_SEEDS and acc is not None
-                           and not any(r.get("overrides") for r in rs))
+                decided = (len(rs) >= MIN_SEEDS and acc is not None  # of the recipe now:
+                           and not any(r.get("overrides") or r.get("stale_recipe")
+                                       for r in rs))
                 s["target_acc"] = acc
                 s["required_met"] = (s["worst_acc"] >= acc and s["ratio_to_anchor"]
                                      <= t["required_ratio"]) if decided else None
@@ -188,7 +190,9 @@ def summarize(runs: list[dict], anchors: list[dict], roof: dict | None = None,
               per_cpu: dict | None = None) -> dict:
     """Per recipe: accuracy (mean, worst), median seconds, the median of its runs' ratios to
     their anchors, verdicts, and the model compute of its training loop in GFLOP/s and as a
-    fraction of the bf16 roof.
+    fraction of the bf16 roof. Of the recipe as shipped: runs marked `stale_recipe` (timed on
+    another CPU model before a change) are left out (`stale_runs_left_out`) while any other
+    run is there, and otherwise counted as `stale_runs`.
 
     A verdict (`required_met`, `goal_met`) holds for every CPU model measured (`by_cpu`): on
     each, MIN_SEEDS runs of the recipe as shipped, the anchor's accuracy the mean of its
@@ -197,7 +201,8 @@ def summarize(runs: list[dict], anchors: list[dict], roof: dict | None = None,
     per_cpu = by_cpu(runs, anchors) if per_cpu is None else per_cpu
     out = {}
     for name in sorted({r["recipe"] for r in runs}):
-        rs = [r for r in runs if r["recipe"] == name]
+        every = [r for r in runs if r["recipe"] == name]
+        rs = [r for r in every if not r.get("stale_recipe")] or every  # the recipe as shipped
         accs, secs = [r["test_acc"] for r in rs], [r["seconds"] for r in rs]
         worst, median = min(accs), statistics.median(secs)
         ratio = statistics.median(r["ratio_to_anchor"] for r in rs)
@@ -206,7 +211,9 @@ def summarize(runs: list[dict], anchors: list[dict], roof: dict | None = None,
                   "seconds": statistics.median(a["seconds"] for a in used)}
         s = {"mean_acc": statistics.fmean(accs), "worst_acc": worst, "median_seconds": median,
              "ratio_to_anchor": ratio, "n_runs": len(rs), "params": rs[-1]["params"],
-             "anchors": len(used), "machines": sorted({a["machine"] for a in used})}
+             "anchors": len(used), "machines": sorted({a["machine"] for a in used}),
+             "stale_runs": sum(bool(r.get("stale_recipe")) for r in rs),
+             "stale_runs_left_out": len(every) - len(rs)}
         flops = [r["gflops"] for r in rs if r.get("gflops")]
         if flops and roof:
             s["gflops"] = statistics.median(flops)

@@ -380,6 +380,13 @@ def speed_notes(data: dict, runs: dict, anchors: list[dict]) -> list[str]:
         out += ["", f"{len(retimed)} earlier run{'s' * (len(retimed) > 1)} of {names}, timed "
                 "again with the code of a later commit (`--retime`: the recipe did not change), "
                 "are kept in speed.json as `superseded_runs` and counted nowhere."]
+    left_out = {n: s["stale_runs_left_out"] for n, s in runs.items()
+                if s.get("stale_runs_left_out")}
+    if left_out:
+        out += ["", "Overall columns (median time, × anchor, accuracies, runs): of the recipe as "
+                "shipped; left out there, shown in their CPU model's column as \"recipe changed "
+                "since\": " + ", ".join(f"{k} run{'s' * (k > 1)} of `{n}`"
+                                       for n, k in left_out.items()) + "."]
     gone = [r for r in data.get("superseded_runs", []) if "retimed_at" not in r]
     if gone:
         names = ", ".join(f"`{n}`" for n in sorted({r["recipe"] for r in gone}))

@@ -361,6 +361,12 @@ def test_a_verdict_holds_on_every_cpu_model():
     assert s["required_met"] is False
     fast = [{**r, "ratio_to_anchor": 0.1} for r in runs]
     assert bench_speed.summarize(fast, anchors)["fast-50k"]["required_met"] is True
+    # runs of the recipe as it was before a change decide nothing about the recipe now
+    stale = [{**r, "stale_recipe": r["anchor"] == 0} for r in fast]
+    per = bench_speed.by_cpu(stale, anchors)
+    assert per["AMD EPYC"]["recipes"]["fast-50k"]["required_met"] is None
+    assert per["AMD EPYC"]["recipes"]["fast-50k"]["stale_runs"] == 3
+    assert bench_speed.summarize(stale, anchors)["fast-50k"]["required_met"] is None
 
 
 def test_resume_on_another_cpu_model_times_every_run_there(env, monkeypatch):

@@ -190,11 +190,11 @@ def test_benchmark_search_files_load():
     with its base recipe (a built-in or a file beside it)."""
     folder = Path(__file__).resolve().parents[1] / "benchmarks" / "searches"
     files = [p for p in sorted(folder.glob("*.toml")) if "[search]" in p.read_text()]
-    assert [p.stem for p in files] == ["fast-50k-quicker", "fast-seed001-quicker"]
+    assert [p.stem for p in files] == ["fast-50k-54s", "fast-50k-quicker", "fast-seed001-quicker"]
     for p in files:
         spec = SP.load_search(p)
         assert spec.derived == ("epochs",) and spec.enqueue
-    assert SP.load_search(files[0]).base_recipe["name"] == "fast-50k-issue17"
+    assert {SP.load_search(p).base_recipe["name"] for p in files[:2]} == {"fast-50k-issue17"}
 
 
 def test_edge_8m_is_a_rule_set_no_hand_recipe_meets():
@@ -1537,7 +1537,7 @@ def test_fill_time_trains_each_design_for_the_most_epochs_its_time_allows(
     """Every candidate is predicted at 100 s an epoch against a base recipe of 1000 s (the
     time cap, 1.5x the budget, is then far above what the tiny trainings take): under
     max_train_time_vs_base 0.25 it trains 2 epochs (2.5 fit), its low-resolution epochs in
-    proportion to the base recipe's (fast-50k: 3 of 6 -> 1 of 2); epochs are not drawn. Under
+    proportion to the base recipe's (fast-50k: 2 of 5 -> 1 of 2); epochs are not drawn. Under
     0.05 not even the fewest epochs (1) fit: rejected by the time rule."""
     from cifarlab.search import fidelity
 
