@@ -362,11 +362,15 @@ def test_a_verdict_holds_on_every_cpu_model():
     fast = [{**r, "ratio_to_anchor": 0.1} for r in runs]
     assert bench_speed.summarize(fast, anchors)["fast-50k"]["required_met"] is True
     # runs of the recipe as it was before a change decide nothing about the recipe now
-    stale = [{**r, "stale_recipe": r["anchor"] == 0} for r in fast]
+    stale = [{**r, "stale_recipe": r["anchor"] == 0, "ratio_to_anchor": 0.1 + (r["anchor"] == 0)}
+             for r in fast]
     per = bench_speed.by_cpu(stale, anchors)
     assert per["AMD EPYC"]["recipes"]["fast-50k"]["required_met"] is None
     assert per["AMD EPYC"]["recipes"]["fast-50k"]["stale_runs"] == 3
-    assert bench_speed.summarize(stale, anchors)["fast-50k"]["required_met"] is None
+    s = bench_speed.summarize(stale, anchors)["fast-50k"]
+    assert s["required_met"] is None
+    assert s["n_runs"] == 3 and s["stale_runs_left_out"] == 3 and s["stale_runs"] == 0
+    assert s["ratio_to_anchor"] == pytest.approx(0.1)  # of the recipe as shipped only
 
 
 def test_resume_on_another_cpu_model_times_every_run_there(env, monkeypatch):
