@@ -600,7 +600,11 @@ def test_bench_kernels_profiles_a_recipe_in_a_child(shared_cifar_dir, tmp_path):
     e = by_cpu[cpu()["model"]]
     assert e["commit"] and e["cpu"]["model"] and " -m benchmarks.kernels " in e["command"]
     k = e["recipes"]["fast-50k"]
-    assert k["batch_per_worker"] == 256 and k["steps"] == 2 and k["images_per_second"] > 0
+    from cifarlab.recipe import resolve
+
+    t = resolve("fast-50k")["train"]  # one of its processes' share of each batch
+    assert k["batch_per_worker"] == t["batch_size"] // t["processes"] == 128
+    assert k["steps"] == 2 and k["images_per_second"] > 0
     assert k["ops"] and all(0 <= o["share"] <= 1 for o in k["ops"])
     assert any(o["primitive"] == "convolution" for o in k["onednn"])  # bf16 convs go to oneDNN
     assert k["onednn_share"] == pytest.approx(sum(k["isa"].values()))

@@ -148,7 +148,7 @@ def test_builtin_search_files_start_from_the_shipped_recipes(name, ref):
     assert {k: a[k] for k in a if k not in BY_DESIGN} == {k: b[k] for k in b
                                                           if k not in BY_DESIGN}
     assert trial0["optim"]["name"] == "muon" and trial0["train"]["low_res"] == 24
-    assert trial0["train"]["epochs"] == {"fast-seed001": 8, "fast-50k": 6}[ref]
+    assert trial0["train"]["epochs"] == {"fast-seed001": 8, "fast-50k": 5}[ref]
     assert SP.load_search("seed001-rules").constraints["forbid"] == ["maxpool"]
 
 
