@@ -117,8 +117,8 @@ def test_low_res_epochs_leave_the_last_epoch_at_full_size():
     from cifarlab.recipe import low_res_epochs
 
     t = resolve("fast-50k")["train"]
-    assert (t["low_res"], t["low_res_epochs"], low_res_epochs(t)) == (24, 2, 2)
+    assert (t["low_res"], t["low_res_epochs"], low_res_epochs(t)) == (24, 1, 1)
     assert [low_res_epochs(resolve("fast-50k", {"train.epochs": e})["train"])
-            for e in (1, 2, 3, 4)] == [0, 1, 2, 2]
+            for e in (1, 2, 3, 4)] == [0, 1, 1, 1]
     assert low_res_epochs(resolve("default")["train"]) == 0
     assert low_res_epochs(resolve("fast-top")["train"]) == 6  # 26 px: its max-pool head's least

@@ -148,7 +148,7 @@ def test_builtin_search_files_start_from_the_shipped_recipes(name, ref):
     assert {k: a[k] for k in a if k not in BY_DESIGN} == {k: b[k] for k in b
                                                           if k not in BY_DESIGN}
     assert trial0["optim"]["name"] == "muon" and trial0["train"]["low_res"] == 24
-    assert trial0["train"]["epochs"] == {"fast-seed001": 8, "fast-50k": 5}[ref]
+    assert trial0["train"]["epochs"] == {"fast-seed001": 8, "fast-50k": 4}[ref]
     assert SP.load_search("seed001-rules").constraints["forbid"] == ["maxpool"]
 
 
@@ -1537,7 +1537,7 @@ def test_fill_time_trains_each_design_for_the_most_epochs_its_time_allows(
     """Every candidate is predicted at 100 s an epoch against a base recipe of 1000 s (the
     time cap, 1.5x the budget, is then far above what the tiny trainings take): under
     max_train_time_vs_base 0.25 it trains 2 epochs (2.5 fit), its low-resolution epochs in
-    proportion to the base recipe's (fast-50k: 2 of 5 -> 1 of 2); epochs are not drawn. Under
+    proportion to the base recipe's (fast-50k: 1 of 4 -> 1 of 2); epochs are not drawn. Under
     0.05 not even the fewest epochs (1) fit: rejected by the time rule."""
     from cifarlab.search import fidelity
 
