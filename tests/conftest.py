@@ -57,8 +57,8 @@ def cifar_dir(tmp_path: Path) -> Path:
 
 # The recipe the export and robustness fixtures train for one epoch on the synthetic set: the
 # issue-17 fast-50k, whose int8 file passes the int8 gate even so; the shipped fast-50k's design
-# changes with the speed work (issue 32's, fully trained, passes it: 98.9% top-1 agreement, but
-# after one synthetic epoch sits at the 97% limit)
+# changes with the speed work (issue 32's first one, fully trained, passed it at 98.9% top-1
+# agreement, but after one synthetic epoch sat at the 97% limit)
 INT8_FIXTURE_RECIPE = Path(__file__).resolve().parents[1] / "benchmarks" / "searches" / \
     "fast-50k-issue17.toml"
 
