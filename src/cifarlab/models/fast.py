@@ -121,6 +121,54 @@ class FastTop(nn.Module):
         self.whiten.weight.copy_(torch.cat([filters, -filters]).float())
 
 
+@register_model("air-seed001",
+                provenance="cifarlab: airbench94-shaped under seed 001's rules (< 200k, no max "
+                "pool, RF > 44, dw-sep, dilated, GAP)")
+class AirSeed001(nn.Module):
+    """fast-top's shape scaled under seed 001's rules, for the AMX CPU (issue 32).
+
+    The frozen 2x2 whitening conv (3 -> 24), then two groups of 3x3 conv -> 2x2 average pool ->
+    BN -> act -> 3x3 conv -> BN -> act (widths w1, w2: 31 -> 15 -> 7 px), then a dilated
+    (d=2) depthwise-separable conv w2 -> w3, average pool, BN, act (3 px) and a plain
+    depthwise-separable w3 -> w3 with BN, act; GAP and a linear layer without bias, output / 9.
+    Pooling before the BatchNorm leaves a quarter of the normalisation and activation work,
+    which dominates a small network's step on a CPU whose convolutions are fast (AMX).
+    BatchNorm trains only its bias, convs start as identities (fast-top's `_bn`,
+    `_dirac_conv`). With (48, 96, 128): 188,888 parameters, RF 67.
+    """
+
+    def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = (48, 96, 128),
+                 act: str = "relu"):
+        super().__init__()
+        if act not in ("relu", "gelu"):
+            raise ValueError(f"act must be relu or gelu, not {act!r}")
+        w1, w2, w3 = widths
+
+        def a() -> nn.Module:
+            return nn.ReLU(inplace=True) if act == "relu" else nn.GELU()
+
+        self.whiten = nn.Conv2d(3, 24, 2, padding=0, bias=True)
+        self.whiten.weight.requires_grad_(False)
+        layers: list[nn.Module] = [self.whiten, a()]
+        cin = 24
+        for w in (w1, w2):
+            layers += [_dirac_conv(cin, w), nn.AvgPool2d(2), _bn(w), a(),
+                       _dirac_conv(w, w), _bn(w), a()]
+            cin = w
+        layers += [nn.Conv2d(w2, w2, 3, padding=2, dilation=2, groups=w2, bias=False),
+                   nn.Conv2d(w2, w3, 1, bias=False), nn.AvgPool2d(2), _bn(w3), a(),
+                   nn.Conv2d(w3, w3, 3, padding=1, groups=w3, bias=False),
+                   nn.Conv2d(w3, w3, 1, bias=False), _bn(w3), a()]
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(w3, num_classes, bias=False))
+
+    def forward(self, x):
+        return self.head(self.features(x)) / 9
+
+    init_from_data = FastTop.init_from_data
+
+
 def _dirac_conv(cin: int, cout: int) -> nn.Conv2d:
     """3x3 conv without bias whose first min(cin, cout) filters start as identities."""
     conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
