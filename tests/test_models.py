@@ -97,6 +97,27 @@ def test_speed_models_pass_their_rules():
     assert n_params(create_model("fast-seed001", width=40)) > 200_000  # width is the knob
 
 
+
+def test_air_seed001_passes_seed001_rules_with_pooling_before_batchnorm():
+    model = create_model("air-seed001")
+    w1, w2, w3 = 48, 96, 128
+    convs = 9 * (24 * w1 + w1 * w1 + w1 * w2 + w2 * w2) + 9 * w2 + w2 * w3 + 9 * w3 + w3 * w3
+    whiten, bns = 3 * 24 * 4 + 24, 2 * (2 * w1 + 2 * w2 + 2 * w3)  # BN: weight + bias
+    assert n_params(model) == convs + whiten + bns + w3 * 10 == 188_888
+    assert check_constraints(model, max_params=199_999, min_receptive_field=45,
+                             require=("depthwise_separable", "dilated", "gap"),
+                             forbid=("maxpool",)) == []
+    assert receptive_field(model) == 59
+    layers = list(model.features)
+    for i, m in enumerate(layers):  # every average pool is followed by its BatchNorm
+        if isinstance(m, torch.nn.AvgPool2d):
+            assert isinstance(layers[i + 1], torch.nn.BatchNorm2d)
+    with torch.no_grad():  # progressive resizing's 24 px images go through
+        assert model.eval()(torch.randn(2, 3, 24, 24)).shape == (2, 10)
+    assert isinstance(create_model("air-seed001", act="gelu").features[1], torch.nn.GELU)
+    with pytest.raises(ValueError, match="relu or gelu"):
+        create_model("air-seed001", act="tanh")
+
 @pytest.mark.parametrize("name", ["seed000-m1", "seed000-m2", "seed000-m3"])
 def test_seed000_models_are_under_50k(name):
     assert n_params(create_model(name)) < 50_000

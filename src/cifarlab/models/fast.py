@@ -134,11 +134,12 @@ class AirSeed001(nn.Module):
     Pooling before the BatchNorm leaves a quarter of the normalisation and activation work,
     which dominates a small network's step on a CPU whose convolutions are fast (AMX).
     BatchNorm trains only its bias, convs start as identities (fast-top's `_bn`,
-    `_dirac_conv`). With (48, 96, 128): 188,888 parameters, RF 67.
+    `_dirac_conv`). With (48, 96, 128): 188,888 parameters, RF 59. `train_whiten_bias=False`
+    keeps the whitening bias at 0, which spares the first conv its input gradient.
     """
 
     def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = (48, 96, 128),
-                 act: str = "relu"):
+                 act: str = "relu", train_whiten_bias: bool = True):
         super().__init__()
         if act not in ("relu", "gelu"):
             raise ValueError(f"act must be relu or gelu, not {act!r}")
@@ -149,6 +150,7 @@ class AirSeed001(nn.Module):
 
         self.whiten = nn.Conv2d(3, 24, 2, padding=0, bias=True)
         self.whiten.weight.requires_grad_(False)
+        self.whiten.bias.requires_grad_(train_whiten_bias)  # frozen: no gradient to the input
         layers: list[nn.Module] = [self.whiten, a()]
         cin = 24
         for w in (w1, w2):
