@@ -102,10 +102,14 @@ def test_cross_field_checks_before_any_run_dir(shared_cifar_dir, tmp_path):
 
 
 def test_base_recipe_inheritance():
-    d, f = resolve("default"), resolve("fast-seed001")
-    assert d["name"] == "default" and d["model"] == f["model"]
-    assert d["train"]["epochs"] <= f["train"]["epochs"]  # the first run is a short one
-    # what the default sets itself (SGD at full size, no rules); the rest is inherited
+    f = resolve("fast-seed001")
+    first = {"base": "fast-seed001", "name": "first", "optim": {"name": "sgd"},
+             "train": {"epochs": 4, "low_res": 0, "low_res_epochs": 0},
+             "constraints": {"max_params": 0, "min_receptive_field": 0, "require": [],
+                             "forbid": []}}
+    d = resolve(first)
+    assert d["name"] == "first" and d["model"] == f["model"]
+    # what the child sets itself (SGD at full size, no rules); the rest is inherited
     d["train"].update({k: f["train"][k] for k in ("epochs", "low_res", "low_res_epochs")})
     d["optim"]["name"] = f["optim"]["name"]
     assert not any(d["constraints"].values()) and f["constraints"]["require"]
@@ -161,7 +165,7 @@ def test_checkpoint_of_a_changed_network_refused_in_one_line(shared_cifar_dir, t
 
     run = _run_with_model(shared_cifar_dir, tmp_path)
     st = load_checkpoint(tmp_path / "fast-seed001" / "last.pt")
-    assert st["meta"]["model"] == "fast-seed001" and st["meta"]["params"] == 185_898
+    assert st["meta"]["model"] == "air-seed001" and st["meta"]["params"] == 188_888
     # the same name with other weights: what an old seed001-dilated checkpoint looks like
     st["meta"]["model"] = "seed001-dilated"
     st["meta"]["params"] = 92_682
