@@ -50,6 +50,7 @@ LEVERS: dict[str, tuple[dict, dict]] = {
     "recipe": ({}, {}),
     "compile": ({"train.compile": True}, {}),
     "glibc-malloc": ({}, {"CIFARLAB_MALLOC": "system"}),  # cifarlab.memory off
+    "unfused-pools": ({}, {"CIFARLAB_FUSE_POOLS": "0"}),  # layers.fuse_conv_avgpool off
     "muon": ({"optim.name": "muon", "optim.muon_lr": 0.1}, {}),
 }
 

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -5,6 +7,9 @@ from torch import nn
 from cifarlab.layers import (
     FastDropout,
     Fp32DepthwiseConv2d,
+    PooledConv2d,
+    for_cpu_training,
+    fuse_conv_avgpool,
     keep_mask,
     random_int16,
     use_fast_dropout,
@@ -129,3 +134,53 @@ def test_fp32_depthwise_swap_keeps_weights_and_computes_in_fp32():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         conv(xb.requires_grad_()).float().sum().backward()
     assert conv.weight.grad.dtype == torch.float32 and xb.grad.dtype == torch.bfloat16
+
+
+def _pooled_pairs_net() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.AvgPool2d(2), nn.BatchNorm2d(8),
+        nn.Conv2d(8, 8, 1, bias=True), nn.AvgPool2d(2),  # 1x1 with a bias
+        nn.Conv2d(8, 8, 5, padding=2), nn.AvgPool2d(2),
+        # left alone: a pool that is not 2x2, max pool, pool not after a conv, strided conv,
+        # ceil-mode pool
+        nn.Conv2d(8, 8, 3, padding=1), nn.AvgPool2d(3, stride=1, padding=1),
+        nn.Conv2d(8, 8, 3, padding=1), nn.MaxPool2d(2),
+        nn.ReLU(), nn.AvgPool2d(2),
+        nn.ReLU(), nn.AvgPool2d(2, ceil_mode=True),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.AvgPool2d(2, ceil_mode=True))
+
+
+@pytest.mark.parametrize("size", [64, 63, 48, 47])
+def test_conv_then_avgpool_fused_into_one_strided_conv(size):
+    torch.manual_seed(0)
+    net = _pooled_pairs_net().double()
+    net[2].eval()
+    fused = copy.deepcopy(net)
+    assert fuse_conv_avgpool(fused) == ["0", "3", "5"]
+    assert [type(m).__name__ for m in fused][:7] == [
+        "PooledConv2d", "Identity", "BatchNorm2d", "PooledConv2d", "Identity", "PooledConv2d",
+        "Identity"]
+    assert [type(m) for m in fused][7:] == [type(m) for m in net][7:]
+    assert list(fused.state_dict()) == list(net.state_dict())  # checkpoints load either way
+    x = torch.randn(2, 3, size, size, dtype=torch.float64)
+    y, yf = net(x), fused(x)
+    assert y.shape == yf.shape and torch.allclose(y, yf, atol=1e-10)
+    y.square().sum().backward()
+    yf.square().sum().backward()
+    for (name, p), pf in zip(net.named_parameters(), fused.parameters(), strict=True):
+        assert torch.allclose(p.grad, pf.grad, atol=1e-8), name
+
+
+def test_air_seed001_trains_with_fused_pools_and_the_same_function(monkeypatch):
+    torch.manual_seed(0)
+    model = create_model("air-seed001").eval()
+    fused = for_cpu_training(copy.deepcopy(model), bf16_sizes=(32, 24))
+    assert sum(isinstance(m, PooledConv2d) for m in fused.modules()) == 3
+    assert not any(isinstance(m, nn.AvgPool2d) for m in fused.modules())
+    for size in (32, 24):
+        x = torch.randn(2, 3, size, size)
+        assert torch.allclose(model(x), fused(x), atol=1e-5)
+    monkeypatch.setenv("CIFARLAB_FUSE_POOLS", "0")  # the opt-out (the unfused-pools lever)
+    kept = for_cpu_training(copy.deepcopy(model))
+    assert sum(isinstance(m, nn.AvgPool2d) for m in kept.modules()) == 3
+    assert not any(isinstance(m, PooledConv2d) for m in kept.modules())

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 _INT16_MIN, _INT16_SPAN = -32768, 65536
 _ONE_BITS = {dt: int(torch.tensor(1.0, dtype=dt).view(torch.int16)) for dt in
@@ -174,12 +177,10 @@ def _bf16_weight_grad_ok(conv: nn.Conv2d, hw: tuple[int, int]) -> bool:
     return _BF16_OK[key]
 
 
-def use_fp32_where_bf16_fails(model: nn.Module, sizes: tuple[int, ...] = (32,)) -> list[str]:
-    """Make each plain `nn.Conv2d` whose bf16 weight gradient is wrong on this CPU, at the
-    feature-map sizes it sees for `sizes`-pixel images, an `Fp32Conv2d` (in place); the names
-    of those convs."""
-    convs = {m: n for n, m in model.named_modules() if type(m) is nn.Conv2d}
-    seen: dict[nn.Conv2d, set] = {m: set() for m in convs}
+def _input_sizes(model: nn.Module, convs: list[nn.Module],
+                 sizes: tuple[int, ...]) -> dict[nn.Module, set]:
+    """The feature-map sizes (h, w) each of `convs` sees for `sizes`-pixel images."""
+    seen: dict[nn.Module, set] = {m: set() for m in convs}
     hooks = [m.register_forward_pre_hook(
         lambda m, args: seen[m].add(tuple(args[0].shape[-2:]))) for m in convs]
     was_training = model.training
@@ -195,6 +196,15 @@ def use_fp32_where_bf16_fails(model: nn.Module, sizes: tuple[int, ...] = (32,)) 
         for h in hooks:
             h.remove()
         model.train(was_training)
+    return seen
+
+
+def use_fp32_where_bf16_fails(model: nn.Module, sizes: tuple[int, ...] = (32,)) -> list[str]:
+    """Make each plain `nn.Conv2d` whose bf16 weight gradient is wrong on this CPU, at the
+    feature-map sizes it sees for `sizes`-pixel images, an `Fp32Conv2d` (in place); the names
+    of those convs."""
+    convs = {m: n for n, m in model.named_modules() if type(m) is nn.Conv2d}
+    seen = _input_sizes(model, list(convs), sizes)
     fixed = []
     for m, name in convs.items():
         if any(not _bf16_weight_grad_ok(m, hw) for hw in sorted(seen[m])):
@@ -203,15 +213,76 @@ def use_fp32_where_bf16_fails(model: nn.Module, sizes: tuple[int, ...] = (32,)) 
     return fixed
 
 
+# ---------------------------------------------------------------------------------------------
+# A convolution followed by a 2x2 average pool, as one stride-2 convolution
+#
+# Averaging 2x2 blocks of a stride-1 k x k conv's output is a stride-2 (k+1) x (k+1) conv whose
+# kernel is the k x k one box-filtered: the same output, with 16/36 of a 3x3 conv's
+# multiply-adds and without the full-size map, its pooling and their backward passes
+# (airbench-shaped networks pool right after a conv: air-seed001's step is 6-10% faster).
+
+
+class PooledConv2d(nn.Conv2d):
+    """A stride-1, odd-kernel, 'same'-padded `nn.Conv2d` and the `nn.AvgPool2d(2)` after it,
+    computed as one stride-2 conv. Same weights and state_dict as the conv; its pool becomes
+    an `nn.Identity`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        k = 0.25 * (F.pad(w, (0, 1, 0, 1)) + F.pad(w, (1, 0, 0, 1))
+                    + F.pad(w, (0, 1, 1, 0)) + F.pad(w, (1, 0, 1, 0)))
+        return F.conv2d(x, k, self.bias, 2, self.padding, 1, self.groups)
+
+
+def _poolable(conv: nn.Module, pool: nn.Module) -> bool:
+    if type(conv) is not nn.Conv2d or type(pool) is not nn.AvgPool2d:
+        return False
+    k, p = conv.kernel_size, conv.padding
+    return (conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.padding_mode == "zeros"
+            and k[0] == k[1] and k[0] % 2 == 1 and p == (k[0] // 2, k[0] // 2)
+            and pool.kernel_size in (2, (2, 2)) and pool.stride in (2, (2, 2))
+            and pool.padding in (0, (0, 0)) and not pool.ceil_mode
+            and pool.divisor_override is None)
+
+
+def fuse_conv_avgpool(model: nn.Module, bf16_sizes: tuple[int, ...] = ()) -> list[str]:
+    """Make each plain `nn.Conv2d` directly followed by a 2x2 `nn.AvgPool2d` in an
+    `nn.Sequential` a `PooledConv2d` and the pool an `nn.Identity` (in place); the names of
+    those convs. With `bf16_sizes`, a pair whose fused conv has a wrong bf16 weight gradient
+    on this CPU (see above) is left as it is."""
+    pairs = []
+    for parent_name, parent in model.named_modules():
+        if isinstance(parent, nn.Sequential):
+            kids = list(parent.named_children())
+            for (cn, c), (pn, p) in zip(kids, kids[1:], strict=False):
+                if _poolable(c, p):
+                    pairs.append((f"{parent_name}.{cn}".lstrip("."), parent, c, pn))
+    seen = _input_sizes(model, [c for _, _, c, _ in pairs], bf16_sizes) if bf16_sizes else {}
+    fused = []
+    for name, parent, conv, pool_name in pairs:
+        k = conv.kernel_size[0]
+        probe = nn.Conv2d(conv.in_channels, conv.out_channels, k + 1, 2, k // 2,
+                          groups=conv.groups, bias=False)
+        if any(not _bf16_weight_grad_ok(probe, hw) for hw in sorted(seen.get(conv, ()))):
+            continue
+        conv.__class__ = PooledConv2d
+        setattr(parent, pool_name, nn.Identity())
+        fused.append(name)
+    return fused
+
+
 def for_cpu_training(model: nn.Module, fast_dropout: bool = True, *,
                      bf16_sizes: tuple[int, ...] = ()) -> nn.Module:
     """The layer swaps `fit` trains with (in place): FastDropout unless told not to, fp32
-    depthwise convolutions, and (`bf16_sizes`: the image sizes a bf16 run trains at) fp32
-    for any convolution whose bf16 weight gradient is wrong on this CPU. The search's step
-    timer uses the same, so it times what trains."""
+    depthwise convolutions, (`bf16_sizes`: the image sizes a bf16 run trains at) fp32 for any
+    convolution whose bf16 weight gradient is wrong on this CPU, and a conv + 2x2 average
+    pool as one stride-2 conv (`CIFARLAB_FUSE_POOLS=0` opts out: the `unfused-pools` lever of
+    benchmarks.levers). The search's step timer uses the same, so it times what trains."""
     if fast_dropout:
         use_fast_dropout(model)
     use_fp32_depthwise(model)
     if bf16_sizes:
         use_fp32_where_bf16_fails(model, bf16_sizes)
+    if os.environ.get("CIFARLAB_FUSE_POOLS") != "0":
+        fuse_conv_avgpool(model, bf16_sizes)
     return model
