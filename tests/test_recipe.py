@@ -13,8 +13,10 @@ def test_default_resolves():
     # --model trains; the fast-seed001 recipe has moved on (Muon, 24 px, air-seed001)
     assert cfg["model"] == "fast-seed001" and resolve("fast-seed001")["model"] == "air-seed001"
     assert not any(cfg["constraints"].values())
-    assert check_constraints(create_model(cfg["model"]),
-                             **resolve("fast-seed001")["constraints"]) == []
+    rules = resolve("fast-seed001")["constraints"]
+    assert check_constraints(create_model(cfg["model"]), max_params=rules["max_params"],
+                             min_receptive_field=rules["min_receptive_field"],
+                             require=rules["require"], forbid=rules["forbid"]) == []
     assert {k: cfg["optim"][k] for k in ("name", "lr", "weight_decay", "momentum",
                                          "nesterov")} == {
         "name": "sgd", "lr": 0.2, "weight_decay": 5e-4, "momentum": 0.9, "nesterov": True}
