@@ -219,7 +219,8 @@ def use_fp32_where_bf16_fails(model: nn.Module, sizes: tuple[int, ...] = (32,)) 
 # Averaging 2x2 blocks of a stride-1 k x k conv's output is a stride-2 (k+1) x (k+1) conv whose
 # kernel is the k x k one box-filtered: the same output, with 16/36 of a 3x3 conv's
 # multiply-adds and without the full-size map, its pooling and their backward passes
-# (airbench-shaped networks pool right after a conv: air-seed001's step is 6-10% faster).
+# (airbench-shaped networks pool right after a conv: fast-seed001's air-seed001 trains 1.14x as
+# long unfused, benchmarks/results/levers-fast-seed001-fused-pools-amx-xeon.json).
 
 
 class PooledConv2d(nn.Conv2d):

@@ -35,7 +35,9 @@ The shipped designs expressed exactly (same layers, parameters, MACs and recepti
 
     fast-50k      stem 16, widths [32, 32, 48, 48], depths [1, 1, 1, 1],
                   downsample [none, maxpool, none, maxpool]
-    fast-seed001  stem 32, widths [64, 128, 128], depths [2, 1, 3],
+    fast-seed001  (FastSeed001; the fast-seed001 recipe trains air-seed001 since issue 32,
+                  which pools before BatchNorm: not a family design)
+                  stem 32, widths [64, 128, 128], depths [2, 1, 3],
                   blocks [plain, plain, dwsep], downsample [stride, stride, none],
                   dilation [1, 1, [1, 2, 1]]
     seed000-m3    stem 16, widths [32, 48, 64, 64], depths [1, 1, 1, 0],
