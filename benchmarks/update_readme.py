@@ -516,6 +516,24 @@ def sittings_of(name: str, s: dict, legs: list[dict]) -> list[dict]:
     return mine or [s]
 
 
+def hand_network_changed(s: dict) -> str:
+    """'' when a rule set's recorded hand network (params, MACs, RF) is the one its hand recipe
+    trains now; otherwise then -> now, in words."""
+    from cifarlab.analysis import count_params, macs, receptive_field
+    from cifarlab.models import create_model
+    from cifarlab.recipe import resolve
+
+    h = s["hand"]
+    cfg = resolve(s["hand_recipe"])
+    model = create_model(cfg["model"], **cfg["model_args"])
+    now = (count_params(model)[0], macs(model), receptive_field(model))
+    then = (h.get("params"), h.get("macs"), h.get("receptive_field"))
+    if None in then or then == now:
+        return ""
+    return (f"then {then[0]:,} params, {then[1] / 1e6:.1f}M MACs, RF {then[2]}; now "
+            f"`{cfg['model']}`, {now[0]:,} params, {now[1] / 1e6:.1f}M MACs, RF {now[2]}")
+
+
 def search_seeded_rows(sets: dict, legs: list[dict]) -> list[str]:
     """benchmarks.search's records with seeds: hand, random search and search per rule set, each
     the mean ± standard deviation of its seeds' test accuracies and its mean training time;
@@ -556,6 +574,10 @@ def search_seeded_rows(sets: dict, legs: list[dict]) -> list[str]:
                                    "hand recipe's"}.get(w.get("same_recipe_as"), "")) + ".")
         if v := s.get("verdict"):
             out.append(_verdict_line(name, v))
+        if changed := hand_network_changed(s):
+            out.append(f"- `{name}`: the hand recipe `{s['hand_recipe']}` trains another "
+                       f"network since this record ({changed}): its figures are of the recipe "
+                       "as it was then.")
         sit = sittings_of(name, s, legs)
         out.append(f"- `{name}` measured in {len(sit)} sitting{'s' * (len(sit) > 1)} "
                    f"{sit[0]['date'][:10]} to {s['date'][:10]}, at commits "

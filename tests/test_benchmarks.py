@@ -615,3 +615,19 @@ def test_bench_kernels_profiles_a_recipe_in_a_child(shared_cifar_dir, tmp_path):
     assert all(c["tile_fill"] == 0 for c in rows if c["fp32"])  # fp32 convs use no bf16 tiles
     assert all(c["fp32"] for c in rows if c["groups"] > 1 and c["groups"] == c["in"])
     assert "fast-50k:" in r.stdout
+
+
+def test_search_record_says_when_its_hand_recipe_trains_another_network():
+    from cifarlab.analysis import macs, receptive_field
+    from cifarlab.models import create_model
+
+    now = create_model("air-seed001")  # fast-seed001's network since issue 32
+    same = {"hand_recipe": "fast-seed001",
+            "hand": {"params": 188_888, "macs": macs(now), "receptive_field": receptive_field(now)}}
+    assert update_readme.hand_network_changed(same) == ""
+    old = {"hand_recipe": "fast-seed001",
+           "hand": {"params": 185_898, "macs": 23_127_296, "receptive_field": 45}}
+    assert update_readme.hand_network_changed(old) == (
+        "then 185,898 params, 23.1M MACs, RF 45; now `air-seed001`, 188,888 params, 29.1M MACs, "
+        "RF 59")
+    assert update_readme.hand_network_changed({"hand_recipe": "fast-seed001", "hand": {}}) == ""
