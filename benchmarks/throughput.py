@@ -50,6 +50,10 @@ a drift of the machine's speed during the invocation reaches all three; each row
 its median over the rounds (every round is kept in `rounds`), and the ratios are taken between
 those medians. Row 4 is measured once.
 
+One record per CPU model (`by_cpu`, keyed by /proc/cpuinfo's model name, as speed.json's): a
+new invocation replaces its own CPU model's record and keeps the others'; the top-level fields
+are the latest measurement's (speed.json carries the whole file).
+
 Machine roof: best-of-`--reps` time of a 2048x2048 matmul (2 n^3 / t) in bf16 and, for
 reference, fp32, after warm-up. The engine's achieved model GFLOP/s is MACs x 2 (FLOPs per MAC)
 x 3 (forward + backward ~ 3x forward) x images/s, with MACs per image from
@@ -58,6 +62,7 @@ x 3 (forward + backward ~ 3x forward) x images/s, with MACs per image from
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import tempfile
@@ -69,9 +74,11 @@ import torch
 import cifarlab
 from cifarlab.analysis import describe
 from cifarlab.models import create_model
+from cifarlab.provenance import cpu as provenance_cpu
 from cifarlab.recipe import resolve
 
 from .common import (
+    RESULTS,
     add_data_dir,
     arg_parser,
     matmul_gflops,
@@ -257,9 +264,27 @@ def main(argv: list[str] | None = None) -> None:
         "engine_default_recipe_gflops": model_gflops(macs, eng_default),
         "model_macs": macs,
     }
-    print(write_result(a.out_name, out))
+    out = {**out, "cpu": provenance_cpu()}
+    print(write_result(a.out_name, with_other_cpus(out, RESULTS / a.out_name)))
     if a.out_name == "throughput.json":  # issue 5's speed.json carries the same measurement
         print(merge_speed(throughput=out))
+
+
+def cpu_model_of(record: dict) -> str:
+    """A record's CPU model: its `cpu` entry, or (records before it) its machine line's first
+    field."""
+    return (record.get("cpu") or {}).get("model") or record["machine"].split(",")[0]
+
+
+def with_other_cpus(out: dict, path) -> dict:
+    """`out` with `by_cpu`: the records of every CPU model measured so far in `path` (the file
+    as it is, an older one without `by_cpu` counting as its own CPU model's record), this
+    CPU model's replaced by `out`."""
+    old = json.loads(path.read_text()) if path.exists() else {}
+    by_cpu = dict(old.get("by_cpu") or ({cpu_model_of(old): old} if "ratio" in old else {}))
+    by_cpu = {m: {k: v for k, v in r.items() if k != "by_cpu"} for m, r in by_cpu.items()}
+    by_cpu[cpu_model_of(out)] = out
+    return {**out, "by_cpu": by_cpu}
 
 
 if __name__ == "__main__":

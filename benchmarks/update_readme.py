@@ -406,11 +406,17 @@ def speed_notes(data: dict, runs: dict, anchors: list[dict]) -> list[str]:
     tv = data.get("throughput_verdict")
     if tv:  # the target from benchmarks.speed, the measurement as recorded now
         th = data.get("throughput") or {}
-        ratio, machine = th.get("ratio", tv["ratio"]), th.get("machine", tv.get("machine"))
-        where_ = f", measured on {machine}" if machine else ""
+        by_cpu = {m: r["ratio"] for m, r in (th.get("by_cpu") or {}).items()}
+        if by_cpu:  # met only where met on every CPU model measured
+            ratio = min(by_cpu.values())
+            where_ = " (" + "; ".join(f"{m}: {r:.2f}×" for m, r in sorted(by_cpu.items())) + ")"
+        else:
+            ratio = th.get("ratio", tv["ratio"])
+            machine = th.get("machine", tv.get("machine"))
+            where_ = f", measured on {machine}" if machine else ""
         out += ["", f"Throughput of the engine over the conventional pipeline (table below): "
-                f"**{ratio:.2f}×**{where_}; required ≥ {tv['required_ratio']:g}×: "
-                f"{'met' if ratio >= tv['required_ratio'] else '**not met**'}."]
+                f"**{ratio:.2f}×**{where_}; required ≥ {tv['required_ratio']:g}× on every CPU "
+                f"model measured: {'met' if ratio >= tv['required_ratio'] else '**not met**'}."]
     return out
 
 

@@ -15,6 +15,27 @@ from benchmarks import seeds as bench_seeds
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def test_throughput_kept_per_cpu_model_and_met_only_where_met_on_each(tmp_path):
+    from benchmarks import speed as bench_speed
+    from benchmarks import throughput as bench_throughput
+
+    path = tmp_path / "throughput.json"
+    amd = {"ratio": 2.88, "machine": "AMD EPYC, 2 cores, torch 2.13.0+cpu, 2 threads"}
+    path.write_text(json.dumps(amd))  # a record from before `by_cpu`
+    xeon = {"ratio": 2.4, "machine": "Xeon X, 2 cores", "cpu": {"model": "Xeon X"}}
+    out = bench_throughput.with_other_cpus(xeon, path)
+    assert out["ratio"] == 2.4 and out["by_cpu"] == {"AMD EPYC": amd, "Xeon X": xeon}
+    path.write_text(json.dumps(out))
+    again = bench_throughput.with_other_cpus({**xeon, "ratio": 3.1}, path)
+    assert {m: r["ratio"] for m, r in again["by_cpu"].items()} == {"AMD EPYC": 2.88,
+                                                                   "Xeon X": 3.1}
+    assert all("by_cpu" not in r for r in again["by_cpu"].values())
+    v = bench_speed.throughput_verdict(out)
+    assert v["ratio"] == 2.4 and v["required_met"] is False  # 2.5x needed on each CPU model
+    assert bench_speed.throughput_verdict(again)["required_met"] is True
+    assert bench_speed.throughput_verdict(amd)["ratio"] == 2.88  # one record, no by_cpu
+
+
 def test_throughput_merge_keeps_the_speed_record(tmp_path, monkeypatch):
     monkeypatch.setattr(common, "RESULTS", tmp_path)
     speed = {"runs": [{"recipe": "fast-50k", "seed": 0}], "anchor": {"seconds": 800.0},
@@ -342,6 +363,8 @@ def test_bench_throughput_records_both_engine_modes(shared_cifar_dir, tmp_path):
                                 else "1 process, 2 threads")
     assert 0 < t["engine_roof_fraction"] == t["engine_gflops"] / t["roof_gflops"]
     assert t["commit"] and t["machine"]
+    assert list(t["by_cpu"]) == [t["cpu"]["model"]]  # one record per CPU model
+    assert t["by_cpu"][t["cpu"]["model"]]["ratio"] == t["ratio"]
     assert t["command"].startswith("python") and " -m benchmarks.throughput --data-dir " in \
         t["command"]
 
