@@ -264,8 +264,8 @@ def main(argv: list[str] | None = None) -> None:
         "engine_default_recipe_gflops": model_gflops(macs, eng_default),
         "model_macs": macs,
     }
-    out = {**out, "cpu": provenance_cpu()}
-    print(write_result(a.out_name, with_other_cpus(out, RESULTS / a.out_name)))
+    out = with_other_cpus({**out, "cpu": provenance_cpu()}, RESULTS / a.out_name)
+    print(write_result(a.out_name, out))
     if a.out_name == "throughput.json":  # issue 5's speed.json carries the same measurement
         print(merge_speed(throughput=out))
 
