@@ -405,14 +405,13 @@ def speed_notes(data: dict, runs: dict, anchors: list[dict]) -> list[str]:
             "command and machine are in `benchmarks/results/speed.json`."]
     tv = data.get("throughput_verdict")
     if tv:  # the target from benchmarks.speed, the measurement as recorded now
-        th = data.get("throughput") or {}
-        by_cpu = {m: r["ratio"] for m, r in (th.get("by_cpu") or {}).items()}
-        if by_cpu:  # met only where met on every CPU model measured
-            ratio = min(by_cpu.values())
+        from .speed import throughput_verdict  # met only where met on every CPU model
+
+        tv = throughput_verdict(data.get("throughput")) or tv
+        ratio, by_cpu, machine = tv["ratio"], tv.get("by_cpu"), tv.get("machine")
+        if by_cpu:
             where_ = " (" + "; ".join(f"{m}: {r:.2f}×" for m, r in sorted(by_cpu.items())) + ")"
         else:
-            ratio = th.get("ratio", tv["ratio"])
-            machine = th.get("machine", tv.get("machine"))
             where_ = f", measured on {machine}" if machine else ""
         out += ["", f"Throughput of the engine over the conventional pipeline (table below): "
                 f"**{ratio:.2f}×**{where_}; required ≥ {tv['required_ratio']:g}× on every CPU "
