@@ -189,6 +189,7 @@ def test_fast_top_whitening_from_data():
     images = torch.einsum("ij,njhw->nihw", mix, torch.randn(200, 3, 32, 32))  # correlated
     model = create_model("fast-top")
     assert not model.whiten.weight.requires_grad and model.whiten.bias.requires_grad
+    assert not create_model("fast-top", train_whiten_bias=False).whiten.bias.requires_grad
     model.init_from_data(images)
     out = torch.nn.functional.conv2d(images, model.whiten.weight[:12])  # the 12 positive filters
     flat = out.permute(1, 0, 2, 3).reshape(12, -1)

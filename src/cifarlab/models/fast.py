@@ -91,12 +91,16 @@ class FastTop(nn.Module):
     output is scaled by 1/9. As in airbench: BatchNorm without a trainable scale (only its bias
     learns; momentum 0.4, eps 1e-12) and convs initialised partly as identities (dirac).
     `init_from_data` sets the whitening weights; the engine calls it before the first step.
+    `train_whiten_bias=False` keeps the whitening bias at 0 (airbench trains it for its first
+    epochs only), which spares the first conv its input gradient.
     """
 
-    def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = (64, 256, 256)):
+    def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = (64, 256, 256),
+                 train_whiten_bias: bool = True):
         super().__init__()
         self.whiten = nn.Conv2d(3, 24, 2, padding=0, bias=True)
         self.whiten.weight.requires_grad_(False)
+        self.whiten.bias.requires_grad_(train_whiten_bias)  # frozen: no gradient to the input
         layers: list[nn.Module] = [self.whiten, nn.GELU()]
         cin = 24
         for w in widths:
