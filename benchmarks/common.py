@@ -41,6 +41,11 @@ def write_result(name: str, obj) -> Path:
     return write_json(RESULTS / name, obj)
 
 
+def cpu_of(record: dict) -> str:
+    """The CPU model a record was measured on (older records: from the machine string)."""
+    return (record.get("cpu") or {}).get("model") or record["machine"].split(",")[0]
+
+
 def merge_speed(throughput: dict) -> Path:
     """Put a new side-by-side throughput measurement (benchmarks.throughput) into speed.json,
     keeping everything else there (runs, anchor, summary: benchmarks.speed's)."""

@@ -61,6 +61,7 @@ from .common import (
     add_data_dir,
     arg_parser,
     boot_id,
+    cpu_of,
     matmul_gflops,
     model_gflops,
     parse_sets,
@@ -117,11 +118,6 @@ def fill_train_macs(runs: list[dict], overrides: dict) -> None:
 
 
 ANCHOR_SEEDS = 3  # a CPU model's anchor accuracy: the mean of this many seeds
-
-
-def cpu_of(record: dict) -> str:
-    """The CPU model a record was measured on (older records: from the machine string)."""
-    return (record.get("cpu") or {}).get("model") or record["machine"].split(",")[0]
 
 
 def run_cpu(run: dict, anchors: list[dict]) -> str:

@@ -81,6 +81,7 @@ from .common import (
     RESULTS,
     add_data_dir,
     arg_parser,
+    cpu_of,
     matmul_gflops,
     merge_speed,
     model_gflops,
@@ -270,20 +271,14 @@ def main(argv: list[str] | None = None) -> None:
         print(merge_speed(throughput=out))
 
 
-def cpu_model_of(record: dict) -> str:
-    """A record's CPU model: its `cpu` entry, or (records before it) its machine line's first
-    field."""
-    return (record.get("cpu") or {}).get("model") or record["machine"].split(",")[0]
-
-
 def with_other_cpus(out: dict, path) -> dict:
     """`out` with `by_cpu`: the records of every CPU model measured so far in `path` (the file
     as it is, an older one without `by_cpu` counting as its own CPU model's record), this
     CPU model's replaced by `out`."""
     old = json.loads(path.read_text()) if path.exists() else {}
-    by_cpu = dict(old.get("by_cpu") or ({cpu_model_of(old): old} if "ratio" in old else {}))
+    by_cpu = dict(old.get("by_cpu") or ({cpu_of(old): old} if "ratio" in old else {}))
     by_cpu = {m: {k: v for k, v in r.items() if k != "by_cpu"} for m, r in by_cpu.items()}
-    by_cpu[cpu_model_of(out)] = out
+    by_cpu[cpu_of(out)] = out
     return {**out, "by_cpu": by_cpu}
 
 

@@ -261,11 +261,12 @@ def fuse_conv_avgpool(model: nn.Module, bf16_sizes: tuple[int, ...] = ()) -> lis
     seen = _input_sizes(model, [c for _, _, c, _ in pairs], bf16_sizes) if bf16_sizes else {}
     fused = []
     for name, parent, conv, pool_name in pairs:
-        k = conv.kernel_size[0]
-        probe = nn.Conv2d(conv.in_channels, conv.out_channels, k + 1, 2, k // 2,
-                          groups=conv.groups, bias=False)
-        if any(not _bf16_weight_grad_ok(probe, hw) for hw in sorted(seen.get(conv, ()))):
-            continue
+        if seen.get(conv):  # the fused geometry probed at the sizes this conv sees
+            k = conv.kernel_size[0]
+            probe = nn.Conv2d(conv.in_channels, conv.out_channels, k + 1, 2, k // 2,
+                              groups=conv.groups, bias=False)
+            if any(not _bf16_weight_grad_ok(probe, hw) for hw in sorted(seen[conv])):
+                continue
         conv.__class__ = PooledConv2d
         setattr(parent, pool_name, nn.Identity())
         fused.append(name)

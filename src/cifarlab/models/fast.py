@@ -98,14 +98,11 @@ class FastTop(nn.Module):
     def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = (64, 256, 256),
                  train_whiten_bias: bool = True):
         super().__init__()
-        self.whiten = nn.Conv2d(3, 24, 2, padding=0, bias=True)
-        self.whiten.weight.requires_grad_(False)
-        self.whiten.bias.requires_grad_(train_whiten_bias)  # frozen: no gradient to the input
+        self.whiten = _whitening(train_whiten_bias)
         layers: list[nn.Module] = [self.whiten, nn.GELU()]
         cin = 24
         for w in widths:
-            layers += [_dirac_conv(cin, w), nn.MaxPool2d(2), _bn(w), nn.GELU(),
-                       _dirac_conv(w, w), _bn(w), nn.GELU()]
+            layers += _airbench_group(cin, w, nn.MaxPool2d, nn.GELU)
             cin = w
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.MaxPool2d(3), nn.Flatten(),
@@ -152,14 +149,11 @@ class AirSeed001(nn.Module):
         def a() -> nn.Module:
             return nn.ReLU(inplace=True) if act == "relu" else nn.GELU()
 
-        self.whiten = nn.Conv2d(3, 24, 2, padding=0, bias=True)
-        self.whiten.weight.requires_grad_(False)
-        self.whiten.bias.requires_grad_(train_whiten_bias)  # frozen: no gradient to the input
+        self.whiten = _whitening(train_whiten_bias)
         layers: list[nn.Module] = [self.whiten, a()]
         cin = 24
         for w in (w1, w2):
-            layers += [_dirac_conv(cin, w), nn.AvgPool2d(2), _bn(w), a(),
-                       _dirac_conv(w, w), _bn(w), a()]
+            layers += _airbench_group(cin, w, nn.AvgPool2d, a)
             cin = w
         layers += [nn.Conv2d(w2, w2, 3, padding=2, dilation=2, groups=w2, bias=False),
                    nn.Conv2d(w2, w3, 1, bias=False), nn.AvgPool2d(2), _bn(w3), a(),
@@ -173,6 +167,20 @@ class AirSeed001(nn.Module):
         return self.head(self.features(x)) / 9
 
     init_from_data = FastTop.init_from_data
+
+
+def _whitening(train_bias: bool) -> nn.Conv2d:
+    """airbench's 2x2 whitening conv 3 -> 24 (`init_from_data` sets its frozen weights); its
+    bias trains unless `train_bias` is False (then the conv after it needs no input gradient)."""
+    conv = nn.Conv2d(3, 24, 2, padding=0, bias=True)
+    conv.weight.requires_grad_(False)
+    conv.bias.requires_grad_(train_bias)
+    return conv
+
+
+def _airbench_group(cin: int, w: int, pool: type[nn.Module], act) -> list[nn.Module]:
+    """3x3 conv -> 2x2 pool -> BN -> act -> 3x3 conv -> BN -> act (airbench's group)."""
+    return [_dirac_conv(cin, w), pool(2), _bn(w), act(), _dirac_conv(w, w), _bn(w), act()]
 
 
 def _dirac_conv(cin: int, cout: int) -> nn.Conv2d:
