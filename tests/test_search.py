@@ -156,27 +156,31 @@ def test_under_50k_starts_from_the_shipped_fast_50k():
     assert trial0["train"]["epochs"] == 4
 
 
-def test_seed001_rules_starts_from_fast_seed001s_first_network():
-    """fast-seed001 trains air-seed001 since issue 32, which the family does not express: the
-    queued design is FastSeed001 with the training keys the space searches as issue 17's recipe
-    had them (the default recipe keeps those), not labelled as the base recipe."""
+def test_seed001_rules_starts_from_the_shipped_fast_seed001():
+    """fast-seed001 trains air-seed001 since issue 32: the family expresses it (style air,
+    whitening stem) and the queued design is the shipped recipe itself, network and settings."""
+    import torch
+
     from cifarlab.models import create_model
 
     args, raw, over, spec = _queued_trial("seed001-rules")
-    trial0 = resolve(raw, over)
-    assert spec.base == "fast-seed001"
-    assert spec.enqueue[0]["label"] not in (None, "fast-seed001")
+    trial0, recipe = resolve(raw, over), resolve("fast-seed001")
+    assert spec.base == "fast-seed001" and recipe["model"] == "air-seed001"
+    assert spec.enqueue[0]["label"] == "fast-seed001"  # the base recipe itself (is_base_design)
+    torch.manual_seed(0)
     model = create_model("family", **args)
-    assert _layers(model) == _layers(create_model("fast-seed001"))
+    torch.manual_seed(0)
+    hand = create_model(recipe["model"], **recipe["model_args"])
+    assert _layers(model) == _layers(hand)
+    # the same modules in the same order: the same state_dict, initialisation included
+    a, b = model.state_dict(), hand.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
     _, broken, _ = rules.check_rules(model, spec.constraints)
     assert broken == [] and rules.untrainable(model, trial0) == []
-    first = resolve("default")  # FastSeed001's issue-5 settings
-    assert {k: trial0["optim"][k] for k in ("lr", "weight_decay")} == {
-        k: first["optim"][k] for k in ("lr", "weight_decay")}
-    assert trial0["optim"]["name"] == "muon" and trial0["optim"]["muon_lr"] == 0.1
-    assert trial0["train"]["batch_size"] == 256 and trial0["train"]["epochs"] == 8
-    assert trial0["loss"]["label_smoothing"] == first["loss"]["label_smoothing"]
-    assert trial0["augment"]["crop_pad"] == first["augment"]["crop_pad"]
+    a, b = _flat(trial0), _flat(recipe)
+    assert {k: a[k] for k in a if k not in BY_DESIGN} == {k: b[k] for k in b
+                                                          if k not in BY_DESIGN}
+    assert trial0["train"]["epochs"] == 8 and trial0["train"]["low_res"] == 24
     assert spec.constraints["forbid"] == ["maxpool"]
 
 
@@ -189,6 +193,12 @@ def test_seed001_rules_starts_from_fast_seed001s_first_network():
     ("name = 'x'\nbase = 'fast-50k'\n[space]\nblock = {choices = ['plain', 'conv7']}\n",
      "'conv7' is not one of"),
     ("name = 'x'\nbase = 'fast-50k'\n[space]\nlr = {low = -1, high = 1}\n", "optim.lr"),
+    ("name = 'x'\nbase = 'fast-50k'\n[space]\nstyle = {choices = ['classic', 'jazz']}\n",
+     "'jazz' is not one of classic, air"),
+    ("name = 'x'\nbase = 'fast-50k'\n[space]\nstem = {choices = [16, 'whitten']}\n",
+     "'whitten' is not an integer in [0, 2048] or 'whiten'"),
+    ("name = 'x'\nbase = 'fast-50k'\n[space]\nwidth = {choices = [16, 'whiten']}\n",
+     "choices must be plain values of one type"),
     ("name = 'x'\nbase = 'fast-50k'\n[space]\nlr = {low = 1, hi = 2}\n", "unknown field 'hi'"),
     ("name = 'x'\nbase = 'fast-50k'\n[search]\nobjectives = ['val_acc', 'speed']\n",
      "objectives"),

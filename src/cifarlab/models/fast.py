@@ -90,7 +90,8 @@ class FastTop(nn.Module):
     64, 256, 256 (31 -> 15 -> 7 -> 3 px), a 3x3 max pool and a linear layer without bias whose
     output is scaled by 1/9. As in airbench: BatchNorm without a trainable scale (only its bias
     learns; momentum 0.4, eps 1e-12) and convs initialised partly as identities (dirac).
-    `init_from_data` sets the whitening weights; the engine calls it before the first step.
+    `init_from_data` sets the whitening weights (`init_whitening`); the engine calls it before
+    the first step.
     `train_whiten_bias=False` keeps the whitening bias at 0 (airbench trains it for its first
     epochs only), which spares the first conv its input gradient.
     """
@@ -98,11 +99,11 @@ class FastTop(nn.Module):
     def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = (64, 256, 256),
                  train_whiten_bias: bool = True):
         super().__init__()
-        self.whiten = _whitening(train_whiten_bias)
+        self.whiten = whitening_conv(train_whiten_bias)
         layers: list[nn.Module] = [self.whiten, nn.GELU()]
         cin = 24
         for w in widths:
-            layers += _airbench_group(cin, w, nn.MaxPool2d, nn.GELU)
+            layers += airbench_group(cin, w, nn.MaxPool2d, nn.GELU)
             cin = w
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.MaxPool2d(3), nn.Flatten(),
@@ -111,15 +112,8 @@ class FastTop(nn.Module):
     def forward(self, x):
         return self.head(self.features(x)) / 9
 
-    @torch.no_grad()
-    def init_from_data(self, images: torch.Tensor, eps: float = 5e-4) -> None:
-        """Whitening filters from normalised training images (N×3×32×32 float)."""
-        patches = images.unfold(2, 2, 1).unfold(3, 2, 1)  # N×3×31×31×2×2
-        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 12).double()
-        cov = patches.T @ patches / len(patches)
-        eigval, eigvec = torch.linalg.eigh(cov)
-        filters = (eigvec.T / (eigval + eps).sqrt()[:, None]).reshape(12, 3, 2, 2)
-        self.whiten.weight.copy_(torch.cat([filters, -filters]).float())
+    def init_from_data(self, images: torch.Tensor) -> None:
+        init_whitening(self.whiten, images)
 
 
 @register_model("air-seed001",
@@ -134,9 +128,10 @@ class AirSeed001(nn.Module):
     depthwise-separable w3 -> w3 with BN, act; GAP and a linear layer without bias, output / 9.
     Pooling before the BatchNorm leaves a quarter of the normalisation and activation work,
     which dominates a small network's step on a CPU whose convolutions are fast (AMX).
-    BatchNorm trains only its bias, convs start as identities (fast-top's `_bn`,
-    `_dirac_conv`). With (48, 96, 128): 188,888 parameters, RF 59. `train_whiten_bias=False`
-    keeps the whitening bias at 0, which spares the first conv its input gradient.
+    BatchNorm trains only its bias, convs start as identities (`bias_only_bn`, `dirac_conv`).
+    With (48, 96, 128): 188,888 parameters, RF 59 (also a `family` design: family.py).
+    `train_whiten_bias=False` keeps the whitening bias at 0, which spares the first conv its
+    input gradient.
     """
 
     def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = (48, 96, 128),
@@ -149,16 +144,16 @@ class AirSeed001(nn.Module):
         def a() -> nn.Module:
             return nn.ReLU(inplace=True) if act == "relu" else nn.GELU()
 
-        self.whiten = _whitening(train_whiten_bias)
+        self.whiten = whitening_conv(train_whiten_bias)
         layers: list[nn.Module] = [self.whiten, a()]
         cin = 24
         for w in (w1, w2):
-            layers += _airbench_group(cin, w, nn.AvgPool2d, a)
+            layers += airbench_group(cin, w, nn.AvgPool2d, a)
             cin = w
         layers += [nn.Conv2d(w2, w2, 3, padding=2, dilation=2, groups=w2, bias=False),
-                   nn.Conv2d(w2, w3, 1, bias=False), nn.AvgPool2d(2), _bn(w3), a(),
+                   nn.Conv2d(w2, w3, 1, bias=False), nn.AvgPool2d(2), bias_only_bn(w3), a(),
                    nn.Conv2d(w3, w3, 3, padding=1, groups=w3, bias=False),
-                   nn.Conv2d(w3, w3, 1, bias=False), _bn(w3), a()]
+                   nn.Conv2d(w3, w3, 1, bias=False), bias_only_bn(w3), a()]
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                                   nn.Linear(w3, num_classes, bias=False))
@@ -166,10 +161,22 @@ class AirSeed001(nn.Module):
     def forward(self, x):
         return self.head(self.features(x)) / 9
 
-    init_from_data = FastTop.init_from_data
+    def init_from_data(self, images: torch.Tensor) -> None:
+        init_whitening(self.whiten, images)
 
 
-def _whitening(train_bias: bool) -> nn.Conv2d:
+@torch.no_grad()
+def init_whitening(conv: nn.Conv2d, images: torch.Tensor, eps: float = 5e-4) -> None:
+    """Set a `whitening_conv`'s filters from normalised training images (N×3×32×32 float)."""
+    patches = images.unfold(2, 2, 1).unfold(3, 2, 1)  # N×3×31×31×2×2
+    patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 12).double()
+    cov = patches.T @ patches / len(patches)
+    eigval, eigvec = torch.linalg.eigh(cov)
+    filters = (eigvec.T / (eigval + eps).sqrt()[:, None]).reshape(12, 3, 2, 2)
+    conv.weight.copy_(torch.cat([filters, -filters]).float())
+
+
+def whitening_conv(train_bias: bool) -> nn.Conv2d:
     """airbench's 2x2 whitening conv 3 -> 24 (`init_from_data` sets its frozen weights); its
     bias trains unless `train_bias` is False (then the conv after it needs no input gradient)."""
     conv = nn.Conv2d(3, 24, 2, padding=0, bias=True)
@@ -178,20 +185,23 @@ def _whitening(train_bias: bool) -> nn.Conv2d:
     return conv
 
 
-def _airbench_group(cin: int, w: int, pool: type[nn.Module], act) -> list[nn.Module]:
+def airbench_group(cin: int, w: int, pool: type[nn.Module], act) -> list[nn.Module]:
     """3x3 conv -> 2x2 pool -> BN -> act -> 3x3 conv -> BN -> act (airbench's group)."""
-    return [_dirac_conv(cin, w), pool(2), _bn(w), act(), _dirac_conv(w, w), _bn(w), act()]
+    return [dirac_conv(cin, w), pool(2), bias_only_bn(w), act(),
+            dirac_conv(w, w), bias_only_bn(w), act()]
 
 
-def _dirac_conv(cin: int, cout: int) -> nn.Conv2d:
-    """3x3 conv without bias whose first min(cin, cout) filters start as identities."""
-    conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+def dirac_conv(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
+    """3x3 conv without bias ('same' padding) whose first min(cin, cout) filters start as
+    identities."""
+    conv = nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation,
+                     bias=False)
     with torch.no_grad():
         nn.init.dirac_(conv.weight[:cin])
     return conv
 
 
-def _bn(c: int) -> nn.BatchNorm2d:
+def bias_only_bn(c: int) -> nn.BatchNorm2d:
     """BatchNorm whose scale stays 1 (only the bias trains)."""
     bn = nn.BatchNorm2d(c, momentum=0.4, eps=1e-12)
     bn.weight.requires_grad_(False)

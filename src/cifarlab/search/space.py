@@ -49,6 +49,7 @@ ARCH_DIMS: dict[str, tuple[Any, bool]] = {
     "width": (64, True), "depth": (1, True), "block": ("plain", True),
     "downsample": ("stride", True), "dilation": (1, True),
     "head": ("gap", False), "dropout": (0.0, False), "head_dropout": (0.0, False),
+    "style": ("classic", False),
 }
 PER_STAGE = tuple(k for k, (_, ps) in ARCH_DIMS.items() if ps)
 # training dimensions: short name -> recipe key ("augment" is a strength level, see AUGMENT)
@@ -140,7 +141,9 @@ def _dim(name: str, raw: Any, where: str) -> Dim:
         if set(raw) != {"choices"} or not isinstance(ch, list) or not ch:
             raise SearchError(f"{where}: dimension '{name}': choices must be a non-empty list "
                               "(and nothing else)")
-        if len({type(c) for c in ch}) > 1 or any(isinstance(c, list | dict) for c in ch):
+        # one type (the stem's widths may come with "whiten")
+        types = {type(c) for c in ch if not (name == "stem" and isinstance(c, str))}
+        if len(types) > 1 or any(isinstance(c, list | dict) for c in ch):
             raise SearchError(f"{where}: dimension '{name}': choices must be plain values of "
                               "one type")
         return Dim(name, "cat", choices=list(ch))
@@ -167,18 +170,22 @@ def _check_arch_value(name: str, v: Any, where: str) -> None:
     def bad(what: str):
         raise SearchError(f"{where}: dimension '{name}': {v!r} is not {what}")
 
+    if name == "stem" and v == fam.WHITEN:
+        return
     ints = {"stages": (1, fam.MAX_STAGES), "stem": (0, fam.MAX_WIDTH),
             "width": (1, fam.MAX_WIDTH), "depth": (0, fam.MAX_DEPTH),
             "dilation": (1, fam.MAX_DILATION)}
     if name in ints:
         lo, hi = ints[name]
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-            bad(f"an integer in [{lo}, {hi}]")
+            bad(f"an integer in [{lo}, {hi}]"
+                + (f" or '{fam.WHITEN}'" if name == "stem" else ""))
     elif name in ("dropout", "head_dropout"):
         if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < 1:
             bad("a number in [0, 1)")
     else:
-        options = {"block": fam.BLOCKS, "downsample": fam.DOWNSAMPLES, "head": fam.HEADS}[name]
+        options = {"block": fam.BLOCKS, "downsample": fam.DOWNSAMPLES, "head": fam.HEADS,
+                   "style": fam.STYLES}[name]
         if v not in options:
             bad("one of " + ", ".join(options) + _suggest(str(v), options))
 
@@ -190,7 +197,7 @@ def _check_dim(d: Dim, where: str) -> None:
         if d.kind == "fixed" and isinstance(d.value, list):
             if not ARCH_DIMS[d.name][1]:
                 raise SearchError(f"{where}: dimension '{d.name}' takes one value, not a list")
-        elif d.kind in ("int", "float") and d.name in ("block", "downsample", "head"):
+        elif d.kind in ("int", "float") and d.name in ("block", "downsample", "head", "style"):
             raise SearchError(f"{where}: dimension '{d.name}' needs choices = [...]")
         if d.kind == "float" and d.name not in ("dropout", "head_dropout"):
             raise SearchError(f"{where}: dimension '{d.name}' takes integers")
@@ -652,6 +659,9 @@ def _family_args(space: dict[str, Dim], trial: Any) -> dict:
             "head": space["head"].suggest(trial, "head"),
             "dropout": float(space["dropout"].suggest(trial, "dropout")),
             "head_dropout": float(space["head_dropout"].suggest(trial, "head_dropout"))}
+    style = space["style"].suggest(trial, "style")
+    if style != "classic":  # (keeps the model_args of classic designs as they were)
+        args["style"] = style
     return args
 
 
