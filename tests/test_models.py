@@ -207,3 +207,23 @@ def test_fast_top_airbench_details():
     x = torch.randn(1, 24, 5, 5)
     first = convs[0]  # 24 -> 64: its first 24 filters pass the input through
     assert torch.allclose(torch.nn.functional.conv2d(x, first.weight[:24], padding=1), x)
+
+
+def test_fast_top_average_pools_train_as_strided_convs():
+    """pool="avg": the same parameters, average pools where airbench max-pools, and each
+    group's first conv and its pool become one stride-2 conv for CPU training."""
+    from cifarlab.layers import PooledConv2d, fuse_conv_avgpool
+
+    maxed, avg = create_model("fast-top"), create_model("fast-top", pool="avg")
+    assert sum(p.numel() for p in avg.parameters()) == sum(
+        p.numel() for p in maxed.parameters())
+    pools = [type(m).__name__ for m in avg.features if "Pool" in type(m).__name__]
+    assert pools == ["AvgPool2d"] * 3
+    avg.eval()
+    x = torch.randn(2, 3, 32, 32)
+    want = avg(x)
+    assert len(fuse_conv_avgpool(avg)) == 3
+    assert sum(isinstance(m, PooledConv2d) for m in avg.modules()) == 3
+    assert torch.allclose(avg(x), want, atol=1e-5)
+    with pytest.raises(ValueError, match="pool must be max or avg"):
+        create_model("fast-top", pool="min")

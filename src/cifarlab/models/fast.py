@@ -93,17 +93,22 @@ class FastTop(nn.Module):
     `init_from_data` sets the whitening weights (`init_whitening`); the engine calls it before
     the first step.
     `train_whiten_bias=False` keeps the whitening bias at 0 (airbench trains it for its first
-    epochs only), which spares the first conv its input gradient.
+    epochs only), which spares the first conv its input gradient. `pool="avg"` average-pools
+    the groups instead (then each group's first conv and its pool train as one stride-2 conv:
+    `layers.fuse_conv_avgpool`, about 0.44x that conv's work).
     """
 
     def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = (64, 256, 256),
-                 train_whiten_bias: bool = True):
+                 train_whiten_bias: bool = True, pool: str = "max"):
         super().__init__()
+        if pool not in ("max", "avg"):
+            raise ValueError(f"pool must be max or avg, not {pool!r}")
+        pool_cls = nn.MaxPool2d if pool == "max" else nn.AvgPool2d
         self.whiten = whitening_conv(train_whiten_bias)
         layers: list[nn.Module] = [self.whiten, nn.GELU()]
         cin = 24
         for w in widths:
-            layers += airbench_group(cin, w, nn.MaxPool2d, nn.GELU)
+            layers += airbench_group(cin, w, pool_cls, nn.GELU)
             cin = w
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.MaxPool2d(3), nn.Flatten(),
