@@ -132,3 +132,18 @@ def test_check_and_summary_of_a_recipes_network():
     assert s.returncode == 0 and "Total params: 49,178" in s.stdout
     one_line_error(cli("check"), "name a model, or a recipe")
     one_line_error(cli("summary", "--recipe", "no-such-recipe"), "no-such-recipe")
+
+
+def test_a_model_named_like_a_recipe_that_trains_another_network_says_so():
+    """The fast-50k model is the issue-5 network; the fast-50k recipe trains a family design:
+    a bare name is the model, with a note on stderr naming the recipe's network."""
+    r = cli("summary", "fast-50k")
+    assert r.returncode == 0 and "Total params: 49,658" in r.stdout
+    assert r.stderr.strip() == ("note: 'fast-50k' is the built-in model of that name; the "
+                                "fast-50k recipe trains 'family' (cifarlab summary --recipe "
+                                "fast-50k)")
+    c = cli("check", "fast-seed001")
+    assert c.returncode == 0 and "'air-seed001' (cifarlab check --recipe fast-seed001)" in c.stderr
+    for quiet in (cli("check", "fast-top"), cli("summary", "fast-50k", "--arg", "width=8"),
+                  cli("check", "seed001")):  # the same network, arguments given, no recipe
+        assert quiet.returncode == 0 and "note:" not in quiet.stderr

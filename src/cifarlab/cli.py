@@ -351,16 +351,33 @@ def _model_args(strings: list[str]) -> dict:
     return dict(parse_override(s) for s in strings)
 
 
+def _same_name_note(command: str, model: str | None, args: list[str] | None) -> None:
+    """A built-in model and a built-in recipe can share a name and not the network (the
+    fast-50k and fast-seed001 recipes train newer networks than the models so named): say
+    which one a bare name means, on stderr."""
+    from .recipe import list_recipes, resolve
+
+    if not model or args or model not in {n for n, _ in list_recipes()}:
+        return
+    cfg = resolve(model)
+    if cfg["model"] != model or cfg["model_args"]:
+        print(f"note: '{model}' is the built-in model of that name; the {model} recipe trains "
+              f"'{cfg['model']}'" + (" with other arguments" if cfg["model"] == model else "")
+              + f" (cifarlab {command} --recipe {model})", file=sys.stderr)
+
+
 def cmd_summary(a: argparse.Namespace) -> int:
     from .api import summary
 
     print(summary(a.model, model_args=_model_args(a.arg), recipe=a.recipe))
+    _same_name_note("summary", a.model, a.arg)
     return 0
 
 
 def cmd_check(a: argparse.Namespace) -> int:
     from .api import check
 
+    _same_name_note("check", a.model, a.arg)
     f = check(a.model, model_args=_model_args(a.arg), recipe=a.recipe,
               max_params=a.max_params, max_macs=a.max_macs, min_receptive_field=a.min_rf,
               require=a.require, forbid=a.forbid)
