@@ -524,14 +524,14 @@ def sittings_of(name: str, s: dict, legs: list[dict]) -> list[dict]:
 def hand_network_changed(s: dict) -> str:
     """'' when a rule set's recorded hand network (params, MACs, RF) is the one its hand recipe
     trains now; otherwise then -> now, in words."""
-    from cifarlab.analysis import count_params, macs, receptive_field
+    from cifarlab.analysis import describe
     from cifarlab.models import create_model
     from cifarlab.recipe import resolve
 
     h = s["hand"]
     cfg = resolve(s["hand_recipe"])
-    model = create_model(cfg["model"], **cfg["model_args"])
-    now = (count_params(model)[0], macs(model), receptive_field(model))
+    f = describe(create_model(cfg["model"], **cfg["model_args"]))  # one trace
+    now = (f["params"], f["macs"], f["receptive_field"])
     then = (h.get("params"), h.get("macs"), h.get("receptive_field"))
     if None in then or then == now:
         return ""

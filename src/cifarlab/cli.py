@@ -355,9 +355,9 @@ def _same_name_note(command: str, model: str | None, args: list[str] | None) -> 
     """A built-in model and a built-in recipe can share a name and not the network (the
     fast-50k and fast-seed001 recipes train newer networks than the models so named): say
     which one a bare name means, on stderr."""
-    from .recipe import list_recipes, resolve
+    from .recipe import recipes_dir, resolve
 
-    if not model or args or model not in {n for n, _ in list_recipes()}:
+    if not model or args or not (recipes_dir() / f"{model}.toml").is_file():
         return
     cfg = resolve(model)
     if cfg["model"] != model or cfg["model_args"]:
@@ -377,10 +377,10 @@ def cmd_summary(a: argparse.Namespace) -> int:
 def cmd_check(a: argparse.Namespace) -> int:
     from .api import check
 
-    _same_name_note("check", a.model, a.arg)
     f = check(a.model, model_args=_model_args(a.arg), recipe=a.recipe,
               max_params=a.max_params, max_macs=a.max_macs, min_receptive_field=a.min_rf,
               require=a.require, forbid=a.forbid)
+    _same_name_note("check", a.model, a.arg)  # (after check: the name is a model)
     print(f"{a.model or a.recipe}: {f['params']:,} params, {f['macs']:,} MACs, "
           f"receptive field {f['receptive_field']}")
     for msg in f["broken"]:

@@ -168,8 +168,7 @@ class AirSeed001(nn.Module):
     def forward(self, x):
         return self.head(self.features(x)) / 9
 
-    def init_from_data(self, images: torch.Tensor) -> None:
-        init_whitening(self.whiten, images)
+    init_from_data = FastTop.init_from_data
 
 
 @torch.no_grad()
