@@ -254,6 +254,19 @@ def test_edge_8m_is_a_rule_set_no_hand_recipe_meets():
     assert broken == [] and facts["macs"] <= 8_000_000 and facts["receptive_field"] >= 32
 
 
+@pytest.mark.parametrize("name", [n for n, _ in SP.list_searches()])
+def test_shipped_searches_train_and_time_trials_as_their_finals(name):
+    """Every shipped search file trains its trials in its base recipe's processes (as the
+    winner's final trainings will: single-process workers side by side timed designs as
+    another machine would) and compares designs at equal time, with room below the base
+    recipe's epochs for a design dearer per epoch."""
+    spec = SP.load_search(name)
+    base = resolve(spec.base)
+    assert spec.search["processes"] == base["train"]["processes"] == 2
+    assert spec.search["fill_time"] and spec.constraints["max_train_time_vs_base"] == 1.0
+    assert spec.space["epochs"].low < base["train"]["epochs"]
+
+
 def test_missing_search_file_and_unknown_builtin(tmp_path):
     with pytest.raises(CifarlabError, match="no such file"):
         SP.load_search(tmp_path / "nope.toml")
