@@ -6,8 +6,10 @@
 
 Every variant trains the recipe on 45,000 training images and is scored on the 5,000 held out
 (`data.val_split`, `train.test_eval = never`): a lever is kept or dropped on validation
-accuracy, and the test set is not read. Each variant is a fresh process (so an environment
-setting such as `CIFARLAB_MALLOC` or a compiled graph cannot leak into the next:
+accuracy, and the test set is not read; each variant records its seconds per epoch too
+(`epoch_seconds`: a compiled graph's steady pace apart from its compile time). Each variant
+is a fresh process (so an environment setting such as `CIFARLAB_MALLOC` or a compiled graph
+cannot leak into the next:
 `python -m benchmarks.levers --child SPEC` runs `train_variant`), timed from just before
 `cifarlab.train` to its return with the data already in memory; the baseline
 ("recipe", no change) runs first and every variant's seconds are also a ratio to it. The
@@ -29,6 +31,7 @@ from pathlib import Path
 from cifarlab.data import find_data
 from cifarlab.errors import CifarlabError
 from cifarlab.recipe import resolve
+from cifarlab.rundir import RunDir
 
 from .common import (
     RESULTS,
@@ -86,9 +89,11 @@ def run_variant(recipe: str, name: str, over: dict, env: dict, data_dir: str,
     out = subprocess.run(module_command("benchmarks.levers", "--child", json.dumps(spec)),
                          env=child_env, capture_output=True, text=True)
     m = child_result(out, f"{recipe} / {name}")
+    rows, _ = RunDir(Path(m["run_dir"])).read_history()
     return {"lever": name, "overrides": over, "env": env, "val_acc": m["val_acc"],
             "seconds": m["seconds"], "train_seconds": m["train_seconds"],
             "images_per_second": m["images_per_second"], "epochs": m["epochs"],
+            "epoch_seconds": [r["seconds"] for r in rows],
             "run_dir": m["run_dir"], **provenance()}
 
 

@@ -26,6 +26,7 @@ def test_levers_on_validation_with_ratios_and_resume(shared_cifar_dir, tmp_path,
     assert tiny["overrides"]["optim.lr"] == 0.001 and tiny["overrides"]["train.epochs"] == 1
     for v in rec["variants"]:
         assert 0.0 <= v["val_acc"] <= 1.0 and v["epochs"] == 1 and v["seconds"] > 0
+        assert len(v["epoch_seconds"]) == 1 and 0 < v["epoch_seconds"][0] <= v["seconds"]
         assert v["overrides"]["train.test_eval"] == "never"  # the test set is not read
         m = json.loads((Path(v["run_dir"]) / "metrics.json").read_text())
         assert m.get("test_acc") is None and m["val_acc"] == v["val_acc"]
