@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 from pathlib import Path
 
 from .targets import MIN_SEEDS
@@ -250,8 +251,8 @@ def levers_section() -> list[str]:
                 "(the test set is not read)"
                 + (f"; for every variant {fmt_overrides(r['overrides'])}" if r.get("overrides")
                    else "") + ":", "",
-                "| lever | change | val acc | Δ val | seconds | × recipe's time |",
-                "|---|---|---|---|---|---|"]
+                "| lever | change | val acc | Δ val | seconds | × recipe's time | s / epoch |",
+                "|---|---|---|---|---|---|---|"]
         for v in r["variants"]:
             change = {k: x for k, x in v["overrides"].items()
                       if k not in ("data.val_split", "train.test_eval")
@@ -260,9 +261,19 @@ def levers_section() -> list[str]:
                              + [f"`{k}={x}`" for k, x in v["env"].items()]) or "—"
             out.append(f"| {v['lever']} | {what} | {pct(v['val_acc'])} | "
                        f"{100 * v['val_acc_delta']:+.2f} | {v['seconds']:.0f} | "
-                       f"×{v['seconds_ratio']:.2f} |")
-        out += ["", f"From `benchmarks/results/{p.name}` (`python -m benchmarks.levers`).", ""]
+                       f"×{v['seconds_ratio']:.2f} | {steady_epoch(v)} |")
+        out += ["", f"From `benchmarks/results/{p.name}` (`python -m benchmarks.levers`). "
+                "s / epoch: the median seconds of the epochs between the first (warm-up, "
+                "a compiled graph's compile) and the last (final evaluation); – where not "
+                "recorded.", ""]
     return out
+
+
+def steady_epoch(variant: dict) -> str:
+    """A lever variant's steady pace: the median of its middle epochs' seconds."""
+    secs = variant.get("epoch_seconds") or []
+    mid = secs[1:-1] if len(secs) >= 3 else secs
+    return f"{statistics.median(mid):.1f}" if mid else "–"
 
 
 def fmt_overrides(over: dict) -> str:

@@ -46,7 +46,8 @@ def test_levers_on_validation_with_ratios_and_resume(shared_cifar_dir, tmp_path,
     table = update_readme.levers_section()
     rows = [r for r in table if r.startswith("| ") and not r.startswith("| lever")]
     assert [r.split(" | ")[0] for r in rows] == ["| recipe", "| glibc-malloc", "| tiny-lr"]
-    assert rows[0].endswith("| +0.00 | " + f"{base['seconds']:.0f} | ×1.00 |")
+    one_epoch = f"{base['epoch_seconds'][0]:.1f}"  # one epoch: no middle ones to take
+    assert rows[0].endswith("| +0.00 | " + f"{base['seconds']:.0f} | ×1.00 | {one_epoch} |")
     assert "`CIFARLAB_MALLOC=system`" in rows[1] and "`optim.lr=0.001`" in rows[2]
     assert "`train.epochs=1`" not in rows[2]  # common to every variant: said once above
     assert any("`train.epochs=1`" in r for r in table if not r.startswith("|"))
